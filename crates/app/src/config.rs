@@ -1,0 +1,97 @@
+//! Typed app configuration (validated on load by the binary).
+
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+use tenantry_core::db::Credentials;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryAddress {
+    /// Default `127.0.0.1`.
+    #[serde(default = "default_host")]
+    pub host: String,
+    /// Default 5432.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Default `tenantry`.
+    #[serde(default = "default_registry_db")]
+    pub database: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    /// App API listener. Default `127.0.0.1:8080`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Where the registry is (read as the app role).
+    pub registry: RegistryAddress,
+    /// The app role: not owner, not superuser, not BYPASSRLS.
+    pub credentials: Credentials,
+    /// Connections the process may hold across all backends. Default 256.
+    #[serde(default = "default_budget")]
+    pub max_connections_total: u32,
+    /// Connections per backend pool. Default 8; pools = total / per-pool.
+    #[serde(default = "default_per_pool")]
+    pub connections_per_pool: u32,
+    /// An unused backend pool is closed after this many seconds. Default 300.
+    #[serde(default = "default_idle")]
+    pub pool_idle_secs: u64,
+    /// Safety-net lifetime of cached keys and placements (NOTIFY invalidates
+    /// them at once). Default 60.
+    #[serde(default = "default_cache_ttl")]
+    pub cache_ttl_secs: u64,
+    /// HTTP worker threads. Default 2.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+}
+
+impl AppConfig {
+    /// Configuration problems a person must fix, or `Ok`.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.connections_per_pool == 0 || self.connections_per_pool > self.max_connections_total
+        {
+            return Err(
+                "app.connections_per_pool must be between 1 and app.max_connections_total".into(),
+            );
+        }
+        if self.workers == 0 {
+            return Err("app.workers must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// How many backend pools may be open at once.
+    pub fn max_pools(&self) -> u64 {
+        u64::from(self.max_connections_total / self.connections_per_pool)
+    }
+}
+
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_port() -> u16 {
+    5432
+}
+fn default_registry_db() -> String {
+    "tenantry".into()
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_budget() -> u32 {
+    256
+}
+fn default_per_pool() -> u32 {
+    8
+}
+fn default_idle() -> u64 {
+    300
+}
+fn default_cache_ttl() -> u64 {
+    60
+}
+fn default_workers() -> usize {
+    2
+}

@@ -1,0 +1,823 @@
+//! The app API (its own listener). Every `/v1` route authenticates a tenant API
+//! key, enters the tenant's backend through the [`Resolver`] and works only
+//! through the tenant-scoped [`TenantTx`]. Another tenant's id answers exactly
+//! like a missing one: 404.
+
+use std::net::TcpListener;
+
+use actix_web::dev::{Payload, Server};
+use actix_web::{FromRequest, HttpRequest, HttpResponse, HttpServer, web};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Duration, Utc};
+use futures::future::LocalBoxFuture;
+use sea_orm::{DbErr, IntoActiveModel, Set};
+use serde::{Deserialize, Serialize};
+use tracing_actix_web::{RootSpanBuilder, TracingLogger};
+use utoipa::OpenApi;
+use uuid::Uuid;
+
+use tenantry_core::db::{FOREIGN_KEY_VIOLATION, UNIQUE_VIOLATION, sqlstate};
+use tenantry_core::entities::{asset_issues, assets, maintenance_schedules};
+use tenantry_core::registry::KeyOwner;
+use tenantry_core::web::{ApiError, ErrorBody, bearer, configure_extractors, healthz, no_route};
+use tenantry_core::{TenantStatus, Tier};
+
+use crate::Resolver;
+use crate::data::{self, AssetFilter, NewAsset, NewIssue, NewSchedule};
+use crate::scope::TenantTx;
+
+/// Default and largest page sizes of list routes.
+const DEFAULT_PAGE: u64 = 50;
+const MAX_PAGE: u64 = 200;
+
+/// An authenticated tenant.
+pub struct Tenant(pub KeyOwner);
+
+impl FromRequest for Tenant {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let resolver = req.app_data::<web::Data<Resolver>>().cloned();
+        let key = bearer(req).map(str::to_string);
+        Box::pin(async move {
+            let resolver =
+                resolver.ok_or_else(|| ApiError::internal(&"resolver missing from app data"))?;
+            let key = key
+                .ok_or_else(|| ApiError::unauthorized("send `Authorization: Bearer <API key>`"))?;
+            let owner = resolver.authenticate(&key).await?;
+            match owner.status {
+                TenantStatus::Active => {}
+                TenantStatus::Provisioning => {
+                    return Err(ApiError::unavailable(
+                        "tenant_provisioning",
+                        "the tenant is being provisioned",
+                        2,
+                    ));
+                }
+                TenantStatus::Suspended => {
+                    return Err(ApiError::new(
+                        actix_web::http::StatusCode::FORBIDDEN,
+                        "tenant_suspended",
+                        "the tenant is suspended",
+                    ));
+                }
+                _ => {
+                    return Err(ApiError::unauthorized(
+                        "missing, unknown or revoked API key",
+                    ));
+                }
+            }
+            let span = tracing::Span::current();
+            span.record("tenant_id", tracing::field::display(owner.tenant_id));
+            span.record("tier", owner.tier.as_str());
+            Ok(Tenant(owner))
+        })
+    }
+}
+
+/// Opens the tenant's scoped transaction.
+async fn enter(resolver: &Resolver, tenant: &Tenant) -> Result<TenantTx, ApiError> {
+    resolver.enter(&tenant.0).await
+}
+
+/// Maps constraint violations to 4xx; anything else is a 500.
+fn db_error(e: DbErr) -> ApiError {
+    match sqlstate(&e).as_deref() {
+        Some(UNIQUE_VIOLATION) => {
+            ApiError::conflict("duplicate_tag", "an asset with this tag already exists")
+        }
+        Some(FOREIGN_KEY_VIOLATION) => ApiError::not_found("asset"),
+        Some("23514") => {
+            ApiError::unprocessable("invalid_value", "a value is outside its allowed range")
+        }
+        _ => ApiError::from(e),
+    }
+}
+
+fn text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
+    let v = value.trim();
+    if v.is_empty() || v.chars().count() > max {
+        return Err(ApiError::unprocessable(
+            "invalid_field",
+            format!("`{field}` must be 1-{max} characters"),
+        ));
+    }
+    Ok(v.to_string())
+}
+
+fn optional_text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
+    if value.chars().count() > max {
+        return Err(ApiError::unprocessable(
+            "invalid_field",
+            format!("`{field}` must be at most {max} characters"),
+        ));
+    }
+    Ok(value.trim().to_string())
+}
+
+fn attributes(value: serde_json::Value) -> Result<serde_json::Value, ApiError> {
+    if !value.is_object() {
+        return Err(ApiError::unprocessable(
+            "invalid_field",
+            "`attributes` must be a JSON object",
+        ));
+    }
+    Ok(value)
+}
+
+fn limit(l: Option<u64>) -> Result<u64, ApiError> {
+    let l = l.unwrap_or(DEFAULT_PAGE);
+    if (1..=MAX_PAGE).contains(&l) {
+        Ok(l)
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be between 1 and {MAX_PAGE}"),
+        ))
+    }
+}
+
+fn encode_cursor(id: Uuid) -> String {
+    URL_SAFE_NO_PAD.encode(id.as_bytes())
+}
+
+fn decode_cursor(c: Option<&str>) -> Result<Option<Uuid>, ApiError> {
+    c.map(|c| {
+        URL_SAFE_NO_PAD
+            .decode(c)
+            .ok()
+            .and_then(|b| Uuid::from_slice(&b).ok())
+            .ok_or_else(|| {
+                ApiError::bad_request("invalid_cursor", "cursor is not one this API returned")
+            })
+    })
+    .transpose()
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AssetStatus {
+    Active,
+    InRepair,
+    Retired,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum IssueStatus {
+    Open,
+    InProgress,
+    Resolved,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+fn wire<T: Serialize>(v: T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Asset {
+    pub id: Uuid,
+    pub name: String,
+    pub tag: String,
+    pub category: String,
+    pub location: String,
+    pub status: String,
+    #[schema(value_type = Object)]
+    pub attributes: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<assets::Model> for Asset {
+    fn from(m: assets::Model) -> Self {
+        Asset {
+            id: m.id,
+            name: m.name,
+            tag: m.tag,
+            category: m.category,
+            location: m.location,
+            status: m.status,
+            attributes: m.attributes,
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+        }
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Schedule {
+    pub id: Uuid,
+    pub asset_id: Uuid,
+    pub title: String,
+    pub interval_days: i32,
+    pub next_due_at: DateTime<Utc>,
+    pub last_done_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<maintenance_schedules::Model> for Schedule {
+    fn from(m: maintenance_schedules::Model) -> Self {
+        Schedule {
+            id: m.id,
+            asset_id: m.asset_id,
+            title: m.title,
+            interval_days: m.interval_days,
+            next_due_at: m.next_due_at,
+            last_done_at: m.last_done_at,
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+        }
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Issue {
+    pub id: Uuid,
+    pub asset_id: Uuid,
+    pub title: String,
+    pub description: String,
+    pub status: String,
+    pub priority: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<asset_issues::Model> for Issue {
+    fn from(m: asset_issues::Model) -> Self {
+        Issue {
+            id: m.id,
+            asset_id: m.asset_id,
+            title: m.title,
+            description: m.description,
+            status: m.status,
+            priority: m.priority,
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+        }
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AssetPage {
+    pub assets: Vec<Asset>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct IssuePage {
+    pub issues: Vec<Issue>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ScheduleList {
+    pub maintenance_schedules: Vec<Schedule>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct WhoAmI {
+    pub id: Uuid,
+    pub slug: String,
+    pub tier: Tier,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAsset {
+    pub name: String,
+    /// Unique per tenant (barcode / QR).
+    pub tag: String,
+    #[serde(default)]
+    pub category: String,
+    #[serde(default)]
+    pub location: String,
+    pub status: Option<AssetStatus>,
+    #[schema(value_type = Option<Object>)]
+    pub attributes: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateAsset {
+    pub name: Option<String>,
+    pub tag: Option<String>,
+    pub category: Option<String>,
+    pub location: Option<String>,
+    pub status: Option<AssetStatus>,
+    #[schema(value_type = Option<Object>)]
+    pub attributes: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListAssets {
+    pub limit: Option<u64>,
+    pub cursor: Option<String>,
+    pub status: Option<AssetStatus>,
+    /// Case-insensitive substring of name or tag.
+    pub q: Option<String>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSchedule {
+    pub title: String,
+    pub interval_days: i32,
+    /// Defaults to now + interval_days.
+    pub next_due_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSchedule {
+    pub title: Option<String>,
+    pub interval_days: Option<i32>,
+    pub next_due_at: Option<DateTime<Utc>>,
+    pub last_done_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DueQuery {
+    /// RFC 3339 instant; schedules due strictly before it.
+    pub before: DateTime<Utc>,
+    pub limit: Option<u64>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateIssue {
+    pub title: String,
+    #[serde(default)]
+    pub description: String,
+    pub status: Option<IssueStatus>,
+    pub priority: Option<Priority>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateIssue {
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub status: Option<IssueStatus>,
+    pub priority: Option<Priority>,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListIssues {
+    pub status: Option<IssueStatus>,
+    pub limit: Option<u64>,
+    pub cursor: Option<String>,
+}
+
+type R = web::Data<Resolver>;
+
+fn interval(days: i32) -> Result<i32, ApiError> {
+    if (1..=3650).contains(&days) {
+        Ok(days)
+    } else {
+        Err(ApiError::unprocessable(
+            "invalid_field",
+            "`interval_days` must be between 1 and 3650",
+        ))
+    }
+}
+
+/// Who am I: the tenant this key belongs to.
+#[utoipa::path(get, path = "/v1/tenant", responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody)))]
+async fn whoami(t: Tenant) -> HttpResponse {
+    HttpResponse::Ok().json(WhoAmI {
+        id: t.0.tenant_id,
+        slug: t.0.slug,
+        tier: t.0.tier,
+    })
+}
+
+#[utoipa::path(post, path = "/v1/assets", request_body = CreateAsset,
+    responses((status = 201, body = Asset), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn create_asset(
+    r: R,
+    t: Tenant,
+    body: web::Json<CreateAsset>,
+) -> Result<HttpResponse, ApiError> {
+    let b = body.into_inner();
+    let new = NewAsset {
+        name: text("name", &b.name, 200)?,
+        tag: text("tag", &b.tag, 100)?,
+        category: optional_text("category", &b.category, 100)?,
+        location: optional_text("location", &b.location, 200)?,
+        status: wire(b.status.unwrap_or(AssetStatus::Active)),
+        attributes: attributes(b.attributes.unwrap_or_else(|| serde_json::json!({})))?,
+    };
+    let tx = enter(&r, &t).await?;
+    let asset = data::create_asset(&tx, new).await.map_err(db_error)?;
+    tx.commit().await?;
+    Ok(HttpResponse::Created().json(Asset::from(asset)))
+}
+
+#[utoipa::path(get, path = "/v1/assets", params(ListAssets), responses((status = 200, body = AssetPage)))]
+async fn list_assets(r: R, t: Tenant, q: web::Query<ListAssets>) -> Result<HttpResponse, ApiError> {
+    let status = q.status.map(wire);
+    let filter = AssetFilter {
+        status: status.as_deref(),
+        q: q.q.as_deref().filter(|s| !s.is_empty()),
+        after: decode_cursor(q.cursor.as_deref())?,
+        limit: limit(q.limit)?,
+    };
+    let tx = enter(&r, &t).await?;
+    let page = data::list_assets(&tx, filter).await?;
+    tx.commit().await?;
+    Ok(HttpResponse::Ok().json(AssetPage {
+        assets: page.items.into_iter().map(Asset::from).collect(),
+        next_cursor: page.next_after.map(encode_cursor),
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/assets/{id}", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Asset), (status = 404, body = ErrorBody)))]
+async fn get_asset(r: R, t: Tenant, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
+    let tx = enter(&r, &t).await?;
+    let asset = tx
+        .get::<assets::Entity>(*id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("asset"))?;
+    tx.commit().await?;
+    Ok(HttpResponse::Ok().json(Asset::from(asset)))
+}
+
+#[utoipa::path(get, path = "/v1/assets/by-tag/{tag}", params(("tag" = String, Path)),
+    responses((status = 200, body = Asset), (status = 404, body = ErrorBody)))]
+async fn asset_by_tag(r: R, t: Tenant, tag: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let tx = enter(&r, &t).await?;
+    let asset = data::asset_by_tag(&tx, &tag)
+        .await?
+        .ok_or_else(|| ApiError::not_found("asset"))?;
+    tx.commit().await?;
+    Ok(HttpResponse::Ok().json(Asset::from(asset)))
+}
+
+#[utoipa::path(patch, path = "/v1/assets/{id}", params(("id" = Uuid, Path)), request_body = UpdateAsset,
+    responses((status = 200, body = Asset), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn update_asset(
+    r: R,
+    t: Tenant,
+    id: web::Path<Uuid>,
+    body: web::Json<UpdateAsset>,
+) -> Result<HttpResponse, ApiError> {
+    let b = body.into_inner();
+    let tx = enter(&r, &t).await?;
+    let mut m = tx
+        .get::<assets::Entity>(*id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("asset"))?
+        .into_active_model();
+    if let Some(v) = b.name {
+        m.name = Set(text("name", &v, 200)?);
+    }
+    if let Some(v) = b.tag {
+        m.tag = Set(text("tag", &v, 100)?);
+    }
+    if let Some(v) = b.category {
+        m.category = Set(optional_text("category", &v, 100)?);
+    }
+    if let Some(v) = b.location {
+        m.location = Set(optional_text("location", &v, 200)?);
+    }
+    if let Some(v) = b.status {
+        m.status = Set(wire(v));
+    }
+    if let Some(v) = b.attributes {
+        m.attributes = Set(attributes(v)?);
+    }
+    m.updated_at = Set(Utc::now());
+    let asset = tx.update(m).await.map_err(db_error)?;
+    tx.commit().await?;
+    Ok(HttpResponse::Ok().json(Asset::from(asset)))
+}
+
+#[utoipa::path(delete, path = "/v1/assets/{id}", params(("id" = Uuid, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn delete_asset(r: R, t: Tenant, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
+    let tx = enter(&r, &t).await?;
+    if !tx.delete::<assets::Entity>(*id).await? {
+        return Err(ApiError::not_found("asset"));
+    }
+    tx.commit().await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[utoipa::path(post, path = "/v1/assets/{id}/maintenance-schedules", params(("id" = Uuid, Path)),
+    request_body = CreateSchedule, responses((status = 201, body = Schedule), (status = 404, body = ErrorBody)))]
+async fn create_schedule(
+    r: R,
+    t: Tenant,
+    id: web::Path<Uuid>,
+    body: web::Json<CreateSchedule>,
+) -> Result<HttpResponse, ApiError> {
+    let b = body.into_inner();
+    let days = interval(b.interval_days)?;
+    let new = NewSchedule {
+        asset_id: *id,
+        title: text("title", &b.title, 200)?,
+        interval_days: days,
+        next_due_at: b
+            .next_due_at
+            .unwrap_or_else(|| Utc::now() + Duration::days(i64::from(days))),
+    };
+    let tx = enter(&r, &t).await?;
+    tx.get::<assets::Entity>(*id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("asset"))?;
+    let s = data::create_schedule(&tx, new).await.map_err(db_error)?;
+    tx.commit().await?;
+    Ok(HttpResponse::Created().json(Schedule::from(s)))
+}
+
+#[utoipa::path(get, path = "/v1/assets/{id}/maintenance-schedules", params(("id" = Uuid, Path)),
+    responses((status = 200, body = ScheduleList), (status = 404, body = ErrorBody)))]
+async fn list_schedules(r: R, t: Tenant, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
+    let tx = enter(&r, &t).await?;
+    tx.get::<assets::Entity>(*id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("asset"))?;
+    let list = data::schedules_of_asset(&tx, *id).await?;
+    tx.commit().await?;
+    Ok(HttpResponse::Ok().json(ScheduleList {
+        maintenance_schedules: list.into_iter().map(Schedule::from).collect(),
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/maintenance-schedules/due", params(DueQuery), responses((status = 200, body = ScheduleList)))]
+async fn due_schedules(r: R, t: Tenant, q: web::Query<DueQuery>) -> Result<HttpResponse, ApiError> {
+    let lim = limit(q.limit)?;
+    let tx = enter(&r, &t).await?;
+    let list = data::schedules_due(&tx, q.before, lim).await?;
+    tx.commit().await?;
+    Ok(HttpResponse::Ok().json(ScheduleList {
+        maintenance_schedules: list.into_iter().map(Schedule::from).collect(),
+    }))
+}
+
+#[utoipa::path(patch, path = "/v1/maintenance-schedules/{id}", params(("id" = Uuid, Path)), request_body = UpdateSchedule,
+    responses((status = 200, body = Schedule), (status = 404, body = ErrorBody)))]
+async fn update_schedule(
+    r: R,
+    t: Tenant,
+    id: web::Path<Uuid>,
+    body: web::Json<UpdateSchedule>,
+) -> Result<HttpResponse, ApiError> {
+    let b = body.into_inner();
+    let tx = enter(&r, &t).await?;
+    let mut m = tx
+        .get::<maintenance_schedules::Entity>(*id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("maintenance schedule"))?
+        .into_active_model();
+    if let Some(v) = b.title {
+        m.title = Set(text("title", &v, 200)?);
+    }
+    if let Some(v) = b.interval_days {
+        m.interval_days = Set(interval(v)?);
+    }
+    if let Some(v) = b.next_due_at {
+        m.next_due_at = Set(v);
+    }
+    if let Some(v) = b.last_done_at {
+        m.last_done_at = Set(Some(v));
+    }
+    m.updated_at = Set(Utc::now());
+    let s = tx.update(m).await.map_err(db_error)?;
+    tx.commit().await?;
+    Ok(HttpResponse::Ok().json(Schedule::from(s)))
+}
+
+#[utoipa::path(delete, path = "/v1/maintenance-schedules/{id}", params(("id" = Uuid, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn delete_schedule(r: R, t: Tenant, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
+    let tx = enter(&r, &t).await?;
+    if !tx.delete::<maintenance_schedules::Entity>(*id).await? {
+        return Err(ApiError::not_found("maintenance schedule"));
+    }
+    tx.commit().await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[utoipa::path(post, path = "/v1/assets/{id}/issues", params(("id" = Uuid, Path)), request_body = CreateIssue,
+    responses((status = 201, body = Issue), (status = 404, body = ErrorBody)))]
+async fn create_issue(
+    r: R,
+    t: Tenant,
+    id: web::Path<Uuid>,
+    body: web::Json<CreateIssue>,
+) -> Result<HttpResponse, ApiError> {
+    let b = body.into_inner();
+    let new = NewIssue {
+        asset_id: *id,
+        title: text("title", &b.title, 200)?,
+        description: optional_text("description", &b.description, 10_000)?,
+        status: wire(b.status.unwrap_or(IssueStatus::Open)),
+        priority: wire(b.priority.unwrap_or(Priority::Medium)),
+    };
+    let tx = enter(&r, &t).await?;
+    tx.get::<assets::Entity>(*id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("asset"))?;
+    let i = data::create_issue(&tx, new).await.map_err(db_error)?;
+    tx.commit().await?;
+    Ok(HttpResponse::Created().json(Issue::from(i)))
+}
+
+#[utoipa::path(get, path = "/v1/issues", params(ListIssues), responses((status = 200, body = IssuePage)))]
+async fn list_issues(r: R, t: Tenant, q: web::Query<ListIssues>) -> Result<HttpResponse, ApiError> {
+    let status = q.status.map(wire);
+    let after = decode_cursor(q.cursor.as_deref())?;
+    let lim = limit(q.limit)?;
+    let tx = enter(&r, &t).await?;
+    let page = data::list_issues(&tx, status.as_deref(), after, lim).await?;
+    tx.commit().await?;
+    Ok(HttpResponse::Ok().json(IssuePage {
+        issues: page.items.into_iter().map(Issue::from).collect(),
+        next_cursor: page.next_after.map(encode_cursor),
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/issues/{id}", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Issue), (status = 404, body = ErrorBody)))]
+async fn get_issue(r: R, t: Tenant, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
+    let tx = enter(&r, &t).await?;
+    let i = tx
+        .get::<asset_issues::Entity>(*id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("issue"))?;
+    tx.commit().await?;
+    Ok(HttpResponse::Ok().json(Issue::from(i)))
+}
+
+#[utoipa::path(patch, path = "/v1/issues/{id}", params(("id" = Uuid, Path)), request_body = UpdateIssue,
+    responses((status = 200, body = Issue), (status = 404, body = ErrorBody)))]
+async fn update_issue(
+    r: R,
+    t: Tenant,
+    id: web::Path<Uuid>,
+    body: web::Json<UpdateIssue>,
+) -> Result<HttpResponse, ApiError> {
+    let b = body.into_inner();
+    let tx = enter(&r, &t).await?;
+    let mut m = tx
+        .get::<asset_issues::Entity>(*id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("issue"))?
+        .into_active_model();
+    if let Some(v) = b.title {
+        m.title = Set(text("title", &v, 200)?);
+    }
+    if let Some(v) = b.description {
+        m.description = Set(optional_text("description", &v, 10_000)?);
+    }
+    if let Some(v) = b.status {
+        m.status = Set(wire(v));
+    }
+    if let Some(v) = b.priority {
+        m.priority = Set(wire(v));
+    }
+    m.updated_at = Set(Utc::now());
+    let i = tx.update(m).await.map_err(db_error)?;
+    tx.commit().await?;
+    Ok(HttpResponse::Ok().json(Issue::from(i)))
+}
+
+#[utoipa::path(delete, path = "/v1/issues/{id}", params(("id" = Uuid, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn delete_issue(r: R, t: Tenant, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
+    let tx = enter(&r, &t).await?;
+    if !tx.delete::<asset_issues::Entity>(*id).await? {
+        return Err(ApiError::not_found("issue"));
+    }
+    tx.commit().await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Tenantry app API"),
+    paths(
+        whoami,
+        create_asset,
+        list_assets,
+        get_asset,
+        asset_by_tag,
+        update_asset,
+        delete_asset,
+        create_schedule,
+        list_schedules,
+        due_schedules,
+        update_schedule,
+        delete_schedule,
+        create_issue,
+        list_issues,
+        get_issue,
+        update_issue,
+        delete_issue
+    ),
+    components(schemas(ErrorBody))
+)]
+pub struct AppApiDoc;
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok().json(AppApiDoc::openapi())
+}
+
+/// The app routes, for embedding in an `App`.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    configure_extractors(cfg);
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/openapi.json", web::get().to(openapi))
+        .service(
+            web::scope("/v1")
+                .route("/tenant", web::get().to(whoami))
+                .route("/assets", web::post().to(create_asset))
+                .route("/assets", web::get().to(list_assets))
+                .route("/assets/by-tag/{tag}", web::get().to(asset_by_tag))
+                .route("/assets/{id}", web::get().to(get_asset))
+                .route("/assets/{id}", web::patch().to(update_asset))
+                .route("/assets/{id}", web::delete().to(delete_asset))
+                .route(
+                    "/assets/{id}/maintenance-schedules",
+                    web::post().to(create_schedule),
+                )
+                .route(
+                    "/assets/{id}/maintenance-schedules",
+                    web::get().to(list_schedules),
+                )
+                .route("/assets/{id}/issues", web::post().to(create_issue))
+                .route("/maintenance-schedules/due", web::get().to(due_schedules))
+                .route(
+                    "/maintenance-schedules/{id}",
+                    web::patch().to(update_schedule),
+                )
+                .route(
+                    "/maintenance-schedules/{id}",
+                    web::delete().to(delete_schedule),
+                )
+                .route("/issues", web::get().to(list_issues))
+                .route("/issues/{id}", web::get().to(get_issue))
+                .route("/issues/{id}", web::patch().to(update_issue))
+                .route("/issues/{id}", web::delete().to(delete_issue)),
+        );
+}
+
+/// Root span of every app request, with the fields the resolver fills in.
+pub struct TenantSpan;
+
+impl RootSpanBuilder for TenantSpan {
+    fn on_request_start(request: &actix_web::dev::ServiceRequest) -> tracing::Span {
+        tracing_actix_web::root_span!(
+            request,
+            tenant_id = tracing::field::Empty,
+            tier = tracing::field::Empty,
+            backend = tracing::field::Empty
+        )
+    }
+
+    fn on_request_end<B: actix_web::body::MessageBody>(
+        span: tracing::Span,
+        outcome: &Result<actix_web::dev::ServiceResponse<B>, actix_web::Error>,
+    ) {
+        tracing_actix_web::DefaultRootSpanBuilder::on_request_end(span, outcome);
+    }
+}
+
+/// Serves the app API on `listener` until stopped.
+pub fn server(
+    resolver: Resolver,
+    listener: TcpListener,
+    workers: usize,
+) -> std::io::Result<Server> {
+    let resolver = web::Data::new(resolver);
+    Ok(HttpServer::new(move || {
+        actix_web::App::new()
+            .wrap(TracingLogger::<TenantSpan>::new())
+            .app_data(resolver.clone())
+            .configure(routes)
+            .default_service(web::to(no_route))
+    })
+    .workers(workers.max(1))
+    .listen(listener)?
+    .run())
+}

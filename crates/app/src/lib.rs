@@ -1,0 +1,12 @@
+//! The request path: API key -> tenant -> placement -> backend pool -> a
+//! transaction entered as the tenant -> tenant-scoped queries. Never writes to
+//! the registry and links no cloud SDK.
+
+pub mod config;
+pub mod data;
+pub mod http;
+pub mod resolver;
+pub mod scope;
+
+pub use config::AppConfig;
+pub use resolver::Resolver;

@@ -1,0 +1,263 @@
+//! Resolves a request to its tenant's backend. Three moka caches:
+//! API-key hash -> tenant, tenant -> route (placement and address), backend ->
+//! pool. Key and route entries are dropped the moment the registry announces a
+//! change (LISTEN `tenantry_registry`); a stale route that slips through is
+//! still caught by `tenantry_enter`'s residency check, which makes
+//! [`Resolver::enter`] re-resolve and retry once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use moka::future::Cache;
+use sea_orm::sqlx::postgres::PgListener;
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, TransactionTrait};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use tenantry_core::db::{NOT_RESIDENT, PoolSizing, lazy_pool, sqlstate};
+use tenantry_core::registry::{BackendAddress, KeyOwner, RegistryReader, Route};
+use tenantry_core::web::ApiError;
+
+use crate::config::AppConfig;
+use crate::scope::TenantTx;
+
+/// Registry notifications channel (see migrations/registry).
+const CHANNEL: &str = "tenantry_registry";
+/// Most API keys kept in memory.
+const MAX_CACHED_KEYS: u64 = 100_000;
+/// Most tenant routes kept in memory.
+const MAX_CACHED_ROUTES: u64 = 100_000;
+/// Seconds a client is told to wait when a backend is unreachable.
+const RETRY_AFTER_SECS: u64 = 1;
+
+struct Inner {
+    registry: RegistryReader,
+    cfg: AppConfig,
+    keys: Cache<[u8; 32], KeyOwner>,
+    routes: Cache<Uuid, Route>,
+    pools: Cache<Uuid, DatabaseConnection>,
+}
+
+/// Cheap to clone; one per process.
+#[derive(Clone)]
+pub struct Resolver {
+    inner: Arc<Inner>,
+    _listener: Arc<ListenerTask>,
+}
+
+struct ListenerTask(JoinHandle<()>);
+
+impl Drop for ListenerTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Resolver {
+    /// Connects to the registry and starts listening for invalidations.
+    pub async fn start(cfg: AppConfig) -> Result<Self, sea_orm::DbErr> {
+        let r = &cfg.registry;
+        let registry = lazy_pool(
+            &r.host,
+            r.port,
+            &r.database,
+            &cfg.credentials,
+            "tenantry-app-registry",
+            PoolSizing {
+                max_connections: 8,
+                ..PoolSizing::default()
+            },
+        );
+        let ttl = Duration::from_secs(cfg.cache_ttl_secs);
+        let inner = Arc::new(Inner {
+            registry: RegistryReader::new(registry.clone()),
+            keys: Cache::builder()
+                .max_capacity(MAX_CACHED_KEYS)
+                .time_to_live(ttl)
+                .build(),
+            routes: Cache::builder()
+                .max_capacity(MAX_CACHED_ROUTES)
+                .time_to_live(ttl)
+                .build(),
+            pools: Cache::builder()
+                .max_capacity(cfg.max_pools())
+                .time_to_idle(Duration::from_secs(cfg.pool_idle_secs))
+                .async_eviction_listener(|id, db: DatabaseConnection, cause| {
+                    Box::pin(async move {
+                        tracing::info!(backend = %id, ?cause, "closing backend pool");
+                        let _ = db.close().await;
+                    })
+                })
+                .build(),
+            cfg,
+        });
+        let mut listener = PgListener::connect_with(registry.get_postgres_connection_pool())
+            .await
+            .map_err(|e| sea_orm::DbErr::Custom(format!("LISTEN on the registry: {e}")))?;
+        listener
+            .listen(CHANNEL)
+            .await
+            .map_err(|e| sea_orm::DbErr::Custom(format!("LISTEN on the registry: {e}")))?;
+        let task = tokio::spawn(listen(listener, inner.clone()));
+        Ok(Self {
+            inner,
+            _listener: Arc::new(ListenerTask(task)),
+        })
+    }
+
+    /// The tenant owning a presented API key (401 when unknown or revoked).
+    pub async fn authenticate(&self, presented: &str) -> Result<KeyOwner, ApiError> {
+        let unauthorized = || ApiError::unauthorized("missing, unknown or revoked API key");
+        let hash = tenantry_core::api_key::hash_presented(presented).ok_or_else(unauthorized)?;
+        if let Some(owner) = self.inner.keys.get(&hash).await {
+            return Ok(owner);
+        }
+        let owner = self
+            .inner
+            .registry
+            .key_owner(&hash)
+            .await?
+            .ok_or_else(unauthorized)?;
+        self.inner.keys.insert(hash, owner.clone()).await;
+        Ok(owner)
+    }
+
+    async fn route(&self, tenant_id: Uuid) -> Result<Route, ApiError> {
+        if let Some(route) = self.inner.routes.get(&tenant_id).await {
+            return Ok(route);
+        }
+        let route = self.inner.registry.route(tenant_id).await?.ok_or_else(|| {
+            ApiError::unavailable(
+                "tenant_not_placed",
+                "the tenant has no backend yet; retry shortly",
+                RETRY_AFTER_SECS,
+            )
+        })?;
+        self.inner.routes.insert(tenant_id, route.clone()).await;
+        Ok(route)
+    }
+
+    async fn pool(&self, backend: &BackendAddress) -> DatabaseConnection {
+        let cfg = &self.inner.cfg;
+        self.inner
+            .pools
+            .get_with(backend.id, async {
+                lazy_pool(
+                    &backend.host,
+                    backend.port,
+                    &backend.database,
+                    &cfg.credentials,
+                    "tenantry-app",
+                    PoolSizing {
+                        max_connections: cfg.connections_per_pool,
+                        ..PoolSizing::default()
+                    },
+                )
+            })
+            .await
+    }
+
+    /// Opens a transaction on the tenant's backend and enters the tenant: the
+    /// first statement takes the tenant's shared fence lock, checks residency at
+    /// the cached epoch and sets `app.tenant_id` for this transaction only. If
+    /// the tenant has moved, the cached route is dropped and the enter retried
+    /// once against the fresh placement.
+    pub async fn enter(&self, tenant: &KeyOwner) -> Result<TenantTx, ApiError> {
+        for _attempt in 0..2 {
+            let route = self.route(tenant.tenant_id).await?;
+            let pool = self.pool(&route.backend).await;
+            let txn = pool.begin().await.map_err(|e| backend_down(&route, &e))?;
+            let entered = txn
+                .execute_raw(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "SELECT tenantry_enter($1, $2)",
+                    [tenant.tenant_id.into(), route.placement.epoch.into()],
+                ))
+                .await;
+            match entered {
+                Ok(_) => {
+                    tracing::Span::current()
+                        .record("backend", tracing::field::display(route.backend.id));
+                    return Ok(TenantTx::new(txn, tenant.tenant_id));
+                }
+                Err(e) if sqlstate(&e).as_deref() == Some(NOT_RESIDENT) => {
+                    tracing::info!(tenant_id = %tenant.tenant_id, epoch = route.placement.epoch, "stale placement; re-resolving");
+                    let _ = txn.rollback().await;
+                    self.inner.routes.invalidate(&tenant.tenant_id).await;
+                }
+                Err(e) => return Err(backend_down(&route, &e)),
+            }
+        }
+        Err(ApiError::unavailable(
+            "tenant_moving",
+            "the tenant is being moved; retry shortly",
+            RETRY_AFTER_SECS,
+        ))
+    }
+
+    /// Drops every cached key and route (used when notifications may have been missed).
+    pub fn invalidate_all(&self) {
+        self.inner.keys.invalidate_all();
+        self.inner.routes.invalidate_all();
+    }
+
+    /// Number of open backend pools (for tests and metrics).
+    pub async fn open_pools(&self) -> u64 {
+        self.inner.pools.run_pending_tasks().await;
+        self.inner.pools.entry_count()
+    }
+}
+
+fn backend_down(route: &Route, e: &sea_orm::DbErr) -> ApiError {
+    tracing::warn!(backend = %route.backend.id, error = %e, "backend unavailable");
+    ApiError::unavailable(
+        "backend_unavailable",
+        "the tenant's database is unavailable; retry shortly",
+        RETRY_AFTER_SECS,
+    )
+}
+
+async fn listen(mut listener: PgListener, inner: Arc<Inner>) {
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(n)) => apply(&inner, n.payload()).await,
+            // The connection dropped; the next try_recv reconnects. Anything
+            // announced meanwhile is lost, so forget everything.
+            Ok(None) => {
+                inner.keys.invalidate_all();
+                inner.routes.invalidate_all();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "registry listener failed; retrying");
+                inner.keys.invalidate_all();
+                inner.routes.invalidate_all();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+async fn apply(inner: &Inner, payload: &str) {
+    match payload.split_once(':') {
+        Some(("placement", id)) => {
+            if let Ok(id) = Uuid::parse_str(id) {
+                inner.routes.invalidate(&id).await;
+            }
+        }
+        Some(("key", hex_hash)) => {
+            let mut hash = [0u8; 32];
+            if hex::decode_to_slice(hex_hash, &mut hash).is_ok() {
+                inner.keys.invalidate(&hash).await;
+            }
+        }
+        Some(("tenant", id)) => {
+            // A status change affects every key of the tenant; keys are not
+            // indexed by tenant, and status changes are rare.
+            inner.keys.invalidate_all();
+            if let Ok(id) = Uuid::parse_str(id) {
+                inner.routes.invalidate(&id).await;
+            }
+        }
+        _ => tracing::warn!(payload, "unknown registry notification"),
+    }
+}

@@ -1,0 +1,71 @@
+//! Typed control-plane configuration (validated on load by the binary).
+
+use std::net::SocketAddr;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use tenantry_core::db::Credentials;
+
+/// A PostgreSQL cluster on which Tenantry creates logical databases.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Host backends on this cluster are reached at. Default `127.0.0.1`.
+    #[serde(default = "default_host")]
+    pub host: String,
+    /// Port. Default 5432.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Administrator role (superuser, or CREATEDB + CREATEROLE) used to create
+    /// and drop databases.
+    pub admin_user: String,
+    pub admin_password: SecretString,
+    /// Data-residency region of this cluster. Default `local`.
+    #[serde(default = "default_region")]
+    pub region: String,
+}
+
+/// Everything the control plane needs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlPlaneConfig {
+    /// Admin API listener. Default `127.0.0.1:8081`.
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+    /// Bearer token for the admin API.
+    pub admin_token: SecretString,
+    /// Registry database name on `cluster`. Default `tenantry`.
+    #[serde(default = "default_registry_db")]
+    pub registry_database: String,
+    /// Role that owns schemas and runs migrations (not superuser, not BYPASSRLS).
+    pub owner: Credentials,
+    /// Role the app connects as; migrations grant it DML only.
+    pub app_role: String,
+    /// The cluster holding the registry and the logical dedicated databases.
+    pub cluster: ClusterConfig,
+    /// Region for tenants created without one. Default `local`.
+    #[serde(default = "default_region")]
+    pub default_region: String,
+    /// HTTP worker threads. Default 2.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+}
+
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_port() -> u16 {
+    5432
+}
+fn default_region() -> String {
+    "local".into()
+}
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8081))
+}
+fn default_registry_db() -> String {
+    "tenantry".into()
+}
+fn default_workers() -> usize {
+    2
+}

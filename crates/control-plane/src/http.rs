@@ -1,0 +1,247 @@
+//! The admin API (its own listener): tenants, API keys, backends.
+//! `Authorization: Bearer <admin token>` on every `/v1` route.
+
+use std::future::{Ready, ready};
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::{Payload, Server};
+use actix_web::{FromRequest, HttpRequest, HttpResponse, HttpServer, web};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use tracing_actix_web::TracingLogger;
+use utoipa::OpenApi;
+use uuid::Uuid;
+
+use tenantry_core::web::{ApiError, ErrorBody, bearer, configure_extractors, healthz, no_route};
+use tenantry_core::{TenantSlug, Tier};
+
+use crate::ControlPlane;
+use crate::service::{BackendView, IssuedKey, NewTenant, TenantView};
+
+type Cp = web::Data<ControlPlane>;
+
+/// An authenticated administrator; `actor` is what the audit log records.
+pub struct Admin {
+    pub actor: String,
+}
+
+impl FromRequest for Admin {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let expected = req
+            .app_data::<Cp>()
+            .map(|cp| cp.config().admin_token.expose_secret().as_bytes().to_vec());
+        let ok = match (bearer(req), expected) {
+            (Some(given), Some(expected)) => constant_time_eq(given.as_bytes(), &expected),
+            _ => false,
+        };
+        ready(if ok {
+            Ok(Admin {
+                actor: "admin-token".into(),
+            })
+        } else {
+            Err(ApiError::unauthorized("missing or invalid admin token"))
+        })
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    /// `^[a-z0-9][a-z0-9-]{1,62}$`, unique.
+    pub slug: String,
+    pub name: String,
+    pub tier: Tier,
+    /// Defaults to the configured default region.
+    pub region: Option<String>,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListTenants {
+    /// Page size, 1-1000 (default 100).
+    pub limit: Option<u64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<Uuid>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct TenantPage {
+    pub tenants: Vec<TenantView>,
+    pub next_cursor: Option<Uuid>,
+}
+
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    /// A label for people; not secret.
+    #[serde(default)]
+    pub name: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct BackendList {
+    pub backends: Vec<BackendView>,
+}
+
+/// Create a tenant on the shared or dedicated tier.
+#[utoipa::path(post, path = "/v1/tenants", request_body = CreateTenant,
+    responses((status = 201, body = TenantView), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(slug = %body.slug))]
+async fn create_tenant(
+    cp: Cp,
+    admin: Admin,
+    body: web::Json<CreateTenant>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let slug =
+        TenantSlug::parse(&body.slug).map_err(|e| ApiError::unprocessable("invalid_slug", e.0))?;
+    let tenant = cp
+        .create_tenant(
+            &admin.actor,
+            NewTenant {
+                slug,
+                name: body.name,
+                tier: body.tier,
+                region: body.region,
+            },
+        )
+        .await?;
+    Ok(HttpResponse::Created().json(tenant))
+}
+
+/// List tenants in creation order.
+#[utoipa::path(get, path = "/v1/tenants", params(ListTenants), responses((status = 200, body = TenantPage)))]
+async fn list_tenants(
+    cp: Cp,
+    _admin: Admin,
+    q: web::Query<ListTenants>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=crate::service::MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            "limit must be between 1 and 1000",
+        ));
+    }
+    let tenants = cp.tenants(q.cursor, limit).await?;
+    let next_cursor = (tenants.len() as u64 == limit)
+        .then(|| tenants.last().map(|t| t.id))
+        .flatten();
+    Ok(HttpResponse::Ok().json(TenantPage {
+        tenants,
+        next_cursor,
+    }))
+}
+
+/// One tenant, by id or slug, with its placement.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}", params(("tenant" = String, Path, description = "id or slug")),
+    responses((status = 200, body = TenantView), (status = 404, body = ErrorBody)))]
+async fn get_tenant(
+    cp: Cp,
+    _admin: Admin,
+    tenant: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(cp.tenant(&tenant).await?))
+}
+
+/// Issue an API key; the key is in this response only.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/api-keys", params(("tenant" = String, Path, description = "id or slug")),
+    request_body = CreateKey, responses((status = 201, body = IssuedKey), (status = 404, body = ErrorBody)))]
+async fn create_key(
+    cp: Cp,
+    admin: Admin,
+    tenant: web::Path<String>,
+    body: Option<web::Json<CreateKey>>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = cp.tenant(&tenant).await?;
+    let name = body.map(|b| b.into_inner().name).unwrap_or_default();
+    Ok(HttpResponse::Created().json(cp.create_api_key(&admin.actor, tenant.id, &name).await?))
+}
+
+/// Revoke an API key; it stops working on every app process at once.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}/api-keys/{key_id}",
+    params(("tenant" = String, Path, description = "id or slug"), ("key_id" = Uuid, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn revoke_key(
+    cp: Cp,
+    admin: Admin,
+    path: web::Path<(String, Uuid)>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, key_id) = path.into_inner();
+    let tenant = cp.tenant(&tenant).await?;
+    cp.revoke_api_key(&admin.actor, tenant.id, key_id).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Every backend with its tenant count and schema version.
+#[utoipa::path(get, path = "/v1/backends", responses((status = 200, body = BackendList)))]
+async fn list_backends(cp: Cp, _admin: Admin) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(BackendList {
+        backends: cp.backends().await?,
+    }))
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Tenantry admin API"),
+    paths(
+        create_tenant,
+        list_tenants,
+        get_tenant,
+        create_key,
+        revoke_key,
+        list_backends
+    ),
+    components(schemas(ErrorBody))
+)]
+pub struct AdminApiDoc;
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok().json(AdminApiDoc::openapi())
+}
+
+/// The admin routes, for embedding in an `App`.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    configure_extractors(cfg);
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/openapi.json", web::get().to(openapi))
+        .service(
+            web::scope("/v1")
+                .route("/tenants", web::post().to(create_tenant))
+                .route("/tenants", web::get().to(list_tenants))
+                .route("/tenants/{tenant}", web::get().to(get_tenant))
+                .route("/tenants/{tenant}/api-keys", web::post().to(create_key))
+                .route(
+                    "/tenants/{tenant}/api-keys/{key_id}",
+                    web::delete().to(revoke_key),
+                )
+                .route("/backends", web::get().to(list_backends)),
+        );
+}
+
+/// Serves the admin API on `listener` until stopped.
+pub fn server(
+    cp: Arc<ControlPlane>,
+    listener: TcpListener,
+    workers: usize,
+) -> std::io::Result<Server> {
+    let cp = web::Data::from(cp);
+    Ok(HttpServer::new(move || {
+        actix_web::App::new()
+            .wrap(TracingLogger::default())
+            .app_data(cp.clone())
+            .configure(routes)
+            .default_service(web::to(no_route))
+    })
+    .workers(workers.max(1))
+    .listen(listener)?
+    .run())
+}

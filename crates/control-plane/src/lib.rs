@@ -1,0 +1,12 @@
+//! The control plane: owns every registry write, creates and places tenants,
+//! runs migrations on every backend, and serves the admin API.
+
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod migrate;
+pub mod service;
+
+pub use config::{ClusterConfig, ControlPlaneConfig};
+pub use error::Error;
+pub use service::ControlPlane;

@@ -1,0 +1,94 @@
+//! Ordered SQL migrations. Two sets: the registry (control-plane database) and
+//! the tenant-data schema (every backend). A database records its own version
+//! in `tenantry_schema_migrations`, in the same transaction as the DDL, so a
+//! run interrupted anywhere resumes where it stopped.
+
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, TransactionTrait};
+
+use tenantry_provisioner::quote_ident;
+
+/// One migration: its version (1, 2, ...), name and SQL. `{app_role}` in the
+/// SQL is replaced by the quoted application role.
+pub struct Migration {
+    pub version: i32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// The registry's migrations, in order.
+pub const REGISTRY: &[Migration] = &[Migration {
+    version: 1,
+    name: "registry",
+    sql: include_str!("../../../migrations/registry/0001_registry.sql"),
+}];
+
+/// The tenant-data schema's migrations, in order.
+pub const TENANT: &[Migration] = &[Migration {
+    version: 1,
+    name: "assets",
+    sql: include_str!("../../../migrations/tenant/0001_assets.sql"),
+}];
+
+/// The version a fully migrated database of this set reports.
+pub fn latest(set: &[Migration]) -> i32 {
+    set.last().map_or(0, |m| m.version)
+}
+
+/// Serialises concurrent migrators of one database (any value; fixed so all agree).
+const MIGRATION_LOCK: i64 = 0x7465_6e61_6e74; // "tenant"
+
+/// Applies every pending migration of `set`; returns the version reached.
+/// Each migration commits with its version row; a concurrent run waits on the
+/// lock and then finds nothing left to do.
+pub async fn apply(
+    db: &DatabaseConnection,
+    set: &[Migration],
+    app_role: &str,
+) -> Result<i32, DbErr> {
+    db.execute_unprepared(
+        "CREATE TABLE IF NOT EXISTS tenantry_schema_migrations (
+            version    integer PRIMARY KEY,
+            name       text NOT NULL,
+            applied_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .await?;
+    let start = current_version(db).await?;
+    let mut version = start;
+    for m in set.iter().filter(|m| m.version > start) {
+        let txn = db.begin().await?;
+        txn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_advisory_xact_lock($1)",
+            [MIGRATION_LOCK.into()],
+        ))
+        .await?;
+        if current_version(&txn).await? >= m.version {
+            txn.rollback().await?;
+            continue;
+        }
+        let sql = m.sql.replace("{app_role}", &quote_ident(app_role));
+        txn.execute_unprepared(&sql)
+            .await
+            .map_err(|e| DbErr::Migration(format!("{} {}: {e}", m.version, m.name)))?;
+        txn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "INSERT INTO tenantry_schema_migrations (version, name) VALUES ($1, $2)",
+            [m.version.into(), m.name.into()],
+        ))
+        .await?;
+        txn.commit().await?;
+        version = m.version;
+    }
+    current_version(db).await.map(|v| v.max(version))
+}
+
+/// The highest applied version (0 for a new database).
+pub async fn current_version(db: &impl ConnectionTrait) -> Result<i32, DbErr> {
+    let row = db
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT coalesce(max(version), 0) AS v FROM tenantry_schema_migrations",
+        ))
+        .await?;
+    row.map_or(Ok(0), |r| r.try_get::<i32>("", "v"))
+}

@@ -1,0 +1,560 @@
+//! The control plane's actions on the registry and the backends: register
+//! backends, create tenants on either tier, issue and revoke API keys. Every
+//! action is written to the audit log with its actor.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use moka::future::Cache;
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, FromQueryResult, Statement,
+    TransactionTrait,
+};
+use serde::Serialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use tenantry_core::db::{PoolSizing, UNIQUE_VIOLATION, lazy_pool, sqlstate};
+use tenantry_core::{BackendKind, TenantSlug, TenantStatus, Tier, api_key, new_id};
+use tenantry_provisioner::{DatabaseAddress, LogicalProvisioner};
+
+use crate::config::ControlPlaneConfig;
+use crate::{Error, migrate};
+
+/// Owner-role pools to backends (migrations, residency) are few and small.
+const BACKEND_POOL_CONNECTIONS: u32 = 2;
+/// Owner pools idle this long are closed.
+const BACKEND_POOL_IDLE: Duration = Duration::from_secs(120);
+/// Longest tenant page an admin list returns.
+pub const MAX_PAGE: u64 = 1000;
+
+fn stmt(sql: &str, values: Vec<sea_orm::Value>) -> Statement {
+    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+}
+
+/// A tenant as the admin API shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TenantView {
+    pub id: Uuid,
+    pub slug: String,
+    pub name: String,
+    pub tier: Tier,
+    pub status: TenantStatus,
+    pub region: String,
+    #[schema(value_type = Object)]
+    pub settings: serde_json::Value,
+    pub placement: Option<PlacementView>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct PlacementView {
+    pub backend_id: Uuid,
+    pub backend_name: String,
+    pub epoch: i64,
+}
+
+#[derive(FromQueryResult)]
+struct TenantRow {
+    id: Uuid,
+    slug: String,
+    name: String,
+    tier: String,
+    status: String,
+    region: String,
+    settings: serde_json::Value,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    backend_id: Option<Uuid>,
+    backend_name: Option<String>,
+    epoch: Option<i64>,
+}
+
+const TENANT_SELECT: &str = "SELECT t.id, t.slug, t.name, t.tier, t.status, t.region, t.settings, \
+    t.created_at, t.updated_at, p.backend_id, b.name AS backend_name, p.epoch \
+    FROM tenants t LEFT JOIN placements p ON p.tenant_id = t.id LEFT JOIN backends b ON b.id = p.backend_id";
+
+impl TryFrom<TenantRow> for TenantView {
+    type Error = Error;
+    fn try_from(r: TenantRow) -> Result<Self, Error> {
+        let corrupt = |e: tenantry_core::ParseError| Error::Db(DbErr::Custom(e.0));
+        Ok(TenantView {
+            id: r.id,
+            slug: r.slug,
+            name: r.name,
+            tier: r.tier.parse().map_err(corrupt)?,
+            status: r.status.parse().map_err(corrupt)?,
+            region: r.region,
+            settings: r.settings,
+            placement: match (r.backend_id, r.backend_name, r.epoch) {
+                (Some(backend_id), Some(backend_name), Some(epoch)) => Some(PlacementView {
+                    backend_id,
+                    backend_name,
+                    epoch,
+                }),
+                _ => None,
+            },
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+/// A backend as the admin API shows it.
+#[derive(Debug, Clone, Serialize, FromQueryResult, utoipa::ToSchema)]
+pub struct BackendView {
+    pub id: Uuid,
+    pub name: String,
+    pub kind: String,
+    pub engine: String,
+    pub host: String,
+    pub port: i32,
+    pub database: String,
+    pub region: String,
+    pub status: String,
+    pub schema_version: i32,
+    pub tenants: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A new API key: the secret is shown here once and never again.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct IssuedKey {
+    pub id: Uuid,
+    pub key: String,
+    pub prefix: String,
+}
+
+/// A request to create a tenant, already parsed.
+pub struct NewTenant {
+    pub slug: TenantSlug,
+    pub name: String,
+    pub tier: Tier,
+    pub region: Option<String>,
+}
+
+pub struct ControlPlane {
+    registry: DatabaseConnection,
+    cfg: ControlPlaneConfig,
+    provisioner: LogicalProvisioner,
+    backend_pools: Cache<Uuid, DatabaseConnection>,
+}
+
+impl ControlPlane {
+    /// Connects to the registry as the owner and migrates it.
+    pub async fn start(cfg: ControlPlaneConfig) -> Result<Self, Error> {
+        let c = &cfg.cluster;
+        let registry = lazy_pool(
+            &c.host,
+            c.port,
+            &cfg.registry_database,
+            &cfg.owner,
+            "tenantry-control-plane",
+            PoolSizing {
+                max_connections: 8,
+                ..PoolSizing::default()
+            },
+        );
+        migrate::apply(&registry, migrate::REGISTRY, &cfg.app_role).await?;
+        let provisioner =
+            LogicalProvisioner::connect(&c.host, c.port, &c.admin_user, &c.admin_password).await?;
+        let backend_pools = Cache::builder()
+            .max_capacity(256)
+            .time_to_idle(BACKEND_POOL_IDLE)
+            .async_eviction_listener(|_, db: DatabaseConnection, _| {
+                Box::pin(async move {
+                    let _ = db.close().await;
+                })
+            })
+            .build();
+        Ok(Self {
+            registry,
+            cfg,
+            provisioner,
+            backend_pools,
+        })
+    }
+
+    pub fn registry(&self) -> &DatabaseConnection {
+        &self.registry
+    }
+
+    pub fn config(&self) -> &ControlPlaneConfig {
+        &self.cfg
+    }
+
+    async fn owner_pool(&self, id: Uuid, addr: &DatabaseAddress) -> DatabaseConnection {
+        self.backend_pools
+            .get_with(id, async {
+                lazy_pool(
+                    &addr.host,
+                    addr.port,
+                    &addr.database,
+                    &self.cfg.owner,
+                    "tenantry-control-plane",
+                    PoolSizing {
+                        max_connections: BACKEND_POOL_CONNECTIONS,
+                        ..PoolSizing::default()
+                    },
+                )
+            })
+            .await
+    }
+
+    /// Registers a backend (a logical database on the managed cluster, created
+    /// when absent), migrates it to the latest tenant schema and marks it ready.
+    /// Safe to repeat: an existing backend of that name is brought up to date.
+    pub async fn register_backend(
+        &self,
+        actor: &str,
+        name: &str,
+        kind: BackendKind,
+    ) -> Result<BackendView, Error> {
+        let addr = self
+            .provisioner
+            .create_database(name, &self.cfg.owner.user)
+            .await?;
+        self.provisioner
+            .grant_connect(name, &self.cfg.app_role)
+            .await?;
+        let id = new_id();
+        let row = self
+            .registry
+            .query_one_raw(stmt(
+                "INSERT INTO backends (id, name, kind, engine, host, port, database, region, status) \
+                 VALUES ($1, $2, $3, 'logical', $4, $5, $6, $7, 'provisioning') \
+                 ON CONFLICT (name) DO UPDATE SET updated_at = now() RETURNING id",
+                vec![
+                    id.into(),
+                    name.into(),
+                    kind.as_str().into(),
+                    addr.host.clone().into(),
+                    i32::from(addr.port).into(),
+                    addr.database.clone().into(),
+                    self.cfg.cluster.region.clone().into(),
+                ],
+            ))
+            .await?
+            .ok_or(Error::NotFound("backend"))?;
+        let id: Uuid = row.try_get("", "id")?;
+        let pool = self.owner_pool(id, &addr).await;
+        let version = migrate::apply(&pool, migrate::TENANT, &self.cfg.app_role).await?;
+        let txn = self.registry.begin().await?;
+        txn.execute_raw(stmt(
+            "UPDATE backends SET status = 'ready', schema_version = $2, updated_at = now() WHERE id = $1",
+            vec![id.into(), version.into()],
+        ))
+        .await?;
+        audit(
+            &txn,
+            actor,
+            "backend.register",
+            None,
+            json!({"backend_id": id, "name": name, "kind": kind}),
+        )
+        .await?;
+        txn.commit().await?;
+        self.backend(id).await
+    }
+
+    pub async fn backend(&self, id: Uuid) -> Result<BackendView, Error> {
+        BackendView::find_by_statement(stmt(
+            &format!("{BACKEND_SELECT} WHERE b.id = $1 GROUP BY b.id"),
+            vec![id.into()],
+        ))
+        .one(&self.registry)
+        .await?
+        .ok_or(Error::NotFound("backend"))
+    }
+
+    pub async fn backends(&self) -> Result<Vec<BackendView>, Error> {
+        Ok(BackendView::find_by_statement(stmt(
+            &format!("{BACKEND_SELECT} GROUP BY b.id ORDER BY b.created_at"),
+            vec![],
+        ))
+        .all(&self.registry)
+        .await?)
+    }
+
+    /// Creates a tenant and places it: on the least-loaded ready shared pool of
+    /// its region, or in a new logical database of its own. On failure nothing
+    /// is left behind but the audit entry of the attempt.
+    pub async fn create_tenant(&self, actor: &str, req: NewTenant) -> Result<TenantView, Error> {
+        let name = req.name.trim().to_string();
+        if name.is_empty() || name.chars().count() > 200 {
+            return Err(Error::invalid(
+                "invalid_name",
+                "name must be 1-200 characters",
+            ));
+        }
+        let region = req
+            .region
+            .unwrap_or_else(|| self.cfg.default_region.clone());
+        if region.is_empty()
+            || region.len() > 64
+            || !region
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(Error::invalid(
+                "invalid_region",
+                format!("invalid region `{region}`"),
+            ));
+        }
+        let id = new_id();
+        let inserted = self
+            .registry
+            .execute_raw(stmt(
+                "INSERT INTO tenants (id, slug, name, tier, status, region) VALUES ($1, $2, $3, $4, 'provisioning', $5)",
+                vec![id.into(), req.slug.as_str().into(), name.clone().into(), req.tier.as_str().into(), region.clone().into()],
+            ))
+            .await;
+        match inserted {
+            Err(e) if sqlstate(&e).as_deref() == Some(UNIQUE_VIOLATION) => {
+                return Err(Error::Conflict {
+                    code: "slug_taken",
+                    message: format!("a tenant with slug `{}` already exists", req.slug),
+                });
+            }
+            other => other?,
+        };
+        match self
+            .place_new_tenant(actor, id, &req.slug, req.tier, &region)
+            .await
+        {
+            Ok(()) => self.tenant(&id.to_string()).await,
+            Err(e) => {
+                tracing::warn!(tenant_id = %id, error = %e, "tenant creation failed; rolling back");
+                self.forget_failed_tenant(id, req.tier).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn place_new_tenant(
+        &self,
+        actor: &str,
+        id: Uuid,
+        slug: &TenantSlug,
+        tier: Tier,
+        region: &str,
+    ) -> Result<(), Error> {
+        let backend = match tier {
+            Tier::Shared => self.pick_shared_pool(region).await?,
+            Tier::Dedicated => {
+                if region != self.cfg.cluster.region {
+                    return Err(Error::invalid(
+                        "region_unavailable",
+                        format!("no cluster for dedicated databases in region `{region}`"),
+                    ));
+                }
+                self.register_backend(actor, &dedicated_db_name(id), BackendKind::Dedicated)
+                    .await?
+            }
+        };
+        let addr = DatabaseAddress {
+            host: backend.host.clone(),
+            port: backend.port as u16,
+            database: backend.database.clone(),
+        };
+        let pool = self.owner_pool(backend.id, &addr).await;
+        pool.execute_raw(stmt(
+            "INSERT INTO tenant_residency (tenant_id, epoch, state) VALUES ($1, 1, 'active') \
+             ON CONFLICT (tenant_id) DO NOTHING",
+            vec![id.into()],
+        ))
+        .await?;
+        let txn = self.registry.begin().await?;
+        txn.execute_raw(stmt(
+            "INSERT INTO placements (tenant_id, backend_id, epoch) VALUES ($1, $2, 1)",
+            vec![id.into(), backend.id.into()],
+        ))
+        .await?;
+        txn.execute_raw(stmt(
+            "UPDATE tenants SET status = 'active', updated_at = now() WHERE id = $1",
+            vec![id.into()],
+        ))
+        .await?;
+        audit(
+            &txn,
+            actor,
+            "tenant.create",
+            Some(id),
+            json!({"slug": slug, "tier": tier, "region": region, "backend_id": backend.id}),
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    async fn pick_shared_pool(&self, region: &str) -> Result<BackendView, Error> {
+        BackendView::find_by_statement(stmt(
+            &format!(
+                "{BACKEND_SELECT} WHERE b.kind = 'shared_pool' AND b.status = 'ready' AND b.region = $1 \
+                 GROUP BY b.id ORDER BY count(p.tenant_id), b.created_at LIMIT 1"
+            ),
+            vec![region.into()],
+        ))
+        .one(&self.registry)
+        .await?
+        .ok_or_else(|| Error::invalid("region_unavailable", format!("no ready shared pool in region `{region}`")))
+    }
+
+    /// Best-effort cleanup after a failed creation: drop a dedicated database
+    /// made for it and the tenant's registry rows.
+    async fn forget_failed_tenant(&self, id: Uuid, tier: Tier) {
+        if tier == Tier::Dedicated {
+            let name = dedicated_db_name(id);
+            if let Err(e) = self.provisioner.drop_database(&name).await {
+                tracing::error!(tenant_id = %id, error = %e, "could not drop the dedicated database of a failed tenant");
+            }
+            let _ = self.registry.execute_raw(stmt("DELETE FROM backends WHERE name = $1 AND NOT EXISTS (SELECT 1 FROM placements WHERE backend_id = backends.id)", vec![name.into()])).await;
+        }
+        let _ = self
+            .registry
+            .execute_raw(stmt(
+                "DELETE FROM placements WHERE tenant_id = $1",
+                vec![id.into()],
+            ))
+            .await;
+        let _ = self
+            .registry
+            .execute_raw(stmt("DELETE FROM tenants WHERE id = $1", vec![id.into()]))
+            .await;
+    }
+
+    /// A tenant by id or slug.
+    pub async fn tenant(&self, id_or_slug: &str) -> Result<TenantView, Error> {
+        let (clause, value): (&str, sea_orm::Value) = match Uuid::parse_str(id_or_slug) {
+            Ok(id) => ("t.id = $1", id.into()),
+            Err(_) => ("t.slug = $1", id_or_slug.into()),
+        };
+        TenantRow::find_by_statement(stmt(
+            &format!("{TENANT_SELECT} WHERE {clause}"),
+            vec![value],
+        ))
+        .one(&self.registry)
+        .await?
+        .ok_or(Error::NotFound("tenant"))?
+        .try_into()
+    }
+
+    /// Tenants in id (creation) order, after `after`.
+    pub async fn tenants(&self, after: Option<Uuid>, limit: u64) -> Result<Vec<TenantView>, Error> {
+        let limit = limit.clamp(1, MAX_PAGE) as i64;
+        TenantRow::find_by_statement(stmt(
+            &format!(
+                "{TENANT_SELECT} WHERE ($1::uuid IS NULL OR t.id > $1) ORDER BY t.id LIMIT $2"
+            ),
+            vec![after.into(), limit.into()],
+        ))
+        .all(&self.registry)
+        .await?
+        .into_iter()
+        .map(TenantView::try_from)
+        .collect()
+    }
+
+    /// Issues an API key for an existing tenant.
+    pub async fn create_api_key(
+        &self,
+        actor: &str,
+        tenant_id: Uuid,
+        name: &str,
+    ) -> Result<IssuedKey, Error> {
+        if name.chars().count() > 100 {
+            return Err(Error::invalid(
+                "invalid_name",
+                "key name must be at most 100 characters",
+            ));
+        }
+        let key = api_key::generate();
+        let id = new_id();
+        let txn = self.registry.begin().await?;
+        let res = txn
+            .execute_raw(stmt(
+                "INSERT INTO api_keys (id, tenant_id, key_hash, prefix, name) \
+                 SELECT $1, t.id, $3, $4, $5 FROM tenants t WHERE t.id = $2 AND t.status NOT IN ('erasing', 'erased')",
+                vec![id.into(), tenant_id.into(), key.hash.clone().into(), key.display_prefix.clone().into(), name.into()],
+            ))
+            .await?;
+        if res.rows_affected() == 0 {
+            return Err(Error::NotFound("tenant"));
+        }
+        audit(
+            &txn,
+            actor,
+            "api_key.create",
+            Some(tenant_id),
+            json!({"key_id": id, "prefix": key.display_prefix}),
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(IssuedKey {
+            id,
+            key: key.secret,
+            prefix: key.display_prefix,
+        })
+    }
+
+    /// Revokes a key; every app process drops it from its cache at once.
+    pub async fn revoke_api_key(
+        &self,
+        actor: &str,
+        tenant_id: Uuid,
+        key_id: Uuid,
+    ) -> Result<(), Error> {
+        let txn = self.registry.begin().await?;
+        let res = txn
+            .execute_raw(stmt(
+                "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND tenant_id = $2 AND revoked_at IS NULL",
+                vec![key_id.into(), tenant_id.into()],
+            ))
+            .await?;
+        if res.rows_affected() == 0 {
+            return Err(Error::NotFound("api key"));
+        }
+        audit(
+            &txn,
+            actor,
+            "api_key.revoke",
+            Some(tenant_id),
+            json!({"key_id": key_id}),
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+}
+
+const BACKEND_SELECT: &str = "SELECT b.id, b.name, b.kind, b.engine, b.host, b.port, b.database, b.region, \
+    b.status, b.schema_version, count(p.tenant_id) AS tenants, b.created_at \
+    FROM backends b LEFT JOIN placements p ON p.backend_id = b.id";
+
+/// The logical database of a dedicated tenant: derived from its id, so a retry
+/// finds the database it made before.
+pub fn dedicated_db_name(tenant_id: Uuid) -> String {
+    format!("tenant_{}", tenant_id.simple())
+}
+
+/// Appends to the audit log inside the caller's transaction.
+pub async fn audit(
+    db: &impl ConnectionTrait,
+    actor: &str,
+    action: &str,
+    tenant_id: Option<Uuid>,
+    details: serde_json::Value,
+) -> Result<(), DbErr> {
+    db.execute_raw(stmt(
+        "INSERT INTO audit_log (actor, action, tenant_id, details) VALUES ($1, $2, $3, $4)",
+        vec![
+            actor.into(),
+            action.into(),
+            tenant_id.into(),
+            details.into(),
+        ],
+    ))
+    .await?;
+    Ok(())
+}

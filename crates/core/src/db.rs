@@ -1,0 +1,81 @@
+//! Connection pools to one PostgreSQL database, built from an address and a
+//! role's credentials (so passwords never travel inside URLs or the registry).
+
+use std::time::Duration;
+
+use sea_orm::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sea_orm::{DatabaseConnection, SqlxPostgresConnector};
+use secrecy::{ExposeSecret, SecretString};
+
+/// A login role and its password.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    pub user: String,
+    pub password: SecretString,
+}
+
+/// How big a pool may grow and how long an idle connection is kept.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolSizing {
+    pub max_connections: u32,
+    pub idle_timeout: Duration,
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolSizing {
+    fn default() -> Self {
+        Self {
+            max_connections: 8,
+            idle_timeout: Duration::from_secs(300),
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A lazily connecting pool: no connection is opened until the first query.
+pub fn lazy_pool(
+    host: &str,
+    port: u16,
+    database: &str,
+    creds: &Credentials,
+    application_name: &str,
+    sizing: PoolSizing,
+) -> DatabaseConnection {
+    let opts = PgConnectOptions::new()
+        .host(host)
+        .port(port)
+        .database(database)
+        .username(&creds.user)
+        .password(creds.password.expose_secret())
+        .application_name(application_name);
+    let pool = PgPoolOptions::new()
+        .max_connections(sizing.max_connections)
+        .min_connections(0)
+        .idle_timeout(Some(sizing.idle_timeout))
+        .acquire_timeout(sizing.acquire_timeout)
+        .connect_lazy_with(opts);
+    SqlxPostgresConnector::from_sqlx_postgres_pool(pool)
+}
+
+/// The SQLSTATE of a database error, if the server sent one.
+pub fn sqlstate(err: &sea_orm::DbErr) -> Option<String> {
+    use sea_orm::{DbErr, RuntimeErr};
+    match err {
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+            match &**e {
+                sea_orm::sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// SQLSTATE raised by `tenantry_enter` when the tenant is not resident at the
+/// caller's epoch (moved away, fenced, or never here).
+pub const NOT_RESIDENT: &str = "TR001";
+/// unique_violation
+pub const UNIQUE_VIOLATION: &str = "23505";
+/// foreign_key_violation
+pub const FOREIGN_KEY_VIOLATION: &str = "23503";

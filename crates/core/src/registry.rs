@@ -1,0 +1,123 @@
+//! The registry's read model: what the request path needs to turn an API key
+//! into a tenant and a tenant into a backend. Read-only by construction; the
+//! control plane owns every write.
+
+use sea_orm::{DatabaseConnection, DbBackend, DbErr, FromQueryResult, Statement};
+use uuid::Uuid;
+
+use crate::{BackendKind, Placement, TenantStatus, Tier};
+
+/// The tenant an API key belongs to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyOwner {
+    pub tenant_id: Uuid,
+    pub slug: String,
+    pub tier: Tier,
+    pub status: TenantStatus,
+}
+
+/// A tenant's placement together with its backend's address.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub placement: Placement,
+    pub backend: BackendAddress,
+}
+
+/// How to reach a backend (credentials come from configuration).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BackendAddress {
+    pub id: Uuid,
+    pub kind: BackendKind,
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+}
+
+#[derive(FromQueryResult)]
+struct KeyOwnerRow {
+    tenant_id: Uuid,
+    slug: String,
+    tier: String,
+    status: String,
+}
+
+#[derive(FromQueryResult)]
+struct RouteRow {
+    backend_id: Uuid,
+    epoch: i64,
+    kind: String,
+    host: String,
+    port: i32,
+    database: String,
+}
+
+fn corrupt(what: impl std::fmt::Display) -> DbErr {
+    DbErr::Custom(format!("registry holds an invalid value: {what}"))
+}
+
+/// Reads the registry over one connection pool.
+#[derive(Clone)]
+pub struct RegistryReader {
+    db: DatabaseConnection,
+}
+
+impl RegistryReader {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// The tenant owning an unrevoked key with this hash.
+    pub async fn key_owner(&self, key_hash: &[u8]) -> Result<Option<KeyOwner>, DbErr> {
+        let row = KeyOwnerRow::find_by_statement(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT t.id AS tenant_id, t.slug, t.tier, t.status \
+             FROM api_keys k JOIN tenants t ON t.id = k.tenant_id \
+             WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+            [key_hash.to_vec().into()],
+        ))
+        .one(&self.db)
+        .await?;
+        row.map(|r| {
+            Ok(KeyOwner {
+                tenant_id: r.tenant_id,
+                slug: r.slug,
+                tier: r.tier.parse().map_err(corrupt)?,
+                status: r.status.parse().map_err(corrupt)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Where the tenant is writable now.
+    pub async fn route(&self, tenant_id: Uuid) -> Result<Option<Route>, DbErr> {
+        let row = RouteRow::find_by_statement(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT p.backend_id, p.epoch, b.kind, b.host, b.port, b.database \
+             FROM placements p JOIN backends b ON b.id = p.backend_id \
+             WHERE p.tenant_id = $1",
+            [tenant_id.into()],
+        ))
+        .one(&self.db)
+        .await?;
+        row.map(|r| {
+            Ok(Route {
+                placement: Placement {
+                    backend_id: r.backend_id,
+                    epoch: r.epoch,
+                },
+                backend: BackendAddress {
+                    id: r.backend_id,
+                    kind: r.kind.parse().map_err(corrupt)?,
+                    host: r.host,
+                    port: u16::try_from(r.port).map_err(corrupt)?,
+                    database: r.database,
+                },
+            })
+        })
+        .transpose()
+    }
+}

@@ -1,0 +1,357 @@
+//! `tenantry dev`: the embedded stack. A private PostgreSQL cluster under a
+//! local data folder, the registry and one shared pool on it, demo tenants
+//! `acme` (shared) and `globex` (dedicated), and both listeners. Running it
+//! again reuses the data. The test harness builds on the same pieces.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use tenantry_app::AppConfig;
+use tenantry_app::config::RegistryAddress;
+use tenantry_control_plane::{ClusterConfig, ControlPlane, ControlPlaneConfig};
+use tenantry_core::db::Credentials;
+use tenantry_core::{BackendKind, TenantSlug, Tier};
+use tenantry_provisioner::{ClusterSpec, LocalCluster, LogicalProvisioner, RoleCredentials};
+
+use crate::Settings;
+
+pub const OWNER_ROLE: &str = "tenantry_owner";
+pub const APP_ROLE: &str = "tenantry_app";
+pub const SUPERUSER: &str = "postgres";
+/// Name of the demo shared pool.
+pub const SHARED_POOL: &str = "shared_pool_1";
+
+/// Passwords of a dev cluster, made on first start and kept (mode 0600) in
+/// `<data>/secrets.json`, with the demo tenants' API keys.
+#[derive(Serialize, Deserialize, Clone)]
+pub struct DevSecrets {
+    pub superuser_password: String,
+    pub owner_password: String,
+    pub app_password: String,
+    pub admin_token: String,
+    #[serde(default)]
+    pub demo_keys: Vec<(String, String)>,
+}
+
+pub fn random_secret(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl DevSecrets {
+    pub fn generate() -> Self {
+        Self {
+            superuser_password: random_secret(16),
+            owner_password: random_secret(16),
+            app_password: random_secret(16),
+            admin_token: random_secret(24),
+            demo_keys: vec![],
+        }
+    }
+
+    fn load_or_create(path: &Path) -> anyhow::Result<Self> {
+        if path.exists() {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            return serde_json::from_str(&text)
+                .with_context(|| format!("parsing {}", path.display()));
+        }
+        let s = Self::generate();
+        s.save(path)?;
+        Ok(s)
+    }
+
+    fn save(&self, path: &Path) -> anyhow::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        std::io::Write::write_all(&mut f, serde_json::to_string_pretty(self)?.as_bytes())?;
+        Ok(())
+    }
+}
+
+/// Creates the owner and app roles and the registry database on a cluster.
+pub async fn prepare_cluster(
+    cluster: &LocalCluster,
+    secrets: &DevSecrets,
+    registry_db: &str,
+) -> anyhow::Result<()> {
+    let admin = LogicalProvisioner::connect(
+        "127.0.0.1",
+        cluster.port(),
+        SUPERUSER,
+        &SecretString::from(secrets.superuser_password.clone()),
+    )
+    .await?;
+    admin
+        .ensure_roles(
+            &RoleCredentials {
+                name: OWNER_ROLE.into(),
+                password: secrets.owner_password.clone().into(),
+            },
+            &RoleCredentials {
+                name: APP_ROLE.into(),
+                password: secrets.app_password.clone().into(),
+            },
+        )
+        .await?;
+    admin.create_database(registry_db, OWNER_ROLE).await?;
+    admin.grant_connect(registry_db, APP_ROLE).await?;
+    Ok(())
+}
+
+/// Settings for a stack on a local cluster.
+pub fn settings_for(
+    pg_port: u16,
+    secrets: &DevSecrets,
+    registry_db: &str,
+    app_listen: SocketAddr,
+    admin_listen: SocketAddr,
+) -> Settings {
+    Settings {
+        app: AppConfig {
+            listen: app_listen,
+            registry: RegistryAddress {
+                host: "127.0.0.1".into(),
+                port: pg_port,
+                database: registry_db.into(),
+            },
+            credentials: Credentials {
+                user: APP_ROLE.into(),
+                password: secrets.app_password.clone().into(),
+            },
+            max_connections_total: 64,
+            connections_per_pool: 8,
+            pool_idle_secs: 300,
+            cache_ttl_secs: 60,
+            workers: 2,
+        },
+        control_plane: ControlPlaneConfig {
+            listen: admin_listen,
+            admin_token: secrets.admin_token.clone().into(),
+            registry_database: registry_db.into(),
+            owner: Credentials {
+                user: OWNER_ROLE.into(),
+                password: secrets.owner_password.clone().into(),
+            },
+            app_role: APP_ROLE.into(),
+            cluster: ClusterConfig {
+                host: "127.0.0.1".into(),
+                port: pg_port,
+                admin_user: SUPERUSER.into(),
+                admin_password: secrets.superuser_password.clone().into(),
+                region: "local".into(),
+            },
+            default_region: "local".into(),
+            workers: 1,
+        },
+        log: Default::default(),
+    }
+}
+
+/// Options of `tenantry dev`.
+pub struct DevOptions {
+    pub data_dir: PathBuf,
+    pub pg_port: u16,
+    pub app_port: u16,
+    pub admin_port: u16,
+    pub admin_token: Option<String>,
+}
+
+/// Runs the embedded stack until Ctrl-C.
+pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&opts.data_dir)
+        .with_context(|| format!("creating {}", opts.data_dir.display()))?;
+    let data_dir = opts.data_dir.canonicalize()?;
+    let secrets_path = data_dir.join("secrets.json");
+    let mut secrets = DevSecrets::load_or_create(&secrets_path)?;
+    if let Some(token) = opts.admin_token {
+        secrets.admin_token = token;
+        secrets.save(&secrets_path)?;
+    }
+    println!(
+        "starting PostgreSQL on 127.0.0.1:{} (data in {})",
+        opts.pg_port,
+        data_dir.display()
+    );
+    let spec = ClusterSpec {
+        base_dir: data_dir.clone(),
+        port: opts.pg_port,
+        superuser: SUPERUSER.into(),
+        superuser_password: secrets.superuser_password.clone(),
+        settings: ClusterSpec::base_settings(200),
+    };
+    let mut cluster = tokio::task::spawn_blocking(move || LocalCluster::start(spec)).await??;
+    let result = serve(
+        &cluster,
+        &mut secrets,
+        &secrets_path,
+        &opts_addr(opts.app_port),
+        &opts_addr(opts.admin_port),
+    )
+    .await;
+    println!("stopping PostgreSQL");
+    cluster.stop();
+    result
+}
+
+fn opts_addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+async fn serve(
+    cluster: &LocalCluster,
+    secrets: &mut DevSecrets,
+    secrets_path: &Path,
+    app: &SocketAddr,
+    admin: &SocketAddr,
+) -> anyhow::Result<()> {
+    prepare_cluster(cluster, secrets, "tenantry").await?;
+    let settings = settings_for(cluster.port(), secrets, "tenantry", *app, *admin);
+    let stack = crate::Stack::build(&settings).await?;
+    let cp = stack.control_plane();
+    cp.register_backend("dev", SHARED_POOL, BackendKind::SharedPool)
+        .await?;
+    let mut changed = false;
+    for (slug, name, tier) in [
+        ("acme", "Acme Corporation", Tier::Shared),
+        ("globex", "Globex Inc.", Tier::Dedicated),
+    ] {
+        if cp.tenant(slug).await.is_err() {
+            let tenant = cp
+                .create_tenant(
+                    "dev",
+                    tenantry_control_plane::service::NewTenant {
+                        slug: TenantSlug::parse(slug).expect("demo slugs are valid"),
+                        name: name.into(),
+                        tier,
+                        region: None,
+                    },
+                )
+                .await?;
+            let key = cp.create_api_key("dev", tenant.id, "demo").await?;
+            secrets.demo_keys.retain(|(s, _)| s != slug);
+            secrets.demo_keys.push((slug.to_string(), key.key.clone()));
+            changed = true;
+            seed_tenant(&stack, &key.key, slug).await?;
+        }
+    }
+    if changed {
+        secrets.save(secrets_path)?;
+    }
+    print_banner(&stack, secrets, cp.as_ref()).await;
+    let handles = stack.handles();
+    let run = stack.run_until_stopped();
+    tokio::select! {
+        r = run => r?,
+        _ = tokio::signal::ctrl_c() => {
+            println!("\nCtrl-C: stopping");
+            for h in handles { h.stop(true).await; }
+        }
+    }
+    Ok(())
+}
+
+/// A few assets, schedules and issues per demo tenant, written through the
+/// same request path as the API.
+async fn seed_tenant(stack: &crate::Stack, key: &str, slug: &str) -> anyhow::Result<()> {
+    use tenantry_app::data;
+    let resolver = stack.resolver();
+    let owner = resolver
+        .authenticate(key)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let tx = resolver
+        .enter(&owner)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let items = [
+        ("Forklift", "FL", "vehicles", "Warehouse A"),
+        ("Air compressor", "AC", "tools", "Workshop"),
+        ("Server rack", "SR", "it", "Data room"),
+    ];
+    for (i, (name, prefix, category, location)) in items.into_iter().enumerate() {
+        let asset = data::create_asset(
+            &tx,
+            data::NewAsset {
+                name: format!("{name} ({slug})"),
+                tag: format!("{}-{prefix}-{:03}", slug.to_uppercase(), i + 1),
+                category: category.into(),
+                location: location.into(),
+                status: "active".into(),
+                attributes: serde_json::json!({"seeded": true}),
+            },
+        )
+        .await?;
+        data::create_schedule(
+            &tx,
+            data::NewSchedule {
+                asset_id: asset.id,
+                title: format!("Inspect {name}"),
+                interval_days: 30 * (i as i32 + 1),
+                next_due_at: chrono_now_plus_days(7 * i as i64),
+            },
+        )
+        .await?;
+        data::create_issue(
+            &tx,
+            data::NewIssue {
+                asset_id: asset.id,
+                title: format!("{name}: routine check found wear"),
+                description: "Seeded by tenantry dev".into(),
+                status: "open".into(),
+                priority: "medium".into(),
+            },
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+fn chrono_now_plus_days(days: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now() + chrono::Duration::days(days)
+}
+
+async fn print_banner(stack: &crate::Stack, secrets: &DevSecrets, cp: &ControlPlane) {
+    let app = format!("http://127.0.0.1:{}", stack.app_port());
+    let admin = format!("http://127.0.0.1:{}", stack.admin_port());
+    let token = SecretString::from(secrets.admin_token.clone());
+    println!("\nTenantry dev stack is up.\n");
+    println!("  app API    {app}   (OpenAPI: {app}/openapi.json)");
+    println!("  admin API  {admin}   (OpenAPI: {admin}/openapi.json)");
+    println!("  admin token  {}", token.expose_secret());
+    for (slug, key) in &secrets.demo_keys {
+        let tier = cp
+            .tenant(slug)
+            .await
+            .map(|t| t.tier.to_string())
+            .unwrap_or_default();
+        println!("  API key of {slug:<7} ({tier:<9}) {key}");
+    }
+    println!("\nTry:");
+    if let Some((_, key)) = secrets.demo_keys.first() {
+        println!("  curl -s -H 'Authorization: Bearer {key}' {app}/v1/assets");
+        println!("  curl -s -H 'Authorization: Bearer {key}' {app}/v1/tenant");
+    }
+    println!(
+        "  curl -s -H 'Authorization: Bearer {}' {admin}/v1/tenants",
+        token.expose_secret()
+    );
+    println!(
+        "  curl -s -X POST -H 'Authorization: Bearer {}' -H 'Content-Type: application/json' \\\n       -d '{{\"slug\":\"initech\",\"name\":\"Initech\",\"tier\":\"dedicated\"}}' {admin}/v1/tenants",
+        token.expose_secret()
+    );
+    println!("\nCtrl-C stops everything; running `tenantry dev` again reuses the data.");
+}

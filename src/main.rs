@@ -1,0 +1,93 @@
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Tenantry: hybrid-tenancy control plane with per-tier PostgreSQL routing.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the embedded development stack: a private PostgreSQL cluster, demo
+    /// tenants and both listeners. Ctrl-C stops it; running again reuses the data.
+    Dev {
+        /// Data folder (cluster, secrets).
+        #[arg(long, env = "TENANTRY_DEV_DATA_DIR", default_value = ".tenantry")]
+        data_dir: PathBuf,
+        /// PostgreSQL port on 127.0.0.1.
+        #[arg(long, env = "TENANTRY_DEV_PG_PORT", default_value_t = 54329)]
+        pg_port: u16,
+        /// App API port on 127.0.0.1.
+        #[arg(long, env = "TENANTRY_DEV_APP_PORT", default_value_t = 8080)]
+        app_port: u16,
+        /// Admin API port on 127.0.0.1.
+        #[arg(long, env = "TENANTRY_DEV_ADMIN_PORT", default_value_t = 8081)]
+        admin_port: u16,
+        /// Admin token (default: generated once and kept in the data folder).
+        #[arg(long, env = "TENANTRY_DEV_ADMIN_TOKEN")]
+        admin_token: Option<String>,
+    },
+    /// Serve the app and admin APIs from configuration (file + TENANTRY_* env).
+    Serve {
+        #[arg(long, env = "TENANTRY_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Dev {
+                data_dir,
+                pg_port,
+                app_port,
+                admin_port,
+                admin_token,
+            } => {
+                tenantry::telemetry::init(&Default::default());
+                tenantry::dev::run(tenantry::dev::DevOptions {
+                    data_dir,
+                    pg_port,
+                    app_port,
+                    admin_port,
+                    admin_token,
+                })
+                .await
+            }
+            Command::Serve { config } => {
+                let settings =
+                    tenantry::Settings::load(config.as_deref()).map_err(anyhow::Error::msg)?;
+                tenantry::telemetry::init(&settings.log);
+                let stack = tenantry::Stack::build(&settings).await?;
+                tracing::info!(
+                    app_port = stack.app_port(),
+                    admin_port = stack.admin_port(),
+                    "serving"
+                );
+                stack.run_until_stopped().await.map_err(Into::into)
+            }
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

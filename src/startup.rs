@@ -1,0 +1,79 @@
+//! Builds both listeners from [`Settings`]: `Stack::build` binds them (port 0
+//! in tests; `app_port()` / `admin_port()` read the ports back) and
+//! `run_until_stopped` serves until Ctrl-C or `stop`.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::{Server, ServerHandle};
+use tenantry_app::Resolver;
+use tenantry_control_plane::ControlPlane;
+
+use crate::Settings;
+
+pub struct Stack {
+    app_port: u16,
+    admin_port: u16,
+    app: Server,
+    admin: Server,
+    control_plane: Arc<ControlPlane>,
+    resolver: Resolver,
+}
+
+impl Stack {
+    pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
+        let control_plane = Arc::new(ControlPlane::start(settings.control_plane.clone()).await?);
+        let resolver = Resolver::start(settings.app.clone()).await?;
+        let app_listener = TcpListener::bind(settings.app.listen)
+            .map_err(|e| anyhow::anyhow!("cannot listen on {} (app): {e}", settings.app.listen))?;
+        let admin_listener = TcpListener::bind(settings.control_plane.listen).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {} (admin): {e}",
+                settings.control_plane.listen
+            )
+        })?;
+        let app_port = app_listener.local_addr()?.port();
+        let admin_port = admin_listener.local_addr()?.port();
+        let app = tenantry_app::http::server(resolver.clone(), app_listener, settings.app.workers)?;
+        let admin = tenantry_control_plane::http::server(
+            control_plane.clone(),
+            admin_listener,
+            settings.control_plane.workers,
+        )?;
+        Ok(Self {
+            app_port,
+            admin_port,
+            app,
+            admin,
+            control_plane,
+            resolver,
+        })
+    }
+
+    pub fn app_port(&self) -> u16 {
+        self.app_port
+    }
+
+    pub fn admin_port(&self) -> u16 {
+        self.admin_port
+    }
+
+    pub fn control_plane(&self) -> Arc<ControlPlane> {
+        self.control_plane.clone()
+    }
+
+    pub fn resolver(&self) -> Resolver {
+        self.resolver.clone()
+    }
+
+    /// Handles that stop both servers gracefully.
+    pub fn handles(&self) -> [ServerHandle; 2] {
+        [self.app.handle(), self.admin.handle()]
+    }
+
+    /// Serves both listeners until both stop (Ctrl-C stops them).
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let (a, b) = tokio::join!(self.app, self.admin);
+        a.and(b)
+    }
+}
