@@ -45,21 +45,13 @@ impl Settings {
         let mut fig = Figment::new();
         if let Some(file) = file {
             if !file.exists() {
-                return Err(format!(
-                    "configuration file {} does not exist",
-                    file.display()
-                ));
+                return Err(format!("configuration file {} does not exist", file.display()));
             }
             fig = fig.merge(Toml::file(file));
         }
-        let settings: Settings = fig
-            .merge(Env::prefixed("TENANTRY_").split("__"))
-            .extract()
-            .map_err(|e| format!("configuration: {e}"))?;
-        settings
-            .app
-            .validate()
-            .map_err(|e| format!("configuration: {e}"))?;
+        let settings: Settings =
+            fig.merge(Env::prefixed("TENANTRY_").split("__")).extract().map_err(|e| format!("configuration: {e}"))?;
+        settings.app.validate().map_err(|e| format!("configuration: {e}"))?;
         Ok(settings)
     }
 }

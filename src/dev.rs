@@ -57,10 +57,8 @@ impl DevSecrets {
 
     fn load_or_create(path: &Path) -> anyhow::Result<Self> {
         if path.exists() {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            return serde_json::from_str(&text)
-                .with_context(|| format!("parsing {}", path.display()));
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            return serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()));
         }
         let s = Self::generate();
         s.save(path)?;
@@ -81,31 +79,22 @@ impl DevSecrets {
     }
 }
 
-/// Creates the owner and app roles and the registry database on a cluster.
-pub async fn prepare_cluster(
-    cluster: &LocalCluster,
-    secrets: &DevSecrets,
-    registry_db: &str,
-) -> anyhow::Result<()> {
-    let admin = LogicalProvisioner::connect(
-        "127.0.0.1",
-        cluster.port(),
-        SUPERUSER,
-        &SecretString::from(secrets.superuser_password.clone()),
-    )
-    .await?;
-    admin
-        .ensure_roles(
-            &RoleCredentials {
-                name: OWNER_ROLE.into(),
-                password: secrets.owner_password.clone().into(),
-            },
-            &RoleCredentials {
-                name: APP_ROLE.into(),
-                password: secrets.app_password.clone().into(),
-            },
-        )
-        .await?;
+/// Creates (or re-keys) the owner and app roles on a cluster.
+pub async fn prepare_roles(cluster: &LocalCluster, secrets: &DevSecrets) -> anyhow::Result<()> {
+    let owner = RoleCredentials { name: OWNER_ROLE.into(), password: secrets.owner_password.clone().into() };
+    let app = RoleCredentials { name: APP_ROLE.into(), password: secrets.app_password.clone().into() };
+    superuser(cluster, secrets).await?.ensure_roles(&owner, &app).await?;
+    Ok(())
+}
+
+async fn superuser(cluster: &LocalCluster, secrets: &DevSecrets) -> anyhow::Result<LogicalProvisioner> {
+    let password = SecretString::from(secrets.superuser_password.clone());
+    Ok(LogicalProvisioner::connect("127.0.0.1", cluster.port(), SUPERUSER, &password).await?)
+}
+
+/// Creates the registry database (owned by the owner role) when absent.
+pub async fn create_registry(cluster: &LocalCluster, secrets: &DevSecrets, registry_db: &str) -> anyhow::Result<()> {
+    let admin = superuser(cluster, secrets).await?;
     admin.create_database(registry_db, OWNER_ROLE).await?;
     admin.grant_connect(registry_db, APP_ROLE).await?;
     Ok(())
@@ -122,15 +111,8 @@ pub fn settings_for(
     Settings {
         app: AppConfig {
             listen: app_listen,
-            registry: RegistryAddress {
-                host: "127.0.0.1".into(),
-                port: pg_port,
-                database: registry_db.into(),
-            },
-            credentials: Credentials {
-                user: APP_ROLE.into(),
-                password: secrets.app_password.clone().into(),
-            },
+            registry: RegistryAddress { host: "127.0.0.1".into(), port: pg_port, database: registry_db.into() },
+            credentials: Credentials { user: APP_ROLE.into(), password: secrets.app_password.clone().into() },
             max_connections_total: 64,
             connections_per_pool: 8,
             pool_idle_secs: 300,
@@ -141,10 +123,7 @@ pub fn settings_for(
             listen: admin_listen,
             admin_token: secrets.admin_token.clone().into(),
             registry_database: registry_db.into(),
-            owner: Credentials {
-                user: OWNER_ROLE.into(),
-                password: secrets.owner_password.clone().into(),
-            },
+            owner: Credentials { user: OWNER_ROLE.into(), password: secrets.owner_password.clone().into() },
             app_role: APP_ROLE.into(),
             cluster: ClusterConfig {
                 host: "127.0.0.1".into(),
@@ -171,8 +150,7 @@ pub struct DevOptions {
 
 /// Runs the embedded stack until Ctrl-C.
 pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&opts.data_dir)
-        .with_context(|| format!("creating {}", opts.data_dir.display()))?;
+    std::fs::create_dir_all(&opts.data_dir).with_context(|| format!("creating {}", opts.data_dir.display()))?;
     let data_dir = opts.data_dir.canonicalize()?;
     let secrets_path = data_dir.join("secrets.json");
     let mut secrets = DevSecrets::load_or_create(&secrets_path)?;
@@ -180,11 +158,7 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         secrets.admin_token = token;
         secrets.save(&secrets_path)?;
     }
-    println!(
-        "starting PostgreSQL on 127.0.0.1:{} (data in {})",
-        opts.pg_port,
-        data_dir.display()
-    );
+    println!("starting PostgreSQL on 127.0.0.1:{} (data in {})", opts.pg_port, data_dir.display());
     let spec = ClusterSpec {
         base_dir: data_dir.clone(),
         port: opts.pg_port,
@@ -193,14 +167,8 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         settings: ClusterSpec::base_settings(200),
     };
     let mut cluster = tokio::task::spawn_blocking(move || LocalCluster::start(spec)).await??;
-    let result = serve(
-        &cluster,
-        &mut secrets,
-        &secrets_path,
-        &opts_addr(opts.app_port),
-        &opts_addr(opts.admin_port),
-    )
-    .await;
+    let result =
+        serve(&cluster, &mut secrets, &secrets_path, &opts_addr(opts.app_port), &opts_addr(opts.admin_port)).await;
     println!("stopping PostgreSQL");
     cluster.stop();
     result
@@ -217,17 +185,14 @@ async fn serve(
     app: &SocketAddr,
     admin: &SocketAddr,
 ) -> anyhow::Result<()> {
-    prepare_cluster(cluster, secrets, "tenantry").await?;
+    prepare_roles(cluster, secrets).await?;
+    create_registry(cluster, secrets, "tenantry").await?;
     let settings = settings_for(cluster.port(), secrets, "tenantry", *app, *admin);
     let stack = crate::Stack::build(&settings).await?;
     let cp = stack.control_plane();
-    cp.register_backend("dev", SHARED_POOL, BackendKind::SharedPool)
-        .await?;
+    cp.register_backend("dev", SHARED_POOL, BackendKind::SharedPool).await?;
     let mut changed = false;
-    for (slug, name, tier) in [
-        ("acme", "Acme Corporation", Tier::Shared),
-        ("globex", "Globex Inc.", Tier::Dedicated),
-    ] {
+    for (slug, name, tier) in [("acme", "Acme Corporation", Tier::Shared), ("globex", "Globex Inc.", Tier::Dedicated)] {
         if cp.tenant(slug).await.is_err() {
             let tenant = cp
                 .create_tenant(
@@ -268,14 +233,8 @@ async fn serve(
 async fn seed_tenant(stack: &crate::Stack, key: &str, slug: &str) -> anyhow::Result<()> {
     use tenantry_app::data;
     let resolver = stack.resolver();
-    let owner = resolver
-        .authenticate(key)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let tx = resolver
-        .enter(&owner)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let owner = resolver.authenticate(key).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let tx = resolver.enter(&owner).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let items = [
         ("Forklift", "FL", "vehicles", "Warehouse A"),
         ("Air compressor", "AC", "tools", "Workshop"),
@@ -333,11 +292,7 @@ async fn print_banner(stack: &crate::Stack, secrets: &DevSecrets, cp: &ControlPl
     println!("  admin API  {admin}   (OpenAPI: {admin}/openapi.json)");
     println!("  admin token  {}", token.expose_secret());
     for (slug, key) in &secrets.demo_keys {
-        let tier = cp
-            .tenant(slug)
-            .await
-            .map(|t| t.tier.to_string())
-            .unwrap_or_default();
+        let tier = cp.tenant(slug).await.map(|t| t.tier.to_string()).unwrap_or_default();
         println!("  API key of {slug:<7} ({tier:<9}) {key}");
     }
     println!("\nTry:");
@@ -345,10 +300,7 @@ async fn print_banner(stack: &crate::Stack, secrets: &DevSecrets, cp: &ControlPl
         println!("  curl -s -H 'Authorization: Bearer {key}' {app}/v1/assets");
         println!("  curl -s -H 'Authorization: Bearer {key}' {app}/v1/tenant");
     }
-    println!(
-        "  curl -s -H 'Authorization: Bearer {}' {admin}/v1/tenants",
-        token.expose_secret()
-    );
+    println!("  curl -s -H 'Authorization: Bearer {}' {admin}/v1/tenants", token.expose_secret());
     println!(
         "  curl -s -X POST -H 'Authorization: Bearer {}' -H 'Content-Type: application/json' \\\n       -d '{{\"slug\":\"initech\",\"name\":\"Initech\",\"tier\":\"dedicated\"}}' {admin}/v1/tenants",
         token.expose_secret()

@@ -40,10 +40,7 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -52,33 +49,16 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Dev {
-                data_dir,
-                pg_port,
-                app_port,
-                admin_port,
-                admin_token,
-            } => {
+            Command::Dev { data_dir, pg_port, app_port, admin_port, admin_token } => {
                 tenantry::telemetry::init(&Default::default());
-                tenantry::dev::run(tenantry::dev::DevOptions {
-                    data_dir,
-                    pg_port,
-                    app_port,
-                    admin_port,
-                    admin_token,
-                })
-                .await
+                tenantry::dev::run(tenantry::dev::DevOptions { data_dir, pg_port, app_port, admin_port, admin_token })
+                    .await
             }
             Command::Serve { config } => {
-                let settings =
-                    tenantry::Settings::load(config.as_deref()).map_err(anyhow::Error::msg)?;
+                let settings = tenantry::Settings::load(config.as_deref()).map_err(anyhow::Error::msg)?;
                 tenantry::telemetry::init(&settings.log);
                 let stack = tenantry::Stack::build(&settings).await?;
-                tracing::info!(
-                    app_port = stack.app_port(),
-                    admin_port = stack.admin_port(),
-                    "serving"
-                );
+                tracing::info!(app_port = stack.app_port(), admin_port = stack.admin_port(), "serving");
                 stack.run_until_stopped().await.map_err(Into::into)
             }
         }

@@ -26,12 +26,8 @@ impl Stack {
         let resolver = Resolver::start(settings.app.clone()).await?;
         let app_listener = TcpListener::bind(settings.app.listen)
             .map_err(|e| anyhow::anyhow!("cannot listen on {} (app): {e}", settings.app.listen))?;
-        let admin_listener = TcpListener::bind(settings.control_plane.listen).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot listen on {} (admin): {e}",
-                settings.control_plane.listen
-            )
-        })?;
+        let admin_listener = TcpListener::bind(settings.control_plane.listen)
+            .map_err(|e| anyhow::anyhow!("cannot listen on {} (admin): {e}", settings.control_plane.listen))?;
         let app_port = app_listener.local_addr()?.port();
         let admin_port = admin_listener.local_addr()?.port();
         let app = tenantry_app::http::server(resolver.clone(), app_listener, settings.app.workers)?;
@@ -40,14 +36,7 @@ impl Stack {
             admin_listener,
             settings.control_plane.workers,
         )?;
-        Ok(Self {
-            app_port,
-            admin_port,
-            app,
-            admin,
-            control_plane,
-            resolver,
-        })
+        Ok(Self { app_port, admin_port, app, admin, control_plane, resolver })
     }
 
     pub fn app_port(&self) -> u16 {

@@ -10,11 +10,7 @@ pub fn init(cfg: &LogConfig) {
         .unwrap_or_else(|_| EnvFilter::new(cfg.filter.clone().unwrap_or_else(|| "info".into())));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let _ = match cfg.format {
-        LogFormat::Json => builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .try_init(),
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).try_init(),
         LogFormat::Text => builder.try_init(),
     };
 }

@@ -1,1 +1,11 @@
+//! Black-box tests: the real server on port 0, a real HTTP client, a real
+//! PostgreSQL 15 cluster started by the harness (one per test process), and a
+//! fresh registry and shared pool database per test.
 
+mod helpers;
+
+mod admin;
+mod app_api;
+mod bad_input;
+mod isolation;
+mod routing;

@@ -50,11 +50,8 @@ pub struct AppConfig {
 impl AppConfig {
     /// Configuration problems a person must fix, or `Ok`.
     pub fn validate(&self) -> Result<(), String> {
-        if self.connections_per_pool == 0 || self.connections_per_pool > self.max_connections_total
-        {
-            return Err(
-                "app.connections_per_pool must be between 1 and app.max_connections_total".into(),
-            );
+        if self.connections_per_pool == 0 || self.connections_per_pool > self.max_connections_total {
+            return Err("app.connections_per_pool must be between 1 and app.max_connections_total".into());
         }
         if self.workers == 0 {
             return Err("app.workers must be at least 1".into());

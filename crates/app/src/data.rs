@@ -22,18 +22,12 @@ fn page<T>(mut rows: Vec<T>, limit: u64, id: impl Fn(&T) -> Uuid) -> Page<T> {
     let more = rows.len() as u64 > limit;
     rows.truncate(limit as usize);
     let next_after = if more { rows.last().map(&id) } else { None };
-    Page {
-        items: rows,
-        next_after,
-    }
+    Page { items: rows, next_after }
 }
 
 /// `%`, `_` and `\` taken literally inside an ILIKE pattern.
 fn like_pattern(q: &str) -> String {
-    let escaped = q
-        .replace('\\', "\\\\")
-        .replace('%', "\\%")
-        .replace('_', "\\_");
+    let escaped = q.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
     format!("%{escaped}%")
 }
 
@@ -60,16 +54,12 @@ pub async fn list_assets(tx: &TenantTx, f: AssetFilter<'_>) -> Result<Page<asset
     if let Some(after) = f.after {
         select = select.filter(assets::Column::Id.gt(after));
     }
-    let rows = tx
-        .all(select.order_by_asc(assets::Column::Id).limit(f.limit + 1))
-        .await?;
+    let rows = tx.all(select.order_by_asc(assets::Column::Id).limit(f.limit + 1)).await?;
     Ok(page(rows, f.limit, |a| a.id))
 }
 
 pub async fn asset_by_tag(tx: &TenantTx, tag: &str) -> Result<Option<assets::Model>, DbErr> {
-    let select = tx
-        .select::<assets::Entity>()
-        .filter(assets::Column::Tag.eq(tag));
+    let select = tx.select::<assets::Entity>().filter(assets::Column::Tag.eq(tag));
     Ok(tx.all(select).await?.into_iter().next())
 }
 
@@ -99,10 +89,7 @@ pub async fn create_asset(tx: &TenantTx, a: NewAsset) -> Result<assets::Model, D
     .await
 }
 
-pub async fn schedules_of_asset(
-    tx: &TenantTx,
-    asset_id: Uuid,
-) -> Result<Vec<maintenance_schedules::Model>, DbErr> {
+pub async fn schedules_of_asset(tx: &TenantTx, asset_id: Uuid) -> Result<Vec<maintenance_schedules::Model>, DbErr> {
     let select = tx
         .select::<maintenance_schedules::Entity>()
         .filter(maintenance_schedules::Column::AssetId.eq(asset_id))
@@ -132,10 +119,7 @@ pub struct NewSchedule {
     pub next_due_at: DateTime<Utc>,
 }
 
-pub async fn create_schedule(
-    tx: &TenantTx,
-    s: NewSchedule,
-) -> Result<maintenance_schedules::Model, DbErr> {
+pub async fn create_schedule(tx: &TenantTx, s: NewSchedule) -> Result<maintenance_schedules::Model, DbErr> {
     let now = Utc::now();
     tx.insert(|tenant_id| maintenance_schedules::ActiveModel {
         tenant_id: Set(tenant_id),
@@ -164,13 +148,7 @@ pub async fn list_issues(
     if let Some(after) = after {
         select = select.filter(asset_issues::Column::Id.gt(after));
     }
-    let rows = tx
-        .all(
-            select
-                .order_by_asc(asset_issues::Column::Id)
-                .limit(limit + 1),
-        )
-        .await?;
+    let rows = tx.all(select.order_by_asc(asset_issues::Column::Id).limit(limit + 1)).await?;
     Ok(page(rows, limit, |i| i.id))
 }
 

@@ -42,19 +42,13 @@ impl FromRequest for Tenant {
         let resolver = req.app_data::<web::Data<Resolver>>().cloned();
         let key = bearer(req).map(str::to_string);
         Box::pin(async move {
-            let resolver =
-                resolver.ok_or_else(|| ApiError::internal(&"resolver missing from app data"))?;
-            let key = key
-                .ok_or_else(|| ApiError::unauthorized("send `Authorization: Bearer <API key>`"))?;
+            let resolver = resolver.ok_or_else(|| ApiError::internal(&"resolver missing from app data"))?;
+            let key = key.ok_or_else(|| ApiError::unauthorized("send `Authorization: Bearer <API key>`"))?;
             let owner = resolver.authenticate(&key).await?;
             match owner.status {
                 TenantStatus::Active => {}
                 TenantStatus::Provisioning => {
-                    return Err(ApiError::unavailable(
-                        "tenant_provisioning",
-                        "the tenant is being provisioned",
-                        2,
-                    ));
+                    return Err(ApiError::unavailable("tenant_provisioning", "the tenant is being provisioned", 2));
                 }
                 TenantStatus::Suspended => {
                     return Err(ApiError::new(
@@ -64,9 +58,7 @@ impl FromRequest for Tenant {
                     ));
                 }
                 _ => {
-                    return Err(ApiError::unauthorized(
-                        "missing, unknown or revoked API key",
-                    ));
+                    return Err(ApiError::unauthorized("missing, unknown or revoked API key"));
                 }
             }
             let span = tracing::Span::current();
@@ -85,13 +77,9 @@ async fn enter(resolver: &Resolver, tenant: &Tenant) -> Result<TenantTx, ApiErro
 /// Maps constraint violations to 4xx; anything else is a 500.
 fn db_error(e: DbErr) -> ApiError {
     match sqlstate(&e).as_deref() {
-        Some(UNIQUE_VIOLATION) => {
-            ApiError::conflict("duplicate_tag", "an asset with this tag already exists")
-        }
+        Some(UNIQUE_VIOLATION) => ApiError::conflict("duplicate_tag", "an asset with this tag already exists"),
         Some(FOREIGN_KEY_VIOLATION) => ApiError::not_found("asset"),
-        Some("23514") => {
-            ApiError::unprocessable("invalid_value", "a value is outside its allowed range")
-        }
+        Some("23514") => ApiError::unprocessable("invalid_value", "a value is outside its allowed range"),
         _ => ApiError::from(e),
     }
 }
@@ -99,30 +87,21 @@ fn db_error(e: DbErr) -> ApiError {
 fn text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
     let v = value.trim();
     if v.is_empty() || v.chars().count() > max {
-        return Err(ApiError::unprocessable(
-            "invalid_field",
-            format!("`{field}` must be 1-{max} characters"),
-        ));
+        return Err(ApiError::unprocessable("invalid_field", format!("`{field}` must be 1-{max} characters")));
     }
     Ok(v.to_string())
 }
 
 fn optional_text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
     if value.chars().count() > max {
-        return Err(ApiError::unprocessable(
-            "invalid_field",
-            format!("`{field}` must be at most {max} characters"),
-        ));
+        return Err(ApiError::unprocessable("invalid_field", format!("`{field}` must be at most {max} characters")));
     }
     Ok(value.trim().to_string())
 }
 
 fn attributes(value: serde_json::Value) -> Result<serde_json::Value, ApiError> {
     if !value.is_object() {
-        return Err(ApiError::unprocessable(
-            "invalid_field",
-            "`attributes` must be a JSON object",
-        ));
+        return Err(ApiError::unprocessable("invalid_field", "`attributes` must be a JSON object"));
     }
     Ok(value)
 }
@@ -132,10 +111,7 @@ fn limit(l: Option<u64>) -> Result<u64, ApiError> {
     if (1..=MAX_PAGE).contains(&l) {
         Ok(l)
     } else {
-        Err(ApiError::bad_request(
-            "invalid_limit",
-            format!("limit must be between 1 and {MAX_PAGE}"),
-        ))
+        Err(ApiError::bad_request("invalid_limit", format!("limit must be between 1 and {MAX_PAGE}")))
     }
 }
 
@@ -149,9 +125,7 @@ fn decode_cursor(c: Option<&str>) -> Result<Option<Uuid>, ApiError> {
             .decode(c)
             .ok()
             .and_then(|b| Uuid::from_slice(&b).ok())
-            .ok_or_else(|| {
-                ApiError::bad_request("invalid_cursor", "cursor is not one this API returned")
-            })
+            .ok_or_else(|| ApiError::bad_request("invalid_cursor", "cursor is not one this API returned"))
     })
     .transpose()
 }
@@ -182,10 +156,7 @@ pub enum Priority {
 }
 
 fn wire<T: Serialize>(v: T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -392,30 +363,19 @@ fn interval(days: i32) -> Result<i32, ApiError> {
     if (1..=3650).contains(&days) {
         Ok(days)
     } else {
-        Err(ApiError::unprocessable(
-            "invalid_field",
-            "`interval_days` must be between 1 and 3650",
-        ))
+        Err(ApiError::unprocessable("invalid_field", "`interval_days` must be between 1 and 3650"))
     }
 }
 
 /// Who am I: the tenant this key belongs to.
 #[utoipa::path(get, path = "/v1/tenant", responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody)))]
 async fn whoami(t: Tenant) -> HttpResponse {
-    HttpResponse::Ok().json(WhoAmI {
-        id: t.0.tenant_id,
-        slug: t.0.slug,
-        tier: t.0.tier,
-    })
+    HttpResponse::Ok().json(WhoAmI { id: t.0.tenant_id, slug: t.0.slug, tier: t.0.tier })
 }
 
 #[utoipa::path(post, path = "/v1/assets", request_body = CreateAsset,
     responses((status = 201, body = Asset), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
-async fn create_asset(
-    r: R,
-    t: Tenant,
-    body: web::Json<CreateAsset>,
-) -> Result<HttpResponse, ApiError> {
+async fn create_asset(r: R, t: Tenant, body: web::Json<CreateAsset>) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
     let new = NewAsset {
         name: text("name", &b.name, 200)?,
@@ -453,10 +413,7 @@ async fn list_assets(r: R, t: Tenant, q: web::Query<ListAssets>) -> Result<HttpR
     responses((status = 200, body = Asset), (status = 404, body = ErrorBody)))]
 async fn get_asset(r: R, t: Tenant, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
     let tx = enter(&r, &t).await?;
-    let asset = tx
-        .get::<assets::Entity>(*id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("asset"))?;
+    let asset = tx.get::<assets::Entity>(*id).await?.ok_or_else(|| ApiError::not_found("asset"))?;
     tx.commit().await?;
     Ok(HttpResponse::Ok().json(Asset::from(asset)))
 }
@@ -465,9 +422,7 @@ async fn get_asset(r: R, t: Tenant, id: web::Path<Uuid>) -> Result<HttpResponse,
     responses((status = 200, body = Asset), (status = 404, body = ErrorBody)))]
 async fn asset_by_tag(r: R, t: Tenant, tag: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let tx = enter(&r, &t).await?;
-    let asset = data::asset_by_tag(&tx, &tag)
-        .await?
-        .ok_or_else(|| ApiError::not_found("asset"))?;
+    let asset = data::asset_by_tag(&tx, &tag).await?.ok_or_else(|| ApiError::not_found("asset"))?;
     tx.commit().await?;
     Ok(HttpResponse::Ok().json(Asset::from(asset)))
 }
@@ -482,11 +437,7 @@ async fn update_asset(
 ) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
     let tx = enter(&r, &t).await?;
-    let mut m = tx
-        .get::<assets::Entity>(*id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("asset"))?
-        .into_active_model();
+    let mut m = tx.get::<assets::Entity>(*id).await?.ok_or_else(|| ApiError::not_found("asset"))?.into_active_model();
     if let Some(v) = b.name {
         m.name = Set(text("name", &v, 200)?);
     }
@@ -536,14 +487,10 @@ async fn create_schedule(
         asset_id: *id,
         title: text("title", &b.title, 200)?,
         interval_days: days,
-        next_due_at: b
-            .next_due_at
-            .unwrap_or_else(|| Utc::now() + Duration::days(i64::from(days))),
+        next_due_at: b.next_due_at.unwrap_or_else(|| Utc::now() + Duration::days(i64::from(days))),
     };
     let tx = enter(&r, &t).await?;
-    tx.get::<assets::Entity>(*id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("asset"))?;
+    tx.get::<assets::Entity>(*id).await?.ok_or_else(|| ApiError::not_found("asset"))?;
     let s = data::create_schedule(&tx, new).await.map_err(db_error)?;
     tx.commit().await?;
     Ok(HttpResponse::Created().json(Schedule::from(s)))
@@ -553,14 +500,10 @@ async fn create_schedule(
     responses((status = 200, body = ScheduleList), (status = 404, body = ErrorBody)))]
 async fn list_schedules(r: R, t: Tenant, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
     let tx = enter(&r, &t).await?;
-    tx.get::<assets::Entity>(*id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("asset"))?;
+    tx.get::<assets::Entity>(*id).await?.ok_or_else(|| ApiError::not_found("asset"))?;
     let list = data::schedules_of_asset(&tx, *id).await?;
     tx.commit().await?;
-    Ok(HttpResponse::Ok().json(ScheduleList {
-        maintenance_schedules: list.into_iter().map(Schedule::from).collect(),
-    }))
+    Ok(HttpResponse::Ok().json(ScheduleList { maintenance_schedules: list.into_iter().map(Schedule::from).collect() }))
 }
 
 #[utoipa::path(get, path = "/v1/maintenance-schedules/due", params(DueQuery), responses((status = 200, body = ScheduleList)))]
@@ -569,9 +512,7 @@ async fn due_schedules(r: R, t: Tenant, q: web::Query<DueQuery>) -> Result<HttpR
     let tx = enter(&r, &t).await?;
     let list = data::schedules_due(&tx, q.before, lim).await?;
     tx.commit().await?;
-    Ok(HttpResponse::Ok().json(ScheduleList {
-        maintenance_schedules: list.into_iter().map(Schedule::from).collect(),
-    }))
+    Ok(HttpResponse::Ok().json(ScheduleList { maintenance_schedules: list.into_iter().map(Schedule::from).collect() }))
 }
 
 #[utoipa::path(patch, path = "/v1/maintenance-schedules/{id}", params(("id" = Uuid, Path)), request_body = UpdateSchedule,
@@ -635,9 +576,7 @@ async fn create_issue(
         priority: wire(b.priority.unwrap_or(Priority::Medium)),
     };
     let tx = enter(&r, &t).await?;
-    tx.get::<assets::Entity>(*id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("asset"))?;
+    tx.get::<assets::Entity>(*id).await?.ok_or_else(|| ApiError::not_found("asset"))?;
     let i = data::create_issue(&tx, new).await.map_err(db_error)?;
     tx.commit().await?;
     Ok(HttpResponse::Created().json(Issue::from(i)))
@@ -661,10 +600,7 @@ async fn list_issues(r: R, t: Tenant, q: web::Query<ListIssues>) -> Result<HttpR
     responses((status = 200, body = Issue), (status = 404, body = ErrorBody)))]
 async fn get_issue(r: R, t: Tenant, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
     let tx = enter(&r, &t).await?;
-    let i = tx
-        .get::<asset_issues::Entity>(*id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("issue"))?;
+    let i = tx.get::<asset_issues::Entity>(*id).await?.ok_or_else(|| ApiError::not_found("issue"))?;
     tx.commit().await?;
     Ok(HttpResponse::Ok().json(Issue::from(i)))
 }
@@ -679,11 +615,8 @@ async fn update_issue(
 ) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
     let tx = enter(&r, &t).await?;
-    let mut m = tx
-        .get::<asset_issues::Entity>(*id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("issue"))?
-        .into_active_model();
+    let mut m =
+        tx.get::<asset_issues::Entity>(*id).await?.ok_or_else(|| ApiError::not_found("issue"))?.into_active_model();
     if let Some(v) = b.title {
         m.title = Set(text("title", &v, 200)?);
     }
@@ -746,40 +679,26 @@ async fn openapi() -> HttpResponse {
 /// The app routes, for embedding in an `App`.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     configure_extractors(cfg);
-    cfg.route("/healthz", web::get().to(healthz))
-        .route("/openapi.json", web::get().to(openapi))
-        .service(
-            web::scope("/v1")
-                .route("/tenant", web::get().to(whoami))
-                .route("/assets", web::post().to(create_asset))
-                .route("/assets", web::get().to(list_assets))
-                .route("/assets/by-tag/{tag}", web::get().to(asset_by_tag))
-                .route("/assets/{id}", web::get().to(get_asset))
-                .route("/assets/{id}", web::patch().to(update_asset))
-                .route("/assets/{id}", web::delete().to(delete_asset))
-                .route(
-                    "/assets/{id}/maintenance-schedules",
-                    web::post().to(create_schedule),
-                )
-                .route(
-                    "/assets/{id}/maintenance-schedules",
-                    web::get().to(list_schedules),
-                )
-                .route("/assets/{id}/issues", web::post().to(create_issue))
-                .route("/maintenance-schedules/due", web::get().to(due_schedules))
-                .route(
-                    "/maintenance-schedules/{id}",
-                    web::patch().to(update_schedule),
-                )
-                .route(
-                    "/maintenance-schedules/{id}",
-                    web::delete().to(delete_schedule),
-                )
-                .route("/issues", web::get().to(list_issues))
-                .route("/issues/{id}", web::get().to(get_issue))
-                .route("/issues/{id}", web::patch().to(update_issue))
-                .route("/issues/{id}", web::delete().to(delete_issue)),
-        );
+    cfg.route("/healthz", web::get().to(healthz)).route("/openapi.json", web::get().to(openapi)).service(
+        web::scope("/v1")
+            .route("/tenant", web::get().to(whoami))
+            .route("/assets", web::post().to(create_asset))
+            .route("/assets", web::get().to(list_assets))
+            .route("/assets/by-tag/{tag}", web::get().to(asset_by_tag))
+            .route("/assets/{id}", web::get().to(get_asset))
+            .route("/assets/{id}", web::patch().to(update_asset))
+            .route("/assets/{id}", web::delete().to(delete_asset))
+            .route("/assets/{id}/maintenance-schedules", web::post().to(create_schedule))
+            .route("/assets/{id}/maintenance-schedules", web::get().to(list_schedules))
+            .route("/assets/{id}/issues", web::post().to(create_issue))
+            .route("/maintenance-schedules/due", web::get().to(due_schedules))
+            .route("/maintenance-schedules/{id}", web::patch().to(update_schedule))
+            .route("/maintenance-schedules/{id}", web::delete().to(delete_schedule))
+            .route("/issues", web::get().to(list_issues))
+            .route("/issues/{id}", web::get().to(get_issue))
+            .route("/issues/{id}", web::patch().to(update_issue))
+            .route("/issues/{id}", web::delete().to(delete_issue)),
+    );
 }
 
 /// Root span of every app request, with the fields the resolver fills in.
@@ -804,11 +723,7 @@ impl RootSpanBuilder for TenantSpan {
 }
 
 /// Serves the app API on `listener` until stopped.
-pub fn server(
-    resolver: Resolver,
-    listener: TcpListener,
-    workers: usize,
-) -> std::io::Result<Server> {
+pub fn server(resolver: Resolver, listener: TcpListener, workers: usize) -> std::io::Result<Server> {
     let resolver = web::Data::new(resolver);
     Ok(HttpServer::new(move || {
         actix_web::App::new()

@@ -63,22 +63,13 @@ impl Resolver {
             &r.database,
             &cfg.credentials,
             "tenantry-app-registry",
-            PoolSizing {
-                max_connections: 8,
-                ..PoolSizing::default()
-            },
+            PoolSizing { max_connections: 8, ..PoolSizing::default() },
         );
         let ttl = Duration::from_secs(cfg.cache_ttl_secs);
         let inner = Arc::new(Inner {
             registry: RegistryReader::new(registry.clone()),
-            keys: Cache::builder()
-                .max_capacity(MAX_CACHED_KEYS)
-                .time_to_live(ttl)
-                .build(),
-            routes: Cache::builder()
-                .max_capacity(MAX_CACHED_ROUTES)
-                .time_to_live(ttl)
-                .build(),
+            keys: Cache::builder().max_capacity(MAX_CACHED_KEYS).time_to_live(ttl).build(),
+            routes: Cache::builder().max_capacity(MAX_CACHED_ROUTES).time_to_live(ttl).build(),
             pools: Cache::builder()
                 .max_capacity(cfg.max_pools())
                 .time_to_idle(Duration::from_secs(cfg.pool_idle_secs))
@@ -94,15 +85,9 @@ impl Resolver {
         let mut listener = PgListener::connect_with(registry.get_postgres_connection_pool())
             .await
             .map_err(|e| sea_orm::DbErr::Custom(format!("LISTEN on the registry: {e}")))?;
-        listener
-            .listen(CHANNEL)
-            .await
-            .map_err(|e| sea_orm::DbErr::Custom(format!("LISTEN on the registry: {e}")))?;
+        listener.listen(CHANNEL).await.map_err(|e| sea_orm::DbErr::Custom(format!("LISTEN on the registry: {e}")))?;
         let task = tokio::spawn(listen(listener, inner.clone()));
-        Ok(Self {
-            inner,
-            _listener: Arc::new(ListenerTask(task)),
-        })
+        Ok(Self { inner, _listener: Arc::new(ListenerTask(task)) })
     }
 
     /// The tenant owning a presented API key (401 when unknown or revoked).
@@ -112,12 +97,7 @@ impl Resolver {
         if let Some(owner) = self.inner.keys.get(&hash).await {
             return Ok(owner);
         }
-        let owner = self
-            .inner
-            .registry
-            .key_owner(&hash)
-            .await?
-            .ok_or_else(unauthorized)?;
+        let owner = self.inner.registry.key_owner(&hash).await?.ok_or_else(unauthorized)?;
         self.inner.keys.insert(hash, owner.clone()).await;
         Ok(owner)
     }
@@ -127,11 +107,7 @@ impl Resolver {
             return Ok(route);
         }
         let route = self.inner.registry.route(tenant_id).await?.ok_or_else(|| {
-            ApiError::unavailable(
-                "tenant_not_placed",
-                "the tenant has no backend yet; retry shortly",
-                RETRY_AFTER_SECS,
-            )
+            ApiError::unavailable("tenant_not_placed", "the tenant has no backend yet; retry shortly", RETRY_AFTER_SECS)
         })?;
         self.inner.routes.insert(tenant_id, route.clone()).await;
         Ok(route)
@@ -148,10 +124,7 @@ impl Resolver {
                     &backend.database,
                     &cfg.credentials,
                     "tenantry-app",
-                    PoolSizing {
-                        max_connections: cfg.connections_per_pool,
-                        ..PoolSizing::default()
-                    },
+                    PoolSizing { max_connections: cfg.connections_per_pool, ..PoolSizing::default() },
                 )
             })
             .await
@@ -176,8 +149,7 @@ impl Resolver {
                 .await;
             match entered {
                 Ok(_) => {
-                    tracing::Span::current()
-                        .record("backend", tracing::field::display(route.backend.id));
+                    tracing::Span::current().record("backend", tracing::field::display(route.backend.id));
                     return Ok(TenantTx::new(txn, tenant.tenant_id));
                 }
                 Err(e) if sqlstate(&e).as_deref() == Some(NOT_RESIDENT) => {
@@ -188,11 +160,7 @@ impl Resolver {
                 Err(e) => return Err(backend_down(&route, &e)),
             }
         }
-        Err(ApiError::unavailable(
-            "tenant_moving",
-            "the tenant is being moved; retry shortly",
-            RETRY_AFTER_SECS,
-        ))
+        Err(ApiError::unavailable("tenant_moving", "the tenant is being moved; retry shortly", RETRY_AFTER_SECS))
     }
 
     /// Drops every cached key and route (used when notifications may have been missed).

@@ -29,10 +29,7 @@ impl TenantTx {
 
     /// One row by id, or `None` (also for another tenant's id).
     pub async fn get<E: TenantScoped>(&self, id: Uuid) -> Result<Option<E::Model>, DbErr> {
-        self.select::<E>()
-            .filter(E::id_column().eq(id))
-            .one(&self.txn)
-            .await
+        self.select::<E>().filter(E::id_column().eq(id)).one(&self.txn).await
     }
 
     /// Rows of a scoped select.

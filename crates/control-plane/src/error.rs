@@ -18,10 +18,7 @@ pub enum Error {
 
 impl Error {
     pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
-        Error::Invalid {
-            code,
-            message: message.into(),
-        }
+        Error::Invalid { code, message: message.into() }
     }
 }
 
@@ -33,11 +30,7 @@ impl From<Error> for ApiError {
             Error::Conflict { code, message } => ApiError::conflict(code, message),
             Error::Provisioner(p) => {
                 tracing::error!(error = %p, "provisioning failed");
-                ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "provisioning_failed",
-                    p.to_string(),
-                )
+                ApiError::new(StatusCode::BAD_GATEWAY, "provisioning_failed", p.to_string())
             }
             Error::Db(db) => ApiError::internal(&db),
         }

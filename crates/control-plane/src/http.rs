@@ -31,17 +31,13 @@ impl FromRequest for Admin {
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let expected = req
-            .app_data::<Cp>()
-            .map(|cp| cp.config().admin_token.expose_secret().as_bytes().to_vec());
+        let expected = req.app_data::<Cp>().map(|cp| cp.config().admin_token.expose_secret().as_bytes().to_vec());
         let ok = match (bearer(req), expected) {
             (Some(given), Some(expected)) => constant_time_eq(given.as_bytes(), &expected),
             _ => false,
         };
         ready(if ok {
-            Ok(Admin {
-                actor: "admin-token".into(),
-            })
+            Ok(Admin { actor: "admin-token".into() })
         } else {
             Err(ApiError::unauthorized("missing or invalid admin token"))
         })
@@ -95,60 +91,31 @@ pub struct BackendList {
 #[utoipa::path(post, path = "/v1/tenants", request_body = CreateTenant,
     responses((status = 201, body = TenantView), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 #[tracing::instrument(skip_all, fields(slug = %body.slug))]
-async fn create_tenant(
-    cp: Cp,
-    admin: Admin,
-    body: web::Json<CreateTenant>,
-) -> Result<HttpResponse, ApiError> {
+async fn create_tenant(cp: Cp, admin: Admin, body: web::Json<CreateTenant>) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let slug =
-        TenantSlug::parse(&body.slug).map_err(|e| ApiError::unprocessable("invalid_slug", e.0))?;
+    let slug = TenantSlug::parse(&body.slug).map_err(|e| ApiError::unprocessable("invalid_slug", e.0))?;
     let tenant = cp
-        .create_tenant(
-            &admin.actor,
-            NewTenant {
-                slug,
-                name: body.name,
-                tier: body.tier,
-                region: body.region,
-            },
-        )
+        .create_tenant(&admin.actor, NewTenant { slug, name: body.name, tier: body.tier, region: body.region })
         .await?;
     Ok(HttpResponse::Created().json(tenant))
 }
 
 /// List tenants in creation order.
 #[utoipa::path(get, path = "/v1/tenants", params(ListTenants), responses((status = 200, body = TenantPage)))]
-async fn list_tenants(
-    cp: Cp,
-    _admin: Admin,
-    q: web::Query<ListTenants>,
-) -> Result<HttpResponse, ApiError> {
+async fn list_tenants(cp: Cp, _admin: Admin, q: web::Query<ListTenants>) -> Result<HttpResponse, ApiError> {
     let limit = q.limit.unwrap_or(100);
     if !(1..=crate::service::MAX_PAGE).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_limit",
-            "limit must be between 1 and 1000",
-        ));
+        return Err(ApiError::bad_request("invalid_limit", "limit must be between 1 and 1000"));
     }
     let tenants = cp.tenants(q.cursor, limit).await?;
-    let next_cursor = (tenants.len() as u64 == limit)
-        .then(|| tenants.last().map(|t| t.id))
-        .flatten();
-    Ok(HttpResponse::Ok().json(TenantPage {
-        tenants,
-        next_cursor,
-    }))
+    let next_cursor = (tenants.len() as u64 == limit).then(|| tenants.last().map(|t| t.id)).flatten();
+    Ok(HttpResponse::Ok().json(TenantPage { tenants, next_cursor }))
 }
 
 /// One tenant, by id or slug, with its placement.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}", params(("tenant" = String, Path, description = "id or slug")),
     responses((status = 200, body = TenantView), (status = 404, body = ErrorBody)))]
-async fn get_tenant(
-    cp: Cp,
-    _admin: Admin,
-    tenant: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+async fn get_tenant(cp: Cp, _admin: Admin, tenant: web::Path<String>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(cp.tenant(&tenant).await?))
 }
 
@@ -170,11 +137,7 @@ async fn create_key(
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}/api-keys/{key_id}",
     params(("tenant" = String, Path, description = "id or slug"), ("key_id" = Uuid, Path)),
     responses((status = 204), (status = 404, body = ErrorBody)))]
-async fn revoke_key(
-    cp: Cp,
-    admin: Admin,
-    path: web::Path<(String, Uuid)>,
-) -> Result<HttpResponse, ApiError> {
+async fn revoke_key(cp: Cp, admin: Admin, path: web::Path<(String, Uuid)>) -> Result<HttpResponse, ApiError> {
     let (tenant, key_id) = path.into_inner();
     let tenant = cp.tenant(&tenant).await?;
     cp.revoke_api_key(&admin.actor, tenant.id, key_id).await?;
@@ -184,22 +147,13 @@ async fn revoke_key(
 /// Every backend with its tenant count and schema version.
 #[utoipa::path(get, path = "/v1/backends", responses((status = 200, body = BackendList)))]
 async fn list_backends(cp: Cp, _admin: Admin) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(BackendList {
-        backends: cp.backends().await?,
-    }))
+    Ok(HttpResponse::Ok().json(BackendList { backends: cp.backends().await? }))
 }
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Tenantry admin API"),
-    paths(
-        create_tenant,
-        list_tenants,
-        get_tenant,
-        create_key,
-        revoke_key,
-        list_backends
-    ),
+    paths(create_tenant, list_tenants, get_tenant, create_key, revoke_key, list_backends),
     components(schemas(ErrorBody))
 )]
 pub struct AdminApiDoc;
@@ -211,28 +165,19 @@ async fn openapi() -> HttpResponse {
 /// The admin routes, for embedding in an `App`.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     configure_extractors(cfg);
-    cfg.route("/healthz", web::get().to(healthz))
-        .route("/openapi.json", web::get().to(openapi))
-        .service(
-            web::scope("/v1")
-                .route("/tenants", web::post().to(create_tenant))
-                .route("/tenants", web::get().to(list_tenants))
-                .route("/tenants/{tenant}", web::get().to(get_tenant))
-                .route("/tenants/{tenant}/api-keys", web::post().to(create_key))
-                .route(
-                    "/tenants/{tenant}/api-keys/{key_id}",
-                    web::delete().to(revoke_key),
-                )
-                .route("/backends", web::get().to(list_backends)),
-        );
+    cfg.route("/healthz", web::get().to(healthz)).route("/openapi.json", web::get().to(openapi)).service(
+        web::scope("/v1")
+            .route("/tenants", web::post().to(create_tenant))
+            .route("/tenants", web::get().to(list_tenants))
+            .route("/tenants/{tenant}", web::get().to(get_tenant))
+            .route("/tenants/{tenant}/api-keys", web::post().to(create_key))
+            .route("/tenants/{tenant}/api-keys/{key_id}", web::delete().to(revoke_key))
+            .route("/backends", web::get().to(list_backends)),
+    );
 }
 
 /// Serves the admin API on `listener` until stopped.
-pub fn server(
-    cp: Arc<ControlPlane>,
-    listener: TcpListener,
-    workers: usize,
-) -> std::io::Result<Server> {
+pub fn server(cp: Arc<ControlPlane>, listener: TcpListener, workers: usize) -> std::io::Result<Server> {
     let cp = web::Data::from(cp);
     Ok(HttpServer::new(move || {
         actix_web::App::new()

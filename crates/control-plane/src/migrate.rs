@@ -16,18 +16,12 @@ pub struct Migration {
 }
 
 /// The registry's migrations, in order.
-pub const REGISTRY: &[Migration] = &[Migration {
-    version: 1,
-    name: "registry",
-    sql: include_str!("../../../migrations/registry/0001_registry.sql"),
-}];
+pub const REGISTRY: &[Migration] =
+    &[Migration { version: 1, name: "registry", sql: include_str!("../../../migrations/registry/0001_registry.sql") }];
 
 /// The tenant-data schema's migrations, in order.
-pub const TENANT: &[Migration] = &[Migration {
-    version: 1,
-    name: "assets",
-    sql: include_str!("../../../migrations/tenant/0001_assets.sql"),
-}];
+pub const TENANT: &[Migration] =
+    &[Migration { version: 1, name: "assets", sql: include_str!("../../../migrations/tenant/0001_assets.sql") }];
 
 /// The version a fully migrated database of this set reports.
 pub fn latest(set: &[Migration]) -> i32 {
@@ -40,11 +34,7 @@ const MIGRATION_LOCK: i64 = 0x7465_6e61_6e74; // "tenant"
 /// Applies every pending migration of `set`; returns the version reached.
 /// Each migration commits with its version row; a concurrent run waits on the
 /// lock and then finds nothing left to do.
-pub async fn apply(
-    db: &DatabaseConnection,
-    set: &[Migration],
-    app_role: &str,
-) -> Result<i32, DbErr> {
+pub async fn apply(db: &DatabaseConnection, set: &[Migration], app_role: &str) -> Result<i32, DbErr> {
     db.execute_unprepared(
         "CREATE TABLE IF NOT EXISTS tenantry_schema_migrations (
             version    integer PRIMARY KEY,
@@ -67,9 +57,7 @@ pub async fn apply(
             continue;
         }
         let sql = m.sql.replace("{app_role}", &quote_ident(app_role));
-        txn.execute_unprepared(&sql)
-            .await
-            .map_err(|e| DbErr::Migration(format!("{} {}: {e}", m.version, m.name)))?;
+        txn.execute_unprepared(&sql).await.map_err(|e| DbErr::Migration(format!("{} {}: {e}", m.version, m.name)))?;
         txn.execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             "INSERT INTO tenantry_schema_migrations (version, name) VALUES ($1, $2)",

@@ -6,10 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use moka::future::Cache;
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, FromQueryResult, Statement,
-    TransactionTrait,
-};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, FromQueryResult, Statement, TransactionTrait};
 use serde::Serialize;
 use serde_json::json;
 use uuid::Uuid;
@@ -88,11 +85,9 @@ impl TryFrom<TenantRow> for TenantView {
             region: r.region,
             settings: r.settings,
             placement: match (r.backend_id, r.backend_name, r.epoch) {
-                (Some(backend_id), Some(backend_name), Some(epoch)) => Some(PlacementView {
-                    backend_id,
-                    backend_name,
-                    epoch,
-                }),
+                (Some(backend_id), Some(backend_name), Some(epoch)) => {
+                    Some(PlacementView { backend_id, backend_name, epoch })
+                }
                 _ => None,
             },
             created_at: r.created_at,
@@ -151,14 +146,10 @@ impl ControlPlane {
             &cfg.registry_database,
             &cfg.owner,
             "tenantry-control-plane",
-            PoolSizing {
-                max_connections: 8,
-                ..PoolSizing::default()
-            },
+            PoolSizing { max_connections: 8, ..PoolSizing::default() },
         );
         migrate::apply(&registry, migrate::REGISTRY, &cfg.app_role).await?;
-        let provisioner =
-            LogicalProvisioner::connect(&c.host, c.port, &c.admin_user, &c.admin_password).await?;
+        let provisioner = LogicalProvisioner::connect(&c.host, c.port, &c.admin_user, &c.admin_password).await?;
         let backend_pools = Cache::builder()
             .max_capacity(256)
             .time_to_idle(BACKEND_POOL_IDLE)
@@ -168,12 +159,7 @@ impl ControlPlane {
                 })
             })
             .build();
-        Ok(Self {
-            registry,
-            cfg,
-            provisioner,
-            backend_pools,
-        })
+        Ok(Self { registry, cfg, provisioner, backend_pools })
     }
 
     pub fn registry(&self) -> &DatabaseConnection {
@@ -193,10 +179,7 @@ impl ControlPlane {
                     &addr.database,
                     &self.cfg.owner,
                     "tenantry-control-plane",
-                    PoolSizing {
-                        max_connections: BACKEND_POOL_CONNECTIONS,
-                        ..PoolSizing::default()
-                    },
+                    PoolSizing { max_connections: BACKEND_POOL_CONNECTIONS, ..PoolSizing::default() },
                 )
             })
             .await
@@ -205,19 +188,9 @@ impl ControlPlane {
     /// Registers a backend (a logical database on the managed cluster, created
     /// when absent), migrates it to the latest tenant schema and marks it ready.
     /// Safe to repeat: an existing backend of that name is brought up to date.
-    pub async fn register_backend(
-        &self,
-        actor: &str,
-        name: &str,
-        kind: BackendKind,
-    ) -> Result<BackendView, Error> {
-        let addr = self
-            .provisioner
-            .create_database(name, &self.cfg.owner.user)
-            .await?;
-        self.provisioner
-            .grant_connect(name, &self.cfg.app_role)
-            .await?;
+    pub async fn register_backend(&self, actor: &str, name: &str, kind: BackendKind) -> Result<BackendView, Error> {
+        let addr = self.provisioner.create_database(name, &self.cfg.owner.user).await?;
+        self.provisioner.grant_connect(name, &self.cfg.app_role).await?;
         let id = new_id();
         let row = self
             .registry
@@ -246,14 +219,7 @@ impl ControlPlane {
             vec![id.into(), version.into()],
         ))
         .await?;
-        audit(
-            &txn,
-            actor,
-            "backend.register",
-            None,
-            json!({"backend_id": id, "name": name, "kind": kind}),
-        )
-        .await?;
+        audit(&txn, actor, "backend.register", None, json!({"backend_id": id, "name": name, "kind": kind})).await?;
         txn.commit().await?;
         self.backend(id).await
     }
@@ -283,24 +249,11 @@ impl ControlPlane {
     pub async fn create_tenant(&self, actor: &str, req: NewTenant) -> Result<TenantView, Error> {
         let name = req.name.trim().to_string();
         if name.is_empty() || name.chars().count() > 200 {
-            return Err(Error::invalid(
-                "invalid_name",
-                "name must be 1-200 characters",
-            ));
+            return Err(Error::invalid("invalid_name", "name must be 1-200 characters"));
         }
-        let region = req
-            .region
-            .unwrap_or_else(|| self.cfg.default_region.clone());
-        if region.is_empty()
-            || region.len() > 64
-            || !region
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        {
-            return Err(Error::invalid(
-                "invalid_region",
-                format!("invalid region `{region}`"),
-            ));
+        let region = req.region.unwrap_or_else(|| self.cfg.default_region.clone());
+        if region.is_empty() || region.len() > 64 || !region.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(Error::invalid("invalid_region", format!("invalid region `{region}`")));
         }
         let id = new_id();
         let inserted = self
@@ -319,10 +272,7 @@ impl ControlPlane {
             }
             other => other?,
         };
-        match self
-            .place_new_tenant(actor, id, &req.slug, req.tier, &region)
-            .await
-        {
+        match self.place_new_tenant(actor, id, &req.slug, req.tier, &region).await {
             Ok(()) => self.tenant(&id.to_string()).await,
             Err(e) => {
                 tracing::warn!(tenant_id = %id, error = %e, "tenant creation failed; rolling back");
@@ -349,8 +299,7 @@ impl ControlPlane {
                         format!("no cluster for dedicated databases in region `{region}`"),
                     ));
                 }
-                self.register_backend(actor, &dedicated_db_name(id), BackendKind::Dedicated)
-                    .await?
+                self.register_backend(actor, &dedicated_db_name(id), BackendKind::Dedicated).await?
             }
         };
         let addr = DatabaseAddress {
@@ -411,17 +360,8 @@ impl ControlPlane {
             }
             let _ = self.registry.execute_raw(stmt("DELETE FROM backends WHERE name = $1 AND NOT EXISTS (SELECT 1 FROM placements WHERE backend_id = backends.id)", vec![name.into()])).await;
         }
-        let _ = self
-            .registry
-            .execute_raw(stmt(
-                "DELETE FROM placements WHERE tenant_id = $1",
-                vec![id.into()],
-            ))
-            .await;
-        let _ = self
-            .registry
-            .execute_raw(stmt("DELETE FROM tenants WHERE id = $1", vec![id.into()]))
-            .await;
+        let _ = self.registry.execute_raw(stmt("DELETE FROM placements WHERE tenant_id = $1", vec![id.into()])).await;
+        let _ = self.registry.execute_raw(stmt("DELETE FROM tenants WHERE id = $1", vec![id.into()])).await;
     }
 
     /// A tenant by id or slug.
@@ -430,23 +370,18 @@ impl ControlPlane {
             Ok(id) => ("t.id = $1", id.into()),
             Err(_) => ("t.slug = $1", id_or_slug.into()),
         };
-        TenantRow::find_by_statement(stmt(
-            &format!("{TENANT_SELECT} WHERE {clause}"),
-            vec![value],
-        ))
-        .one(&self.registry)
-        .await?
-        .ok_or(Error::NotFound("tenant"))?
-        .try_into()
+        TenantRow::find_by_statement(stmt(&format!("{TENANT_SELECT} WHERE {clause}"), vec![value]))
+            .one(&self.registry)
+            .await?
+            .ok_or(Error::NotFound("tenant"))?
+            .try_into()
     }
 
     /// Tenants in id (creation) order, after `after`.
     pub async fn tenants(&self, after: Option<Uuid>, limit: u64) -> Result<Vec<TenantView>, Error> {
         let limit = limit.clamp(1, MAX_PAGE) as i64;
         TenantRow::find_by_statement(stmt(
-            &format!(
-                "{TENANT_SELECT} WHERE ($1::uuid IS NULL OR t.id > $1) ORDER BY t.id LIMIT $2"
-            ),
+            &format!("{TENANT_SELECT} WHERE ($1::uuid IS NULL OR t.id > $1) ORDER BY t.id LIMIT $2"),
             vec![after.into(), limit.into()],
         ))
         .all(&self.registry)
@@ -457,17 +392,9 @@ impl ControlPlane {
     }
 
     /// Issues an API key for an existing tenant.
-    pub async fn create_api_key(
-        &self,
-        actor: &str,
-        tenant_id: Uuid,
-        name: &str,
-    ) -> Result<IssuedKey, Error> {
+    pub async fn create_api_key(&self, actor: &str, tenant_id: Uuid, name: &str) -> Result<IssuedKey, Error> {
         if name.chars().count() > 100 {
-            return Err(Error::invalid(
-                "invalid_name",
-                "key name must be at most 100 characters",
-            ));
+            return Err(Error::invalid("invalid_name", "key name must be at most 100 characters"));
         }
         let key = api_key::generate();
         let id = new_id();
@@ -476,35 +403,26 @@ impl ControlPlane {
             .execute_raw(stmt(
                 "INSERT INTO api_keys (id, tenant_id, key_hash, prefix, name) \
                  SELECT $1, t.id, $3, $4, $5 FROM tenants t WHERE t.id = $2 AND t.status NOT IN ('erasing', 'erased')",
-                vec![id.into(), tenant_id.into(), key.hash.clone().into(), key.display_prefix.clone().into(), name.into()],
+                vec![
+                    id.into(),
+                    tenant_id.into(),
+                    key.hash.clone().into(),
+                    key.display_prefix.clone().into(),
+                    name.into(),
+                ],
             ))
             .await?;
         if res.rows_affected() == 0 {
             return Err(Error::NotFound("tenant"));
         }
-        audit(
-            &txn,
-            actor,
-            "api_key.create",
-            Some(tenant_id),
-            json!({"key_id": id, "prefix": key.display_prefix}),
-        )
-        .await?;
+        audit(&txn, actor, "api_key.create", Some(tenant_id), json!({"key_id": id, "prefix": key.display_prefix}))
+            .await?;
         txn.commit().await?;
-        Ok(IssuedKey {
-            id,
-            key: key.secret,
-            prefix: key.display_prefix,
-        })
+        Ok(IssuedKey { id, key: key.secret, prefix: key.display_prefix })
     }
 
     /// Revokes a key; every app process drops it from its cache at once.
-    pub async fn revoke_api_key(
-        &self,
-        actor: &str,
-        tenant_id: Uuid,
-        key_id: Uuid,
-    ) -> Result<(), Error> {
+    pub async fn revoke_api_key(&self, actor: &str, tenant_id: Uuid, key_id: Uuid) -> Result<(), Error> {
         let txn = self.registry.begin().await?;
         let res = txn
             .execute_raw(stmt(
@@ -515,14 +433,7 @@ impl ControlPlane {
         if res.rows_affected() == 0 {
             return Err(Error::NotFound("api key"));
         }
-        audit(
-            &txn,
-            actor,
-            "api_key.revoke",
-            Some(tenant_id),
-            json!({"key_id": key_id}),
-        )
-        .await?;
+        audit(&txn, actor, "api_key.revoke", Some(tenant_id), json!({"key_id": key_id})).await?;
         txn.commit().await?;
         Ok(())
     }
@@ -548,12 +459,7 @@ pub async fn audit(
 ) -> Result<(), DbErr> {
     db.execute_raw(stmt(
         "INSERT INTO audit_log (actor, action, tenant_id, details) VALUES ($1, $2, $3, $4)",
-        vec![
-            actor.into(),
-            action.into(),
-            tenant_id.into(),
-            details.into(),
-        ],
+        vec![actor.into(), action.into(), tenant_id.into(), details.into()],
     ))
     .await?;
     Ok(())

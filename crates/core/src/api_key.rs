@@ -18,11 +18,7 @@ pub fn generate() -> NewKey {
     let mut bytes = [0u8; 20];
     rand::rng().fill_bytes(&mut bytes);
     let secret = format!("{PREFIX}{}", hex::encode(bytes));
-    NewKey {
-        hash: hash(&secret).to_vec(),
-        display_prefix: secret[..PREFIX.len() + 6].to_string(),
-        secret,
-    }
+    NewKey { hash: hash(&secret).to_vec(), display_prefix: secret[..PREFIX.len() + 6].to_string(), secret }
 }
 
 /// SHA-256 of a presented key, or `None` when it is not shaped like one (so a
@@ -43,10 +39,7 @@ mod tests {
     #[test]
     fn generated_keys_verify_and_garbage_does_not() {
         let k = generate();
-        assert_eq!(
-            hash_presented(&k.secret).map(|h| h.to_vec()),
-            Some(k.hash.clone())
-        );
+        assert_eq!(hash_presented(&k.secret).map(|h| h.to_vec()), Some(k.hash.clone()));
         assert!(k.secret.starts_with(&k.display_prefix));
         assert_eq!(hash_presented("tnry_xyz"), None);
         assert_eq!(hash_presented(&k.secret.replace("tnry_", "abcd_")), None);

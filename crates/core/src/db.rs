@@ -25,11 +25,7 @@ pub struct PoolSizing {
 
 impl Default for PoolSizing {
     fn default() -> Self {
-        Self {
-            max_connections: 8,
-            idle_timeout: Duration::from_secs(300),
-            acquire_timeout: Duration::from_secs(5),
-        }
+        Self { max_connections: 8, idle_timeout: Duration::from_secs(300), acquire_timeout: Duration::from_secs(5) }
     }
 }
 
@@ -62,12 +58,10 @@ pub fn lazy_pool(
 pub fn sqlstate(err: &sea_orm::DbErr) -> Option<String> {
     use sea_orm::{DbErr, RuntimeErr};
     match err {
-        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
-            match &**e {
-                sea_orm::sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
-                _ => None,
-            }
-        }
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => match &**e {
+            sea_orm::sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+            _ => None,
+        },
         _ => None,
     }
 }

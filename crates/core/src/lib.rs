@@ -9,9 +9,7 @@ pub mod registry;
 pub mod types;
 pub mod web;
 
-pub use types::{
-    BackendKind, BackendStatus, Engine, ParseError, Placement, TenantSlug, TenantStatus, Tier,
-};
+pub use types::{BackendKind, BackendStatus, Engine, ParseError, Placement, TenantSlug, TenantStatus, Tier};
 
 /// A new time-ordered id (UUID v7) for every row Tenantry creates.
 pub fn new_id() -> uuid::Uuid {

@@ -105,10 +105,7 @@ impl RegistryReader {
         .await?;
         row.map(|r| {
             Ok(Route {
-                placement: Placement {
-                    backend_id: r.backend_id,
-                    epoch: r.epoch,
-                },
+                placement: Placement { backend_id: r.backend_id, epoch: r.epoch },
                 backend: BackendAddress {
                     id: r.backend_id,
                     kind: r.kind.parse().map_err(corrupt)?,

@@ -88,8 +88,7 @@ impl TenantSlug {
         let b = s.as_bytes();
         let ok = (2..=63).contains(&b.len())
             && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-            && b.iter()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-');
+            && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-');
         if ok {
             Ok(TenantSlug(s.to_string()))
         } else {
@@ -127,15 +126,7 @@ mod tests {
         for good in ["acme", "a1", "globex-corp", "0day"] {
             assert_eq!(TenantSlug::parse(good).map(|s| s.0), Ok(good.to_string()));
         }
-        for bad in [
-            "",
-            "a",
-            "-acme",
-            "Acme",
-            "acme_corp",
-            "acme corp",
-            &"a".repeat(64),
-        ] {
+        for bad in ["", "a", "-acme", "Acme", "acme_corp", "acme corp", &"a".repeat(64)] {
             assert!(TenantSlug::parse(bad).is_err(), "{bad:?} should be refused");
         }
     }
@@ -146,9 +137,6 @@ mod tests {
             assert_eq!(t.as_str().parse::<Tier>(), Ok(*t));
         }
         let err = "gold".parse::<Tier>().unwrap_err();
-        assert_eq!(
-            err.0,
-            "unknown Tier `gold`; expected one of: shared, dedicated"
-        );
+        assert_eq!(err.0, "unknown Tier `gold`; expected one of: shared, dedicated");
     }
 }

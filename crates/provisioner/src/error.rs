@@ -13,16 +13,9 @@ pub enum Error {
     )]
     NoServiceUser(String),
     #[error("{what} failed ({status}): {output}")]
-    Command {
-        what: String,
-        status: String,
-        output: String,
-    },
+    Command { what: String, status: String, output: String },
     #[error("data folder {path}: {source}")]
-    DataDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    DataDir { path: PathBuf, source: std::io::Error },
     #[error("PostgreSQL did not accept connections on port {port} within {secs} s; see {log}")]
     StartTimeout { port: u16, secs: u64, log: PathBuf },
     #[error("invalid database name `{0}`: use 1-63 characters of a-z, 0-9 and _")]

@@ -73,11 +73,7 @@ impl LocalCluster {
     /// The folder holding `initdb`, `postgres` and `pg_isready`: PATH first, then
     /// the newest `/usr/lib/postgresql/*/bin`.
     pub fn find_bin_dir() -> Result<PathBuf, Error> {
-        let has_all = |dir: &Path| {
-            ["initdb", "postgres", "pg_isready"]
-                .iter()
-                .all(|b| dir.join(b).is_file())
-        };
+        let has_all = |dir: &Path| ["initdb", "postgres", "pg_isready"].iter().all(|b| dir.join(b).is_file());
         if let Some(path) = std::env::var_os("PATH") {
             for dir in std::env::split_paths(&path) {
                 if has_all(&dir) {
@@ -96,10 +92,7 @@ impl LocalCluster {
             })
             .collect();
         versions.sort();
-        versions
-            .pop()
-            .map(|(_, p)| p)
-            .ok_or(Error::PostgresNotInstalled)
+        versions.pop().map(|(_, p)| p).ok_or(Error::PostgresNotInstalled)
     }
 
     /// Initialises the data folder when it is new, then starts the server and
@@ -108,70 +101,42 @@ impl LocalCluster {
         let bin = Self::find_bin_dir()?;
         let owner = ServiceUser::resolve()?;
         let pgdata = spec.base_dir.join("pgdata");
-        let io_err = |source| Error::DataDir {
-            path: spec.base_dir.clone(),
-            source,
-        };
+        let io_err = |source| Error::DataDir { path: spec.base_dir.clone(), source };
         fs::create_dir_all(&spec.base_dir).map_err(io_err)?;
+        owner.check_reachable(&spec.base_dir)?;
         if !pgdata.join("PG_VERSION").exists() {
             Self::initdb(&bin, &spec, &pgdata, &owner)?;
         }
         let log_path = spec.base_dir.join("postgres.log");
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(io_err)?;
+        let log = fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io_err)?;
         let mut cmd = owner.command(&bin.join("postgres"));
-        cmd.arg("-D")
-            .arg(&pgdata)
-            .arg("-p")
-            .arg(spec.port.to_string());
+        cmd.arg("-D").arg(&pgdata).arg("-p").arg(spec.port.to_string());
         for (k, v) in &spec.settings {
             cmd.arg("-c").arg(format!("{k}={v}"));
         }
-        cmd.stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
 
         // The keeper thread owns the child: the parent-death signal fires when the
         // *thread* that spawned the child exits, so that thread must live as long
         // as the cluster does.
         let (tx, rx) = mpsc::channel();
-        let keeper =
-            std::thread::Builder::new()
-                .name("pg-keeper".into())
-                .spawn(move || match cmd.spawn() {
-                    Ok(mut child) => {
-                        let _ = tx.send(Ok(child.id() as i32));
-                        let _ = child.wait();
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                    }
-                })?;
-        let pid = rx
-            .recv()
-            .map_err(|_| Error::Io(std::io::Error::other("keeper thread died")))??;
-        let cluster = LocalCluster {
-            spec,
-            pid,
-            keeper: Some(keeper),
-        };
+        let keeper = std::thread::Builder::new().name("pg-keeper".into()).spawn(move || match cmd.spawn() {
+            Ok(mut child) => {
+                let _ = tx.send(Ok(child.id() as i32));
+                let _ = child.wait();
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+            }
+        })?;
+        let pid = rx.recv().map_err(|_| Error::Io(std::io::Error::other("keeper thread died")))??;
+        let cluster = LocalCluster { spec, pid, keeper: Some(keeper) };
         cluster.wait_ready(&bin, &log_path)?;
         Ok(cluster)
     }
 
-    fn initdb(
-        bin: &Path,
-        spec: &ClusterSpec,
-        pgdata: &Path,
-        owner: &ServiceUser,
-    ) -> Result<(), Error> {
-        let io_err = |source| Error::DataDir {
-            path: pgdata.to_path_buf(),
-            source,
-        };
+    fn initdb(bin: &Path, spec: &ClusterSpec, pgdata: &Path, owner: &ServiceUser) -> Result<(), Error> {
+        let io_err = |source| Error::DataDir { path: pgdata.to_path_buf(), source };
         fs::create_dir_all(pgdata).map_err(io_err)?;
         fs::set_permissions(pgdata, fs::Permissions::from_mode(0o700)).map_err(io_err)?;
         let pwfile = spec.base_dir.join(".initdb-pw");
@@ -186,14 +151,7 @@ impl LocalCluster {
             .arg("-U")
             .arg(&spec.superuser)
             .arg(format!("--pwfile={}", pwfile.display()))
-            .args([
-                "--auth-host=scram-sha-256",
-                "--auth-local=peer",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-            ])
+            .args(["--auth-host=scram-sha-256", "--auth-local=peer", "-E", "UTF8", "--locale=C", "--no-sync"])
             .stdin(Stdio::null())
             .output();
         let _ = fs::remove_file(&pwfile);
@@ -246,19 +204,12 @@ impl LocalCluster {
 
     /// `postgres://user:password@127.0.0.1:port/database`.
     pub fn url(&self, user: &str, password: &str, database: &str) -> String {
-        format!(
-            "postgres://{user}:{password}@127.0.0.1:{}/{database}",
-            self.spec.port
-        )
+        format!("postgres://{user}:{password}@127.0.0.1:{}/{database}", self.spec.port)
     }
 
     /// Superuser URL for a database of this cluster.
     pub fn superuser_url(&self, database: &str) -> String {
-        self.url(
-            &self.spec.superuser,
-            &self.spec.superuser_password,
-            database,
-        )
+        self.url(&self.spec.superuser, &self.spec.superuser_password, database)
     }
 
     /// Fast shutdown: in-flight transactions roll back, the server exits.
@@ -297,11 +248,7 @@ impl ServiceUser {
             return Err(Error::NoServiceUser(SERVICE_USER.into()));
         }
         let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
-        Ok(ServiceUser::Switch {
-            name: SERVICE_USER.into(),
-            uid,
-            gid,
-        })
+        Ok(ServiceUser::Switch { name: SERVICE_USER.into(), uid, gid })
     }
 
     fn command(&self, program: &Path) -> Command {
@@ -327,6 +274,27 @@ impl ServiceUser {
                 cmd
             }
         }
+    }
+
+    /// The service user must be able to walk down to the data folder.
+    fn check_reachable(&self, dir: &Path) -> Result<(), Error> {
+        use std::os::unix::fs::MetadataExt;
+        let ServiceUser::Switch { name, uid, .. } = self else { return Ok(()) };
+        let dir = dir.canonicalize()?;
+        for ancestor in dir.ancestors().skip(1) {
+            let meta = fs::metadata(ancestor)?;
+            if meta.uid() != *uid && meta.mode() & 0o001 == 0 {
+                return Err(Error::DataDir {
+                    path: dir.clone(),
+                    source: std::io::Error::other(format!(
+                        "running as root, so PostgreSQL runs as `{name}`, who cannot enter {}; \
+                         choose a data folder under a world-searchable path (e.g. --data-dir /var/tmp/tenantry)",
+                        ancestor.display()
+                    )),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn chown(&self, path: &Path) -> std::io::Result<()> {

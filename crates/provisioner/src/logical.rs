@@ -33,12 +33,7 @@ pub struct LogicalProvisioner {
 
 impl LogicalProvisioner {
     /// Connects to the cluster's maintenance database (`postgres`) as `user`.
-    pub async fn connect(
-        host: &str,
-        port: u16,
-        user: &str,
-        password: &SecretString,
-    ) -> Result<Self, Error> {
+    pub async fn connect(host: &str, port: u16, user: &str, password: &SecretString) -> Result<Self, Error> {
         let opts = PgConnectOptions::new()
             .host(host)
             .port(port)
@@ -46,46 +41,26 @@ impl LogicalProvisioner {
             .username(user)
             .password(password.expose_secret())
             .application_name("tenantry-provisioner");
-        let pool = PgPoolOptions::new()
-            .max_connections(2)
-            .min_connections(0)
-            .connect_lazy_with(opts);
+        let pool = PgPoolOptions::new().max_connections(2).min_connections(0).connect_lazy_with(opts);
         let admin = SqlxPostgresConnector::from_sqlx_postgres_pool(pool);
-        Ok(Self {
-            admin,
-            host: host.to_string(),
-            port,
-        })
+        Ok(Self { admin, host: host.to_string(), port })
     }
 
     fn valid_name(name: &str) -> Result<(), Error> {
         let ok = !name.is_empty()
             && name.len() <= 63
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
             && !name.as_bytes()[0].is_ascii_digit();
-        if ok {
-            Ok(())
-        } else {
-            Err(Error::InvalidName(name.to_string()))
-        }
+        if ok { Ok(()) } else { Err(Error::InvalidName(name.to_string())) }
     }
 
     /// Creates (or updates the password of) the migration owner role and the
     /// application role. The app role can bypass nothing: not superuser, not
     /// BYPASSRLS, owns no table.
-    pub async fn ensure_roles(
-        &self,
-        owner: &RoleCredentials,
-        app: &RoleCredentials,
-    ) -> Result<(), Error> {
+    pub async fn ensure_roles(&self, owner: &RoleCredentials, app: &RoleCredentials) -> Result<(), Error> {
         for (role, attrs) in [
             (owner, "LOGIN NOSUPERUSER NOBYPASSRLS CREATEDB NOCREATEROLE"),
-            (
-                app,
-                "LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOINHERIT",
-            ),
+            (app, "LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOINHERIT"),
         ] {
             Self::valid_name(&role.name)?;
             let exists = self
@@ -121,11 +96,7 @@ impl LogicalProvisioner {
             .await?
             .is_some();
         if !exists {
-            let sql = format!(
-                "CREATE DATABASE {} OWNER {}",
-                quote_ident(name),
-                quote_ident(owner)
-            );
+            let sql = format!("CREATE DATABASE {} OWNER {}", quote_ident(name), quote_ident(owner));
             match self.admin.execute_unprepared(&sql).await {
                 Ok(_) => {}
                 // A concurrent creator won the race: the database is there.
@@ -142,11 +113,7 @@ impl LogicalProvisioner {
     /// Lets `role` connect to database `name`.
     pub async fn grant_connect(&self, name: &str, role: &str) -> Result<(), Error> {
         Self::valid_name(name)?;
-        let sql = format!(
-            "GRANT CONNECT ON DATABASE {} TO {}",
-            quote_ident(name),
-            quote_ident(role)
-        );
+        let sql = format!("GRANT CONNECT ON DATABASE {} TO {}", quote_ident(name), quote_ident(role));
         self.admin.execute_unprepared(&sql).await?;
         Ok(())
     }
@@ -160,10 +127,6 @@ impl LogicalProvisioner {
     }
 
     pub fn address(&self, name: &str) -> DatabaseAddress {
-        DatabaseAddress {
-            host: self.host.clone(),
-            port: self.port,
-            database: name.to_string(),
-        }
+        DatabaseAddress { host: self.host.clone(), port: self.port, database: name.to_string() }
     }
 }

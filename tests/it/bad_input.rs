@@ -1,0 +1,140 @@
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::spawn_app;
+
+fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("<no error code>")
+}
+
+#[tokio::test]
+async fn malformed_json_unknown_fields_and_bad_values_get_clear_4xx() {
+    let app = spawn_app().await;
+    let t = app.create_tenant("acme", "shared").await;
+    let raw = |body: &'static str| {
+        app.http
+            .post(format!("{}/v1/assets", app.app))
+            .bearer_auth(&t.key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let resp = raw("{\"name\": ").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(code(&resp.json().await.unwrap()), "malformed_json");
+
+    let (s, body) = app.post(&t.key, "/v1/assets", json!({"name": "x", "tag": "t", "colour": "red"})).await;
+    assert_eq!((s, code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"));
+    assert!(body["error"]["message"].as_str().unwrap().contains("colour"), "{body}");
+
+    let (s, body) = app.post(&t.key, "/v1/assets", json!({"name": "x", "tag": "t", "status": "lost"})).await;
+    assert_eq!((s, code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"));
+    let (s, body) = app.post(&t.key, "/v1/assets", json!({"name": " ", "tag": "t"})).await;
+    assert_eq!((s, code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"));
+    let (s, body) = app.post(&t.key, "/v1/assets", json!({"name": "x", "tag": "t", "attributes": [1]})).await;
+    assert_eq!((s, code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"));
+    let (asset, _, _) = app.seed(&t.key, "S-1").await;
+    let (s, body) = app
+        .post(&t.key, &format!("/v1/assets/{asset}/maintenance-schedules"), json!({"title": "x", "interval_days": 0}))
+        .await;
+    assert_eq!((s, code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"));
+}
+
+#[tokio::test]
+async fn bad_ids_cursors_limits_and_dates_are_400() {
+    let app = spawn_app().await;
+    let t = app.create_tenant("acme", "shared").await;
+    for path in [
+        "/v1/assets/not-a-uuid",
+        "/v1/issues/123",
+        "/v1/assets?cursor=zzz",
+        "/v1/assets?limit=0",
+        "/v1/assets?limit=100000",
+        "/v1/maintenance-schedules/due?before=yesterday",
+        "/v1/issues?status=closed",
+    ] {
+        let (s, body) = app.get(&t.key, path).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{path}: {body}");
+        assert!(body["error"]["message"].as_str().is_some(), "{path}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn oversize_body_is_413() {
+    let app = spawn_app().await;
+    let t = app.create_tenant("acme", "shared").await;
+    let big = "x".repeat(tenantry_core::web::MAX_JSON_BODY + 1);
+    let (s, body) = app.post(&t.key, "/v1/assets", json!({"name": big, "tag": "t"})).await;
+    assert_eq!((s, code(&body)), (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"));
+}
+
+#[tokio::test]
+async fn duplicate_tag_is_409_and_duplicate_slug_is_409() {
+    let app = spawn_app().await;
+    let t = app.create_tenant("acme", "shared").await;
+    app.seed(&t.key, "DUP").await;
+    let (s, body) = app.post(&t.key, "/v1/assets", json!({"name": "x", "tag": "DUP"})).await;
+    assert_eq!((s, code(&body)), (StatusCode::CONFLICT, "duplicate_tag"));
+    let (s, other) = app.post(&t.key, "/v1/assets", json!({"name": "y", "tag": "OTHER"})).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, body) = app
+        .call(
+            &t.key,
+            Method::PATCH,
+            &format!("/v1/assets/{}", other["id"].as_str().unwrap()),
+            Some(json!({"tag": "DUP"})),
+        )
+        .await;
+    assert_eq!((s, code(&body)), (StatusCode::CONFLICT, "duplicate_tag"));
+
+    let (s, body) = app
+        .admin_call(Method::POST, "/v1/tenants", Some(json!({"slug": "acme", "name": "Again", "tier": "dedicated"})))
+        .await;
+    assert_eq!((s, code(&body)), (StatusCode::CONFLICT, "slug_taken"));
+    // The failed attempt left no backend behind.
+    let (_, backends) = app.admin_call(Method::GET, "/v1/backends", None).await;
+    assert_eq!(backends["backends"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn bad_tenant_requests_are_refused_with_a_named_problem() {
+    let app = spawn_app().await;
+    let cases = [
+        (json!({"slug": "Bad Slug", "name": "x", "tier": "shared"}), StatusCode::UNPROCESSABLE_ENTITY, "invalid_slug"),
+        (json!({"slug": "-x", "name": "x", "tier": "shared"}), StatusCode::UNPROCESSABLE_ENTITY, "invalid_slug"),
+        (json!({"slug": "ok-slug", "name": "x", "tier": "gold"}), StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
+        (json!({"slug": "ok-slug", "name": "", "tier": "shared"}), StatusCode::UNPROCESSABLE_ENTITY, "invalid_name"),
+        (
+            json!({"slug": "ok-slug", "name": "x", "tier": "shared", "plan": "pro"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            json!({"slug": "ok-slug", "name": "x", "tier": "shared", "region": "mars-1"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "region_unavailable",
+        ),
+        (
+            json!({"slug": "ok-slug", "name": "x", "tier": "dedicated", "region": "mars-1"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "region_unavailable",
+        ),
+    ];
+    for (body, status, expected) in cases {
+        let (s, resp) = app.admin_call(Method::POST, "/v1/tenants", Some(body.clone())).await;
+        assert_eq!((s, code(&resp)), (status, expected), "{body}");
+    }
+    let (_, list) = app.admin_call(Method::GET, "/v1/tenants", None).await;
+    assert_eq!(list["tenants"].as_array().unwrap().len(), 0, "no half-made tenant remains");
+}
+
+#[tokio::test]
+async fn unknown_routes_and_missing_keys_answer_in_json() {
+    let app = spawn_app().await;
+    let (s, body) = app.get("tnry_0000000000000000000000000000000000000000", "/v1/assets").await;
+    assert_eq!((s, code(&body)), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    let resp = app.http.get(format!("{}/v1/assets", app.app)).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let (s, body) = app.get("whatever", "/v1/nothing-here").await;
+    assert_eq!((s, code(&body)), (StatusCode::NOT_FOUND, "no_route"));
+}

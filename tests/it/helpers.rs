@@ -1,0 +1,205 @@
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use reqwest::{Method, StatusCode};
+use sea_orm::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, SqlxPostgresConnector, Statement};
+use serde_json::{Value, json};
+
+use tenantry::dev::{self, APP_ROLE, DevSecrets, SUPERUSER};
+use tenantry_control_plane::ControlPlane;
+use tenantry_core::BackendKind;
+use tenantry_provisioner::{ClusterSpec, LocalCluster};
+
+pub struct TestCluster {
+    pub cluster: LocalCluster,
+    pub secrets: DevSecrets,
+}
+
+static CLUSTER: OnceLock<TestCluster> = OnceLock::new();
+static ROLES: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// Removes clusters left by earlier test processes that are gone.
+fn sweep_stale(root: &std::path::Path) {
+    for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if let Some(pid) = name.strip_prefix("tenantry-test-").and_then(|p| p.parse::<u32>().ok()) {
+            if !PathBuf::from(format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
+/// The process-wide test cluster, started on first use.
+pub fn cluster() -> &'static TestCluster {
+    CLUSTER.get_or_init(|| {
+        let root = std::env::temp_dir();
+        sweep_stale(&root);
+        let base_dir = root.join(format!("tenantry-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base_dir);
+        let secrets = DevSecrets::generate();
+        let mut settings = ClusterSpec::base_settings(400);
+        // A throwaway cluster: durability buys nothing here.
+        settings.extend(
+            [("fsync", "off"), ("synchronous_commit", "off"), ("full_page_writes", "off")]
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        let spec = ClusterSpec {
+            base_dir,
+            port: free_port(),
+            superuser: SUPERUSER.into(),
+            superuser_password: secrets.superuser_password.clone(),
+            settings,
+        };
+        let cluster = LocalCluster::start(spec).expect("start the test PostgreSQL cluster");
+        TestCluster { cluster, secrets }
+    })
+}
+
+pub struct TestApp {
+    pub app: String,
+    pub admin: String,
+    pub token: String,
+    pub http: reqwest::Client,
+    pub cp: Arc<ControlPlane>,
+    pub pool_name: String,
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A fresh registry and shared pool on the test cluster, and both listeners
+/// on port 0.
+pub async fn spawn_app() -> TestApp {
+    let tc = tokio::task::spawn_blocking(cluster).await.expect("cluster thread");
+    let registry_db = unique("reg");
+    ROLES
+        .get_or_init(|| async {
+            dev::prepare_roles(&tc.cluster, &tc.secrets).await.expect("prepare roles");
+        })
+        .await;
+    dev::create_registry(&tc.cluster, &tc.secrets, &registry_db).await.expect("prepare registry");
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let settings = dev::settings_for(tc.cluster.port(), &tc.secrets, &registry_db, any, any);
+    let stack = tenantry::Stack::build(&settings).await.expect("build the stack");
+    let pool_name = unique("pool");
+    stack.control_plane().register_backend("test", &pool_name, BackendKind::SharedPool).await.expect("shared pool");
+    let app = TestApp {
+        app: format!("http://127.0.0.1:{}", stack.app_port()),
+        admin: format!("http://127.0.0.1:{}", stack.admin_port()),
+        token: tc.secrets.admin_token.clone(),
+        http: reqwest::Client::new(),
+        cp: stack.control_plane(),
+        pool_name,
+    };
+    tokio::spawn(stack.run_until_stopped());
+    app
+}
+
+/// A database of the test cluster, as the superuser or as the app role.
+pub fn connect(database: &str, as_app: bool) -> DatabaseConnection {
+    let tc = cluster();
+    let (user, password) = if as_app {
+        (APP_ROLE, tc.secrets.app_password.as_str())
+    } else {
+        (SUPERUSER, tc.secrets.superuser_password.as_str())
+    };
+    let opts = PgConnectOptions::new()
+        .host("127.0.0.1")
+        .port(tc.cluster.port())
+        .database(database)
+        .username(user)
+        .password(password);
+    SqlxPostgresConnector::from_sqlx_postgres_pool(PgPoolOptions::new().max_connections(2).connect_lazy_with(opts))
+}
+
+/// A scalar from a query (the first column of the first row, as i64).
+pub async fn scalar(db: &DatabaseConnection, sql: &str) -> i64 {
+    let row = db
+        .query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .expect("one row");
+    row.try_get_by_index::<i64>(0).expect("an integer")
+}
+
+pub struct Created {
+    pub tenant: Value,
+    pub id: String,
+    pub key: String,
+}
+
+impl TestApp {
+    pub async fn admin_call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.admin)).bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("admin request");
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn call(&self, key: &str, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.app)).bearer_auth(key);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("app request");
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, key: &str, path: &str) -> (StatusCode, Value) {
+        self.call(key, Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, key: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(key, Method::POST, path, Some(body)).await
+    }
+
+    /// Creates a tenant and one API key for it.
+    pub async fn create_tenant(&self, slug: &str, tier: &str) -> Created {
+        let (status, tenant) =
+            self.admin_call(Method::POST, "/v1/tenants", Some(json!({"slug": slug, "name": slug, "tier": tier}))).await;
+        assert_eq!(status, StatusCode::CREATED, "{tenant}");
+        let id = tenant["id"].as_str().expect("tenant id").to_string();
+        let (status, key) = self.admin_call(Method::POST, &format!("/v1/tenants/{id}/api-keys"), Some(json!({}))).await;
+        assert_eq!(status, StatusCode::CREATED, "{key}");
+        Created { tenant, id, key: key["key"].as_str().expect("key").to_string() }
+    }
+
+    /// Creates an asset with one schedule and one issue; returns their ids.
+    pub async fn seed(&self, key: &str, tag: &str) -> (String, String, String) {
+        let (s, asset) = self.post(key, "/v1/assets", json!({"name": "Pump", "tag": tag, "category": "pumps"})).await;
+        assert_eq!(s, StatusCode::CREATED, "{asset}");
+        let asset_id = asset["id"].as_str().expect("id").to_string();
+        let (s, sched) = self
+            .post(
+                key,
+                &format!("/v1/assets/{asset_id}/maintenance-schedules"),
+                json!({"title": "Oil", "interval_days": 30, "next_due_at": "2026-01-01T00:00:00Z"}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{sched}");
+        let (s, issue) = self
+            .post(key, &format!("/v1/assets/{asset_id}/issues"), json!({"title": "Leak", "priority": "high"}))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{issue}");
+        (asset_id, sched["id"].as_str().expect("id").into(), issue["id"].as_str().expect("id").into())
+    }
+
+    /// The database name a tenant lives in now.
+    pub async fn database_of(&self, tenant_id: &str) -> String {
+        let t = self.cp.tenant(tenant_id).await.expect("tenant");
+        let backend = self.cp.backend(t.placement.expect("placed").backend_id).await.expect("backend");
+        backend.database
+    }
+}

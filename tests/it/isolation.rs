@@ -1,0 +1,182 @@
+//! The permanent isolation suite: for every app route, tenant B's key with
+//! tenant A's ids and tags gets 404 or an empty list, on every tier pairing;
+//! and the database itself refuses to show rows without a tenant.
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::helpers::{TestApp, connect, scalar, spawn_app};
+
+async fn b_cannot_reach_a(a_tier: &str, b_tier: &str) {
+    let app: TestApp = spawn_app().await;
+    let a = app.create_tenant("tenant-a", a_tier).await;
+    let b = app.create_tenant("tenant-b", b_tier).await;
+    let (asset, sched, issue) = app.seed(&a.key, "SHARED-TAG").await;
+    let k = &b.key;
+
+    // Reads by id and tag: exactly like a missing row.
+    for path in [
+        format!("/v1/assets/{asset}"),
+        "/v1/assets/by-tag/SHARED-TAG".into(),
+        format!("/v1/issues/{issue}"),
+        format!("/v1/assets/{asset}/maintenance-schedules"),
+    ] {
+        let (s, body) = app.get(k, &path).await;
+        assert_eq!(
+            (s, body["error"]["code"].clone()),
+            (StatusCode::NOT_FOUND, json!("not_found")),
+            "{a_tier}->{b_tier} GET {path}"
+        );
+    }
+    // Lists: empty.
+    for (path, field) in [
+        ("/v1/assets", "assets"),
+        ("/v1/assets?q=SHARED", "assets"),
+        ("/v1/issues", "issues"),
+        ("/v1/maintenance-schedules/due?before=2100-01-01T00:00:00Z", "maintenance_schedules"),
+    ] {
+        let (s, body) = app.get(k, path).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(body[field].as_array().map(Vec::len), Some(0), "{a_tier}->{b_tier} GET {path} leaked {body}");
+    }
+    // Writes: 404, and A's rows are unchanged.
+    let writes = [
+        (Method::PATCH, format!("/v1/assets/{asset}"), Some(json!({"name": "pwned"}))),
+        (Method::PATCH, format!("/v1/maintenance-schedules/{sched}"), Some(json!({"title": "pwned"}))),
+        (Method::PATCH, format!("/v1/issues/{issue}"), Some(json!({"title": "pwned"}))),
+        (Method::POST, format!("/v1/assets/{asset}/issues"), Some(json!({"title": "pwned"}))),
+        (
+            Method::POST,
+            format!("/v1/assets/{asset}/maintenance-schedules"),
+            Some(json!({"title": "pwned", "interval_days": 1})),
+        ),
+        (Method::DELETE, format!("/v1/maintenance-schedules/{sched}"), None),
+        (Method::DELETE, format!("/v1/issues/{issue}"), None),
+        (Method::DELETE, format!("/v1/assets/{asset}"), None),
+    ];
+    for (method, path, body) in writes {
+        let (s, _) = app.call(k, method.clone(), &path, body).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{a_tier}->{b_tier} {method} {path}");
+    }
+    let (_, still) = app.get(&a.key, &format!("/v1/assets/{asset}")).await;
+    assert_eq!(still["name"], "Pump");
+    let (_, issues) = app.get(&a.key, "/v1/issues").await;
+    assert_eq!(issues["issues"].as_array().unwrap().len(), 1);
+    assert_eq!(issues["issues"][0]["title"], "Leak");
+    let (_, scheds) = app.get(&a.key, &format!("/v1/assets/{asset}/maintenance-schedules")).await;
+    assert_eq!(scheds["maintenance_schedules"][0]["title"], "Oil");
+
+    // Tags are unique per tenant, not globally: B may use A's tag, and B learns nothing.
+    let (s, _) = app.post(k, "/v1/assets", json!({"name": "Mine", "tag": "SHARED-TAG"})).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (_, mine) = app.get(k, "/v1/assets/by-tag/SHARED-TAG").await;
+    assert_eq!(mine["name"], "Mine");
+}
+
+#[tokio::test]
+async fn tenant_b_cannot_read_change_or_learn_of_tenant_a_rows_shared_shared() {
+    b_cannot_reach_a("shared", "shared").await;
+}
+
+#[tokio::test]
+async fn tenant_b_cannot_read_change_or_learn_of_tenant_a_rows_shared_dedicated() {
+    b_cannot_reach_a("shared", "dedicated").await;
+    b_cannot_reach_a("dedicated", "shared").await;
+}
+
+#[tokio::test]
+async fn tenant_b_cannot_read_change_or_learn_of_tenant_a_rows_dedicated_dedicated() {
+    b_cannot_reach_a("dedicated", "dedicated").await;
+}
+
+#[tokio::test]
+async fn app_role_without_a_tenant_sees_no_rows_in_any_tenant_table() {
+    let app = spawn_app().await;
+    let a = app.create_tenant("tenant-a", "shared").await;
+    let d = app.create_tenant("tenant-d", "dedicated").await;
+    app.seed(&a.key, "T-1").await;
+    app.seed(&d.key, "T-1").await;
+    for database in [app.pool_name.clone(), app.database_of(&d.id).await] {
+        let superuser = connect(&database, false);
+        let app_role = connect(&database, true);
+        for table in tenantry_core::entities::TENANT_TABLES {
+            assert_eq!(
+                scalar(&superuser, &format!("SELECT count(*) FROM {table}")).await,
+                1,
+                "{database}.{table} holds the seeded row"
+            );
+            assert_eq!(
+                scalar(&app_role, &format!("SELECT count(*) FROM {table}")).await,
+                0,
+                "{database}.{table} visible without a tenant"
+            );
+            let forced = scalar(&superuser, &format!("SELECT (relrowsecurity AND relforcerowsecurity)::int::bigint FROM pg_class WHERE relname = '{table}'")).await;
+            assert_eq!(forced, 1, "{table} must FORCE row-level security");
+        }
+        // The app role bypasses nothing and owns nothing.
+        let attrs = scalar(
+            &superuser,
+            "SELECT (rolsuper OR rolbypassrls)::int::bigint FROM pg_roles WHERE rolname = 'tenantry_app'",
+        )
+        .await;
+        assert_eq!(attrs, 0);
+        let owned = scalar(&superuser, "SELECT count(*) FROM pg_tables WHERE tableowner = 'tenantry_app'").await;
+        assert_eq!(owned, 0);
+        // The app role cannot read residency directly nor insert another tenant's rows.
+        let err = sea_orm::ConnectionTrait::execute_unprepared(&app_role, "SELECT * FROM tenant_residency").await;
+        assert!(err.is_err(), "tenant_residency must not be readable by the app role");
+    }
+}
+
+#[tokio::test]
+async fn a_tenant_entered_on_the_shared_pool_sees_only_its_own_rows() {
+    let app = spawn_app().await;
+    let a = app.create_tenant("tenant-a", "shared").await;
+    let b = app.create_tenant("tenant-b", "shared").await;
+    app.seed(&a.key, "T-1").await;
+    app.seed(&b.key, "T-1").await;
+    let app_role = connect(&app.pool_name, true);
+    let txn = sea_orm::TransactionTrait::begin(&app_role).await.unwrap();
+    sea_orm::ConnectionTrait::execute_unprepared(&txn, &format!("SELECT tenantry_enter('{}', 1)", a.id)).await.unwrap();
+    for table in tenantry_core::entities::TENANT_TABLES {
+        let row = sea_orm::ConnectionTrait::query_one_raw(
+            &txn,
+            sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                format!("SELECT count(*) AS n, count(*) FILTER (WHERE tenant_id <> '{}') AS other FROM {table}", a.id),
+            ),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let (n, other): (i64, i64) = (row.try_get("", "n").unwrap(), row.try_get("", "other").unwrap());
+        assert_eq!((n, other), (1, 0), "{table}: A sees its row and nothing of B's");
+    }
+    // RLS WITH CHECK: even a raw insert for B is refused while entered as A.
+    let err = sea_orm::ConnectionTrait::execute_unprepared(
+        &txn,
+        &format!("INSERT INTO assets (tenant_id, id, name, tag, status) VALUES ('{}', gen_random_uuid(), 'x', 'x', 'active')", b.id),
+    )
+    .await;
+    assert!(err.is_err(), "an insert for another tenant must violate the policy");
+    txn.rollback().await.unwrap();
+    // Wrong epoch: refused with the distinct SQLSTATE.
+    let err = sea_orm::ConnectionTrait::execute_unprepared(&app_role, &format!("SELECT tenantry_enter('{}', 2)", a.id))
+        .await
+        .unwrap_err();
+    assert_eq!(tenantry_core::db::sqlstate(&err).as_deref(), Some("TR001"));
+}
+
+#[tokio::test]
+async fn dedicated_tenant_rows_live_in_its_own_database_not_the_shared_pool() {
+    let app = spawn_app().await;
+    let d = app.create_tenant("globex", "dedicated").await;
+    app.seed(&d.key, "G-1").await;
+    let own = connect(&app.database_of(&d.id).await, false);
+    let pool = connect(&app.pool_name, false);
+    for table in tenantry_core::entities::TENANT_TABLES {
+        let q = format!("SELECT count(*) FROM {table} WHERE tenant_id = '{}'", d.id);
+        assert_eq!(scalar(&own, &q).await, 1, "{table} in the dedicated database");
+        assert_eq!(scalar(&pool, &q).await, 0, "{table} in the shared pool");
+    }
+}

@@ -1,0 +1,77 @@
+//! The request path follows placements: a stale cached epoch is caught by the
+//! backend's residency check, re-resolved and retried once.
+
+use reqwest::StatusCode;
+use sea_orm::ConnectionTrait;
+
+use crate::helpers::{connect, spawn_app};
+
+#[tokio::test]
+async fn a_stale_cached_epoch_is_re_resolved_and_the_request_succeeds() {
+    let app = spawn_app().await;
+    let t = app.create_tenant("acme", "shared").await;
+    let (asset, _, _) = app.seed(&t.key, "R-1").await;
+    // Bump the epoch on both sides without notifying the app (triggers off), so
+    // its cache still says epoch 1.
+    let registry = connect(&app.cp.config().registry_database, false);
+    registry
+        .execute_unprepared(&format!(
+            "SET session_replication_role = replica; UPDATE placements SET epoch = 2 WHERE tenant_id = '{}'; RESET session_replication_role;",
+            t.id
+        ))
+        .await
+        .unwrap();
+    let pool = connect(&app.pool_name, false);
+    pool.execute_unprepared(&format!("UPDATE tenant_residency SET epoch = 2 WHERE tenant_id = '{}'", t.id))
+        .await
+        .unwrap();
+
+    let (s, body) = app.get(&t.key, &format!("/v1/assets/{asset}")).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["tag"], "R-1");
+}
+
+#[tokio::test]
+async fn a_fenced_tenant_gets_a_retryable_503_and_no_write_lands() {
+    let app = spawn_app().await;
+    let t = app.create_tenant("acme", "shared").await;
+    app.seed(&t.key, "F-1").await;
+    let pool = connect(&app.pool_name, false);
+    pool.execute_unprepared(&format!("UPDATE tenant_residency SET state = 'fenced' WHERE tenant_id = '{}'", t.id))
+        .await
+        .unwrap();
+
+    let resp = app
+        .http
+        .post(format!("{}/v1/assets", app.app))
+        .bearer_auth(&t.key)
+        .json(&serde_json::json!({"name": "late", "tag": "LATE"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(resp.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "tenant_moving");
+    assert_eq!(crate::helpers::scalar(&pool, "SELECT count(*) FROM assets WHERE tag = 'LATE'").await, 0);
+}
+
+#[tokio::test]
+async fn a_placement_change_is_announced_to_the_app_cache() {
+    let app = spawn_app().await;
+    let t = app.create_tenant("acme", "shared").await;
+    let (asset, _, _) = app.seed(&t.key, "N-1").await;
+    // Move residency to epoch 5 first (requests now fail the check), then
+    // update the placement with triggers on: the NOTIFY drops the cached route.
+    let pool = connect(&app.pool_name, false);
+    pool.execute_unprepared(&format!("UPDATE tenant_residency SET epoch = 5 WHERE tenant_id = '{}'", t.id))
+        .await
+        .unwrap();
+    let registry = connect(&app.cp.config().registry_database, false);
+    registry
+        .execute_unprepared(&format!("UPDATE placements SET epoch = 5 WHERE tenant_id = '{}'", t.id))
+        .await
+        .unwrap();
+    let (s, _) = app.get(&t.key, &format!("/v1/assets/{asset}")).await;
+    assert_eq!(s, StatusCode::OK);
+}
