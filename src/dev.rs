@@ -118,6 +118,7 @@ pub fn settings_for(
             pool_idle_secs: 300,
             cache_ttl_secs: 60,
             workers: 2,
+            baseline: None,
         },
         control_plane: ControlPlaneConfig {
             listen: admin_listen,

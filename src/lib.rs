@@ -5,6 +5,7 @@ pub mod config;
 pub mod dev;
 pub mod startup;
 pub mod telemetry;
+pub mod testkit;
 
 pub use config::Settings;
 pub use startup::Stack;

@@ -30,7 +30,20 @@ impl Stack {
             .map_err(|e| anyhow::anyhow!("cannot listen on {} (admin): {e}", settings.control_plane.listen))?;
         let app_port = app_listener.local_addr()?.port();
         let admin_port = admin_listener.local_addr()?.port();
-        let app = tenantry_app::http::server(resolver.clone(), app_listener, settings.app.workers)?;
+        let baseline = settings.app.baseline.as_ref().map(|b| {
+            tenantry_app::http::BaselinePool(tenantry_core::db::lazy_pool(
+                &b.host,
+                b.port,
+                &b.database,
+                &b.credentials,
+                "tenantry-baseline",
+                tenantry_core::db::PoolSizing {
+                    max_connections: settings.app.connections_per_pool,
+                    ..Default::default()
+                },
+            ))
+        });
+        let app = tenantry_app::http::server(resolver.clone(), app_listener, settings.app.workers, baseline)?;
         let admin = tenantry_control_plane::http::server(
             control_plane.clone(),
             admin_listener,

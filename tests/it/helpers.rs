@@ -1,66 +1,14 @@
-use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use reqwest::{Method, StatusCode};
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, SqlxPostgresConnector, Statement};
 use serde_json::{Value, json};
 
-use tenantry::dev::{self, APP_ROLE, DevSecrets, SUPERUSER};
+use tenantry::dev::{APP_ROLE, SUPERUSER};
 use tenantry_control_plane::ControlPlane;
-use tenantry_core::BackendKind;
-use tenantry_provisioner::{ClusterSpec, LocalCluster};
 
-pub struct TestCluster {
-    pub cluster: LocalCluster,
-    pub secrets: DevSecrets,
-}
-
-static CLUSTER: OnceLock<TestCluster> = OnceLock::new();
-static ROLES: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
-
-/// Removes clusters left by earlier test processes that are gone.
-fn sweep_stale(root: &std::path::Path) {
-    for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
-        let name = entry.file_name().to_string_lossy().to_string();
-        if let Some(pid) = name.strip_prefix("tenantry-test-").and_then(|p| p.parse::<u32>().ok()) {
-            if !PathBuf::from(format!("/proc/{pid}")).exists() {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
-    }
-}
-
-/// The process-wide test cluster, started on first use.
-pub fn cluster() -> &'static TestCluster {
-    CLUSTER.get_or_init(|| {
-        let root = std::env::temp_dir();
-        sweep_stale(&root);
-        let base_dir = root.join(format!("tenantry-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base_dir);
-        let secrets = DevSecrets::generate();
-        let mut settings = ClusterSpec::base_settings(400);
-        // A throwaway cluster: durability buys nothing here.
-        settings.extend(
-            [("fsync", "off"), ("synchronous_commit", "off"), ("full_page_writes", "off")]
-                .map(|(k, v)| (k.to_string(), v.to_string())),
-        );
-        let spec = ClusterSpec {
-            base_dir,
-            port: free_port(),
-            superuser: SUPERUSER.into(),
-            superuser_password: secrets.superuser_password.clone(),
-            settings,
-        };
-        let cluster = LocalCluster::start(spec).expect("start the test PostgreSQL cluster");
-        TestCluster { cluster, secrets }
-    })
-}
+pub use tenantry::testkit::cluster;
 
 pub struct TestApp {
     pub app: String,
@@ -68,36 +16,28 @@ pub struct TestApp {
     pub token: String,
     pub http: reqwest::Client,
     pub cp: Arc<ControlPlane>,
+    pub resolver: tenantry_app::Resolver,
     pub pool_name: String,
-}
-
-pub fn unique(prefix: &str) -> String {
-    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
 }
 
 /// A fresh registry and shared pool on the test cluster, and both listeners
 /// on port 0.
 pub async fn spawn_app() -> TestApp {
-    let tc = tokio::task::spawn_blocking(cluster).await.expect("cluster thread");
-    let registry_db = unique("reg");
-    ROLES
-        .get_or_init(|| async {
-            dev::prepare_roles(&tc.cluster, &tc.secrets).await.expect("prepare roles");
-        })
-        .await;
-    dev::create_registry(&tc.cluster, &tc.secrets, &registry_db).await.expect("prepare registry");
-    let any = SocketAddr::from(([127, 0, 0, 1], 0));
-    let settings = dev::settings_for(tc.cluster.port(), &tc.secrets, &registry_db, any, any);
-    let stack = tenantry::Stack::build(&settings).await.expect("build the stack");
-    let pool_name = unique("pool");
-    stack.control_plane().register_backend("test", &pool_name, BackendKind::SharedPool).await.expect("shared pool");
+    spawn_app_with(|_| {}).await
+}
+
+/// Like [`spawn_app`], with adjusted settings.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut tenantry::Settings)) -> TestApp {
+    let spawned = tenantry::testkit::spawn_stack(|s, _| configure(s)).await.expect("spawn the stack");
+    let stack = spawned.stack;
     let app = TestApp {
         app: format!("http://127.0.0.1:{}", stack.app_port()),
         admin: format!("http://127.0.0.1:{}", stack.admin_port()),
-        token: tc.secrets.admin_token.clone(),
+        token: cluster().secrets.admin_token.clone(),
         http: reqwest::Client::new(),
         cp: stack.control_plane(),
-        pool_name,
+        resolver: stack.resolver(),
+        pool_name: spawned.pool_name,
     };
     tokio::spawn(stack.run_until_stopped());
     app

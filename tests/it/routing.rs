@@ -75,3 +75,25 @@ async fn a_placement_change_is_announced_to_the_app_cache() {
     let (s, _) = app.get(&t.key, &format!("/v1/assets/{asset}")).await;
     assert_eq!(s, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn backend_pools_stay_within_the_connection_budget() {
+    // Budget for two pools of four connections.
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.app.max_connections_total = 8;
+        s.app.connections_per_pool = 4;
+    })
+    .await;
+    let mut tenants = Vec::new();
+    for slug in ["ded-one", "ded-two", "ded-three", "ded-four"] {
+        tenants.push(app.create_tenant(slug, "dedicated").await);
+    }
+    for round in 0..2 {
+        for t in &tenants {
+            let (s, body) = app.get(&t.key, "/v1/assets").await;
+            assert_eq!(s, StatusCode::OK, "round {round}: {body}");
+        }
+    }
+    let open = app.resolver.open_pools().await;
+    assert!((1..=2).contains(&open), "{open} pools open, budget allows 2");
+}

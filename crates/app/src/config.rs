@@ -45,6 +45,21 @@ pub struct AppConfig {
     /// HTTP worker threads. Default 2.
     #[serde(default = "default_workers")]
     pub workers: usize,
+    /// Benchmarks only: mounts `GET /bench/baseline/assets/{id}?tenant=`, the
+    /// same tenant-filtered query on one static pool with no routing, no RLS and
+    /// no transaction. Absent (the default): not mounted.
+    #[serde(default)]
+    pub baseline: Option<BaselineConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaselineConfig {
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    /// A role that reads the table without row-level security (e.g. a superuser).
+    pub credentials: Credentials,
 }
 
 impl AppConfig {

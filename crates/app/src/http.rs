@@ -32,7 +32,7 @@ const DEFAULT_PAGE: u64 = 50;
 const MAX_PAGE: u64 = 200;
 
 /// An authenticated tenant.
-pub struct Tenant(pub KeyOwner);
+pub struct Tenant(pub std::sync::Arc<KeyOwner>);
 
 impl FromRequest for Tenant {
     type Error = ApiError;
@@ -370,7 +370,7 @@ fn interval(days: i32) -> Result<i32, ApiError> {
 /// Who am I: the tenant this key belongs to.
 #[utoipa::path(get, path = "/v1/tenant", responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody)))]
 async fn whoami(t: Tenant) -> HttpResponse {
-    HttpResponse::Ok().json(WhoAmI { id: t.0.tenant_id, slug: t.0.slug, tier: t.0.tier })
+    HttpResponse::Ok().json(WhoAmI { id: t.0.tenant_id, slug: t.0.slug.clone(), tier: t.0.tier })
 }
 
 #[utoipa::path(post, path = "/v1/assets", request_body = CreateAsset,
@@ -722,15 +722,53 @@ impl RootSpanBuilder for TenantSpan {
     }
 }
 
+/// The benchmark baseline's static pool.
+#[derive(Clone)]
+pub struct BaselinePool(pub sea_orm::DatabaseConnection);
+
+#[derive(Deserialize)]
+pub struct BaselineQuery {
+    pub tenant: Uuid,
+}
+
+/// Benchmark baseline: the routed `GET /v1/assets/{id}` minus routing, RLS and
+/// the transaction (see `AppConfig::baseline`).
+async fn baseline_get_asset(
+    pool: web::Data<BaselinePool>,
+    id: web::Path<Uuid>,
+    q: web::Query<BaselineQuery>,
+) -> Result<HttpResponse, ApiError> {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let asset = assets::Entity::find()
+        .filter(assets::Column::TenantId.eq(q.tenant))
+        .filter(assets::Column::Id.eq(*id))
+        .one(&pool.0)
+        .await?
+        .ok_or_else(|| ApiError::not_found("asset"))?;
+    Ok(HttpResponse::Ok().json(Asset::from(asset)))
+}
+
 /// Serves the app API on `listener` until stopped.
-pub fn server(resolver: Resolver, listener: TcpListener, workers: usize) -> std::io::Result<Server> {
+pub fn server(
+    resolver: Resolver,
+    listener: TcpListener,
+    workers: usize,
+    baseline: Option<BaselinePool>,
+) -> std::io::Result<Server> {
     let resolver = web::Data::new(resolver);
+    let baseline = baseline.map(web::Data::new);
     Ok(HttpServer::new(move || {
-        actix_web::App::new()
+        let app = actix_web::App::new()
             .wrap(TracingLogger::<TenantSpan>::new())
             .app_data(resolver.clone())
             .configure(routes)
-            .default_service(web::to(no_route))
+            .default_service(web::to(no_route));
+        match &baseline {
+            Some(pool) => {
+                app.app_data(pool.clone()).route("/bench/baseline/assets/{id}", web::get().to(baseline_get_asset))
+            }
+            None => app,
+        }
     })
     .workers(workers.max(1))
     .listen(listener)?

@@ -9,17 +9,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use moka::future::Cache;
+use sea_orm::sqlx::PgPool;
 use sea_orm::sqlx::postgres::PgListener;
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, TransactionTrait};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use tenantry_core::db::{NOT_RESIDENT, PoolSizing, lazy_pool, sqlstate};
+use tenantry_core::db::{PoolSizing, lazy_pool};
 use tenantry_core::registry::{BackendAddress, KeyOwner, RegistryReader, Route};
 use tenantry_core::web::ApiError;
 
 use crate::config::AppConfig;
-use crate::scope::TenantTx;
+use crate::scope::{EnterError, TenantTx};
 
 /// Registry notifications channel (see migrations/registry).
 const CHANNEL: &str = "tenantry_registry";
@@ -33,9 +33,9 @@ const RETRY_AFTER_SECS: u64 = 1;
 struct Inner {
     registry: RegistryReader,
     cfg: AppConfig,
-    keys: Cache<[u8; 32], KeyOwner>,
-    routes: Cache<Uuid, Route>,
-    pools: Cache<Uuid, DatabaseConnection>,
+    keys: Cache<[u8; 32], Arc<KeyOwner>>,
+    routes: Cache<Uuid, Arc<Route>>,
+    pools: Cache<Uuid, PgPool>,
 }
 
 /// Cheap to clone; one per process.
@@ -73,10 +73,10 @@ impl Resolver {
             pools: Cache::builder()
                 .max_capacity(cfg.max_pools())
                 .time_to_idle(Duration::from_secs(cfg.pool_idle_secs))
-                .async_eviction_listener(|id, db: DatabaseConnection, cause| {
+                .async_eviction_listener(|id, pool: PgPool, cause| {
                     Box::pin(async move {
                         tracing::info!(backend = %id, ?cause, "closing backend pool");
-                        let _ = db.close().await;
+                        pool.close().await;
                     })
                 })
                 .build(),
@@ -91,29 +91,29 @@ impl Resolver {
     }
 
     /// The tenant owning a presented API key (401 when unknown or revoked).
-    pub async fn authenticate(&self, presented: &str) -> Result<KeyOwner, ApiError> {
+    pub async fn authenticate(&self, presented: &str) -> Result<Arc<KeyOwner>, ApiError> {
         let unauthorized = || ApiError::unauthorized("missing, unknown or revoked API key");
         let hash = tenantry_core::api_key::hash_presented(presented).ok_or_else(unauthorized)?;
         if let Some(owner) = self.inner.keys.get(&hash).await {
             return Ok(owner);
         }
-        let owner = self.inner.registry.key_owner(&hash).await?.ok_or_else(unauthorized)?;
+        let owner = Arc::new(self.inner.registry.key_owner(&hash).await?.ok_or_else(unauthorized)?);
         self.inner.keys.insert(hash, owner.clone()).await;
         Ok(owner)
     }
 
-    async fn route(&self, tenant_id: Uuid) -> Result<Route, ApiError> {
+    async fn route(&self, tenant_id: Uuid) -> Result<Arc<Route>, ApiError> {
         if let Some(route) = self.inner.routes.get(&tenant_id).await {
             return Ok(route);
         }
-        let route = self.inner.registry.route(tenant_id).await?.ok_or_else(|| {
+        let route = Arc::new(self.inner.registry.route(tenant_id).await?.ok_or_else(|| {
             ApiError::unavailable("tenant_not_placed", "the tenant has no backend yet; retry shortly", RETRY_AFTER_SECS)
-        })?;
+        })?);
         self.inner.routes.insert(tenant_id, route.clone()).await;
         Ok(route)
     }
 
-    async fn pool(&self, backend: &BackendAddress) -> DatabaseConnection {
+    async fn pool(&self, backend: &BackendAddress) -> PgPool {
         let cfg = &self.inner.cfg;
         self.inner
             .pools
@@ -126,6 +126,8 @@ impl Resolver {
                     "tenantry-app",
                     PoolSizing { max_connections: cfg.connections_per_pool, ..PoolSizing::default() },
                 )
+                .get_postgres_connection_pool()
+                .clone()
             })
             .await
     }
@@ -139,25 +141,16 @@ impl Resolver {
         for _attempt in 0..2 {
             let route = self.route(tenant.tenant_id).await?;
             let pool = self.pool(&route.backend).await;
-            let txn = pool.begin().await.map_err(|e| backend_down(&route, &e))?;
-            let entered = txn
-                .execute_raw(Statement::from_sql_and_values(
-                    DbBackend::Postgres,
-                    "SELECT tenantry_enter($1, $2)",
-                    [tenant.tenant_id.into(), route.placement.epoch.into()],
-                ))
-                .await;
-            match entered {
-                Ok(_) => {
+            match TenantTx::begin(&pool, tenant.tenant_id, route.placement.epoch).await {
+                Ok(tx) => {
                     tracing::Span::current().record("backend", tracing::field::display(route.backend.id));
-                    return Ok(TenantTx::new(txn, tenant.tenant_id));
+                    return Ok(tx);
                 }
-                Err(e) if sqlstate(&e).as_deref() == Some(NOT_RESIDENT) => {
+                Err(EnterError::NotResident) => {
                     tracing::info!(tenant_id = %tenant.tenant_id, epoch = route.placement.epoch, "stale placement; re-resolving");
-                    let _ = txn.rollback().await;
                     self.inner.routes.invalidate(&tenant.tenant_id).await;
                 }
-                Err(e) => return Err(backend_down(&route, &e)),
+                Err(EnterError::Backend(e)) => return Err(backend_down(&route, &e)),
             }
         }
         Err(ApiError::unavailable("tenant_moving", "the tenant is being moved; retry shortly", RETRY_AFTER_SECS))
@@ -176,7 +169,7 @@ impl Resolver {
     }
 }
 
-fn backend_down(route: &Route, e: &sea_orm::DbErr) -> ApiError {
+fn backend_down(route: &Route, e: &dyn std::fmt::Display) -> ApiError {
     tracing::warn!(backend = %route.backend.id, error = %e, "backend unavailable");
     ApiError::unavailable(
         "backend_unavailable",

@@ -1,21 +1,118 @@
 //! The one door to tenant data. A [`TenantTx`] is a transaction already
 //! entered as one tenant (RLS is armed); every query made through it also
-//! filters on that tenant and every insert stamps it. The transaction itself is
+//! filters on that tenant and every insert stamps it. The connection itself is
 //! private to this module, so no handler can run an unscoped query.
+//!
+//! The transaction is opened and the tenant entered in one round trip: a
+//! simple-protocol `BEGIN; SELECT tenantry_enter(<uuid>, <epoch>)` (both values
+//! are typed, so inlining them cannot inject anything). sea-orm queries then run
+//! on the same pooled connection through [`TxConn`]'s `ConnectionTrait`.
 
-use sea_orm::{ColumnTrait, DatabaseTransaction, DbErr, IntoActiveModel, QueryFilter, Select};
+use std::sync::Arc;
+
+use sea_orm::sqlx::pool::PoolConnection;
+use sea_orm::sqlx::{self, AssertSqlSafe, Postgres};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbBackend, DbErr, ExecResult, IntoActiveModel, QueryFilter, QueryResult, RuntimeErr,
+    Select, Statement,
+};
+use sea_query_sqlx::SqlxValues;
+use tokio::sync::Mutex;
 use uuid::Uuid;
 
+use tenantry_core::db::NOT_RESIDENT;
 use tenantry_core::entities::TenantScoped;
 
+/// Why a tenant could not be entered.
+pub enum EnterError {
+    /// The backend says the tenant is not resident at this epoch (moved or fenced).
+    NotResident,
+    /// The backend could not be reached or failed.
+    Backend(sqlx::Error),
+}
+
+/// A pooled connection inside an open transaction; usable by sea-orm.
+pub struct TxConn(Mutex<Option<PoolConnection<Postgres>>>);
+
+fn gone() -> DbErr {
+    DbErr::Custom("tenant transaction already finished".into())
+}
+
+fn query(stmt: &Statement) -> sqlx::query::Query<'_, Postgres, SqlxValues> {
+    let values = stmt.values.clone().unwrap_or(sea_orm::sea_query::Values(Vec::new()));
+    sqlx::query_with(AssertSqlSafe(stmt.sql.as_str()), SqlxValues(values))
+}
+
+fn exec_err(e: sqlx::Error) -> DbErr {
+    DbErr::Exec(RuntimeErr::SqlxError(Arc::new(e)))
+}
+
+fn query_err(e: sqlx::Error) -> DbErr {
+    DbErr::Query(RuntimeErr::SqlxError(Arc::new(e)))
+}
+
+#[async_trait::async_trait]
+impl ConnectionTrait for TxConn {
+    fn get_database_backend(&self) -> DbBackend {
+        DbBackend::Postgres
+    }
+
+    async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
+        let mut guard = self.0.lock().await;
+        let conn = guard.as_mut().ok_or_else(gone)?;
+        query(&stmt).execute(&mut **conn).await.map(Into::into).map_err(exec_err)
+    }
+
+    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+        let mut guard = self.0.lock().await;
+        let conn = guard.as_mut().ok_or_else(gone)?;
+        sqlx::raw_sql(AssertSqlSafe(sql.to_string())).execute(&mut **conn).await.map(Into::into).map_err(exec_err)
+    }
+
+    async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
+        let mut guard = self.0.lock().await;
+        let conn = guard.as_mut().ok_or_else(gone)?;
+        query(&stmt).fetch_optional(&mut **conn).await.map(|r| r.map(Into::into)).map_err(query_err)
+    }
+
+    async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        let mut guard = self.0.lock().await;
+        let conn = guard.as_mut().ok_or_else(gone)?;
+        query(&stmt)
+            .fetch_all(&mut **conn)
+            .await
+            .map(|rows| rows.into_iter().map(Into::into).collect())
+            .map_err(query_err)
+    }
+}
+
 pub struct TenantTx {
-    txn: DatabaseTransaction,
+    conn: TxConn,
     tenant_id: Uuid,
 }
 
 impl TenantTx {
-    pub(crate) fn new(txn: DatabaseTransaction, tenant_id: Uuid) -> Self {
-        Self { txn, tenant_id }
+    /// Takes a connection from `pool`, begins a transaction and enters the
+    /// tenant at `epoch`, in one round trip. On failure the connection is
+    /// rolled back before it returns to the pool.
+    pub(crate) async fn begin(pool: &sqlx::PgPool, tenant_id: Uuid, epoch: i64) -> Result<Self, EnterError> {
+        let mut conn = pool.acquire().await.map_err(EnterError::Backend)?;
+        let sql = format!("BEGIN; SELECT tenantry_enter('{tenant_id}'::uuid, {epoch}::bigint)");
+        match sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await {
+            Ok(_) => Ok(Self { conn: TxConn(Mutex::new(Some(conn))), tenant_id }),
+            Err(e) => {
+                if sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.is_err() {
+                    // Never hand a connection in an unknown state back to the pool.
+                    let _ = conn.close().await;
+                }
+                match &e {
+                    sqlx::Error::Database(db) if db.code().as_deref() == Some(NOT_RESIDENT) => {
+                        Err(EnterError::NotResident)
+                    }
+                    _ => Err(EnterError::Backend(e)),
+                }
+            }
+        }
     }
 
     pub fn tenant_id(&self) -> Uuid {
@@ -29,12 +126,12 @@ impl TenantTx {
 
     /// One row by id, or `None` (also for another tenant's id).
     pub async fn get<E: TenantScoped>(&self, id: Uuid) -> Result<Option<E::Model>, DbErr> {
-        self.select::<E>().filter(E::id_column().eq(id)).one(&self.txn).await
+        self.select::<E>().filter(E::id_column().eq(id)).one(&self.conn).await
     }
 
     /// Rows of a scoped select.
     pub async fn all<E: TenantScoped>(&self, select: Select<E>) -> Result<Vec<E::Model>, DbErr> {
-        select.all(&self.txn).await
+        select.all(&self.conn).await
     }
 
     /// Deletes one row by id; `false` when there was none for this tenant.
@@ -42,7 +139,7 @@ impl TenantTx {
         let res = E::delete_many()
             .filter(E::tenant_column().eq(self.tenant_id))
             .filter(E::id_column().eq(id))
-            .exec(&self.txn)
+            .exec(&self.conn)
             .await?;
         Ok(res.rows_affected > 0)
     }
@@ -54,7 +151,7 @@ impl TenantTx {
         A: sea_orm::ActiveModelTrait<Entity = E> + sea_orm::ActiveModelBehavior + Send,
         E::Model: IntoActiveModel<A>,
     {
-        build(self.tenant_id).insert(&self.txn).await
+        build(self.tenant_id).insert(&self.conn).await
     }
 
     /// Saves changes to a row previously read through this transaction (so it
@@ -70,10 +167,30 @@ impl TenantTx {
             Some(sea_orm::Value::from(self.tenant_id)),
             "update of a row that is not this tenant's"
         );
-        model.update(&self.txn).await
+        model.update(&self.conn).await
     }
 
-    pub async fn commit(self) -> Result<(), DbErr> {
-        self.txn.commit().await
+    pub async fn commit(mut self) -> Result<(), DbErr> {
+        let mut conn = self.conn.0.get_mut().take().ok_or_else(gone)?;
+        sqlx::raw_sql("COMMIT").execute(&mut *conn).await.map(|_| ()).map_err(exec_err)
+    }
+}
+
+impl Drop for TenantTx {
+    /// Not committed (an error path): roll back before the connection is reused.
+    fn drop(&mut self) {
+        if let Some(mut conn) = self.conn.0.get_mut().take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(async move {
+                        if sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.is_err() {
+                            let _ = conn.close().await;
+                        }
+                    });
+                }
+                // No runtime to roll back on: close the connection instead.
+                Err(_) => drop(conn.detach()),
+            }
+        }
     }
 }

@@ -1,0 +1,88 @@
+//! Throwaway PostgreSQL clusters for the test suite and the benchmarks: one
+//! per process, started on first use, killed with the process.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use tenantry_provisioner::{ClusterSpec, LocalCluster};
+
+use crate::dev::{DevSecrets, SUPERUSER};
+
+pub struct TestCluster {
+    pub cluster: LocalCluster,
+    pub secrets: DevSecrets,
+}
+
+static CLUSTER: OnceLock<TestCluster> = OnceLock::new();
+static ROLES: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// Removes clusters left by earlier test processes that are gone.
+fn sweep_stale(root: &std::path::Path) {
+    for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if let Some(pid) = name.strip_prefix("tenantry-test-").and_then(|p| p.parse::<u32>().ok()) {
+            if !PathBuf::from(format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
+/// The process-wide test cluster, started on first use.
+pub fn cluster() -> &'static TestCluster {
+    CLUSTER.get_or_init(|| {
+        let root = std::env::temp_dir();
+        sweep_stale(&root);
+        let base_dir = root.join(format!("tenantry-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base_dir);
+        let secrets = DevSecrets::generate();
+        let mut settings = ClusterSpec::base_settings(400);
+        // A throwaway cluster: durability buys nothing here.
+        settings.extend(
+            [("fsync", "off"), ("synchronous_commit", "off"), ("full_page_writes", "off")]
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        let spec = ClusterSpec {
+            base_dir,
+            port: free_port(),
+            superuser: SUPERUSER.into(),
+            superuser_password: secrets.superuser_password.clone(),
+            settings,
+        };
+        let cluster = LocalCluster::start(spec).expect("start the test PostgreSQL cluster");
+        TestCluster { cluster, secrets }
+    })
+}
+
+/// A stack on the process's test cluster with a fresh registry and shared pool.
+pub struct Spawned {
+    pub stack: crate::Stack,
+    pub registry_db: String,
+    pub pool_name: String,
+}
+
+/// A database name unique to this run.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Builds a stack (listeners on port 0) on a fresh registry and shared pool;
+/// `configure` may adjust the settings first (it is told the shared pool's name).
+pub async fn spawn_stack(configure: impl FnOnce(&mut crate::Settings, &str)) -> anyhow::Result<Spawned> {
+    let tc = tokio::task::spawn_blocking(cluster).await?;
+    ROLES.get_or_try_init(|| crate::dev::prepare_roles(&tc.cluster, &tc.secrets)).await?;
+    let registry_db = unique("reg");
+    crate::dev::create_registry(&tc.cluster, &tc.secrets, &registry_db).await?;
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut settings = crate::dev::settings_for(tc.cluster.port(), &tc.secrets, &registry_db, any, any);
+    let pool_name = unique("pool");
+    configure(&mut settings, &pool_name);
+    let stack = crate::Stack::build(&settings).await?;
+    stack.control_plane().register_backend("test", &pool_name, tenantry_core::BackendKind::SharedPool).await?;
+    Ok(Spawned { stack, registry_db, pool_name })
+}
