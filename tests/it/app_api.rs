@@ -157,3 +157,23 @@ async fn schedule_and_issue_on_a_missing_asset_are_404() {
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn quotes_backslashes_and_sql_in_tags_and_searches_are_plain_text() {
+    let app = spawn_app().await;
+    let t = app.create_tenant("acme", "shared").await;
+    let nasty = r#"O'Brien\'; DROP TABLE assets; -- ünï"#;
+    let (s, created) = app.post(&t.key, "/v1/assets", json!({"name": nasty, "tag": nasty})).await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    let encoded: String = nasty.bytes().map(|b| format!("%{b:02X}")).collect();
+    let (s, got) = app.get(&t.key, &format!("/v1/assets/by-tag/{encoded}")).await;
+    assert_eq!((s, got["tag"].clone()), (StatusCode::OK, json!(nasty)));
+    for q in [r#"Brien\'"#, "'; DROP", "ünï"] {
+        let q_enc: String = q.bytes().map(|b| format!("%{b:02X}")).collect();
+        let (s, found) = app.get(&t.key, &format!("/v1/assets?q={q_enc}")).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(found["assets"].as_array().map(Vec::len), Some(1), "q={q}: {found}");
+    }
+    let (s, all) = app.get(&t.key, "/v1/assets").await;
+    assert_eq!((s, all["assets"].as_array().map(Vec::len)), (StatusCode::OK, Some(1)));
+}

@@ -3,7 +3,8 @@
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::sea_query::extension::postgres::PgExpr;
-use sea_orm::{ColumnTrait, DbErr, QueryFilter, QueryOrder, QuerySelect, Set};
+use sea_orm::{ColumnTrait, DbErr, QueryFilter, QueryOrder, QuerySelect, Select, Set};
+use tenantry_core::entities::TenantScoped;
 use uuid::Uuid;
 
 use tenantry_core::entities::{asset_issues, assets, maintenance_schedules};
@@ -18,7 +19,7 @@ pub struct Page<T> {
     pub next_after: Option<Uuid>,
 }
 
-fn page<T>(mut rows: Vec<T>, limit: u64, id: impl Fn(&T) -> Uuid) -> Page<T> {
+pub fn page<T>(mut rows: Vec<T>, limit: u64, id: impl Fn(&T) -> Uuid) -> Page<T> {
     let more = rows.len() as u64 > limit;
     rows.truncate(limit as usize);
     let next_after = if more { rows.last().map(&id) } else { None };
@@ -31,36 +32,42 @@ fn like_pattern(q: &str) -> String {
     format!("%{escaped}%")
 }
 
-pub struct AssetFilter<'a> {
-    pub status: Option<&'a str>,
-    pub q: Option<&'a str>,
+/// Conditions of `GET /v1/assets`.
+pub struct AssetFilter {
+    pub status: Option<String>,
+    pub q: Option<String>,
     pub after: Option<Uuid>,
     pub limit: u64,
 }
 
-pub async fn list_assets(tx: &TenantTx, f: AssetFilter<'_>) -> Result<Page<assets::Model>, DbErr> {
-    let mut select = tx.select::<assets::Entity>();
-    if let Some(status) = f.status {
-        select = select.filter(assets::Column::Status.eq(status));
-    }
-    if let Some(q) = f.q {
-        let pattern = like_pattern(q);
-        select = select.filter(
-            sea_orm::Condition::any()
-                .add(Expr::col(assets::Column::Name).ilike(pattern.clone()))
-                .add(Expr::col(assets::Column::Tag).ilike(pattern)),
-        );
-    }
-    if let Some(after) = f.after {
-        select = select.filter(assets::Column::Id.gt(after));
-    }
-    let rows = tx.all(select.order_by_asc(assets::Column::Id).limit(f.limit + 1)).await?;
-    Ok(page(rows, f.limit, |a| a.id))
+/// One row by id.
+pub fn by_id<E: TenantScoped>(id: Uuid) -> impl Fn(Select<E>) -> Select<E> {
+    move |select| select.filter(E::id_column().eq(id))
 }
 
-pub async fn asset_by_tag(tx: &TenantTx, tag: &str) -> Result<Option<assets::Model>, DbErr> {
-    let select = tx.select::<assets::Entity>().filter(assets::Column::Tag.eq(tag));
-    Ok(tx.all(select).await?.into_iter().next())
+/// A page of assets (one more row than asked, for [`page`]).
+pub fn asset_list(f: AssetFilter) -> impl Fn(Select<assets::Entity>) -> Select<assets::Entity> {
+    move |mut select| {
+        if let Some(status) = &f.status {
+            select = select.filter(assets::Column::Status.eq(status.as_str()));
+        }
+        if let Some(q) = &f.q {
+            let pattern = like_pattern(q);
+            select = select.filter(
+                sea_orm::Condition::any()
+                    .add(Expr::col(assets::Column::Name).ilike(pattern.clone()))
+                    .add(Expr::col(assets::Column::Tag).ilike(pattern)),
+            );
+        }
+        if let Some(after) = f.after {
+            select = select.filter(assets::Column::Id.gt(after));
+        }
+        select.order_by_asc(assets::Column::Id).limit(f.limit + 1)
+    }
+}
+
+pub fn asset_by_tag(tag: String) -> impl Fn(Select<assets::Entity>) -> Select<assets::Entity> {
+    move |select| select.filter(assets::Column::Tag.eq(tag.as_str()))
 }
 
 pub struct NewAsset {
@@ -98,18 +105,17 @@ pub async fn schedules_of_asset(tx: &TenantTx, asset_id: Uuid) -> Result<Vec<mai
     tx.all(select).await
 }
 
-pub async fn schedules_due(
-    tx: &TenantTx,
+pub fn schedules_due(
     before: DateTime<Utc>,
     limit: u64,
-) -> Result<Vec<maintenance_schedules::Model>, DbErr> {
-    let select = tx
-        .select::<maintenance_schedules::Entity>()
-        .filter(maintenance_schedules::Column::NextDueAt.lt(before))
-        .order_by_asc(maintenance_schedules::Column::NextDueAt)
-        .order_by_asc(maintenance_schedules::Column::Id)
-        .limit(limit);
-    tx.all(select).await
+) -> impl Fn(Select<maintenance_schedules::Entity>) -> Select<maintenance_schedules::Entity> {
+    move |select| {
+        select
+            .filter(maintenance_schedules::Column::NextDueAt.lt(before))
+            .order_by_asc(maintenance_schedules::Column::NextDueAt)
+            .order_by_asc(maintenance_schedules::Column::Id)
+            .limit(limit)
+    }
 }
 
 pub struct NewSchedule {
@@ -135,21 +141,21 @@ pub async fn create_schedule(tx: &TenantTx, s: NewSchedule) -> Result<maintenanc
     .await
 }
 
-pub async fn list_issues(
-    tx: &TenantTx,
-    status: Option<&str>,
+/// A page of issues (one more row than asked, for [`page`]).
+pub fn issue_list(
+    status: Option<String>,
     after: Option<Uuid>,
     limit: u64,
-) -> Result<Page<asset_issues::Model>, DbErr> {
-    let mut select = tx.select::<asset_issues::Entity>();
-    if let Some(status) = status {
-        select = select.filter(asset_issues::Column::Status.eq(status));
+) -> impl Fn(Select<asset_issues::Entity>) -> Select<asset_issues::Entity> {
+    move |mut select| {
+        if let Some(status) = &status {
+            select = select.filter(asset_issues::Column::Status.eq(status.as_str()));
+        }
+        if let Some(after) = after {
+            select = select.filter(asset_issues::Column::Id.gt(after));
+        }
+        select.order_by_asc(asset_issues::Column::Id).limit(limit + 1)
     }
-    if let Some(after) = after {
-        select = select.filter(asset_issues::Column::Id.gt(after));
-    }
-    let rows = tx.all(select.order_by_asc(asset_issues::Column::Id).limit(limit + 1)).await?;
-    Ok(page(rows, limit, |i| i.id))
 }
 
 pub struct NewIssue {

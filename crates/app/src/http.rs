@@ -74,6 +74,11 @@ async fn enter(resolver: &Resolver, tenant: &Tenant) -> Result<TenantTx, ApiErro
     resolver.enter(&tenant.0).await
 }
 
+/// The single row of a by-id or by-tag read, or 404.
+fn first<M>(rows: Vec<M>, what: &str) -> Result<M, ApiError> {
+    rows.into_iter().next().ok_or_else(|| ApiError::not_found(what))
+}
+
 /// Maps constraint violations to 4xx; anything else is a 500.
 fn db_error(e: DbErr) -> ApiError {
     match sqlstate(&e).as_deref() {
@@ -393,16 +398,15 @@ async fn create_asset(r: R, t: Tenant, body: web::Json<CreateAsset>) -> Result<H
 
 #[utoipa::path(get, path = "/v1/assets", params(ListAssets), responses((status = 200, body = AssetPage)))]
 async fn list_assets(r: R, t: Tenant, q: web::Query<ListAssets>) -> Result<HttpResponse, ApiError> {
-    let status = q.status.map(wire);
+    let limit = limit(q.limit)?;
     let filter = AssetFilter {
-        status: status.as_deref(),
-        q: q.q.as_deref().filter(|s| !s.is_empty()),
+        status: q.status.map(wire),
+        q: q.q.clone().filter(|s| !s.is_empty()),
         after: decode_cursor(q.cursor.as_deref())?,
-        limit: limit(q.limit)?,
+        limit,
     };
-    let tx = enter(&r, &t).await?;
-    let page = data::list_assets(&tx, filter).await?;
-    tx.commit().await?;
+    let rows = r.read(&t.0, data::asset_list(filter)).await?;
+    let page = data::page(rows, limit, |a| a.id);
     Ok(HttpResponse::Ok().json(AssetPage {
         assets: page.items.into_iter().map(Asset::from).collect(),
         next_cursor: page.next_after.map(encode_cursor),
@@ -412,18 +416,14 @@ async fn list_assets(r: R, t: Tenant, q: web::Query<ListAssets>) -> Result<HttpR
 #[utoipa::path(get, path = "/v1/assets/{id}", params(("id" = Uuid, Path)),
     responses((status = 200, body = Asset), (status = 404, body = ErrorBody)))]
 async fn get_asset(r: R, t: Tenant, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
-    let tx = enter(&r, &t).await?;
-    let asset = tx.get::<assets::Entity>(*id).await?.ok_or_else(|| ApiError::not_found("asset"))?;
-    tx.commit().await?;
+    let asset = first(r.read(&t.0, data::by_id::<assets::Entity>(*id)).await?, "asset")?;
     Ok(HttpResponse::Ok().json(Asset::from(asset)))
 }
 
 #[utoipa::path(get, path = "/v1/assets/by-tag/{tag}", params(("tag" = String, Path)),
     responses((status = 200, body = Asset), (status = 404, body = ErrorBody)))]
 async fn asset_by_tag(r: R, t: Tenant, tag: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let tx = enter(&r, &t).await?;
-    let asset = data::asset_by_tag(&tx, &tag).await?.ok_or_else(|| ApiError::not_found("asset"))?;
-    tx.commit().await?;
+    let asset = first(r.read(&t.0, data::asset_by_tag(tag.into_inner())).await?, "asset")?;
     Ok(HttpResponse::Ok().json(Asset::from(asset)))
 }
 
@@ -508,10 +508,7 @@ async fn list_schedules(r: R, t: Tenant, id: web::Path<Uuid>) -> Result<HttpResp
 
 #[utoipa::path(get, path = "/v1/maintenance-schedules/due", params(DueQuery), responses((status = 200, body = ScheduleList)))]
 async fn due_schedules(r: R, t: Tenant, q: web::Query<DueQuery>) -> Result<HttpResponse, ApiError> {
-    let lim = limit(q.limit)?;
-    let tx = enter(&r, &t).await?;
-    let list = data::schedules_due(&tx, q.before, lim).await?;
-    tx.commit().await?;
+    let list = r.read(&t.0, data::schedules_due(q.before, limit(q.limit)?)).await?;
     Ok(HttpResponse::Ok().json(ScheduleList { maintenance_schedules: list.into_iter().map(Schedule::from).collect() }))
 }
 
@@ -584,12 +581,9 @@ async fn create_issue(
 
 #[utoipa::path(get, path = "/v1/issues", params(ListIssues), responses((status = 200, body = IssuePage)))]
 async fn list_issues(r: R, t: Tenant, q: web::Query<ListIssues>) -> Result<HttpResponse, ApiError> {
-    let status = q.status.map(wire);
-    let after = decode_cursor(q.cursor.as_deref())?;
     let lim = limit(q.limit)?;
-    let tx = enter(&r, &t).await?;
-    let page = data::list_issues(&tx, status.as_deref(), after, lim).await?;
-    tx.commit().await?;
+    let rows = r.read(&t.0, data::issue_list(q.status.map(wire), decode_cursor(q.cursor.as_deref())?, lim)).await?;
+    let page = data::page(rows, lim, |i| i.id);
     Ok(HttpResponse::Ok().json(IssuePage {
         issues: page.items.into_iter().map(Issue::from).collect(),
         next_cursor: page.next_after.map(encode_cursor),
@@ -599,9 +593,7 @@ async fn list_issues(r: R, t: Tenant, q: web::Query<ListIssues>) -> Result<HttpR
 #[utoipa::path(get, path = "/v1/issues/{id}", params(("id" = Uuid, Path)),
     responses((status = 200, body = Issue), (status = 404, body = ErrorBody)))]
 async fn get_issue(r: R, t: Tenant, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
-    let tx = enter(&r, &t).await?;
-    let i = tx.get::<asset_issues::Entity>(*id).await?.ok_or_else(|| ApiError::not_found("issue"))?;
-    tx.commit().await?;
+    let i = first(r.read(&t.0, data::by_id::<asset_issues::Entity>(*id)).await?, "issue")?;
     Ok(HttpResponse::Ok().json(Issue::from(i)))
 }
 

@@ -19,7 +19,10 @@ use tenantry_core::registry::{BackendAddress, KeyOwner, RegistryReader, Route};
 use tenantry_core::web::ApiError;
 
 use crate::config::AppConfig;
-use crate::scope::{EnterError, TenantTx};
+use sea_orm::Select;
+use tenantry_core::entities::TenantScoped;
+
+use crate::scope::{EnterError, TenantTx, read_once, scoped};
 
 /// Registry notifications channel (see migrations/registry).
 const CHANNEL: &str = "tenantry_registry";
@@ -134,23 +137,46 @@ impl Resolver {
 
     /// Opens a transaction on the tenant's backend and enters the tenant: the
     /// first statement takes the tenant's shared fence lock, checks residency at
-    /// the cached epoch and sets `app.tenant_id` for this transaction only. If
-    /// the tenant has moved, the cached route is dropped and the enter retried
-    /// once against the fresh placement.
+    /// the cached epoch and sets `app.tenant_id` for this transaction only.
     pub async fn enter(&self, tenant: &KeyOwner) -> Result<TenantTx, ApiError> {
+        self.on_backend(tenant, async |pool, epoch| TenantTx::begin(&pool, tenant.tenant_id, epoch).await).await
+    }
+
+    /// One tenant-scoped query in one round trip (see [`crate::scope::read_once`]);
+    /// `shape` adds conditions, order and limits to the already-scoped select.
+    pub async fn read<E: TenantScoped>(
+        &self,
+        tenant: &KeyOwner,
+        shape: impl Fn(Select<E>) -> Select<E>,
+    ) -> Result<Vec<E::Model>, ApiError> {
+        self.on_backend(tenant, async |pool, epoch| {
+            read_once(&pool, tenant.tenant_id, epoch, shape(scoped::<E>(tenant.tenant_id))).await
+        })
+        .await
+    }
+
+    /// Runs `work` against the tenant's backend at its cached epoch. If the
+    /// backend says the tenant is not resident there (it moved), the cached
+    /// route is dropped and `work` retried once against the fresh placement.
+    async fn on_backend<T>(
+        &self,
+        tenant: &KeyOwner,
+        work: impl AsyncFn(PgPool, i64) -> Result<T, EnterError>,
+    ) -> Result<T, ApiError> {
         for _attempt in 0..2 {
             let route = self.route(tenant.tenant_id).await?;
             let pool = self.pool(&route.backend).await;
-            match TenantTx::begin(&pool, tenant.tenant_id, route.placement.epoch).await {
-                Ok(tx) => {
+            match work(pool, route.placement.epoch).await {
+                Ok(t) => {
                     tracing::Span::current().record("backend", tracing::field::display(route.backend.id));
-                    return Ok(tx);
+                    return Ok(t);
                 }
                 Err(EnterError::NotResident) => {
                     tracing::info!(tenant_id = %tenant.tenant_id, epoch = route.placement.epoch, "stale placement; re-resolving");
                     self.inner.routes.invalidate(&tenant.tenant_id).await;
                 }
                 Err(EnterError::Backend(e)) => return Err(backend_down(&route, &e)),
+                Err(EnterError::Decode(e)) => return Err(ApiError::internal(&e)),
             }
         }
         Err(ApiError::unavailable("tenant_moving", "the tenant is being moved; retry shortly", RETRY_AFTER_SECS))

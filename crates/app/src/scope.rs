@@ -23,12 +23,51 @@ use uuid::Uuid;
 use tenantry_core::db::NOT_RESIDENT;
 use tenantry_core::entities::TenantScoped;
 
-/// Why a tenant could not be entered.
+/// Why a tenant could not be entered (or a one-shot read failed).
 pub enum EnterError {
     /// The backend says the tenant is not resident at this epoch (moved or fenced).
     NotResident,
     /// The backend could not be reached or failed.
     Backend(sqlx::Error),
+    /// The rows did not decode into the entity.
+    Decode(DbErr),
+}
+
+fn classify(e: sqlx::Error) -> EnterError {
+    match &e {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some(NOT_RESIDENT) => EnterError::NotResident,
+        _ => EnterError::Backend(e),
+    }
+}
+
+/// `SELECT ... WHERE tenant_id = <tenant>`: the start of every tenant query.
+pub fn scoped<E: TenantScoped>(tenant_id: Uuid) -> Select<E> {
+    E::find().filter(E::tenant_column().eq(tenant_id))
+}
+
+/// A single scoped query in one round trip:
+/// `SELECT tenantry_enter(..); <query>` sent as one simple-protocol message,
+/// which PostgreSQL runs as one implicit transaction: the shared fence lock,
+/// the residency check and `app.tenant_id` cover the query, and the
+/// transaction ends with the message (nothing to commit, nothing left open).
+/// The query's values are inlined by sea-query's PostgreSQL writer, which
+/// escapes them; ids and epochs are typed.
+pub(crate) async fn read_once<E: TenantScoped>(
+    pool: &sqlx::PgPool,
+    tenant_id: Uuid,
+    epoch: i64,
+    select: Select<E>,
+) -> Result<Vec<E::Model>, EnterError> {
+    use sea_orm::{FromQueryResult, QueryTrait};
+    let query = select.as_query().to_string(sea_orm::sea_query::PostgresQueryBuilder);
+    let sql = format!("SELECT tenantry_enter('{tenant_id}'::uuid, {epoch}::bigint); {query}");
+    let mut conn = pool.acquire().await.map_err(EnterError::Backend)?;
+    let rows = sqlx::raw_sql(AssertSqlSafe(sql)).fetch_all(&mut *conn).await.map_err(classify)?;
+    // The first row is tenantry_enter's own result.
+    rows.into_iter()
+        .skip(1)
+        .map(|row| E::Model::from_query_result(&QueryResult::from(row), "").map_err(EnterError::Decode))
+        .collect()
 }
 
 /// A pooled connection inside an open transaction; usable by sea-orm.
@@ -105,12 +144,7 @@ impl TenantTx {
                     // Never hand a connection in an unknown state back to the pool.
                     let _ = conn.close().await;
                 }
-                match &e {
-                    sqlx::Error::Database(db) if db.code().as_deref() == Some(NOT_RESIDENT) => {
-                        Err(EnterError::NotResident)
-                    }
-                    _ => Err(EnterError::Backend(e)),
-                }
+                Err(classify(e))
             }
         }
     }
@@ -121,7 +155,7 @@ impl TenantTx {
 
     /// `SELECT ... WHERE tenant_id = <this tenant>`.
     pub fn select<E: TenantScoped>(&self) -> Select<E> {
-        E::find().filter(E::tenant_column().eq(self.tenant_id))
+        scoped(self.tenant_id)
     }
 
     /// One row by id, or `None` (also for another tenant's id).
