@@ -55,3 +55,61 @@ impl Settings {
         Ok(settings)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("tenantry-config-{}.toml", uuid::Uuid::new_v4()));
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    const MINIMAL: &str = r#"
+        [app.registry]
+        port = 6432
+        [app.credentials]
+        user = "tenantry_app"
+        password = "app-secret"
+        [control_plane]
+        admin_token = "token"
+        app_role = "tenantry_app"
+        [control_plane.owner]
+        user = "tenantry_owner"
+        password = "owner-secret"
+        [control_plane.cluster]
+        admin_user = "postgres"
+        admin_password = "pg-secret"
+    "#;
+
+    #[test]
+    fn a_minimal_file_loads_with_documented_defaults_and_hides_secrets() {
+        let path = write(MINIMAL);
+        let s = Settings::load(Some(&path)).expect("valid configuration");
+        assert_eq!(s.app.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.control_plane.listen.to_string(), "127.0.0.1:8081");
+        assert_eq!(s.app.registry.port, 6432);
+        assert_eq!(s.app.max_pools(), 32);
+        assert_eq!(s.log.format, LogFormat::Text);
+        let printed = format!("{s:?}");
+        for secret in ["app-secret", "owner-secret", "pg-secret"] {
+            assert!(!printed.contains(secret), "{secret} leaked into Debug output");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named_in_the_error() {
+        let path = write(&format!("{MINIMAL}\n[log]\nformat = \"xml\"\n"));
+        let err = Settings::load(Some(&path)).unwrap_err();
+        assert!(err.contains("xml"), "{err}");
+        let path = write(&MINIMAL.replace("port = 6432", "port = 6432\nportt = 1"));
+        let err = Settings::load(Some(&path)).unwrap_err();
+        assert!(err.contains("portt"), "{err}");
+        let path = write(&format!("{MINIMAL}\n[app]\nconnections_per_pool = 0\n"));
+        let err = Settings::load(Some(&path)).unwrap_err();
+        assert!(err.contains("connections_per_pool"), "{err}");
+        let err = Settings::load(Some(std::path::Path::new("/nonexistent/tenantry.toml"))).unwrap_err();
+        assert!(err.contains("does not exist"), "{err}");
+    }
+}

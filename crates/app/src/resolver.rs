@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use moka::future::Cache;
-use sea_orm::sqlx::PgPool;
+use sea_orm::DatabaseConnection;
 use sea_orm::sqlx::postgres::PgListener;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -38,7 +38,7 @@ struct Inner {
     cfg: AppConfig,
     keys: Cache<[u8; 32], Arc<KeyOwner>>,
     routes: Cache<Uuid, Arc<Route>>,
-    pools: Cache<Uuid, PgPool>,
+    pools: Cache<Uuid, DatabaseConnection>,
 }
 
 /// Cheap to clone; one per process.
@@ -76,10 +76,10 @@ impl Resolver {
             pools: Cache::builder()
                 .max_capacity(cfg.max_pools())
                 .time_to_idle(Duration::from_secs(cfg.pool_idle_secs))
-                .async_eviction_listener(|id, pool: PgPool, cause| {
+                .async_eviction_listener(|id, db: DatabaseConnection, cause| {
                     Box::pin(async move {
                         tracing::info!(backend = %id, ?cause, "closing backend pool");
-                        pool.close().await;
+                        let _ = db.close().await;
                     })
                 })
                 .build(),
@@ -116,7 +116,7 @@ impl Resolver {
         Ok(route)
     }
 
-    async fn pool(&self, backend: &BackendAddress) -> PgPool {
+    async fn pool(&self, backend: &BackendAddress) -> DatabaseConnection {
         let cfg = &self.inner.cfg;
         self.inner
             .pools
@@ -129,8 +129,6 @@ impl Resolver {
                     "tenantry-app",
                     PoolSizing { max_connections: cfg.connections_per_pool, ..PoolSizing::default() },
                 )
-                .get_postgres_connection_pool()
-                .clone()
             })
             .await
     }
@@ -139,7 +137,10 @@ impl Resolver {
     /// first statement takes the tenant's shared fence lock, checks residency at
     /// the cached epoch and sets `app.tenant_id` for this transaction only.
     pub async fn enter(&self, tenant: &KeyOwner) -> Result<TenantTx, ApiError> {
-        self.on_backend(tenant, async |pool, epoch| TenantTx::begin(&pool, tenant.tenant_id, epoch).await).await
+        self.on_backend(tenant, async |db, epoch| {
+            TenantTx::begin(db.get_postgres_connection_pool(), tenant.tenant_id, epoch).await
+        })
+        .await
     }
 
     /// One tenant-scoped query in one round trip (see [`crate::scope::read_once`]);
@@ -149,8 +150,8 @@ impl Resolver {
         tenant: &KeyOwner,
         shape: impl Fn(Select<E>) -> Select<E>,
     ) -> Result<Vec<E::Model>, ApiError> {
-        self.on_backend(tenant, async |pool, epoch| {
-            read_once(&pool, tenant.tenant_id, epoch, shape(scoped::<E>(tenant.tenant_id))).await
+        self.on_backend(tenant, async |db, epoch| {
+            read_once(&db, tenant.tenant_id, epoch, shape(scoped::<E>(tenant.tenant_id))).await
         })
         .await
     }
@@ -161,7 +162,7 @@ impl Resolver {
     async fn on_backend<T>(
         &self,
         tenant: &KeyOwner,
-        work: impl AsyncFn(PgPool, i64) -> Result<T, EnterError>,
+        work: impl AsyncFn(DatabaseConnection, i64) -> Result<T, EnterError>,
     ) -> Result<T, ApiError> {
         for _attempt in 0..2 {
             let route = self.route(tenant.tenant_id).await?;
@@ -176,7 +177,7 @@ impl Resolver {
                     self.inner.routes.invalidate(&tenant.tenant_id).await;
                 }
                 Err(EnterError::Backend(e)) => return Err(backend_down(&route, &e)),
-                Err(EnterError::Decode(e)) => return Err(ApiError::internal(&e)),
+                Err(EnterError::Query(e)) => return Err(ApiError::internal(&e)),
             }
         }
         Err(ApiError::unavailable("tenant_moving", "the tenant is being moved; retry shortly", RETRY_AFTER_SECS))

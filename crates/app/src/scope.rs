@@ -20,7 +20,9 @@ use sea_query_sqlx::SqlxValues;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use tenantry_core::db::NOT_RESIDENT;
+use sea_orm::DatabaseConnection;
+use sea_orm::sea_query::Expr;
+use tenantry_core::db::{NOT_RESIDENT, sqlstate};
 use tenantry_core::entities::TenantScoped;
 
 /// Why a tenant could not be entered (or a one-shot read failed).
@@ -29,8 +31,8 @@ pub enum EnterError {
     NotResident,
     /// The backend could not be reached or failed.
     Backend(sqlx::Error),
-    /// The rows did not decode into the entity.
-    Decode(DbErr),
+    /// A one-shot read failed.
+    Query(DbErr),
 }
 
 fn classify(e: sqlx::Error) -> EnterError {
@@ -45,29 +47,28 @@ pub fn scoped<E: TenantScoped>(tenant_id: Uuid) -> Select<E> {
     E::find().filter(E::tenant_column().eq(tenant_id))
 }
 
-/// A single scoped query in one round trip:
-/// `SELECT tenantry_enter(..); <query>` sent as one simple-protocol message,
-/// which PostgreSQL runs as one implicit transaction: the shared fence lock,
-/// the residency check and `app.tenant_id` cover the query, and the
-/// transaction ends with the message (nothing to commit, nothing left open).
-/// The query's values are inlined by sea-query's PostgreSQL writer, which
-/// escapes them; ids and epochs are typed.
+/// A single scoped query in one round trip and one prepared statement:
+/// `SELECT ... WHERE <scope> AND (SELECT tenantry_enter($tenant, $epoch))`.
+/// The sub-select has no column references, so PostgreSQL runs it as an
+/// InitPlan behind a one-time filter, before the scan starts: the shared fence
+/// lock, the residency check and `app.tenant_id` all precede reading any row,
+/// and all of it lives in the statement's own implicit transaction. Should a
+/// plan ever evaluate the RLS policy first, it sees no tenant and returns no
+/// rows: the ordering can fail closed, never open.
 pub(crate) async fn read_once<E: TenantScoped>(
-    pool: &sqlx::PgPool,
+    db: &DatabaseConnection,
     tenant_id: Uuid,
     epoch: i64,
     select: Select<E>,
 ) -> Result<Vec<E::Model>, EnterError> {
-    use sea_orm::{FromQueryResult, QueryTrait};
-    let query = select.as_query().to_string(sea_orm::sea_query::PostgresQueryBuilder);
-    let sql = format!("SELECT tenantry_enter('{tenant_id}'::uuid, {epoch}::bigint); {query}");
-    let mut conn = pool.acquire().await.map_err(EnterError::Backend)?;
-    let rows = sqlx::raw_sql(AssertSqlSafe(sql)).fetch_all(&mut *conn).await.map_err(classify)?;
-    // The first row is tenantry_enter's own result.
-    rows.into_iter()
-        .skip(1)
-        .map(|row| E::Model::from_query_result(&QueryResult::from(row), "").map_err(EnterError::Decode))
-        .collect()
+    let gate = Expr::cust_with_values(
+        "(SELECT tenantry_enter($1::uuid, $2::bigint))",
+        [sea_orm::Value::from(tenant_id), sea_orm::Value::from(epoch)],
+    );
+    select.filter(gate).all(db).await.map_err(|e| match sqlstate(&e).as_deref() {
+        Some(NOT_RESIDENT) => EnterError::NotResident,
+        _ => EnterError::Query(e),
+    })
 }
 
 /// A pooled connection inside an open transaction; usable by sea-orm.
