@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use moka::future::Cache;
+use moka::sync::Cache;
 use sea_orm::DatabaseConnection;
 use sea_orm::sqlx::postgres::PgListener;
 use tokio::task::JoinHandle;
@@ -76,11 +76,15 @@ impl Resolver {
             pools: Cache::builder()
                 .max_capacity(cfg.max_pools())
                 .time_to_idle(Duration::from_secs(cfg.pool_idle_secs))
-                .async_eviction_listener(|id, db: DatabaseConnection, cause| {
-                    Box::pin(async move {
-                        tracing::info!(backend = %id, ?cause, "closing backend pool");
-                        let _ = db.close().await;
-                    })
+                .eviction_listener(|id, db: DatabaseConnection, cause| {
+                    tracing::info!(backend = %id, ?cause, "closing backend pool");
+                    // Dropping the last handle also closes the pool, lazily; close
+                    // it now when a runtime is at hand.
+                    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                        rt.spawn(async move {
+                            let _ = db.close().await;
+                        });
+                    }
                 })
                 .build(),
             cfg,
@@ -97,40 +101,37 @@ impl Resolver {
     pub async fn authenticate(&self, presented: &str) -> Result<Arc<KeyOwner>, ApiError> {
         let unauthorized = || ApiError::unauthorized("missing, unknown or revoked API key");
         let hash = tenantry_core::api_key::hash_presented(presented).ok_or_else(unauthorized)?;
-        if let Some(owner) = self.inner.keys.get(&hash).await {
+        if let Some(owner) = self.inner.keys.get(&hash) {
             return Ok(owner);
         }
         let owner = Arc::new(self.inner.registry.key_owner(&hash).await?.ok_or_else(unauthorized)?);
-        self.inner.keys.insert(hash, owner.clone()).await;
+        self.inner.keys.insert(hash, owner.clone());
         Ok(owner)
     }
 
     async fn route(&self, tenant_id: Uuid) -> Result<Arc<Route>, ApiError> {
-        if let Some(route) = self.inner.routes.get(&tenant_id).await {
+        if let Some(route) = self.inner.routes.get(&tenant_id) {
             return Ok(route);
         }
         let route = Arc::new(self.inner.registry.route(tenant_id).await?.ok_or_else(|| {
             ApiError::unavailable("tenant_not_placed", "the tenant has no backend yet; retry shortly", RETRY_AFTER_SECS)
         })?);
-        self.inner.routes.insert(tenant_id, route.clone()).await;
+        self.inner.routes.insert(tenant_id, route.clone());
         Ok(route)
     }
 
-    async fn pool(&self, backend: &BackendAddress) -> DatabaseConnection {
+    fn pool(&self, backend: &BackendAddress) -> DatabaseConnection {
         let cfg = &self.inner.cfg;
-        self.inner
-            .pools
-            .get_with(backend.id, async {
-                lazy_pool(
-                    &backend.host,
-                    backend.port,
-                    &backend.database,
-                    &cfg.credentials,
-                    "tenantry-app",
-                    PoolSizing { max_connections: cfg.connections_per_pool, ..PoolSizing::default() },
-                )
-            })
-            .await
+        self.inner.pools.get_with(backend.id, || {
+            lazy_pool(
+                &backend.host,
+                backend.port,
+                &backend.database,
+                &cfg.credentials,
+                "tenantry-app",
+                PoolSizing { max_connections: cfg.connections_per_pool, ..PoolSizing::default() },
+            )
+        })
     }
 
     /// Opens a transaction on the tenant's backend and enters the tenant: the
@@ -166,7 +167,7 @@ impl Resolver {
     ) -> Result<T, ApiError> {
         for _attempt in 0..2 {
             let route = self.route(tenant.tenant_id).await?;
-            let pool = self.pool(&route.backend).await;
+            let pool = self.pool(&route.backend);
             match work(pool, route.placement.epoch).await {
                 Ok(t) => {
                     tracing::Span::current().record("backend", tracing::field::display(route.backend.id));
@@ -174,7 +175,7 @@ impl Resolver {
                 }
                 Err(EnterError::NotResident) => {
                     tracing::info!(tenant_id = %tenant.tenant_id, epoch = route.placement.epoch, "stale placement; re-resolving");
-                    self.inner.routes.invalidate(&tenant.tenant_id).await;
+                    self.inner.routes.invalidate(&tenant.tenant_id);
                 }
                 Err(EnterError::Backend(e)) => return Err(backend_down(&route, &e)),
                 Err(EnterError::Query(e)) => return Err(ApiError::internal(&e)),
@@ -191,7 +192,7 @@ impl Resolver {
 
     /// Number of open backend pools (for tests and metrics).
     pub async fn open_pools(&self) -> u64 {
-        self.inner.pools.run_pending_tasks().await;
+        self.inner.pools.run_pending_tasks();
         self.inner.pools.entry_count()
     }
 }
@@ -208,7 +209,7 @@ fn backend_down(route: &Route, e: &dyn std::fmt::Display) -> ApiError {
 async fn listen(mut listener: PgListener, inner: Arc<Inner>) {
     loop {
         match listener.try_recv().await {
-            Ok(Some(n)) => apply(&inner, n.payload()).await,
+            Ok(Some(n)) => apply(&inner, n.payload()),
             // The connection dropped; the next try_recv reconnects. Anything
             // announced meanwhile is lost, so forget everything.
             Ok(None) => {
@@ -225,17 +226,17 @@ async fn listen(mut listener: PgListener, inner: Arc<Inner>) {
     }
 }
 
-async fn apply(inner: &Inner, payload: &str) {
+fn apply(inner: &Inner, payload: &str) {
     match payload.split_once(':') {
         Some(("placement", id)) => {
             if let Ok(id) = Uuid::parse_str(id) {
-                inner.routes.invalidate(&id).await;
+                inner.routes.invalidate(&id);
             }
         }
         Some(("key", hex_hash)) => {
             let mut hash = [0u8; 32];
             if hex::decode_to_slice(hex_hash, &mut hash).is_ok() {
-                inner.keys.invalidate(&hash).await;
+                inner.keys.invalidate(&hash);
             }
         }
         Some(("tenant", id)) => {
@@ -243,7 +244,7 @@ async fn apply(inner: &Inner, payload: &str) {
             // indexed by tenant, and status changes are rare.
             inner.keys.invalidate_all();
             if let Ok(id) = Uuid::parse_str(id) {
-                inner.routes.invalidate(&id).await;
+                inner.routes.invalidate(&id);
             }
         }
         _ => tracing::warn!(payload, "unknown registry notification"),
