@@ -36,6 +36,15 @@ enum Command {
         #[arg(long, env = "TENANTRY_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Migrate the registry, then every backend to the latest tenant schema,
+    /// with a progress bar; failing backends are reported and skipped.
+    Migrate {
+        #[arg(long, env = "TENANTRY_CONFIG")]
+        config: Option<PathBuf>,
+        /// Backends migrated at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -60,6 +69,11 @@ fn main() -> std::process::ExitCode {
                 let stack = tenantry::Stack::build(&settings).await?;
                 tracing::info!(app_port = stack.app_port(), admin_port = stack.admin_port(), "serving");
                 stack.run_until_stopped().await.map_err(Into::into)
+            }
+            Command::Migrate { config, concurrency } => {
+                let settings = tenantry::Settings::load(config.as_deref()).map_err(anyhow::Error::msg)?;
+                tenantry::telemetry::init(&settings.log);
+                tenantry::cli::migrate(&settings, concurrency).await
             }
         }
     });

@@ -74,6 +74,9 @@ pub fn unique(prefix: &str) -> String {
 /// Builds a stack (listeners on port 0) on a fresh registry and shared pool;
 /// `configure` may adjust the settings first (it is told the shared pool's name).
 pub async fn spawn_stack(configure: impl FnOnce(&mut crate::Settings, &str)) -> anyhow::Result<Spawned> {
+    if std::env::var_os("TENANTRY_TEST_LOG").is_some() {
+        crate::telemetry::init(&Default::default());
+    }
     let tc = tokio::task::spawn_blocking(cluster).await?;
     ROLES.get_or_try_init(|| crate::dev::prepare_roles(&tc.cluster, &tc.secrets)).await?;
     let registry_db = unique("reg");

@@ -8,4 +8,5 @@ mod admin;
 mod app_api;
 mod bad_input;
 mod isolation;
+mod migrations;
 mod routing;

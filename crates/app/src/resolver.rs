@@ -167,6 +167,19 @@ impl Resolver {
     ) -> Result<T, ApiError> {
         for _attempt in 0..2 {
             let route = self.route(tenant.tenant_id).await?;
+            if !tenantry_core::supported_tenant_schema().contains(&route.schema_version) {
+                tracing::warn!(
+                    backend = %route.backend.id,
+                    schema_version = route.schema_version,
+                    supported = ?tenantry_core::supported_tenant_schema(),
+                    "refusing to route: backend schema version not supported by this build"
+                );
+                return Err(ApiError::unavailable(
+                    "schema_unsupported",
+                    "the tenant's database is at a schema version this server does not support; retry shortly",
+                    RETRY_AFTER_SECS,
+                ));
+            }
             let pool = self.pool(&route.backend);
             match work(pool, route.placement.epoch).await {
                 Ok(t) => {
@@ -247,6 +260,8 @@ fn apply(inner: &Inner, payload: &str) {
                 inner.routes.invalidate(&id);
             }
         }
+        // A backend's version or status changed: routes through it are stale.
+        Some(("backend", _)) => inner.routes.invalidate_all(),
         _ => tracing::warn!(payload, "unknown registry notification"),
     }
 }

@@ -17,6 +17,7 @@ use tenantry_core::web::{ApiError, ErrorBody, bearer, configure_extractors, heal
 use tenantry_core::{TenantSlug, Tier};
 
 use crate::ControlPlane;
+use crate::fleet::{BackendRun, MigrationStatus, Outcome};
 use crate::service::{BackendView, IssuedKey, NewTenant, TenantView};
 
 type Cp = web::Data<ControlPlane>;
@@ -150,10 +151,73 @@ async fn list_backends(cp: Cp, _admin: Admin) -> Result<HttpResponse, ApiError> 
     Ok(HttpResponse::Ok().json(BackendList { backends: cp.backends().await? }))
 }
 
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct MigrationList {
+    /// The version a fully migrated backend reports.
+    pub latest: i32,
+    pub backends: Vec<MigrationStatus>,
+}
+
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyMigrations {
+    /// Backends migrated at once, 1-64 (default 8).
+    pub concurrency: Option<usize>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct MigrationReport {
+    pub latest: i32,
+    pub applied: usize,
+    pub up_to_date: usize,
+    pub failed: usize,
+    pub backends: Vec<BackendRun>,
+}
+
+/// Every backend's tenant-schema version and last migration outcome.
+#[utoipa::path(get, path = "/v1/migrations", responses((status = 200, body = MigrationList)))]
+async fn list_migrations(cp: Cp, _admin: Admin) -> Result<HttpResponse, ApiError> {
+    let latest = crate::migrate::latest(crate::migrate::TENANT);
+    Ok(HttpResponse::Ok().json(MigrationList { latest, backends: cp.migration_status().await? }))
+}
+
+/// Migrate every backend to the latest tenant schema, a bounded number at a
+/// time; a failing backend is reported and skipped.
+#[utoipa::path(post, path = "/v1/migrations/apply", request_body = ApplyMigrations,
+    responses((status = 200, body = MigrationReport), (status = 400, body = ErrorBody)))]
+async fn apply_migrations(
+    cp: Cp,
+    admin: Admin,
+    body: Option<web::Json<ApplyMigrations>>,
+) -> Result<HttpResponse, ApiError> {
+    let concurrency = body.and_then(|b| b.into_inner().concurrency).unwrap_or(8);
+    if !(1..=64).contains(&concurrency) {
+        return Err(ApiError::bad_request("invalid_concurrency", "concurrency must be between 1 and 64"));
+    }
+    let runs = cp.migrate_fleet(&admin.actor, concurrency, |_, _| {}).await?;
+    let count = |f: fn(&Outcome) -> bool| runs.iter().filter(|r| f(&r.outcome)).count();
+    Ok(HttpResponse::Ok().json(MigrationReport {
+        latest: crate::migrate::latest(crate::migrate::TENANT),
+        applied: count(|o| matches!(o, Outcome::Applied { .. })),
+        up_to_date: count(|o| matches!(o, Outcome::UpToDate { .. })),
+        failed: count(|o| matches!(o, Outcome::Failed { .. })),
+        backends: runs,
+    }))
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Tenantry admin API"),
-    paths(create_tenant, list_tenants, get_tenant, create_key, revoke_key, list_backends),
+    paths(
+        create_tenant,
+        list_tenants,
+        get_tenant,
+        create_key,
+        revoke_key,
+        list_backends,
+        list_migrations,
+        apply_migrations
+    ),
     components(schemas(ErrorBody))
 )]
 pub struct AdminApiDoc;
@@ -172,7 +236,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/tenants/{tenant}", web::get().to(get_tenant))
             .route("/tenants/{tenant}/api-keys", web::post().to(create_key))
             .route("/tenants/{tenant}/api-keys/{key_id}", web::delete().to(revoke_key))
-            .route("/backends", web::get().to(list_backends)),
+            .route("/backends", web::get().to(list_backends))
+            .route("/migrations", web::get().to(list_migrations))
+            .route("/migrations/apply", web::post().to(apply_migrations)),
     );
 }
 

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod error;
+pub mod fleet;
 pub mod http;
 pub mod migrate;
 pub mod service;

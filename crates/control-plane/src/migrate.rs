@@ -16,8 +16,14 @@ pub struct Migration {
 }
 
 /// The registry's migrations, in order.
-pub const REGISTRY: &[Migration] =
-    &[Migration { version: 1, name: "registry", sql: include_str!("../../../migrations/registry/0001_registry.sql") }];
+pub const REGISTRY: &[Migration] = &[
+    Migration { version: 1, name: "registry", sql: include_str!("../../../migrations/registry/0001_registry.sql") },
+    Migration {
+        version: 2,
+        name: "fleet_migrations",
+        sql: include_str!("../../../migrations/registry/0002_fleet_migrations.sql"),
+    },
+];
 
 /// The tenant-data schema's migrations, in order.
 pub const TENANT: &[Migration] =
@@ -79,4 +85,19 @@ pub async fn current_version(db: &impl ConnectionTrait) -> Result<i32, DbErr> {
         ))
         .await?;
     row.map_or(Ok(0), |r| r.try_get::<i32>("", "v"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migration_sets_are_ordered_and_the_shared_crate_knows_the_latest() {
+        for set in [REGISTRY, TENANT] {
+            for (i, m) in set.iter().enumerate() {
+                assert_eq!(m.version, i as i32 + 1, "{} is out of order", m.name);
+            }
+        }
+        assert_eq!(latest(TENANT), tenantry_core::TENANT_SCHEMA_LATEST);
+    }
 }

@@ -170,7 +170,7 @@ impl ControlPlane {
         &self.cfg
     }
 
-    async fn owner_pool(&self, id: Uuid, addr: &DatabaseAddress) -> DatabaseConnection {
+    pub(crate) async fn owner_pool(&self, id: Uuid, addr: &DatabaseAddress) -> DatabaseConnection {
         self.backend_pools
             .get_with(id, async {
                 lazy_pool(

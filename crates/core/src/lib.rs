@@ -11,6 +11,16 @@ pub mod web;
 
 pub use types::{BackendKind, BackendStatus, Engine, ParseError, Placement, TenantSlug, TenantStatus, Tier};
 
+/// The tenant-data schema version this build was written against (the last
+/// migration under `migrations/tenant`). Expand/contract: a build serves
+/// backends at this version and at the one before it.
+pub const TENANT_SCHEMA_LATEST: i32 = 1;
+
+/// Tenant-schema versions this build can serve.
+pub fn supported_tenant_schema() -> std::ops::RangeInclusive<i32> {
+    (TENANT_SCHEMA_LATEST - 1).max(1)..=TENANT_SCHEMA_LATEST
+}
+
 /// A new time-ordered id (UUID v7) for every row Tenantry creates.
 pub fn new_id() -> uuid::Uuid {
     uuid::Uuid::now_v7()

@@ -21,6 +21,8 @@ pub struct KeyOwner {
 pub struct Route {
     pub placement: Placement,
     pub backend: BackendAddress,
+    /// The backend's tenant-schema version.
+    pub schema_version: i32,
 }
 
 /// How to reach a backend (credentials come from configuration).
@@ -49,6 +51,7 @@ struct RouteRow {
     host: String,
     port: i32,
     database: String,
+    schema_version: i32,
 }
 
 fn corrupt(what: impl std::fmt::Display) -> DbErr {
@@ -96,7 +99,7 @@ impl RegistryReader {
     pub async fn route(&self, tenant_id: Uuid) -> Result<Option<Route>, DbErr> {
         let row = RouteRow::find_by_statement(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "SELECT p.backend_id, p.epoch, b.kind, b.host, b.port, b.database \
+            "SELECT p.backend_id, p.epoch, b.kind, b.host, b.port, b.database, b.schema_version \
              FROM placements p JOIN backends b ON b.id = p.backend_id \
              WHERE p.tenant_id = $1",
             [tenant_id.into()],
@@ -113,6 +116,7 @@ impl RegistryReader {
                     port: u16::try_from(r.port).map_err(corrupt)?,
                     database: r.database,
                 },
+                schema_version: r.schema_version,
             })
         })
         .transpose()

@@ -51,8 +51,9 @@ wire_enum!(
     Tier { Shared => "shared", Dedicated => "dedicated" }
 );
 wire_enum!(
-    /// A backend holds many tenants (`shared_pool`) or one (`dedicated`).
-    BackendKind { SharedPool => "shared_pool", Dedicated => "dedicated" }
+    /// A backend holds many tenants (`shared_pool`) or one (`dedicated`); a
+    /// `template` holds none and is copied to make dedicated databases.
+    BackendKind { SharedPool => "shared_pool", Dedicated => "dedicated", Template => "template" }
 );
 wire_enum!(
     /// How a backend was made: a database on a managed cluster, an RDS instance, or by hand.

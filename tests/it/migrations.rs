@@ -1,0 +1,138 @@
+//! Tenant-schema fan-out across the fleet.
+
+use reqwest::{Method, StatusCode};
+use sea_orm::ConnectionTrait;
+use serde_json::json;
+
+use crate::helpers::{connect, spawn_app};
+
+#[tokio::test]
+async fn fan_out_migrates_every_backend_skips_a_failing_one_and_resumes() {
+    let app = spawn_app().await;
+    let a = app.create_tenant("ded-a", "dedicated").await;
+    let b = app.create_tenant("ded-b", "dedicated").await;
+    let (s, list) = app.admin_call(Method::GET, "/v1/migrations", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(list["latest"], 1);
+    let versions: Vec<_> = list["backends"].as_array().unwrap().iter().map(|b| b["schema_version"].clone()).collect();
+    assert_eq!(versions, vec![json!(1), json!(1), json!(1)]);
+
+    // The registry believes every backend is behind; B's database has also lost
+    // its version table, so re-running migration 1 there fails.
+    let registry = connect(&app.cp.config().registry_database, false);
+    registry.execute_unprepared("UPDATE backends SET schema_version = 0").await.unwrap();
+    let b_db = app.database_of(&b.id).await;
+    connect(&b_db, false).execute_unprepared("DROP TABLE tenantry_schema_migrations").await.unwrap();
+
+    // A backend below the supported range is not routed to.
+    let (s, body) = app.get(&b.key, "/v1/assets").await;
+    assert_eq!((s, body["error"]["code"].clone()), (StatusCode::SERVICE_UNAVAILABLE, json!("schema_unsupported")));
+
+    let (s, report) = app.admin_call(Method::POST, "/v1/migrations/apply", Some(json!({"concurrency": 2}))).await;
+    assert_eq!(s, StatusCode::OK, "{report}");
+    assert_eq!((report["applied"].clone(), report["failed"].clone()), (json!(2), json!(1)), "{report}");
+    let failed = report["backends"].as_array().unwrap().iter().find(|r| r["outcome"] == "failed").unwrap();
+    assert_eq!(failed["name"], json!(b_db));
+    assert!(failed["error"].as_str().unwrap().contains("already exists"), "{failed}");
+
+    let (_, list) = app.admin_call(Method::GET, "/v1/migrations", None).await;
+    let row = list["backends"].as_array().unwrap().iter().find(|r| r["name"] == json!(b_db)).unwrap().clone();
+    assert_eq!((row["migration_state"].clone(), row["schema_version"].clone()), (json!("failed"), json!(0)));
+    // The others serve again.
+    assert_eq!(app.get(&a.key, "/v1/assets").await.0, StatusCode::OK);
+
+    // Repair B by hand, re-run: only B is migrated; a third run has nothing to do.
+    connect(&b_db, false)
+        .execute_unprepared(
+            "CREATE TABLE IF NOT EXISTS tenantry_schema_migrations (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now()); \
+             INSERT INTO tenantry_schema_migrations (version, name) VALUES (1, 'assets')",
+        )
+        .await
+        .unwrap();
+    let (_, report) = app.admin_call(Method::POST, "/v1/migrations/apply", None).await;
+    assert_eq!(
+        (report["applied"].clone(), report["up_to_date"].clone(), report["failed"].clone()),
+        (json!(1), json!(2), json!(0))
+    );
+    let (_, report) = app.admin_call(Method::POST, "/v1/migrations/apply", None).await;
+    assert_eq!((report["applied"].clone(), report["up_to_date"].clone()), (json!(0), json!(3)));
+    let mut status = StatusCode::SERVICE_UNAVAILABLE;
+    for _ in 0..50 {
+        status = app.get(&b.key, "/v1/assets").await.0;
+        if status == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, StatusCode::OK, "B is routed again once migrated");
+}
+
+#[tokio::test]
+async fn apply_refuses_a_silly_concurrency() {
+    let app = spawn_app().await;
+    let (s, body) = app.admin_call(Method::POST, "/v1/migrations/apply", Some(json!({"concurrency": 0}))).await;
+    assert_eq!((s, body["error"]["code"].clone()), (StatusCode::BAD_REQUEST, json!("invalid_concurrency")));
+}
+
+#[tokio::test]
+async fn the_migrate_command_reports_every_backend_and_fails_when_one_fails() {
+    let app = spawn_app().await;
+    app.create_tenant("ded-a", "dedicated").await;
+    let tc = crate::helpers::cluster();
+    let config = std::env::temp_dir().join(format!("tenantry-cli-{}.toml", uuid::Uuid::new_v4()));
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+            [app.registry]
+            port = {port}
+            database = "{registry}"
+            [app.credentials]
+            user = "tenantry_app"
+            password = "{app_pw}"
+            [control_plane]
+            admin_token = "unused"
+            app_role = "tenantry_app"
+            registry_database = "{registry}"
+            [control_plane.owner]
+            user = "tenantry_owner"
+            password = "{owner_pw}"
+            [control_plane.cluster]
+            port = {port}
+            admin_user = "postgres"
+            admin_password = "{su_pw}"
+            "#,
+            port = tc.cluster.port(),
+            registry = app.cp.config().registry_database,
+            app_pw = tc.secrets.app_password,
+            owner_pw = tc.secrets.owner_password,
+            su_pw = tc.secrets.superuser_password,
+        ),
+    )
+    .unwrap();
+    let run = move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tenantry"))
+            .args(["migrate", "--concurrency", "4", "--config"])
+            .arg(&config)
+            .output()
+            .expect("run tenantry migrate")
+    };
+    let out = tokio::task::spawn_blocking(run.clone()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("2 backends at the latest tenant schema"), "{stdout}");
+
+    // One backend that cannot be migrated makes the command fail, naming it.
+    let registry = connect(&app.cp.config().registry_database, false);
+    registry.execute_unprepared("UPDATE backends SET schema_version = 0").await.unwrap();
+    connect(&app.pool_name, false).execute_unprepared("DROP TABLE tenantry_schema_migrations").await.unwrap();
+    let out = tokio::task::spawn_blocking(run.clone()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(stdout.contains(&format!("{} ", app.pool_name)) && stdout.contains("FAILED"), "{stdout}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("1 of 2 backends failed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
