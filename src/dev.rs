@@ -95,7 +95,7 @@ async fn superuser(cluster: &LocalCluster, secrets: &DevSecrets) -> anyhow::Resu
 /// Creates the registry database (owned by the owner role) when absent.
 pub async fn create_registry(cluster: &LocalCluster, secrets: &DevSecrets, registry_db: &str) -> anyhow::Result<()> {
     let admin = superuser(cluster, secrets).await?;
-    admin.create_database(registry_db, OWNER_ROLE).await?;
+    admin.create_database(registry_db, OWNER_ROLE, None).await?;
     admin.grant_connect(registry_db, APP_ROLE).await?;
     Ok(())
 }
@@ -124,6 +124,8 @@ pub fn settings_for(
             listen: admin_listen,
             admin_token: secrets.admin_token.clone().into(),
             registry_database: registry_db.into(),
+            template_database: format!("{registry_db}_template"),
+            lease_secs: 30,
             owner: Credentials { user: OWNER_ROLE.into(), password: secrets.owner_password.clone().into() },
             app_role: APP_ROLE.into(),
             cluster: ClusterConfig {

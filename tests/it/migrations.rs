@@ -15,7 +15,7 @@ async fn fan_out_migrates_every_backend_skips_a_failing_one_and_resumes() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(list["latest"], 1);
     let versions: Vec<_> = list["backends"].as_array().unwrap().iter().map(|b| b["schema_version"].clone()).collect();
-    assert_eq!(versions, vec![json!(1), json!(1), json!(1)]);
+    assert_eq!(versions, vec![json!(1); 4], "template, shared pool and two dedicated");
 
     // The registry believes every backend is behind; B's database has also lost
     // its version table, so re-running migration 1 there fails.
@@ -30,7 +30,7 @@ async fn fan_out_migrates_every_backend_skips_a_failing_one_and_resumes() {
 
     let (s, report) = app.admin_call(Method::POST, "/v1/migrations/apply", Some(json!({"concurrency": 2}))).await;
     assert_eq!(s, StatusCode::OK, "{report}");
-    assert_eq!((report["applied"].clone(), report["failed"].clone()), (json!(2), json!(1)), "{report}");
+    assert_eq!((report["applied"].clone(), report["failed"].clone()), (json!(3), json!(1)), "{report}");
     let failed = report["backends"].as_array().unwrap().iter().find(|r| r["outcome"] == "failed").unwrap();
     assert_eq!(failed["name"], json!(b_db));
     assert!(failed["error"].as_str().unwrap().contains("already exists"), "{failed}");
@@ -52,10 +52,10 @@ async fn fan_out_migrates_every_backend_skips_a_failing_one_and_resumes() {
     let (_, report) = app.admin_call(Method::POST, "/v1/migrations/apply", None).await;
     assert_eq!(
         (report["applied"].clone(), report["up_to_date"].clone(), report["failed"].clone()),
-        (json!(1), json!(2), json!(0))
+        (json!(1), json!(3), json!(0))
     );
     let (_, report) = app.admin_call(Method::POST, "/v1/migrations/apply", None).await;
-    assert_eq!((report["applied"].clone(), report["up_to_date"].clone()), (json!(0), json!(3)));
+    assert_eq!((report["applied"].clone(), report["up_to_date"].clone()), (json!(0), json!(4)));
     let mut status = StatusCode::SERVICE_UNAVAILABLE;
     for _ in 0..50 {
         status = app.get(&b.key, "/v1/assets").await.0;
@@ -94,6 +94,7 @@ async fn the_migrate_command_reports_every_backend_and_fails_when_one_fails() {
             admin_token = "unused"
             app_role = "tenantry_app"
             registry_database = "{registry}"
+            template_database = "{registry}_template"
             [control_plane.owner]
             user = "tenantry_owner"
             password = "{owner_pw}"
@@ -120,7 +121,7 @@ async fn the_migrate_command_reports_every_backend_and_fails_when_one_fails() {
     let out = tokio::task::spawn_blocking(run.clone()).await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("2 backends at the latest tenant schema"), "{stdout}");
+    assert!(stdout.contains("3 backends at the latest tenant schema"), "{stdout}");
 
     // One backend that cannot be migrated makes the command fail, naming it.
     let registry = connect(&app.cp.config().registry_database, false);
@@ -131,7 +132,7 @@ async fn the_migrate_command_reports_every_backend_and_fails_when_one_fails() {
     assert!(!out.status.success());
     assert!(stdout.contains(&format!("{} ", app.pool_name)) && stdout.contains("FAILED"), "{stdout}");
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("1 of 2 backends failed"),
+        String::from_utf8_lossy(&out.stderr).contains("1 of 3 backends failed"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -37,6 +37,14 @@ pub struct ControlPlaneConfig {
     /// Registry database name on `cluster`. Default `tenantry`.
     #[serde(default = "default_registry_db")]
     pub registry_database: String,
+    /// Template database on `cluster`, kept at the latest tenant schema; dedicated
+    /// logical backends are copied from it. Default `tenantry_template`.
+    #[serde(default = "default_template_db")]
+    pub template_database: String,
+    /// Seconds an operation worker's claim lasts without renewal; a crashed
+    /// worker's operation is resumed by another after this. Default 30.
+    #[serde(default = "default_lease")]
+    pub lease_secs: u64,
     /// Role that owns schemas and runs migrations (not superuser, not BYPASSRLS).
     pub owner: Credentials,
     /// Role the app connects as; migrations grant it DML only.
@@ -65,6 +73,12 @@ fn default_admin_listen() -> SocketAddr {
 }
 fn default_registry_db() -> String {
     "tenantry".into()
+}
+fn default_template_db() -> String {
+    "tenantry_template".into()
+}
+fn default_lease() -> u64 {
+    30
 }
 fn default_workers() -> usize {
     2

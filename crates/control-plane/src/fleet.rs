@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde_json::json;
 use uuid::Uuid;
 
+use tenantry_core::BackendKind;
 use tenantry_provisioner::DatabaseAddress;
 
 use crate::service::audit;
@@ -55,6 +56,7 @@ pub struct MigrationStatus {
 struct Target {
     id: Uuid,
     name: String,
+    kind: String,
     host: String,
     port: i32,
     database: String,
@@ -86,7 +88,7 @@ impl ControlPlane {
         progress: impl Fn(usize, usize),
     ) -> Result<Vec<BackendRun>, Error> {
         let targets = Target::find_by_statement(stmt(
-            "SELECT id, name, host, port, database, schema_version FROM backends \
+            "SELECT id, name, kind, host, port, database, schema_version FROM backends \
              WHERE status IN ('ready', 'draining', 'provisioning') ORDER BY created_at",
             vec![],
         ))
@@ -129,8 +131,8 @@ impl ControlPlane {
                 port: u16::try_from(t.port).unwrap_or(5432),
                 database: t.database.clone(),
             };
-            let pool = self.owner_pool(t.id, &addr).await;
-            match migrate::apply(&pool, migrate::TENANT, &self.config().app_role).await {
+            let kind = t.kind.parse().unwrap_or(BackendKind::Dedicated);
+            match self.migrate_database(t.id, kind, &addr).await {
                 Ok(v) => Outcome::Applied { from: t.schema_version, to: v },
                 Err(e) => Outcome::Failed { error: e.to_string() },
             }

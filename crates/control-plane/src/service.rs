@@ -159,7 +159,10 @@ impl ControlPlane {
                 })
             })
             .build();
-        Ok(Self { registry, cfg, provisioner, backend_pools })
+        let cp = Self { registry, cfg, provisioner, backend_pools };
+        let template = cp.cfg.template_database.clone();
+        cp.register_backend("control-plane", &template, BackendKind::Template).await?;
+        Ok(cp)
     }
 
     pub fn registry(&self) -> &DatabaseConnection {
@@ -186,11 +189,15 @@ impl ControlPlane {
     }
 
     /// Registers a backend (a logical database on the managed cluster, created
-    /// when absent), migrates it to the latest tenant schema and marks it ready.
-    /// Safe to repeat: an existing backend of that name is brought up to date.
+    /// when absent, as a copy of the template for dedicated backends), migrates
+    /// it to the latest tenant schema and marks it ready. Safe to repeat: an
+    /// existing backend of that name is brought up to date.
     pub async fn register_backend(&self, actor: &str, name: &str, kind: BackendKind) -> Result<BackendView, Error> {
-        let addr = self.provisioner.create_database(name, &self.cfg.owner.user).await?;
-        self.provisioner.grant_connect(name, &self.cfg.app_role).await?;
+        let template = (kind == BackendKind::Dedicated).then_some(self.cfg.template_database.as_str());
+        let addr = self.provisioner.create_database(name, &self.cfg.owner.user, template).await?;
+        if kind != BackendKind::Template {
+            self.provisioner.grant_connect(name, &self.cfg.app_role).await?;
+        }
         let id = new_id();
         let row = self
             .registry
@@ -211,8 +218,7 @@ impl ControlPlane {
             .await?
             .ok_or(Error::NotFound("backend"))?;
         let id: Uuid = row.try_get("", "id")?;
-        let pool = self.owner_pool(id, &addr).await;
-        let version = migrate::apply(&pool, migrate::TENANT, &self.cfg.app_role).await?;
+        let version = self.migrate_database(id, kind, &addr).await?;
         let txn = self.registry.begin().await?;
         txn.execute_raw(stmt(
             "UPDATE backends SET status = 'ready', schema_version = $2, updated_at = now() WHERE id = $1",
@@ -222,6 +228,33 @@ impl ControlPlane {
         audit(&txn, actor, "backend.register", None, json!({"backend_id": id, "name": name, "kind": kind})).await?;
         txn.commit().await?;
         self.backend(id).await
+    }
+
+    /// Applies the tenant migrations to one backend database. The template gets
+    /// a pool of its own that is closed at once: `CREATE DATABASE ... TEMPLATE`
+    /// refuses while anyone is connected to it.
+    pub(crate) async fn migrate_database(
+        &self,
+        id: Uuid,
+        kind: BackendKind,
+        addr: &DatabaseAddress,
+    ) -> Result<i32, sea_orm::DbErr> {
+        if kind == BackendKind::Template {
+            let pool = lazy_pool(
+                &addr.host,
+                addr.port,
+                &addr.database,
+                &self.cfg.owner,
+                "tenantry-control-plane",
+                PoolSizing { max_connections: 1, ..PoolSizing::default() },
+            );
+            let result = migrate::apply(&pool, migrate::TENANT, &self.cfg.app_role).await;
+            pool.close().await?;
+            result
+        } else {
+            let pool = self.owner_pool(id, addr).await;
+            migrate::apply(&pool, migrate::TENANT, &self.cfg.app_role).await
+        }
     }
 
     pub async fn backend(&self, id: Uuid) -> Result<BackendView, Error> {

@@ -83,9 +83,19 @@ impl LogicalProvisioner {
         Ok(())
     }
 
-    /// Creates `name` owned by `owner` unless it exists; safe to repeat.
-    pub async fn create_database(&self, name: &str, owner: &str) -> Result<DatabaseAddress, Error> {
+    /// Creates `name` owned by `owner` unless it exists, as a copy of
+    /// `template` when given (no session may be connected to the template);
+    /// safe to repeat.
+    pub async fn create_database(
+        &self,
+        name: &str,
+        owner: &str,
+        template: Option<&str>,
+    ) -> Result<DatabaseAddress, Error> {
         Self::valid_name(name)?;
+        if let Some(t) = template {
+            Self::valid_name(t)?;
+        }
         let exists = self
             .admin
             .query_one_raw(Statement::from_sql_and_values(
@@ -96,7 +106,10 @@ impl LogicalProvisioner {
             .await?
             .is_some();
         if !exists {
-            let sql = format!("CREATE DATABASE {} OWNER {}", quote_ident(name), quote_ident(owner));
+            let mut sql = format!("CREATE DATABASE {} OWNER {}", quote_ident(name), quote_ident(owner));
+            if let Some(t) = template {
+                sql.push_str(&format!(" TEMPLATE {}", quote_ident(t)));
+            }
             match self.admin.execute_unprepared(&sql).await {
                 Ok(_) => {}
                 // A concurrent creator won the race: the database is there.
