@@ -208,7 +208,17 @@ async fn serve(
                     },
                 )
                 .await?;
-            let key = cp.create_api_key("dev", tenant.id, "demo").await?;
+            if let Some(op) = &tenant.operation {
+                println!("provisioning {slug}'s dedicated database (operation {})", op.id);
+                let done = cp.wait_operation(op.id, std::time::Duration::from_secs(120)).await?;
+                anyhow::ensure!(
+                    done.state == "succeeded",
+                    "provisioning {slug} ended {}: {:?}",
+                    done.state,
+                    done.error
+                );
+            }
+            let key = cp.create_api_key("dev", tenant.tenant.id, "demo").await?;
             secrets.demo_keys.retain(|(s, _)| s != slug);
             secrets.demo_keys.push((slug.to_string(), key.key.clone()));
             changed = true;

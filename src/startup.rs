@@ -18,11 +18,22 @@ pub struct Stack {
     admin: Server,
     control_plane: Arc<ControlPlane>,
     resolver: Resolver,
+    /// The operation worker; stopped with the stack.
+    _worker: AbortOnDrop,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Stack {
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
         let control_plane = Arc::new(ControlPlane::start(settings.control_plane.clone()).await?);
+        let worker = tokio::spawn(control_plane.clone().run_worker());
         let resolver = Resolver::start(settings.app.clone()).await?;
         let app_listener = TcpListener::bind(settings.app.listen)
             .map_err(|e| anyhow::anyhow!("cannot listen on {} (app): {e}", settings.app.listen))?;
@@ -49,7 +60,7 @@ impl Stack {
             admin_listener,
             settings.control_plane.workers,
         )?;
-        Ok(Self { app_port, admin_port, app, admin, control_plane, resolver })
+        Ok(Self { app_port, admin_port, app, admin, control_plane, resolver, _worker: AbortOnDrop(worker) })
     }
 
     pub fn app_port(&self) -> u16 {
@@ -75,7 +86,8 @@ impl Stack {
 
     /// Serves both listeners until both stop (Ctrl-C stops them).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let (a, b) = tokio::join!(self.app, self.admin);
+        let Stack { app, admin, _worker, .. } = self;
+        let (a, b) = tokio::join!(app, admin);
         a.and(b)
     }
 }

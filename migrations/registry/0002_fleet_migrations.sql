@@ -31,3 +31,12 @@ END $$;
 
 CREATE TRIGGER backends_notify AFTER UPDATE ON backends
     FOR EACH ROW EXECUTE FUNCTION tenantry_notify_registry();
+
+-- A provisioning that is cancelled removes its tenant; the operation (and its
+-- audit trail) stays.
+ALTER TABLE operations DROP CONSTRAINT operations_tenant_id_fkey;
+ALTER TABLE operations ADD CONSTRAINT operations_tenant_id_fkey
+    FOREIGN KEY (tenant_id) REFERENCES tenants (id) ON DELETE SET NULL;
+ALTER TABLE operations DROP CONSTRAINT operations_backend_id_fkey;
+ALTER TABLE operations ADD CONSTRAINT operations_backend_id_fkey
+    FOREIGN KEY (backend_id) REFERENCES backends (id) ON DELETE SET NULL;

@@ -107,13 +107,31 @@ impl TestApp {
 
     /// Creates a tenant and one API key for it.
     pub async fn create_tenant(&self, slug: &str, tier: &str) -> Created {
-        let (status, tenant) =
+        let (status, created) =
             self.admin_call(Method::POST, "/v1/tenants", Some(json!({"slug": slug, "name": slug, "tier": tier}))).await;
-        assert_eq!(status, StatusCode::CREATED, "{tenant}");
-        let id = tenant["id"].as_str().expect("tenant id").to_string();
+        let expected = if tier == "dedicated" { StatusCode::ACCEPTED } else { StatusCode::CREATED };
+        assert_eq!(status, expected, "{created}");
+        let id = created["tenant"]["id"].as_str().expect("tenant id").to_string();
+        if let Some(op) = created["operation"]["id"].as_str() {
+            let op = self.wait_operation(op).await;
+            assert_eq!(op["state"], "succeeded", "{op}");
+        }
+        let (_, tenant) = self.admin_call(Method::GET, &format!("/v1/tenants/{id}"), None).await;
         let (status, key) = self.admin_call(Method::POST, &format!("/v1/tenants/{id}/api-keys"), Some(json!({}))).await;
         assert_eq!(status, StatusCode::CREATED, "{key}");
         Created { tenant, id, key: key["key"].as_str().expect("key").to_string() }
+    }
+
+    /// Polls an operation until it ends (30 s at most).
+    pub async fn wait_operation(&self, id: &str) -> Value {
+        for _ in 0..600 {
+            let (_, op) = self.admin_call(Method::GET, &format!("/v1/operations/{id}"), None).await;
+            if matches!(op["state"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
+                return op;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("operation {id} did not finish in 30 s");
     }
 
     /// Creates an asset with one schedule and one issue; returns their ids.

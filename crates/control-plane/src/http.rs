@@ -18,7 +18,8 @@ use tenantry_core::{TenantSlug, Tier};
 
 use crate::ControlPlane;
 use crate::fleet::{BackendRun, MigrationStatus, Outcome};
-use crate::service::{BackendView, IssuedKey, NewTenant, TenantView};
+use crate::operations::OperationView;
+use crate::service::{BackendView, Created, IssuedKey, NewTenant, TenantView};
 
 type Cp = web::Data<ControlPlane>;
 
@@ -88,17 +89,22 @@ pub struct BackendList {
     pub backends: Vec<BackendView>,
 }
 
-/// Create a tenant on the shared or dedicated tier.
+/// Create a tenant. Shared: placed at once (201). Dedicated: 202 with the
+/// `provision` operation; the tenant serves once it succeeds.
 #[utoipa::path(post, path = "/v1/tenants", request_body = CreateTenant,
-    responses((status = 201, body = TenantView), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = Created), (status = 202, body = Created), (status = 409, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
 #[tracing::instrument(skip_all, fields(slug = %body.slug))]
 async fn create_tenant(cp: Cp, admin: Admin, body: web::Json<CreateTenant>) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let slug = TenantSlug::parse(&body.slug).map_err(|e| ApiError::unprocessable("invalid_slug", e.0))?;
-    let tenant = cp
+    let created = cp
         .create_tenant(&admin.actor, NewTenant { slug, name: body.name, tier: body.tier, region: body.region })
         .await?;
-    Ok(HttpResponse::Created().json(tenant))
+    Ok(match created.operation {
+        Some(_) => HttpResponse::Accepted().json(created),
+        None => HttpResponse::Created().json(created),
+    })
 }
 
 /// List tenants in creation order.
@@ -205,6 +211,49 @@ async fn apply_migrations(
     }))
 }
 
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListOperations {
+    pub tenant: Option<Uuid>,
+    /// pending | running | succeeded | failed | cancelling | cancelled
+    pub state: Option<String>,
+    /// 1-1000 (default 100).
+    pub limit: Option<u64>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct OperationList {
+    pub operations: Vec<OperationView>,
+}
+
+/// One operation: state, current step, progress, attempts, error.
+#[utoipa::path(get, path = "/v1/operations/{id}", params(("id" = Uuid, Path)),
+    responses((status = 200, body = OperationView), (status = 404, body = ErrorBody)))]
+async fn get_operation(cp: Cp, _admin: Admin, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(cp.operation(*id).await?))
+}
+
+/// Operations, newest first.
+#[utoipa::path(get, path = "/v1/operations", params(ListOperations), responses((status = 200, body = OperationList)))]
+async fn list_operations(cp: Cp, _admin: Admin, q: web::Query<ListOperations>) -> Result<HttpResponse, ApiError> {
+    const STATES: &[&str] = &["pending", "running", "succeeded", "failed", "cancelling", "cancelled"];
+    if let Some(state) = q.state.as_deref().filter(|s| !STATES.contains(s)) {
+        return Err(ApiError::bad_request(
+            "invalid_state",
+            format!("unknown state `{state}`; expected one of {}", STATES.join(", ")),
+        ));
+    }
+    let operations = cp.operations(q.tenant, q.state.as_deref(), q.limit.unwrap_or(100)).await?;
+    Ok(HttpResponse::Ok().json(OperationList { operations }))
+}
+
+/// Cancel a pending or running operation: what it created so far is rolled back.
+#[utoipa::path(post, path = "/v1/operations/{id}/cancel", params(("id" = Uuid, Path)),
+    responses((status = 202, body = OperationView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn cancel_operation(cp: Cp, admin: Admin, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Accepted().json(cp.cancel_operation(&admin.actor, *id).await?))
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Tenantry admin API"),
@@ -238,7 +287,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/tenants/{tenant}/api-keys/{key_id}", web::delete().to(revoke_key))
             .route("/backends", web::get().to(list_backends))
             .route("/migrations", web::get().to(list_migrations))
-            .route("/migrations/apply", web::post().to(apply_migrations)),
+            .route("/migrations/apply", web::post().to(apply_migrations))
+            .route("/operations", web::get().to(list_operations))
+            .route("/operations/{id}", web::get().to(get_operation))
+            .route("/operations/{id}/cancel", web::post().to(cancel_operation)),
     );
 }
 

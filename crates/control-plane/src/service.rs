@@ -16,6 +16,7 @@ use tenantry_core::{BackendKind, TenantSlug, TenantStatus, Tier, api_key, new_id
 use tenantry_provisioner::{DatabaseAddress, LogicalProvisioner};
 
 use crate::config::ControlPlaneConfig;
+use crate::operations::OperationKind;
 use crate::{Error, migrate};
 
 /// Owner-role pools to backends (migrations, residency) are few and small.
@@ -121,6 +122,13 @@ pub struct IssuedKey {
     pub prefix: String,
 }
 
+/// A created tenant, and the operation provisioning it (dedicated tier).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Created {
+    pub tenant: TenantView,
+    pub operation: Option<crate::operations::OperationView>,
+}
+
 /// A request to create a tenant, already parsed.
 pub struct NewTenant {
     pub slug: TenantSlug,
@@ -130,6 +138,7 @@ pub struct NewTenant {
 }
 
 pub struct ControlPlane {
+    pub(crate) worker_wakeup: tokio::sync::Notify,
     registry: DatabaseConnection,
     cfg: ControlPlaneConfig,
     provisioner: LogicalProvisioner,
@@ -159,10 +168,14 @@ impl ControlPlane {
                 })
             })
             .build();
-        let cp = Self { registry, cfg, provisioner, backend_pools };
+        let cp = Self { worker_wakeup: tokio::sync::Notify::new(), registry, cfg, provisioner, backend_pools };
         let template = cp.cfg.template_database.clone();
         cp.register_backend("control-plane", &template, BackendKind::Template).await?;
         Ok(cp)
+    }
+
+    pub(crate) fn provisioner(&self) -> &LogicalProvisioner {
+        &self.provisioner
     }
 
     pub fn registry(&self) -> &DatabaseConnection {
@@ -276,10 +289,10 @@ impl ControlPlane {
         .await?)
     }
 
-    /// Creates a tenant and places it: on the least-loaded ready shared pool of
-    /// its region, or in a new logical database of its own. On failure nothing
-    /// is left behind but the audit entry of the attempt.
-    pub async fn create_tenant(&self, actor: &str, req: NewTenant) -> Result<TenantView, Error> {
+    /// Creates a tenant. Shared: placed at once on the least-loaded ready
+    /// shared pool of its region. Dedicated: a `provision` operation is queued
+    /// and returned; the tenant serves once it succeeds.
+    pub async fn create_tenant(&self, actor: &str, req: NewTenant) -> Result<Created, Error> {
         let name = req.name.trim().to_string();
         if name.is_empty() || name.chars().count() > 200 {
             return Err(Error::invalid("invalid_name", "name must be 1-200 characters"));
@@ -288,9 +301,19 @@ impl ControlPlane {
         if region.is_empty() || region.len() > 64 || !region.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             return Err(Error::invalid("invalid_region", format!("invalid region `{region}`")));
         }
+        let pool = match req.tier {
+            Tier::Shared => Some(self.pick_shared_pool(&region).await?),
+            Tier::Dedicated if region != self.cfg.cluster.region => {
+                return Err(Error::invalid(
+                    "region_unavailable",
+                    format!("no cluster for dedicated databases in region `{region}`"),
+                ));
+            }
+            Tier::Dedicated => None,
+        };
         let id = new_id();
-        let inserted = self
-            .registry
+        let txn = self.registry.begin().await?;
+        let inserted = txn
             .execute_raw(stmt(
                 "INSERT INTO tenants (id, slug, name, tier, status, region) VALUES ($1, $2, $3, $4, 'provisioning', $5)",
                 vec![id.into(), req.slug.as_str().into(), name.clone().into(), req.tier.as_str().into(), region.clone().into()],
@@ -305,39 +328,52 @@ impl ControlPlane {
             }
             other => other?,
         };
-        match self.place_new_tenant(actor, id, &req.slug, req.tier, &region).await {
-            Ok(()) => self.tenant(&id.to_string()).await,
-            Err(e) => {
-                tracing::warn!(tenant_id = %id, error = %e, "tenant creation failed; rolling back");
-                self.forget_failed_tenant(id, req.tier).await;
-                Err(e)
+        audit(&txn, actor, "tenant.create", Some(id), json!({"slug": req.slug, "tier": req.tier, "region": region}))
+            .await?;
+        let operation = match pool {
+            Some(_) => None,
+            None => Some(
+                crate::operations::enqueue(
+                    &txn,
+                    OperationKind::Provision,
+                    id,
+                    json!({"database": dedicated_db_name(id), "slug": req.slug}),
+                    actor,
+                )
+                .await?,
+            ),
+        };
+        txn.commit().await?;
+        if let Some(pool) = pool {
+            if let Err(e) = self.place_tenant(actor, id, &pool, None).await {
+                tracing::warn!(tenant_id = %id, error = %e, "placing a shared tenant failed; removing it");
+                let _ = self.registry.execute_raw(stmt("DELETE FROM tenants WHERE id = $1", vec![id.into()])).await;
+                return Err(e);
             }
+        } else {
+            self.wake_workers();
         }
+        let tenant = self.tenant(&id.to_string()).await?;
+        let operation = match operation {
+            Some(op) => Some(self.operation(op).await?),
+            None => None,
+        };
+        Ok(Created { tenant, operation })
     }
 
-    async fn place_new_tenant(
+    /// Makes `backend` the tenant's home at epoch 1: residency on the backend,
+    /// then placement, status and (for an operation) its completion in one
+    /// registry transaction. Safe to repeat.
+    pub(crate) async fn place_tenant(
         &self,
         actor: &str,
         id: Uuid,
-        slug: &TenantSlug,
-        tier: Tier,
-        region: &str,
+        backend: &BackendView,
+        operation: Option<(Uuid, &str)>,
     ) -> Result<(), Error> {
-        let backend = match tier {
-            Tier::Shared => self.pick_shared_pool(region).await?,
-            Tier::Dedicated => {
-                if region != self.cfg.cluster.region {
-                    return Err(Error::invalid(
-                        "region_unavailable",
-                        format!("no cluster for dedicated databases in region `{region}`"),
-                    ));
-                }
-                self.register_backend(actor, &dedicated_db_name(id), BackendKind::Dedicated).await?
-            }
-        };
         let addr = DatabaseAddress {
             host: backend.host.clone(),
-            port: backend.port as u16,
+            port: u16::try_from(backend.port).unwrap_or(5432),
             database: backend.database.clone(),
         };
         let pool = self.owner_pool(backend.id, &addr).await;
@@ -349,23 +385,19 @@ impl ControlPlane {
         .await?;
         let txn = self.registry.begin().await?;
         txn.execute_raw(stmt(
-            "INSERT INTO placements (tenant_id, backend_id, epoch) VALUES ($1, $2, 1)",
+            "INSERT INTO placements (tenant_id, backend_id, epoch) VALUES ($1, $2, 1) ON CONFLICT (tenant_id) DO NOTHING",
             vec![id.into(), backend.id.into()],
         ))
         .await?;
         txn.execute_raw(stmt(
-            "UPDATE tenants SET status = 'active', updated_at = now() WHERE id = $1",
+            "UPDATE tenants SET status = 'active', updated_at = now() WHERE id = $1 AND status = 'provisioning'",
             vec![id.into()],
         ))
         .await?;
-        audit(
-            &txn,
-            actor,
-            "tenant.create",
-            Some(id),
-            json!({"slug": slug, "tier": tier, "region": region, "backend_id": backend.id}),
-        )
-        .await?;
+        audit(&txn, actor, "tenant.place", Some(id), json!({"backend_id": backend.id, "epoch": 1})).await?;
+        if let Some((op, owner)) = operation {
+            crate::operations::finish(&txn, op, owner, "succeeded", None).await?;
+        }
         txn.commit().await?;
         Ok(())
     }
@@ -381,20 +413,6 @@ impl ControlPlane {
         .one(&self.registry)
         .await?
         .ok_or_else(|| Error::invalid("region_unavailable", format!("no ready shared pool in region `{region}`")))
-    }
-
-    /// Best-effort cleanup after a failed creation: drop a dedicated database
-    /// made for it and the tenant's registry rows.
-    async fn forget_failed_tenant(&self, id: Uuid, tier: Tier) {
-        if tier == Tier::Dedicated {
-            let name = dedicated_db_name(id);
-            if let Err(e) = self.provisioner.drop_database(&name).await {
-                tracing::error!(tenant_id = %id, error = %e, "could not drop the dedicated database of a failed tenant");
-            }
-            let _ = self.registry.execute_raw(stmt("DELETE FROM backends WHERE name = $1 AND NOT EXISTS (SELECT 1 FROM placements WHERE backend_id = backends.id)", vec![name.into()])).await;
-        }
-        let _ = self.registry.execute_raw(stmt("DELETE FROM placements WHERE tenant_id = $1", vec![id.into()])).await;
-        let _ = self.registry.execute_raw(stmt("DELETE FROM tenants WHERE id = $1", vec![id.into()])).await;
     }
 
     /// A tenant by id or slug.

@@ -1,0 +1,423 @@
+//! Durable operations: rows in the registry, claimed by workers with
+//! `FOR UPDATE SKIP LOCKED` and a lease, so several control-plane processes
+//! can run them. Every step is idempotent and recorded before the next one
+//! starts; a worker that dies mid-step leaves a lease that expires, and the
+//! next worker resumes at the recorded step.
+//!
+//! ```text
+//!   pending --claim--> running --step ... step--> succeeded
+//!      |                 |   \--error (retried with backoff; after MAX_ATTEMPTS)--> rollback --> failed
+//!      +--cancel--+------+
+//!                 v
+//!            cancelling --rollback--> cancelled
+//! ```
+//!
+//! Provision (dedicated logical tenant): `create_database` (copy of the
+//! template) -> `register_backend` -> `place` (residency, placement, tenant
+//! active and operation succeeded in one registry transaction). Rollback drops
+//! the database and the backend row and removes the never-served tenant.
+
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, FromQueryResult, Statement};
+use serde::Serialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use tenantry_core::{BackendKind, new_id};
+
+use crate::service::audit;
+use crate::{ControlPlane, Error};
+
+/// Failed attempts of one operation before it is rolled back and failed.
+const MAX_ATTEMPTS: i32 = 5;
+/// How often an idle worker looks for operations other processes queued.
+const POLL: Duration = Duration::from_millis(500);
+
+/// The steps of a provision, in order.
+pub const PROVISION_STEPS: &[&str] = &["create_database", "register_backend", "place"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperationKind {
+    Provision,
+}
+
+impl OperationKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            OperationKind::Provision => "provision",
+        }
+    }
+}
+
+fn stmt(sql: &str, values: Vec<sea_orm::Value>) -> Statement {
+    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+}
+
+/// An operation as the admin API shows it.
+#[derive(Debug, Clone, Serialize, FromQueryResult, utoipa::ToSchema)]
+pub struct OperationView {
+    pub id: Uuid,
+    pub kind: String,
+    pub tenant_id: Option<Uuid>,
+    pub backend_id: Option<Uuid>,
+    /// pending | running | succeeded | failed | cancelling | cancelled
+    pub state: String,
+    /// The step running now (or next), `done` at the end.
+    pub step: String,
+    /// `{"step": k, "steps": n}`: steps completed out of all.
+    #[schema(value_type = Object)]
+    pub progress: serde_json::Value,
+    #[schema(value_type = Object)]
+    pub params: serde_json::Value,
+    pub attempts: i32,
+    /// The last error, in plain words.
+    pub error: Option<String>,
+    pub actor: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+const OP_COLUMNS: &str = "id, kind, tenant_id, backend_id, state, step, progress, params, attempts, error, actor, \
+    created_at, updated_at, finished_at";
+
+/// Queues an operation inside the caller's transaction.
+pub(crate) async fn enqueue(
+    txn: &impl ConnectionTrait,
+    kind: OperationKind,
+    tenant_id: Uuid,
+    params: serde_json::Value,
+    actor: &str,
+) -> Result<Uuid, DbErr> {
+    let id = new_id();
+    let steps = PROVISION_STEPS;
+    txn.execute_raw(stmt(
+        "INSERT INTO operations (id, kind, tenant_id, state, step, progress, params, actor) \
+         VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7)",
+        vec![
+            id.into(),
+            kind.as_str().into(),
+            tenant_id.into(),
+            steps[0].into(),
+            json!({"step": 0, "steps": steps.len()}).into(),
+            params.into(),
+            actor.into(),
+        ],
+    ))
+    .await?;
+    audit(txn, actor, "operation.create", Some(tenant_id), json!({"operation_id": id, "kind": kind.as_str()})).await?;
+    Ok(id)
+}
+
+/// Ends an operation this worker holds, inside the caller's transaction.
+pub(crate) async fn finish(
+    txn: &impl ConnectionTrait,
+    id: Uuid,
+    owner: &str,
+    state: &str,
+    error: Option<String>,
+) -> Result<(), DbErr> {
+    txn.execute_raw(stmt(
+        "UPDATE operations SET state = $3, step = 'done', error = coalesce($4, error), finished_at = now(), \
+         updated_at = now(), lease_owner = NULL, lease_expires_at = NULL, \
+         progress = jsonb_set(progress, '{step}', progress->'steps') \
+         WHERE id = $1 AND lease_owner = $2",
+        vec![id.into(), owner.into(), state.into(), error.into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Test hook: `TENANTRY_FAILPOINTS=provision.after.create_database,...` makes
+/// the process abort right after that step is recorded, as a crash would.
+fn failpoint(name: &str) {
+    static POINTS: OnceLock<Vec<String>> = OnceLock::new();
+    let points = POINTS.get_or_init(|| {
+        std::env::var("TENANTRY_FAILPOINTS")
+            .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+            .unwrap_or_default()
+    });
+    if points.iter().any(|p| p == name) {
+        eprintln!("failpoint {name}: aborting");
+        std::process::abort();
+    }
+}
+
+#[derive(FromQueryResult)]
+struct Claimed {
+    id: Uuid,
+    tenant_id: Option<Uuid>,
+    state: String,
+    step: String,
+    params: serde_json::Value,
+    attempts: i32,
+}
+
+/// What a worker learns when it records progress.
+enum Lease {
+    Held,
+    Cancelling,
+    Lost,
+}
+
+impl ControlPlane {
+    pub(crate) fn wake_workers(&self) {
+        self.worker_wakeup.notify_waiters();
+    }
+
+    pub async fn operation(&self, id: Uuid) -> Result<OperationView, Error> {
+        OperationView::find_by_statement(stmt(
+            &format!("SELECT {OP_COLUMNS} FROM operations WHERE id = $1"),
+            vec![id.into()],
+        ))
+        .one(self.registry())
+        .await?
+        .ok_or(Error::NotFound("operation"))
+    }
+
+    /// Newest first, optionally for one tenant and in one state.
+    pub async fn operations(
+        &self,
+        tenant: Option<Uuid>,
+        state: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<OperationView>, Error> {
+        Ok(OperationView::find_by_statement(stmt(
+            &format!(
+                "SELECT {OP_COLUMNS} FROM operations WHERE ($1::uuid IS NULL OR tenant_id = $1) \
+                 AND ($2::text IS NULL OR state = $2) ORDER BY created_at DESC LIMIT $3"
+            ),
+            vec![tenant.into(), state.map(str::to_string).into(), (limit.clamp(1, 1000) as i64).into()],
+        ))
+        .all(self.registry())
+        .await?)
+    }
+
+    /// Asks for a rollback; the worker holding it (or the next to claim it)
+    /// undoes what was created. Refused once the operation has finished.
+    pub async fn cancel_operation(&self, actor: &str, id: Uuid) -> Result<OperationView, Error> {
+        let res = self
+            .registry()
+            .execute_raw(stmt(
+                "UPDATE operations SET state = 'cancelling', updated_at = now(), \
+                 lease_expires_at = CASE WHEN state = 'pending' THEN NULL ELSE lease_expires_at END \
+                 WHERE id = $1 AND state IN ('pending', 'running')",
+                vec![id.into()],
+            ))
+            .await?;
+        let op = self.operation(id).await?;
+        if res.rows_affected() == 0 && op.state != "cancelling" {
+            return Err(Error::Conflict {
+                code: "not_cancellable",
+                message: format!("the operation is {} and can no longer be cancelled", op.state),
+            });
+        }
+        audit(self.registry(), actor, "operation.cancel", op.tenant_id, json!({"operation_id": id})).await?;
+        self.wake_workers();
+        Ok(op)
+    }
+
+    /// Polls until the operation ends or `timeout` passes.
+    pub async fn wait_operation(&self, id: Uuid, timeout: Duration) -> Result<OperationView, Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let op = self.operation(id).await?;
+            if matches!(op.state.as_str(), "succeeded" | "failed" | "cancelled")
+                || tokio::time::Instant::now() > deadline
+            {
+                return Ok(op);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Runs operations until the task is dropped.
+    pub async fn run_worker(self: Arc<Self>) {
+        let owner = format!("worker-{}-{}", std::process::id(), new_id().simple());
+        loop {
+            let woken = self.worker_wakeup.notified();
+            match self.claim(&owner).await {
+                Ok(Some(op)) => self.drive(&owner, op).await,
+                Ok(None) => {
+                    let _ = tokio::time::timeout(POLL, woken).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming operations failed; retrying");
+                    tokio::time::sleep(POLL).await;
+                }
+            }
+        }
+    }
+
+    async fn claim(&self, owner: &str) -> Result<Option<Claimed>, DbErr> {
+        Claimed::find_by_statement(stmt(
+            "UPDATE operations SET state = CASE WHEN state = 'pending' THEN 'running' ELSE state END, \
+             lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2), attempts = attempts + 1, \
+             updated_at = now() \
+             WHERE id = (SELECT id FROM operations \
+                WHERE state = 'pending' \
+                   OR (state IN ('running', 'cancelling') AND (lease_expires_at IS NULL OR lease_expires_at < now())) \
+                ORDER BY created_at FOR UPDATE SKIP LOCKED LIMIT 1) \
+             RETURNING id, tenant_id, state, step, params, attempts",
+            vec![owner.into(), (self.config().lease_secs as f64).into()],
+        ))
+        .one(self.registry())
+        .await
+    }
+
+    /// Records that `step` is next and renews the lease; tells whether this
+    /// worker still holds the operation and whether it was cancelled.
+    async fn advance(&self, id: Uuid, owner: &str, step: &str, done: usize) -> Result<Lease, DbErr> {
+        let row = self
+            .registry()
+            .query_one_raw(stmt(
+                "UPDATE operations SET step = $3, progress = jsonb_set(progress, '{step}', to_jsonb($4::int)), \
+                 lease_expires_at = now() + make_interval(secs => $5), updated_at = now() \
+                 WHERE id = $1 AND lease_owner = $2 RETURNING state",
+                vec![
+                    id.into(),
+                    owner.into(),
+                    step.into(),
+                    (done as i32).into(),
+                    (self.config().lease_secs as f64).into(),
+                ],
+            ))
+            .await?;
+        Ok(match row {
+            None => Lease::Lost,
+            Some(r) if r.try_get::<String>("", "state")? == "cancelling" => Lease::Cancelling,
+            Some(_) => Lease::Held,
+        })
+    }
+
+    async fn drive(&self, owner: &str, op: Claimed) {
+        let Some(tenant_id) = op.tenant_id else {
+            let _ = finish(self.registry(), op.id, owner, "failed", Some("the tenant no longer exists".into())).await;
+            return;
+        };
+        let database = op.params["database"].as_str().unwrap_or_default().to_string();
+        if op.state == "cancelling" {
+            self.roll_back(owner, op.id, tenant_id, &database, "cancelled", None).await;
+            return;
+        }
+        let start = PROVISION_STEPS.iter().position(|s| *s == op.step).unwrap_or(0);
+        for (i, step) in PROVISION_STEPS.iter().enumerate().skip(start) {
+            match self.advance(op.id, owner, step, i).await {
+                Ok(Lease::Held) => {}
+                Ok(Lease::Cancelling) => {
+                    self.roll_back(owner, op.id, tenant_id, &database, "cancelled", None).await;
+                    return;
+                }
+                Ok(Lease::Lost) => return,
+                Err(e) => {
+                    tracing::warn!(operation = %op.id, error = %e, "recording progress failed");
+                    return;
+                }
+            }
+            if let Err(e) = self.provision_step(owner, op.id, tenant_id, &database, step).await {
+                self.step_failed(owner, &op, tenant_id, &database, step, e).await;
+                return;
+            }
+            failpoint(&format!("provision.after.{step}"));
+        }
+    }
+
+    async fn provision_step(
+        &self,
+        owner: &str,
+        op: Uuid,
+        tenant_id: Uuid,
+        database: &str,
+        step: &str,
+    ) -> Result<(), Error> {
+        match step {
+            "create_database" => {
+                let template = self.config().template_database.clone();
+                self.provisioner().create_database(database, &self.config().owner.user, Some(&template)).await?;
+            }
+            "register_backend" => {
+                let backend = self.register_backend("operation", database, BackendKind::Dedicated).await?;
+                self.registry()
+                    .execute_raw(stmt(
+                        "UPDATE operations SET backend_id = $2 WHERE id = $1",
+                        vec![op.into(), backend.id.into()],
+                    ))
+                    .await?;
+            }
+            "place" => {
+                let backend_id = self.operation(op).await?.backend_id.ok_or(Error::NotFound("backend"))?;
+                let backend = self.backend(backend_id).await?;
+                self.place_tenant("operation", tenant_id, &backend, Some((op, owner))).await?;
+            }
+            other => return Err(Error::invalid("unknown_step", format!("unknown step `{other}`"))),
+        }
+        Ok(())
+    }
+
+    async fn step_failed(&self, owner: &str, op: &Claimed, tenant_id: Uuid, database: &str, step: &str, e: Error) {
+        let error = format!("{step}: {e}");
+        tracing::warn!(operation = %op.id, attempt = op.attempts, %error, "operation step failed");
+        if op.attempts >= MAX_ATTEMPTS {
+            self.roll_back(owner, op.id, tenant_id, database, "failed", Some(error)).await;
+            return;
+        }
+        // Let the lease lapse after a backoff so this or another worker retries.
+        let backoff = f64::from(1u32 << op.attempts.clamp(0, 5));
+        let _ = self
+            .registry()
+            .execute_raw(stmt(
+                "UPDATE operations SET error = $3, lease_expires_at = now() + make_interval(secs => $4), updated_at = now() \
+                 WHERE id = $1 AND lease_owner = $2",
+                vec![op.id.into(), owner.into(), error.into(), backoff.into()],
+            ))
+            .await;
+    }
+
+    /// Undoes a provision: drops the database, forgets the backend, removes the
+    /// tenant (never served), and ends the operation as `state`.
+    async fn roll_back(
+        &self,
+        owner: &str,
+        id: Uuid,
+        tenant_id: Uuid,
+        database: &str,
+        state: &str,
+        error: Option<String>,
+    ) {
+        let result: Result<(), Error> = async {
+            if !database.is_empty() {
+                self.provisioner().drop_database(database).await?;
+            }
+            let txn = sea_orm::TransactionTrait::begin(self.registry()).await?;
+            txn.execute_raw(stmt("DELETE FROM placements WHERE tenant_id = $1", vec![tenant_id.into()])).await?;
+            txn.execute_raw(stmt("DELETE FROM api_keys WHERE tenant_id = $1", vec![tenant_id.into()])).await?;
+            txn.execute_raw(stmt("DELETE FROM tenants WHERE id = $1 AND status <> 'active'", vec![tenant_id.into()]))
+                .await?;
+            txn.execute_raw(stmt(
+                "DELETE FROM backends WHERE name = $1 AND kind = 'dedicated' \
+                 AND NOT EXISTS (SELECT 1 FROM placements p WHERE p.backend_id = backends.id)",
+                vec![database.into()],
+            ))
+            .await?;
+            finish(&txn, id, owner, state, error.clone()).await?;
+            audit(
+                &txn,
+                "operation",
+                "operation.rollback",
+                None,
+                json!({"operation_id": id, "tenant_id": tenant_id, "state": state}),
+            )
+            .await?;
+            txn.commit().await?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::error!(operation = %id, error = %e, "rollback failed; it will be retried when the lease lapses");
+        }
+    }
+}
