@@ -39,6 +39,19 @@ pub struct Settings {
     pub log: LogConfig,
 }
 
+/// `TENANTRY_*` variables that are not configuration: the `dev` command's
+/// flags, the config file path, test hooks.
+const NOT_CONFIG: &[&str] = &["dev_", "config", "failpoints", "test_"];
+
+fn env() -> Env {
+    Env::prefixed("TENANTRY_")
+        .filter(|key| {
+            let key = key.as_str().to_ascii_lowercase();
+            !NOT_CONFIG.iter().any(|p| key.starts_with(p))
+        })
+        .split("__")
+}
+
 impl Settings {
     /// Reads `file` (when given) and the environment; explains what is wrong.
     pub fn load(file: Option<&Path>) -> Result<Self, String> {
@@ -49,8 +62,7 @@ impl Settings {
             }
             fig = fig.merge(Toml::file(file));
         }
-        let settings: Settings =
-            fig.merge(Env::prefixed("TENANTRY_").split("__")).extract().map_err(|e| format!("configuration: {e}"))?;
+        let settings: Settings = fig.merge(env()).extract().map_err(|e| format!("configuration: {e}"))?;
         settings.app.validate().map_err(|e| format!("configuration: {e}"))?;
         Ok(settings)
     }

@@ -126,6 +126,7 @@ pub fn settings_for(
             registry_database: registry_db.into(),
             template_database: format!("{registry_db}_template"),
             lease_secs: 30,
+            operation_workers: 1,
             owner: Credentials { user: OWNER_ROLE.into(), password: secrets.owner_password.clone().into() },
             app_role: APP_ROLE.into(),
             cluster: ClusterConfig {

@@ -18,8 +18,8 @@ pub struct Stack {
     admin: Server,
     control_plane: Arc<ControlPlane>,
     resolver: Resolver,
-    /// The operation worker; stopped with the stack.
-    _worker: AbortOnDrop,
+    /// Operation workers; stopped with the stack.
+    _workers: Vec<AbortOnDrop>,
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -33,7 +33,9 @@ impl Drop for AbortOnDrop {
 impl Stack {
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
         let control_plane = Arc::new(ControlPlane::start(settings.control_plane.clone()).await?);
-        let worker = tokio::spawn(control_plane.clone().run_worker());
+        let workers = (0..settings.control_plane.operation_workers)
+            .map(|_| AbortOnDrop(tokio::spawn(control_plane.clone().run_worker())))
+            .collect();
         let resolver = Resolver::start(settings.app.clone()).await?;
         let app_listener = TcpListener::bind(settings.app.listen)
             .map_err(|e| anyhow::anyhow!("cannot listen on {} (app): {e}", settings.app.listen))?;
@@ -60,7 +62,7 @@ impl Stack {
             admin_listener,
             settings.control_plane.workers,
         )?;
-        Ok(Self { app_port, admin_port, app, admin, control_plane, resolver, _worker: AbortOnDrop(worker) })
+        Ok(Self { app_port, admin_port, app, admin, control_plane, resolver, _workers: workers })
     }
 
     pub fn app_port(&self) -> u16 {
@@ -86,7 +88,7 @@ impl Stack {
 
     /// Serves both listeners until both stop (Ctrl-C stops them).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let Stack { app, admin, _worker, .. } = self;
+        let Stack { app, admin, _workers, .. } = self;
         let (a, b) = tokio::join!(app, admin);
         a.and(b)
     }

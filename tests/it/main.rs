@@ -9,4 +9,5 @@ mod app_api;
 mod bad_input;
 mod isolation;
 mod migrations;
+mod operations;
 mod routing;

@@ -78,39 +78,7 @@ async fn apply_refuses_a_silly_concurrency() {
 async fn the_migrate_command_reports_every_backend_and_fails_when_one_fails() {
     let app = spawn_app().await;
     app.create_tenant("ded-a", "dedicated").await;
-    let tc = crate::helpers::cluster();
-    let config = std::env::temp_dir().join(format!("tenantry-cli-{}.toml", uuid::Uuid::new_v4()));
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-            [app.registry]
-            port = {port}
-            database = "{registry}"
-            [app.credentials]
-            user = "tenantry_app"
-            password = "{app_pw}"
-            [control_plane]
-            admin_token = "unused"
-            app_role = "tenantry_app"
-            registry_database = "{registry}"
-            template_database = "{registry}_template"
-            [control_plane.owner]
-            user = "tenantry_owner"
-            password = "{owner_pw}"
-            [control_plane.cluster]
-            port = {port}
-            admin_user = "postgres"
-            admin_password = "{su_pw}"
-            "#,
-            port = tc.cluster.port(),
-            registry = app.cp.config().registry_database,
-            app_pw = tc.secrets.app_password,
-            owner_pw = tc.secrets.owner_password,
-            su_pw = tc.secrets.superuser_password,
-        ),
-    )
-    .unwrap();
+    let config = app.config_file("");
     let run = move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_tenantry"))
             .args(["migrate", "--concurrency", "4", "--config"])

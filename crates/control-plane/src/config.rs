@@ -45,6 +45,9 @@ pub struct ControlPlaneConfig {
     /// worker's operation is resumed by another after this. Default 30.
     #[serde(default = "default_lease")]
     pub lease_secs: u64,
+    /// Operation workers in this process; 0 serves the API only. Default 1.
+    #[serde(default = "default_operation_workers")]
+    pub operation_workers: usize,
     /// Role that owns schemas and runs migrations (not superuser, not BYPASSRLS).
     pub owner: Credentials,
     /// Role the app connects as; migrations grant it DML only.
@@ -76,6 +79,9 @@ fn default_registry_db() -> String {
 }
 fn default_template_db() -> String {
     "tenantry_template".into()
+}
+fn default_operation_workers() -> usize {
+    1
 }
 fn default_lease() -> u64 {
     30

@@ -1,0 +1,162 @@
+//! Durable operations: progress, listing, cancel with rollback, and a crash
+//! after every step of a provision resuming to exactly one ready backend.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::{connect, scalar, spawn_app, spawn_app_with};
+
+async fn create_dedicated(app: &crate::helpers::TestApp, slug: &str) -> (String, String) {
+    let (s, created) = app
+        .admin_call(Method::POST, "/v1/tenants", Some(json!({"slug": slug, "name": slug, "tier": "dedicated"})))
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{created}");
+    assert_eq!(created["tenant"]["status"], "provisioning");
+    (created["tenant"]["id"].as_str().unwrap().into(), created["operation"]["id"].as_str().unwrap().into())
+}
+
+#[tokio::test]
+async fn a_provision_reports_its_steps_and_is_listed_for_its_tenant() {
+    let app = spawn_app().await;
+    let (tenant, op) = create_dedicated(&app, "globex").await;
+    let done = app.wait_operation(&op).await;
+    assert_eq!(
+        (done["kind"].clone(), done["state"].clone(), done["step"].clone(), done["progress"].clone()),
+        (json!("provision"), json!("succeeded"), json!("done"), json!({"step": 3, "steps": 3}))
+    );
+    assert!(done["backend_id"].is_string() && done["finished_at"].is_string(), "{done}");
+    let (_, list) = app.admin_call(Method::GET, &format!("/v1/operations?tenant={tenant}&state=succeeded"), None).await;
+    assert_eq!(list["operations"].as_array().map(Vec::len), Some(1));
+    let (s, _) = app.admin_call(Method::GET, "/v1/operations?state=sleeping", None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, body) = app.admin_call(Method::POST, &format!("/v1/operations/{op}/cancel"), None).await;
+    assert_eq!((s, body["error"]["code"].clone()), (StatusCode::CONFLICT, json!("not_cancellable")));
+    let (s, _) = app.admin_call(Method::GET, &format!("/v1/operations/{}", uuid::Uuid::now_v7()), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_provisioning_tenant_answers_503_until_its_database_is_ready() {
+    let app = spawn_app_with(|s| s.control_plane.operation_workers = 0).await;
+    let (tenant, op) = create_dedicated(&app, "globex").await;
+    let (_, key) = app.admin_call(Method::POST, &format!("/v1/tenants/{tenant}/api-keys"), None).await;
+    let key = key["key"].as_str().unwrap();
+    let (s, body) = app.get(key, "/v1/assets").await;
+    assert_eq!((s, body["error"]["code"].clone()), (StatusCode::SERVICE_UNAVAILABLE, json!("tenant_provisioning")));
+    tokio::spawn(app.cp.clone().run_worker());
+    assert_eq!(app.wait_operation(&op).await["state"], "succeeded");
+    let mut status = StatusCode::SERVICE_UNAVAILABLE;
+    for _ in 0..100 {
+        status = app.get(key, "/v1/assets").await.0;
+        if status == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn cancelling_a_pending_provision_leaves_no_tenant_backend_or_database() {
+    let app = spawn_app_with(|s| s.control_plane.operation_workers = 0).await;
+    let (tenant, op) = create_dedicated(&app, "short-lived").await;
+    let (s, body) = app.admin_call(Method::POST, &format!("/v1/operations/{op}/cancel"), None).await;
+    assert_eq!((s, body["state"].clone()), (StatusCode::ACCEPTED, json!("cancelling")));
+    tokio::spawn(app.cp.clone().run_worker());
+    let done = app.wait_operation(&op).await;
+    assert_eq!(done["state"], "cancelled", "{done}");
+    assert_eq!(app.admin_call(Method::GET, &format!("/v1/tenants/{tenant}"), None).await.0, StatusCode::NOT_FOUND);
+    let db = format!("tenant_{}", tenant.replace('-', ""));
+    let postgres = connect("postgres", false);
+    assert_eq!(scalar(&postgres, &format!("SELECT count(*) FROM pg_database WHERE datname = '{db}'")).await, 0);
+    // The slug is free again.
+    let (s, _) = app
+        .admin_call(
+            Method::POST,
+            "/v1/tenants",
+            Some(json!({"slug": "short-lived", "name": "again", "tier": "shared"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+}
+
+fn run_child(config: &std::path::Path, failpoint: &str) -> std::process::Output {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tenantry"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("TENANTRY_FAILPOINTS", failpoint)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start tenantry serve");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return child.wait_with_output().expect("child output");
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            return child.wait_with_output().expect("child output");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn a_provision_killed_after_any_step_resumes_to_exactly_one_ready_backend() {
+    // This process serves the API but runs no worker; a child process does the
+    // work and aborts right after the chosen step is recorded.
+    let app = spawn_app_with(|s| {
+        s.control_plane.operation_workers = 0;
+        s.control_plane.lease_secs = 1;
+    })
+    .await;
+    let config = app.config_file("lease_secs = 1");
+    let mut ops: Vec<(String, String, &str)> = Vec::new();
+    for (i, step) in tenantry_control_plane::operations::PROVISION_STEPS.iter().enumerate() {
+        let (tenant, op) = create_dedicated(&app, &format!("crash-{i}")).await;
+        let cfg = config.clone();
+        let fp = format!("provision.after.{step}");
+        let out = tokio::task::spawn_blocking(move || run_child(&cfg, &fp)).await.unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(&format!("failpoint provision.after.{step}")), "{stderr}");
+        let (_, seen) = app.admin_call(Method::GET, &format!("/v1/operations/{op}"), None).await;
+        let expected_state =
+            if i + 1 == tenantry_control_plane::operations::PROVISION_STEPS.len() { "succeeded" } else { "running" };
+        assert_eq!(seen["state"], expected_state, "after a crash following {step}: {seen}");
+        ops.push((tenant, op, step));
+    }
+
+    // A fresh worker resumes every interrupted operation once its lease lapses.
+    tokio::spawn(app.cp.clone().run_worker());
+    let registry = connect(&app.cp.config().registry_database, false);
+    let postgres = connect("postgres", false);
+    for (tenant, op, step) in ops {
+        let done: Value = app.wait_operation(&op).await;
+        assert_eq!(done["state"], "succeeded", "crash after {step}: {done}");
+        let db = format!("tenant_{}", tenant.replace('-', ""));
+        assert_eq!(
+            scalar(&registry, &format!("SELECT count(*) FROM backends WHERE name = '{db}' AND status = 'ready'")).await,
+            1
+        );
+        assert_eq!(scalar(&postgres, &format!("SELECT count(*) FROM pg_database WHERE datname = '{db}'")).await, 1);
+        assert_eq!(
+            scalar(&registry, &format!("SELECT count(*) FROM placements WHERE tenant_id = '{tenant}' AND epoch = 1"))
+                .await,
+            1
+        );
+        let (_, key) = app.admin_call(Method::POST, &format!("/v1/tenants/{tenant}/api-keys"), None).await;
+        let mut status = StatusCode::SERVICE_UNAVAILABLE;
+        for _ in 0..100 {
+            status = app.get(key["key"].as_str().unwrap(), "/v1/assets").await.0;
+            if status == StatusCode::OK {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(status, StatusCode::OK, "tenant provisioned across a crash after {step} serves");
+    }
+}
