@@ -46,3 +46,166 @@ pub async fn migrate(settings: &Settings, concurrency: usize) -> anyhow::Result<
     println!("{} backends at the latest tenant schema", runs.len());
     Ok(())
 }
+
+/// Where the admin API is and how to sign in.
+#[derive(clap::Args, Debug)]
+pub struct AdminArgs {
+    /// Admin API base URL.
+    #[arg(long, env = "TENANTRY_ADMIN_URL", default_value = "http://127.0.0.1:8081", global = true)]
+    pub admin_url: String,
+    /// Admin token.
+    #[arg(long, env = "TENANTRY_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum TenantCommand {
+    /// Create a tenant; a dedicated one is provisioned by an operation.
+    Create {
+        #[arg(long)]
+        slug: String,
+        #[arg(long)]
+        name: String,
+        /// shared | dedicated
+        #[arg(long, default_value = "shared")]
+        tier: String,
+        #[arg(long)]
+        region: Option<String>,
+        /// Watch the provisioning until it ends.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List tenants.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+    },
+    /// Show one tenant (id or slug) as JSON.
+    Show { tenant: String },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum OperationCommand {
+    /// Follow an operation with a progress bar until it ends.
+    Watch { id: String },
+    /// Show one operation as JSON.
+    Show { id: String },
+}
+
+struct Admin {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Admin {
+    fn new(args: &AdminArgs) -> anyhow::Result<Self> {
+        let token = args
+            .token
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("set --token or TENANTRY_ADMIN_TOKEN (printed by `tenantry dev`)"))?;
+        Ok(Self { http: reqwest::Client::new(), base: args.admin_url.trim_end_matches('/').to_string(), token })
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.map_err(|e| anyhow::anyhow!("admin API at {} unreachable: {e}", self.base))?;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+        if !status.is_success() {
+            let msg = body["error"]["message"].as_str().unwrap_or("no details");
+            let code = body["error"]["code"].as_str().unwrap_or("error");
+            anyhow::bail!("{status} {code}: {msg}");
+        }
+        Ok(body)
+    }
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// `tenantry tenants ...`
+pub async fn tenants(args: &AdminArgs, command: TenantCommand) -> anyhow::Result<()> {
+    let admin = Admin::new(args)?;
+    match command {
+        TenantCommand::Create { slug, name, tier, region, wait } => {
+            let created = admin
+                .call(
+                    reqwest::Method::POST,
+                    "/v1/tenants",
+                    Some(serde_json::json!({"slug": slug, "name": name, "tier": tier, "region": region})),
+                )
+                .await?;
+            println!("created tenant {} ({})", created["tenant"]["slug"], created["tenant"]["id"]);
+            if let Some(op) = created["operation"]["id"].as_str() {
+                println!("provisioning: operation {op}");
+                if wait {
+                    return watch(&admin, op).await;
+                }
+            }
+            Ok(())
+        }
+        TenantCommand::List { limit } => {
+            let page = admin.call(reqwest::Method::GET, &format!("/v1/tenants?limit={limit}"), None).await?;
+            println!("{:<38} {:<24} {:<10} {:<13} backend", "id", "slug", "tier", "status");
+            for t in page["tenants"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<38} {:<24} {:<10} {:<13} {}",
+                    t["id"].as_str().unwrap_or(""),
+                    t["slug"].as_str().unwrap_or(""),
+                    t["tier"].as_str().unwrap_or(""),
+                    t["status"].as_str().unwrap_or(""),
+                    t["placement"]["backend_name"].as_str().unwrap_or("-"),
+                );
+            }
+            Ok(())
+        }
+        TenantCommand::Show { tenant } => {
+            print_json(&admin.call(reqwest::Method::GET, &format!("/v1/tenants/{tenant}"), None).await?);
+            Ok(())
+        }
+    }
+}
+
+/// `tenantry operations ...`
+pub async fn operations(args: &AdminArgs, command: OperationCommand) -> anyhow::Result<()> {
+    let admin = Admin::new(args)?;
+    match command {
+        OperationCommand::Watch { id } => watch(&admin, &id).await,
+        OperationCommand::Show { id } => {
+            print_json(&admin.call(reqwest::Method::GET, &format!("/v1/operations/{id}"), None).await?);
+            Ok(())
+        }
+    }
+}
+
+async fn watch(admin: &Admin, id: &str) -> anyhow::Result<()> {
+    let progress = bar(1, "starting");
+    loop {
+        let op = admin.call(reqwest::Method::GET, &format!("/v1/operations/{id}"), None).await?;
+        progress.set_length(op["progress"]["steps"].as_u64().unwrap_or(1));
+        progress.set_position(op["progress"]["step"].as_u64().unwrap_or(0));
+        progress.set_message(op["step"].as_str().unwrap_or("").to_string());
+        match op["state"].as_str().unwrap_or("") {
+            "succeeded" => {
+                progress.finish_with_message("done");
+                println!("operation {id} succeeded");
+                return Ok(());
+            }
+            state @ ("failed" | "cancelled") => {
+                progress.abandon_with_message(state.to_string());
+                anyhow::bail!("operation {id} {state}: {}", op["error"].as_str().unwrap_or("no error recorded"));
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    }
+}

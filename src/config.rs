@@ -41,7 +41,7 @@ pub struct Settings {
 
 /// `TENANTRY_*` variables that are not configuration: the `dev` command's
 /// flags, the config file path, test hooks.
-const NOT_CONFIG: &[&str] = &["dev_", "config", "failpoints", "test_"];
+const NOT_CONFIG: &[&str] = &["dev_", "config", "failpoints", "test_", "admin_url", "admin_token"];
 
 fn env() -> Env {
     Env::prefixed("TENANTRY_")

@@ -36,6 +36,20 @@ enum Command {
         #[arg(long, env = "TENANTRY_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Tenants, through the admin API.
+    Tenants {
+        #[command(flatten)]
+        admin: tenantry::cli::AdminArgs,
+        #[command(subcommand)]
+        command: tenantry::cli::TenantCommand,
+    },
+    /// Operations, through the admin API.
+    Operations {
+        #[command(flatten)]
+        admin: tenantry::cli::AdminArgs,
+        #[command(subcommand)]
+        command: tenantry::cli::OperationCommand,
+    },
     /// Migrate the registry, then every backend to the latest tenant schema,
     /// with a progress bar; failing backends are reported and skipped.
     Migrate {
@@ -70,6 +84,8 @@ fn main() -> std::process::ExitCode {
                 tracing::info!(app_port = stack.app_port(), admin_port = stack.admin_port(), "serving");
                 stack.run_until_stopped().await.map_err(Into::into)
             }
+            Command::Tenants { admin, command } => tenantry::cli::tenants(&admin, command).await,
+            Command::Operations { admin, command } => tenantry::cli::operations(&admin, command).await,
             Command::Migrate { config, concurrency } => {
                 let settings = tenantry::Settings::load(config.as_deref()).map_err(anyhow::Error::msg)?;
                 tenantry::telemetry::init(&settings.log);

@@ -160,3 +160,36 @@ async fn a_provision_killed_after_any_step_resumes_to_exactly_one_ready_backend(
         assert_eq!(status, StatusCode::OK, "tenant provisioned across a crash after {step} serves");
     }
 }
+
+#[tokio::test]
+async fn the_cli_creates_a_dedicated_tenant_watches_it_and_shows_it() {
+    let app = spawn_app().await;
+    let (admin, token) = (app.admin.clone(), app.token.clone());
+    let cli = move |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tenantry"))
+            .args(args)
+            .env("TENANTRY_ADMIN_URL", &admin)
+            .env("TENANTRY_ADMIN_TOKEN", &token)
+            .output()
+            .expect("run the CLI")
+    };
+    let run = |args: Vec<&'static str>| {
+        let cli = cli.clone();
+        tokio::task::spawn_blocking(move || cli(&args))
+    };
+    let out =
+        run(vec!["tenants", "create", "--slug", "cli-corp", "--name", "CLI Corp", "--tier", "dedicated", "--wait"])
+            .await
+            .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("succeeded"), "{stdout}");
+    let out = run(vec!["tenants", "show", "cli-corp"]).await.unwrap();
+    let shown: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!((shown["tier"].clone(), shown["status"].clone()), (json!("dedicated"), json!("active")));
+    let out = run(vec!["tenants", "list"]).await.unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cli-corp"));
+    let out = run(vec!["tenants", "create", "--slug", "cli-corp", "--name", "again"]).await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("slug_taken"), "{}", String::from_utf8_lossy(&out.stderr));
+}
