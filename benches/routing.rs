@@ -107,7 +107,8 @@ async fn main() -> anyhow::Result<()> {
                 region: None,
             },
         )
-        .await?;
+        .await?
+        .tenant;
     // A neighbour on the same pool, so the tenant filter has something to skip.
     cp.create_tenant(
         "bench",

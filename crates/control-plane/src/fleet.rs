@@ -87,6 +87,18 @@ impl ControlPlane {
         concurrency: usize,
         progress: impl Fn(usize, usize),
     ) -> Result<Vec<BackendRun>, Error> {
+        self.migrate_fleet_to(actor, migrate::TENANT, concurrency, progress).await
+    }
+
+    /// [`Self::migrate_fleet`] with an explicit migration set (benchmarks
+    /// measure a fan-out of an extra migration with it).
+    pub async fn migrate_fleet_to(
+        &self,
+        actor: &str,
+        set: &'static [migrate::Migration],
+        concurrency: usize,
+        progress: impl Fn(usize, usize),
+    ) -> Result<Vec<BackendRun>, Error> {
         let targets = Target::find_by_statement(stmt(
             "SELECT id, name, kind, host, port, database, schema_version FROM backends \
              WHERE status IN ('ready', 'draining', 'provisioning') ORDER BY created_at",
@@ -95,10 +107,10 @@ impl ControlPlane {
         .all(self.registry())
         .await?;
         let total = targets.len();
-        let latest = migrate::latest(migrate::TENANT);
+        let latest = migrate::latest(set);
         let mut runs = Vec::with_capacity(total);
         let mut stream = futures::stream::iter(targets)
-            .map(|t| self.migrate_backend(t, latest))
+            .map(|t| self.migrate_backend(t, set, latest))
             .buffer_unordered(concurrency.max(1));
         while let Some(run) = stream.next().await {
             runs.push(run);
@@ -117,7 +129,7 @@ impl ControlPlane {
         Ok(runs)
     }
 
-    async fn migrate_backend(&self, t: Target, latest: i32) -> BackendRun {
+    async fn migrate_backend(&self, t: Target, set: &[migrate::Migration], latest: i32) -> BackendRun {
         let started = Instant::now();
         let outcome = if t.schema_version >= latest {
             Outcome::UpToDate { version: t.schema_version }
@@ -132,7 +144,7 @@ impl ControlPlane {
                 database: t.database.clone(),
             };
             let kind = t.kind.parse().unwrap_or(BackendKind::Dedicated);
-            match self.migrate_database(t.id, kind, &addr).await {
+            match self.migrate_database(t.id, kind, &addr, set).await {
                 Ok(v) => Outcome::Applied { from: t.schema_version, to: v },
                 Err(e) => Outcome::Failed { error: e.to_string() },
             }

@@ -231,7 +231,7 @@ impl ControlPlane {
             .await?
             .ok_or(Error::NotFound("backend"))?;
         let id: Uuid = row.try_get("", "id")?;
-        let version = self.migrate_database(id, kind, &addr).await?;
+        let version = self.migrate_database(id, kind, &addr, migrate::TENANT).await?;
         let txn = self.registry.begin().await?;
         txn.execute_raw(stmt(
             "UPDATE backends SET status = 'ready', schema_version = $2, updated_at = now() WHERE id = $1",
@@ -251,6 +251,7 @@ impl ControlPlane {
         id: Uuid,
         kind: BackendKind,
         addr: &DatabaseAddress,
+        set: &[migrate::Migration],
     ) -> Result<i32, sea_orm::DbErr> {
         if kind == BackendKind::Template {
             let pool = lazy_pool(
@@ -261,12 +262,12 @@ impl ControlPlane {
                 "tenantry-control-plane",
                 PoolSizing { max_connections: 1, ..PoolSizing::default() },
             );
-            let result = migrate::apply(&pool, migrate::TENANT, &self.cfg.app_role).await;
+            let result = migrate::apply(&pool, set, &self.cfg.app_role).await;
             pool.close().await?;
             result
         } else {
             let pool = self.owner_pool(id, addr).await;
-            migrate::apply(&pool, migrate::TENANT, &self.cfg.app_role).await
+            migrate::apply(&pool, set, &self.cfg.app_role).await
         }
     }
 
