@@ -115,6 +115,7 @@ pub fn settings_for(
             credentials: Credentials { user: APP_ROLE.into(), password: secrets.app_password.clone().into() },
             max_connections_total: 64,
             connections_per_pool: 8,
+            connection_wait_ms: 2000,
             pool_idle_secs: 300,
             cache_ttl_secs: 60,
             workers: 2,

@@ -97,3 +97,26 @@ async fn backend_pools_stay_within_the_connection_budget() {
     let open = app.resolver.open_pools().await;
     assert!((1..=2).contains(&open), "{open} pools open, budget allows 2");
 }
+
+#[tokio::test]
+async fn requests_wait_for_a_connection_slot_instead_of_exceeding_the_budget() {
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.app.max_connections_total = 2;
+        s.app.connections_per_pool = 1;
+    })
+    .await;
+    let mut keys = Vec::new();
+    for slug in ["budget-a", "budget-b", "budget-c"] {
+        let t = app.create_tenant(slug, "dedicated").await;
+        app.seed(&t.key, "B-1").await;
+        keys.push(t.key);
+    }
+    let requests = (0..30).map(|i| {
+        let key = keys[i % keys.len()].clone();
+        let app = &app;
+        async move { app.get(&key, "/v1/assets").await.0 }
+    });
+    let statuses = futures::future::join_all(requests).await;
+    assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
+    assert_eq!(app.resolver.connections_in_use(), 0, "every slot is given back");
+}

@@ -35,6 +35,10 @@ pub struct AppConfig {
     /// Connections per backend pool. Default 8; pools = total / per-pool.
     #[serde(default = "default_per_pool")]
     pub connections_per_pool: u32,
+    /// How long a request waits for one of the `max_connections_total` slots
+    /// before answering 503. Default 2000.
+    #[serde(default = "default_wait")]
+    pub connection_wait_ms: u64,
     /// An unused backend pool is closed after this many seconds. Default 300.
     #[serde(default = "default_idle")]
     pub pool_idle_secs: u64,
@@ -97,6 +101,9 @@ fn default_budget() -> u32 {
 }
 fn default_per_pool() -> u32 {
     8
+}
+fn default_wait() -> u64 {
+    2000
 }
 fn default_idle() -> u64 {
     300

@@ -11,6 +11,7 @@ use std::time::Duration;
 use moka::sync::Cache;
 use sea_orm::DatabaseConnection;
 use sea_orm::sqlx::postgres::PgListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -39,6 +40,9 @@ struct Inner {
     keys: Cache<[u8; 32], Arc<KeyOwner>>,
     routes: Cache<Uuid, Arc<Route>>,
     pools: Cache<Uuid, DatabaseConnection>,
+    /// One permit per connection the process may use at once, across every
+    /// backend: requests wait (bounded) for a slot instead of opening more.
+    budget: Arc<Semaphore>,
 }
 
 /// Cheap to clone; one per process.
@@ -76,17 +80,13 @@ impl Resolver {
             pools: Cache::builder()
                 .max_capacity(cfg.max_pools())
                 .time_to_idle(Duration::from_secs(cfg.pool_idle_secs))
-                .eviction_listener(|id, db: DatabaseConnection, cause| {
-                    tracing::info!(backend = %id, ?cause, "closing backend pool");
-                    // Dropping the last handle also closes the pool, lazily; close
-                    // it now when a runtime is at hand.
-                    if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                        rt.spawn(async move {
-                            let _ = db.close().await;
-                        });
-                    }
+                .eviction_listener(|id, _db: DatabaseConnection, cause| {
+                    // Not closed here: a request may still hold a handle. The
+                    // pool closes its connections when its last handle drops.
+                    tracing::info!(backend = %id, ?cause, "dropping backend pool");
                 })
                 .build(),
+            budget: Arc::new(Semaphore::new(cfg.max_connections_total as usize)),
             cfg,
         });
         let mut listener = PgListener::connect_with(registry.get_postgres_connection_pool())
@@ -138,10 +138,35 @@ impl Resolver {
     /// first statement takes the tenant's shared fence lock, checks residency at
     /// the cached epoch and sets `app.tenant_id` for this transaction only.
     pub async fn enter(&self, tenant: &KeyOwner) -> Result<TenantTx, ApiError> {
-        self.on_backend(tenant, async |db, epoch| {
-            TenantTx::begin(db.get_postgres_connection_pool(), tenant.tenant_id, epoch).await
-        })
-        .await
+        let slot = self.slot().await?;
+        let tx = self
+            .on_backend(tenant, async |db, epoch| {
+                TenantTx::begin(db.get_postgres_connection_pool(), tenant.tenant_id, epoch).await
+            })
+            .await?;
+        Ok(tx.holding(slot))
+    }
+
+    /// A connection slot from the global budget, waiting at most
+    /// `connection_wait_ms`.
+    async fn slot(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        let wait = Duration::from_millis(self.inner.cfg.connection_wait_ms);
+        match tokio::time::timeout(wait, self.inner.budget.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => {
+                tracing::warn!(budget = self.inner.cfg.max_connections_total, "connection budget exhausted");
+                Err(ApiError::unavailable(
+                    "connection_budget_exhausted",
+                    "all database connections of this server are busy; retry shortly",
+                    RETRY_AFTER_SECS,
+                ))
+            }
+        }
+    }
+
+    /// Connections in use now, across all backends.
+    pub fn connections_in_use(&self) -> usize {
+        self.inner.cfg.max_connections_total as usize - self.inner.budget.available_permits()
     }
 
     /// One tenant-scoped query in one round trip (see [`crate::scope::read_once`]);
@@ -151,6 +176,7 @@ impl Resolver {
         tenant: &KeyOwner,
         shape: impl Fn(Select<E>) -> Select<E>,
     ) -> Result<Vec<E::Model>, ApiError> {
+        let _slot = self.slot().await?;
         self.on_backend(tenant, async |db, epoch| {
             read_once(&db, tenant.tenant_id, epoch, shape(scoped::<E>(tenant.tenant_id))).await
         })

@@ -30,7 +30,7 @@ pub enum EnterError {
     /// The backend says the tenant is not resident at this epoch (moved or fenced).
     NotResident,
     /// The backend could not be reached or failed.
-    Backend(sqlx::Error),
+    Backend(String),
     /// A one-shot read failed.
     Query(DbErr),
 }
@@ -38,7 +38,7 @@ pub enum EnterError {
 fn classify(e: sqlx::Error) -> EnterError {
     match &e {
         sqlx::Error::Database(db) if db.code().as_deref() == Some(NOT_RESIDENT) => EnterError::NotResident,
-        _ => EnterError::Backend(e),
+        _ => EnterError::Backend(e.to_string()),
     }
 }
 
@@ -65,8 +65,9 @@ pub(crate) async fn read_once<E: TenantScoped>(
         "(SELECT tenantry_enter($1::uuid, $2::bigint))",
         [sea_orm::Value::from(tenant_id), sea_orm::Value::from(epoch)],
     );
-    select.filter(gate).all(db).await.map_err(|e| match sqlstate(&e).as_deref() {
-        Some(NOT_RESIDENT) => EnterError::NotResident,
+    select.filter(gate).all(db).await.map_err(|e| match (sqlstate(&e).as_deref(), &e) {
+        (Some(NOT_RESIDENT), _) => EnterError::NotResident,
+        (_, DbErr::ConnectionAcquire(_) | DbErr::Conn(_)) => EnterError::Backend(e.to_string()),
         _ => EnterError::Query(e),
     })
 }
@@ -129,6 +130,8 @@ impl ConnectionTrait for TxConn {
 pub struct TenantTx {
     conn: TxConn,
     tenant_id: Uuid,
+    /// The connection-budget slot this transaction occupies.
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl TenantTx {
@@ -136,10 +139,10 @@ impl TenantTx {
     /// tenant at `epoch`, in one round trip. On failure the connection is
     /// rolled back before it returns to the pool.
     pub(crate) async fn begin(pool: &sqlx::PgPool, tenant_id: Uuid, epoch: i64) -> Result<Self, EnterError> {
-        let mut conn = pool.acquire().await.map_err(EnterError::Backend)?;
+        let mut conn = pool.acquire().await.map_err(|e| EnterError::Backend(e.to_string()))?;
         let sql = format!("BEGIN; SELECT tenantry_enter('{tenant_id}'::uuid, {epoch}::bigint)");
         match sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await {
-            Ok(_) => Ok(Self { conn: TxConn(Mutex::new(Some(conn))), tenant_id }),
+            Ok(_) => Ok(Self { conn: TxConn(Mutex::new(Some(conn))), tenant_id, _slot: None }),
             Err(e) => {
                 if sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.is_err() {
                     // Never hand a connection in an unknown state back to the pool.
@@ -152,6 +155,11 @@ impl TenantTx {
 
     pub fn tenant_id(&self) -> Uuid {
         self.tenant_id
+    }
+
+    pub(crate) fn holding(mut self, slot: tokio::sync::OwnedSemaphorePermit) -> Self {
+        self._slot = Some(slot);
+        self
     }
 
     /// `SELECT ... WHERE tenant_id = <this tenant>`.
