@@ -73,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
             .create_tenant(
                 "bench",
                 NewTenant {
+                    engine: None,
                     slug: TenantSlug::parse(&format!("bench-{i}"))?,
                     name: format!("Bench {i}"),
                     tier: Tier::Dedicated,

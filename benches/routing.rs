@@ -101,6 +101,7 @@ async fn main() -> anyhow::Result<()> {
         .create_tenant(
             "bench",
             tenantry_control_plane::service::NewTenant {
+                engine: None,
                 slug: TenantSlug::parse("bench")?,
                 name: "Bench".into(),
                 tier: Tier::Shared,
@@ -113,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
     cp.create_tenant(
         "bench",
         tenantry_control_plane::service::NewTenant {
+            engine: None,
             slug: TenantSlug::parse("neighbour")?,
             name: "Neighbour".into(),
             tier: Tier::Shared,

@@ -130,6 +130,9 @@ pub fn settings_for(
             operation_workers: 1,
             owner: Credentials { user: OWNER_ROLE.into(), password: secrets.owner_password.clone().into() },
             app_role: APP_ROLE.into(),
+            app_password: Some(secrets.app_password.clone().into()),
+            rds: None,
+            rds_bootstrap_override: None,
             cluster: ClusterConfig {
                 host: "127.0.0.1".into(),
                 port: pg_port,
@@ -203,6 +206,7 @@ async fn serve(
                 .create_tenant(
                     "dev",
                     tenantry_control_plane::service::NewTenant {
+                        engine: None,
                         slug: TenantSlug::parse(slug).expect("demo slugs are valid"),
                         name: name.into(),
                         tier,

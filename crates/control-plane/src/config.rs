@@ -25,6 +25,17 @@ pub struct ClusterConfig {
     pub region: String,
 }
 
+/// Test-only: bootstrap RDS instances on this cluster instead of their
+/// (emulated, unreachable) endpoints. The roles are expected to exist there.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapOverride {
+    pub host: String,
+    pub port: u16,
+    pub admin_user: String,
+    pub admin_password: SecretString,
+}
+
 /// Everything the control plane needs.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,6 +63,16 @@ pub struct ControlPlaneConfig {
     pub owner: Credentials,
     /// Role the app connects as; migrations grant it DML only.
     pub app_role: String,
+    /// The app role's password, needed to create the role on new RDS
+    /// instances. Default: none (RDS bootstrap then fails with a clear error).
+    #[serde(default)]
+    pub app_password: Option<SecretString>,
+    /// The RDS engine; absent (the default) disables it.
+    #[serde(default)]
+    pub rds: Option<tenantry_provisioner::RdsConfig>,
+    /// Test-only endpoint mapping for the RDS bootstrap (see [`BootstrapOverride`]).
+    #[serde(default)]
+    pub rds_bootstrap_override: Option<BootstrapOverride>,
     /// The cluster holding the registry and the logical dedicated databases.
     pub cluster: ClusterConfig,
     /// Region for tenants created without one. Default `local`.

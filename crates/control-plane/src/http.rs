@@ -59,6 +59,8 @@ pub struct CreateTenant {
     pub tier: Tier,
     /// Defaults to the configured default region.
     pub region: Option<String>,
+    /// Dedicated tier: `logical` (default) or `rds`.
+    pub engine: Option<tenantry_core::Engine>,
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -99,7 +101,10 @@ async fn create_tenant(cp: Cp, admin: Admin, body: web::Json<CreateTenant>) -> R
     let body = body.into_inner();
     let slug = TenantSlug::parse(&body.slug).map_err(|e| ApiError::unprocessable("invalid_slug", e.0))?;
     let created = cp
-        .create_tenant(&admin.actor, NewTenant { slug, name: body.name, tier: body.tier, region: body.region })
+        .create_tenant(
+            &admin.actor,
+            NewTenant { engine: body.engine, slug, name: body.name, tier: body.tier, region: body.region },
+        )
         .await?;
     Ok(match created.operation {
         Some(_) => HttpResponse::Accepted().json(created),

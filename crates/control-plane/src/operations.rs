@@ -27,7 +27,8 @@ use serde::Serialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use tenantry_core::{BackendKind, new_id};
+use tenantry_core::{BackendKind, Engine, new_id};
+use tenantry_provisioner::DatabaseAddress;
 
 use crate::service::audit;
 use crate::{ControlPlane, Error};
@@ -37,8 +38,15 @@ const MAX_ATTEMPTS: i32 = 5;
 /// How often an idle worker looks for operations other processes queued.
 const POLL: Duration = Duration::from_millis(500);
 
-/// The steps of a provision, in order.
+/// The steps of a logical provision, in order.
 pub const PROVISION_STEPS: &[&str] = &["create_database", "register_backend", "place"];
+/// The steps of an RDS provision, in order.
+pub const PROVISION_RDS_STEPS: &[&str] =
+    &["create_instance", "wait_available", "bootstrap", "register_backend", "place"];
+
+fn steps_for(params: &serde_json::Value) -> &'static [&'static str] {
+    if params["engine"] == "rds" { PROVISION_RDS_STEPS } else { PROVISION_STEPS }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OperationKind {
@@ -94,7 +102,7 @@ pub(crate) async fn enqueue(
     actor: &str,
 ) -> Result<Uuid, DbErr> {
     let id = new_id();
-    let steps = PROVISION_STEPS;
+    let steps = steps_for(&params);
     txn.execute_raw(stmt(
         "INSERT INTO operations (id, kind, tenant_id, state, step, progress, params, actor) \
          VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7)",
@@ -301,15 +309,16 @@ impl ControlPlane {
         };
         let database = op.params["database"].as_str().unwrap_or_default().to_string();
         if op.state == "cancelling" {
-            self.roll_back(owner, op.id, tenant_id, &database, "cancelled", None).await;
+            self.roll_back(owner, op.id, tenant_id, &op.params, "cancelled", None).await;
             return;
         }
-        let start = PROVISION_STEPS.iter().position(|s| *s == op.step).unwrap_or(0);
-        for (i, step) in PROVISION_STEPS.iter().enumerate().skip(start) {
+        let steps = steps_for(&op.params);
+        let start = steps.iter().position(|s| *s == op.step).unwrap_or(0);
+        for (i, step) in steps.iter().enumerate().skip(start) {
             match self.advance(op.id, owner, step, i).await {
                 Ok(Lease::Held) => {}
                 Ok(Lease::Cancelling) => {
-                    self.roll_back(owner, op.id, tenant_id, &database, "cancelled", None).await;
+                    self.roll_back(owner, op.id, tenant_id, &op.params, "cancelled", None).await;
                     return;
                 }
                 Ok(Lease::Lost) => return,
@@ -318,8 +327,8 @@ impl ControlPlane {
                     return;
                 }
             }
-            if let Err(e) = self.provision_step(owner, op.id, tenant_id, &database, step).await {
-                self.step_failed(owner, &op, tenant_id, &database, step, e).await;
+            if let Err(e) = self.provision_step(owner, op.id, tenant_id, &database, &op.params, step).await {
+                self.step_failed(owner, &op, tenant_id, step, e).await;
                 return;
             }
             failpoint(&format!("provision.after.{step}"));
@@ -332,9 +341,68 @@ impl ControlPlane {
         op: Uuid,
         tenant_id: Uuid,
         database: &str,
+        params: &serde_json::Value,
         step: &str,
     ) -> Result<(), Error> {
+        let instance = params["instance"].as_str().unwrap_or_default();
         match step {
+            "create_instance" => {
+                let rds = self.rds_engine()?;
+                let slug = params["slug"].as_str().unwrap_or_default();
+                let tenant = tenant_id.to_string();
+                let tags =
+                    [("tenantry:tenant-id", tenant.as_str()), ("tenantry:slug", slug), ("managed-by", "tenantry")];
+                rds.ensure_instance(instance, &tags).await.map_err(tenantry_provisioner::Error::from)?;
+            }
+            "wait_available" => {
+                let ep =
+                    self.rds_engine()?.wait_available(instance).await.map_err(tenantry_provisioner::Error::from)?;
+                self.registry()
+                    .execute_raw(stmt(
+                        "UPDATE operations SET params = params || jsonb_build_object('host', $2::text, 'port', $3::int) \
+                         WHERE id = $1",
+                        vec![op.into(), ep.host.into(), i32::from(ep.port).into()],
+                    ))
+                    .await?;
+            }
+            "bootstrap" => {
+                let target = self.bootstrap_target(op, instance).await?;
+                let admin = tenantry_provisioner::LogicalProvisioner::connect(
+                    &target.host,
+                    target.port,
+                    &target.admin_user,
+                    &target.admin_password,
+                )
+                .await?;
+                if !target.roles_exist {
+                    let app_password = self.config().app_password.clone().ok_or_else(|| {
+                        Error::invalid("app_password_missing", "control_plane.app_password is needed to bootstrap RDS")
+                    })?;
+                    let owner = tenantry_provisioner::RoleCredentials {
+                        name: self.config().owner.user.clone(),
+                        password: self.config().owner.password.clone(),
+                    };
+                    let app = tenantry_provisioner::RoleCredentials {
+                        name: self.config().app_role.clone(),
+                        password: app_password,
+                    };
+                    admin.ensure_roles(&owner, &app).await?;
+                }
+                admin.create_database(database, &self.config().owner.user, None).await?;
+                admin.grant_connect(database, &self.config().app_role).await?;
+            }
+            "register_backend" if params["engine"] == "rds" => {
+                let target = self.bootstrap_target(op, instance).await?;
+                let addr = DatabaseAddress { host: target.host, port: target.port, database: database.to_string() };
+                let backend =
+                    self.register_database("operation", instance, BackendKind::Dedicated, Engine::Rds, &addr).await?;
+                self.registry()
+                    .execute_raw(stmt(
+                        "UPDATE operations SET backend_id = $2 WHERE id = $1",
+                        vec![op.into(), backend.id.into()],
+                    ))
+                    .await?;
+            }
             "create_database" => {
                 let template = self.config().template_database.clone();
                 self.provisioner().create_database(database, &self.config().owner.user, Some(&template)).await?;
@@ -358,11 +426,11 @@ impl ControlPlane {
         Ok(())
     }
 
-    async fn step_failed(&self, owner: &str, op: &Claimed, tenant_id: Uuid, database: &str, step: &str, e: Error) {
+    async fn step_failed(&self, owner: &str, op: &Claimed, tenant_id: Uuid, step: &str, e: Error) {
         let error = format!("{step}: {e}");
         tracing::warn!(operation = %op.id, attempt = op.attempts, %error, "operation step failed");
         if op.attempts >= MAX_ATTEMPTS {
-            self.roll_back(owner, op.id, tenant_id, database, "failed", Some(error)).await;
+            self.roll_back(owner, op.id, tenant_id, &op.params, "failed", Some(error)).await;
             return;
         }
         // Let the lease lapse after a backoff so this or another worker retries.
@@ -377,19 +445,37 @@ impl ControlPlane {
             .await;
     }
 
-    /// Undoes a provision: drops the database, forgets the backend, removes the
-    /// tenant (never served), and ends the operation as `state`.
+    /// Undoes a provision: drops the database (or retires the RDS instance,
+    /// with its final snapshot), forgets the backend, removes the tenant (never
+    /// served), and ends the operation as `state`.
     async fn roll_back(
         &self,
         owner: &str,
         id: Uuid,
         tenant_id: Uuid,
-        database: &str,
+        params: &serde_json::Value,
         state: &str,
         error: Option<String>,
     ) {
+        let database = params["database"].as_str().unwrap_or_default();
+        let instance = params["instance"].as_str().unwrap_or_default();
+        let backend_name = if params["engine"] == "rds" { instance } else { database };
         let result: Result<(), Error> = async {
-            if !database.is_empty() {
+            if params["engine"] == "rds" {
+                if let Some(rds) = &self.rds {
+                    rds.retire(instance).await.map_err(tenantry_provisioner::Error::from)?;
+                }
+                if let Some(o) = &self.config().rds_bootstrap_override {
+                    let admin = tenantry_provisioner::LogicalProvisioner::connect(
+                        &o.host,
+                        o.port,
+                        &o.admin_user,
+                        &o.admin_password,
+                    )
+                    .await?;
+                    admin.drop_database(database).await?;
+                }
+            } else if !database.is_empty() {
                 self.provisioner().drop_database(database).await?;
             }
             let txn = sea_orm::TransactionTrait::begin(self.registry()).await?;
@@ -400,7 +486,7 @@ impl ControlPlane {
             txn.execute_raw(stmt(
                 "DELETE FROM backends WHERE name = $1 AND kind = 'dedicated' \
                  AND NOT EXISTS (SELECT 1 FROM placements p WHERE p.backend_id = backends.id)",
-                vec![database.into()],
+                vec![backend_name.into()],
             ))
             .await?;
             finish(&txn, id, owner, state, error.clone()).await?;
@@ -419,5 +505,44 @@ impl ControlPlane {
         if let Err(e) = result {
             tracing::error!(operation = %id, error = %e, "rollback failed; it will be retried when the lease lapses");
         }
+    }
+}
+
+/// Where an RDS instance is bootstrapped, and as whom.
+struct BootstrapTarget {
+    host: String,
+    port: u16,
+    admin_user: String,
+    admin_password: secrecy::SecretString,
+    /// The test override points at a cluster whose roles already exist.
+    roles_exist: bool,
+}
+
+impl ControlPlane {
+    fn rds_engine(&self) -> Result<&tenantry_provisioner::RdsProvisioner, Error> {
+        self.rds.as_ref().ok_or_else(|| Error::invalid("engine_unavailable", "the rds engine is not configured"))
+    }
+
+    async fn bootstrap_target(&self, op: Uuid, instance: &str) -> Result<BootstrapTarget, Error> {
+        if let Some(o) = &self.config().rds_bootstrap_override {
+            return Ok(BootstrapTarget {
+                host: o.host.clone(),
+                port: o.port,
+                admin_user: o.admin_user.clone(),
+                admin_password: o.admin_password.clone(),
+                roles_exist: true,
+            });
+        }
+        let rds = self.rds_engine()?;
+        let params = self.operation(op).await?.params;
+        let host = params["host"].as_str().ok_or(Error::NotFound("instance endpoint"))?.to_string();
+        let port = params["port"].as_u64().and_then(|p| u16::try_from(p).ok()).unwrap_or(5432);
+        Ok(BootstrapTarget {
+            host,
+            port,
+            admin_user: rds.config().master_username.clone(),
+            admin_password: rds.master_password(instance),
+            roles_exist: false,
+        })
     }
 }

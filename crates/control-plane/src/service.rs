@@ -12,7 +12,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use tenantry_core::db::{PoolSizing, UNIQUE_VIOLATION, lazy_pool, sqlstate};
-use tenantry_core::{BackendKind, TenantSlug, TenantStatus, Tier, api_key, new_id};
+use tenantry_core::{BackendKind, Engine, TenantSlug, TenantStatus, Tier, api_key, new_id};
 use tenantry_provisioner::{DatabaseAddress, LogicalProvisioner};
 
 use crate::config::ControlPlaneConfig;
@@ -131,6 +131,8 @@ pub struct Created {
 
 /// A request to create a tenant, already parsed.
 pub struct NewTenant {
+    /// Dedicated tier only: `logical` (default) or `rds`.
+    pub engine: Option<Engine>,
     pub slug: TenantSlug,
     pub name: String,
     pub tier: Tier,
@@ -139,6 +141,7 @@ pub struct NewTenant {
 
 pub struct ControlPlane {
     pub(crate) worker_wakeup: tokio::sync::Notify,
+    pub(crate) rds: Option<tenantry_provisioner::RdsProvisioner>,
     registry: DatabaseConnection,
     cfg: ControlPlaneConfig,
     provisioner: LogicalProvisioner,
@@ -168,7 +171,11 @@ impl ControlPlane {
                 })
             })
             .build();
-        let cp = Self { worker_wakeup: tokio::sync::Notify::new(), registry, cfg, provisioner, backend_pools };
+        let rds = match &cfg.rds {
+            Some(r) => Some(tenantry_provisioner::RdsProvisioner::new(r.clone()).await),
+            None => None,
+        };
+        let cp = Self { worker_wakeup: tokio::sync::Notify::new(), rds, registry, cfg, provisioner, backend_pools };
         let template = cp.cfg.template_database.clone();
         cp.register_backend("control-plane", &template, BackendKind::Template).await?;
         Ok(cp)
@@ -211,17 +218,31 @@ impl ControlPlane {
         if kind != BackendKind::Template {
             self.provisioner.grant_connect(name, &self.cfg.app_role).await?;
         }
+        self.register_database(actor, name, kind, Engine::Logical, &addr).await
+    }
+
+    /// Records an existing database as a backend (`ON CONFLICT` on its name,
+    /// so safe to repeat), migrates it and marks it ready.
+    pub(crate) async fn register_database(
+        &self,
+        actor: &str,
+        name: &str,
+        kind: BackendKind,
+        engine: Engine,
+        addr: &DatabaseAddress,
+    ) -> Result<BackendView, Error> {
         let id = new_id();
         let row = self
             .registry
             .query_one_raw(stmt(
                 "INSERT INTO backends (id, name, kind, engine, host, port, database, region, status) \
-                 VALUES ($1, $2, $3, 'logical', $4, $5, $6, $7, 'provisioning') \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'provisioning') \
                  ON CONFLICT (name) DO UPDATE SET updated_at = now() RETURNING id",
                 vec![
                     id.into(),
                     name.into(),
                     kind.as_str().into(),
+                    engine.as_str().into(),
                     addr.host.clone().into(),
                     i32::from(addr.port).into(),
                     addr.database.clone().into(),
@@ -231,14 +252,21 @@ impl ControlPlane {
             .await?
             .ok_or(Error::NotFound("backend"))?;
         let id: Uuid = row.try_get("", "id")?;
-        let version = self.migrate_database(id, kind, &addr, migrate::TENANT).await?;
+        let version = self.migrate_database(id, kind, addr, migrate::TENANT).await?;
         let txn = self.registry.begin().await?;
         txn.execute_raw(stmt(
             "UPDATE backends SET status = 'ready', schema_version = $2, updated_at = now() WHERE id = $1",
             vec![id.into(), version.into()],
         ))
         .await?;
-        audit(&txn, actor, "backend.register", None, json!({"backend_id": id, "name": name, "kind": kind})).await?;
+        audit(
+            &txn,
+            actor,
+            "backend.register",
+            None,
+            json!({"backend_id": id, "name": name, "kind": kind, "engine": engine}),
+        )
+        .await?;
         txn.commit().await?;
         self.backend(id).await
     }
@@ -312,6 +340,26 @@ impl ControlPlane {
             }
             Tier::Dedicated => None,
         };
+        let engine = match (req.tier, req.engine) {
+            (Tier::Shared, None) => None,
+            (Tier::Shared, Some(_)) => {
+                return Err(Error::invalid("engine_not_applicable", "`engine` applies to the dedicated tier only"));
+            }
+            (Tier::Dedicated, None | Some(Engine::Logical)) => Some(Engine::Logical),
+            (Tier::Dedicated, Some(Engine::Rds)) if self.rds.is_some() => Some(Engine::Rds),
+            (Tier::Dedicated, Some(Engine::Rds)) => {
+                return Err(Error::invalid(
+                    "engine_unavailable",
+                    "the rds engine is not configured on this control plane",
+                ));
+            }
+            (Tier::Dedicated, Some(Engine::External)) => {
+                return Err(Error::invalid(
+                    "engine_unavailable",
+                    "external backends are registered by hand, not provisioned",
+                ));
+            }
+        };
         let id = new_id();
         let txn = self.registry.begin().await?;
         let inserted = txn
@@ -338,7 +386,12 @@ impl ControlPlane {
                     &txn,
                     OperationKind::Provision,
                     id,
-                    json!({"database": dedicated_db_name(id), "slug": req.slug}),
+                    json!({
+                        "database": dedicated_db_name(id),
+                        "slug": req.slug,
+                        "engine": engine.unwrap_or(Engine::Logical),
+                        "instance": tenantry_provisioner::rds::instance_id(&id.simple().to_string()),
+                    }),
                     actor,
                 )
                 .await?,

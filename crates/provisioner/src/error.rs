@@ -20,6 +20,8 @@ pub enum Error {
     StartTimeout { port: u16, secs: u64, log: PathBuf },
     #[error("invalid database name `{0}`: use 1-63 characters of a-z, 0-9 and _")]
     InvalidName(String),
+    #[error("{0}")]
+    Rds(#[from] crate::rds::RdsError),
     #[error("database: {0}")]
     Database(#[from] sea_orm::DbErr),
     #[error("io: {0}")]

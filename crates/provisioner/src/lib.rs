@@ -5,10 +5,12 @@
 pub mod error;
 pub mod local_cluster;
 pub mod logical;
+pub mod rds;
 
 pub use error::Error;
 pub use local_cluster::{ClusterSpec, LocalCluster};
 pub use logical::{DatabaseAddress, LogicalProvisioner, RoleCredentials};
+pub use rds::{RdsConfig, RdsError, RdsProvisioner};
 
 /// Quotes an SQL identifier (`"name"`, doubling inner quotes).
 pub fn quote_ident(name: &str) -> String {
