@@ -89,3 +89,70 @@ pub async fn spawn_stack(configure: impl FnOnce(&mut crate::Settings, &str)) -> 
     stack.control_plane().register_backend("test", &pool_name, tenantry_core::BackendKind::SharedPool).await?;
     Ok(Spawned { stack, registry_db, pool_name })
 }
+
+/// A moto server (the RDS API emulator, from PyPI) on loopback, started on
+/// first use and killed with the process. `scripts/test` installs it under
+/// `.tools/moto`; `TENANTRY_MOTO_SERVER` may point elsewhere.
+pub struct Moto {
+    pub endpoint: String,
+}
+
+static MOTO: OnceLock<Moto> = OnceLock::new();
+
+pub fn moto() -> &'static Moto {
+    MOTO.get_or_init(|| {
+        let local = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/moto/bin/moto_server");
+        let bin = std::env::var_os("TENANTRY_MOTO_SERVER")
+            .map(PathBuf::from)
+            .or_else(|| local.exists().then_some(local))
+            .unwrap_or_else(|| PathBuf::from("moto_server"));
+        let port = free_port();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("moto-keeper".into())
+            .spawn(move || {
+                use std::os::unix::process::CommandExt;
+                let mut cmd = std::process::Command::new(&bin);
+                cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null());
+                // SAFETY: prctl only sets this child's parent-death signal.
+                unsafe {
+                    cmd.pre_exec(|| {
+                        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                        Ok(())
+                    });
+                }
+                match cmd.spawn() {
+                    Ok(mut child) => {
+                        let _ = tx.send(Ok(()));
+                        let _ = child.wait();
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(format!("{}: {e}; run scripts/test, which installs moto", bin.display())));
+                    }
+                }
+            })
+            .expect("start the moto keeper thread");
+        rx.recv().expect("moto keeper").unwrap_or_else(|e| panic!("cannot start moto_server: {e}"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "moto_server did not listen on port {port} within 60 s");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Moto { endpoint: format!("http://127.0.0.1:{port}") }
+    })
+}
+
+/// RDS settings against the process's moto server.
+pub fn rds_config() -> tenantry_provisioner::RdsConfig {
+    let moto = moto();
+    serde_json::from_value(serde_json::json!({
+        "region": "us-east-1",
+        "endpoint_url": moto.endpoint,
+        "static_credentials": {"access_key_id": "testing", "secret_access_key": "testing"},
+        "master_password_key": "test-master-key",
+        "wait_secs": 30,
+    }))
+    .expect("valid RDS settings")
+}

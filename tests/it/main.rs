@@ -10,4 +10,5 @@ mod bad_input;
 mod isolation;
 mod migrations;
 mod operations;
+mod rds;
 mod routing;
