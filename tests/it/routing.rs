@@ -119,4 +119,13 @@ async fn requests_wait_for_a_connection_slot_instead_of_exceeding_the_budget() {
     let statuses = futures::future::join_all(requests).await;
     assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
     assert_eq!(app.resolver.connections_in_use(), 0, "every slot is given back");
+    let metrics = app.http.get(format!("{}/metrics", app.app)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("tenantry_app_connection_budget 2"), "{metrics}");
+    assert!(metrics.contains("tenantry_app_connections_in_use 0"), "{metrics}");
+    let pools: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tenantry_app_backend_pools "))
+        .and_then(|v| v.parse().ok())
+        .expect("a pools gauge");
+    assert!((1..=2).contains(&pools), "{metrics}");
 }

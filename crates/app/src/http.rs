@@ -664,6 +664,11 @@ async fn delete_issue(r: R, t: Tenant, id: web::Path<Uuid>) -> Result<HttpRespon
 )]
 pub struct AppApiDoc;
 
+/// Prometheus text: pools, connections and the connection budget.
+async fn metrics(r: R) -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(r.metrics())
+}
+
 async fn openapi() -> HttpResponse {
     HttpResponse::Ok().json(AppApiDoc::openapi())
 }
@@ -671,26 +676,29 @@ async fn openapi() -> HttpResponse {
 /// The app routes, for embedding in an `App`.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     configure_extractors(cfg);
-    cfg.route("/healthz", web::get().to(healthz)).route("/openapi.json", web::get().to(openapi)).service(
-        web::scope("/v1")
-            .route("/tenant", web::get().to(whoami))
-            .route("/assets", web::post().to(create_asset))
-            .route("/assets", web::get().to(list_assets))
-            .route("/assets/by-tag/{tag}", web::get().to(asset_by_tag))
-            .route("/assets/{id}", web::get().to(get_asset))
-            .route("/assets/{id}", web::patch().to(update_asset))
-            .route("/assets/{id}", web::delete().to(delete_asset))
-            .route("/assets/{id}/maintenance-schedules", web::post().to(create_schedule))
-            .route("/assets/{id}/maintenance-schedules", web::get().to(list_schedules))
-            .route("/assets/{id}/issues", web::post().to(create_issue))
-            .route("/maintenance-schedules/due", web::get().to(due_schedules))
-            .route("/maintenance-schedules/{id}", web::patch().to(update_schedule))
-            .route("/maintenance-schedules/{id}", web::delete().to(delete_schedule))
-            .route("/issues", web::get().to(list_issues))
-            .route("/issues/{id}", web::get().to(get_issue))
-            .route("/issues/{id}", web::patch().to(update_issue))
-            .route("/issues/{id}", web::delete().to(delete_issue)),
-    );
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/metrics", web::get().to(metrics))
+        .route("/openapi.json", web::get().to(openapi))
+        .service(
+            web::scope("/v1")
+                .route("/tenant", web::get().to(whoami))
+                .route("/assets", web::post().to(create_asset))
+                .route("/assets", web::get().to(list_assets))
+                .route("/assets/by-tag/{tag}", web::get().to(asset_by_tag))
+                .route("/assets/{id}", web::get().to(get_asset))
+                .route("/assets/{id}", web::patch().to(update_asset))
+                .route("/assets/{id}", web::delete().to(delete_asset))
+                .route("/assets/{id}/maintenance-schedules", web::post().to(create_schedule))
+                .route("/assets/{id}/maintenance-schedules", web::get().to(list_schedules))
+                .route("/assets/{id}/issues", web::post().to(create_issue))
+                .route("/maintenance-schedules/due", web::get().to(due_schedules))
+                .route("/maintenance-schedules/{id}", web::patch().to(update_schedule))
+                .route("/maintenance-schedules/{id}", web::delete().to(delete_schedule))
+                .route("/issues", web::get().to(list_issues))
+                .route("/issues/{id}", web::get().to(get_issue))
+                .route("/issues/{id}", web::patch().to(update_issue))
+                .route("/issues/{id}", web::delete().to(delete_issue)),
+        );
 }
 
 /// Root span of every app request, with the fields the resolver fills in.

@@ -164,6 +164,42 @@ impl Resolver {
         }
     }
 
+    /// Prometheus text for the resolver's pools, connections and budget.
+    pub fn metrics(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let inner = &self.inner;
+        inner.pools.run_pending_tasks();
+        let mut open = 0usize;
+        let mut idle = 0usize;
+        let mut per_backend = String::new();
+        for (id, db) in inner.pools.iter() {
+            let pool = db.get_postgres_connection_pool();
+            open += pool.size() as usize;
+            idle += pool.num_idle();
+            let _ = writeln!(per_backend, "tenantry_app_backend_connections{{backend=\"{id}\"}} {}", pool.size());
+        }
+        let _ = writeln!(out, "# HELP tenantry_app_backend_pools Open backend connection pools.");
+        let _ = writeln!(out, "# TYPE tenantry_app_backend_pools gauge");
+        let _ = writeln!(out, "tenantry_app_backend_pools {}", inner.pools.entry_count());
+        let _ = writeln!(out, "# HELP tenantry_app_backend_connections Open connections per backend pool.");
+        let _ = writeln!(out, "# TYPE tenantry_app_backend_connections gauge");
+        out.push_str(&per_backend);
+        let _ = writeln!(out, "# HELP tenantry_app_connections_open Open connections across all backend pools.");
+        let _ = writeln!(out, "# TYPE tenantry_app_connections_open gauge");
+        let _ = writeln!(out, "tenantry_app_connections_open {open}");
+        let _ = writeln!(out, "# HELP tenantry_app_connections_idle Idle connections across all backend pools.");
+        let _ = writeln!(out, "# TYPE tenantry_app_connections_idle gauge");
+        let _ = writeln!(out, "tenantry_app_connections_idle {idle}");
+        let _ = writeln!(out, "# HELP tenantry_app_connections_in_use Connection slots taken from the budget.");
+        let _ = writeln!(out, "# TYPE tenantry_app_connections_in_use gauge");
+        let _ = writeln!(out, "tenantry_app_connections_in_use {}", self.connections_in_use());
+        let _ = writeln!(out, "# HELP tenantry_app_connection_budget Connection slots this process may use.");
+        let _ = writeln!(out, "# TYPE tenantry_app_connection_budget gauge");
+        let _ = writeln!(out, "tenantry_app_connection_budget {}", inner.cfg.max_connections_total);
+        out
+    }
+
     /// Connections in use now, across all backends.
     pub fn connections_in_use(&self) -> usize {
         self.inner.cfg.max_connections_total as usize - self.inner.budget.available_permits()
