@@ -193,3 +193,26 @@ async fn the_cli_creates_a_dedicated_tenant_watches_it_and_shows_it() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("slug_taken"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[tokio::test]
+async fn an_empty_logical_backend_is_retired_and_a_busy_one_is_refused() {
+    let app = spawn_app().await;
+    let t = app.create_tenant("busy", "dedicated").await;
+    let busy = t.tenant["placement"]["backend_id"].as_str().unwrap().to_string();
+    let (s, body) = app.admin_call(Method::POST, &format!("/v1/backends/{busy}/retire"), None).await;
+    assert_eq!((s, body["error"]["code"].clone()), (StatusCode::CONFLICT, json!("backend_in_use")));
+
+    let name = format!("spare_{}", uuid::Uuid::new_v4().simple());
+    let spare = app.cp.register_backend("test", &name, tenantry_core::BackendKind::Dedicated).await.unwrap();
+    let (s, op) = app.admin_call(Method::POST, &format!("/v1/backends/{}/retire", spare.id), None).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    let done = app.wait_operation(op["id"].as_str().unwrap()).await;
+    assert_eq!((done["kind"].clone(), done["state"].clone()), (json!("retire"), json!("succeeded")), "{done}");
+    let (_, backends) = app.admin_call(Method::GET, "/v1/backends", None).await;
+    let row = backends["backends"].as_array().unwrap().iter().find(|b| b["name"] == json!(name)).unwrap().clone();
+    assert_eq!(row["status"], "retired");
+    let postgres = connect("postgres", false);
+    assert_eq!(scalar(&postgres, &format!("SELECT count(*) FROM pg_database WHERE datname = '{name}'")).await, 0);
+    let (s, body) = app.admin_call(Method::POST, &format!("/v1/backends/{}/retire", spare.id), None).await;
+    assert_eq!((s, body["error"]["code"].clone()), (StatusCode::CONFLICT, json!("already_retired")));
+}

@@ -116,3 +116,41 @@ async fn rds_is_refused_clearly_when_not_configured() {
         .await;
     assert_eq!((s, body["error"]["code"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("engine_not_applicable")));
 }
+
+#[tokio::test]
+async fn an_rds_backend_is_retired_with_a_final_snapshot() {
+    let tc = cluster();
+    let app = spawn_app_with(|s| {
+        s.control_plane.rds = Some(rds_config());
+        s.control_plane.rds_bootstrap_override = Some(tenantry_control_plane::config::BootstrapOverride {
+            host: "127.0.0.1".into(),
+            port: tc.cluster.port(),
+            admin_user: "postgres".into(),
+            admin_password: tc.secrets.superuser_password.clone().into(),
+        });
+    })
+    .await;
+    let (_, created) = app
+        .admin_call(
+            Method::POST,
+            "/v1/tenants",
+            Some(json!({"slug": "leaving", "name": "L", "tier": "dedicated", "engine": "rds"})),
+        )
+        .await;
+    let op = app.wait_operation(created["operation"]["id"].as_str().unwrap()).await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    let backend_id = op["backend_id"].as_str().unwrap().to_string();
+    // Until moves exist, empty the backend by hand.
+    let registry = crate::helpers::connect(&app.cp.config().registry_database, false);
+    sea_orm::ConnectionTrait::execute_unprepared(&registry, "DELETE FROM placements").await.unwrap();
+
+    let (s, retire) = app.admin_call(Method::POST, &format!("/v1/backends/{backend_id}/retire"), None).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{retire}");
+    let done = app.wait_operation(retire["id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let instance = instance_id(&created["tenant"]["id"].as_str().unwrap().replace('-', ""));
+    assert_eq!(done["params"]["final_snapshot"], json!(final_snapshot_id(&instance)));
+    let rds = RdsProvisioner::new(rds_config()).await;
+    assert!(rds.describe(&instance).await.unwrap().is_none());
+    assert!(rds.snapshot_exists(&final_snapshot_id(&instance)).await.unwrap());
+}

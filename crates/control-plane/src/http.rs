@@ -252,6 +252,15 @@ async fn list_operations(cp: Cp, _admin: Admin, q: web::Query<ListOperations>) -
     Ok(HttpResponse::Ok().json(OperationList { operations }))
 }
 
+/// Retire a backend that holds no tenant (202 with the `retire` operation):
+/// logical databases are dropped; RDS instances are deleted after a final
+/// snapshot with a deterministic name.
+#[utoipa::path(post, path = "/v1/backends/{id}/retire", params(("id" = Uuid, Path)),
+    responses((status = 202, body = OperationView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn retire_backend(cp: Cp, admin: Admin, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Accepted().json(cp.retire_backend(&admin.actor, *id).await?))
+}
+
 /// Cancel a pending or running operation: what it created so far is rolled back.
 #[utoipa::path(post, path = "/v1/operations/{id}/cancel", params(("id" = Uuid, Path)),
     responses((status = 202, body = OperationView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
@@ -291,6 +300,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/tenants/{tenant}/api-keys", web::post().to(create_key))
             .route("/tenants/{tenant}/api-keys/{key_id}", web::delete().to(revoke_key))
             .route("/backends", web::get().to(list_backends))
+            .route("/backends/{id}/retire", web::post().to(retire_backend))
             .route("/migrations", web::get().to(list_migrations))
             .route("/migrations/apply", web::post().to(apply_migrations))
             .route("/operations", web::get().to(list_operations))

@@ -44,22 +44,31 @@ pub const PROVISION_STEPS: &[&str] = &["create_database", "register_backend", "p
 pub const PROVISION_RDS_STEPS: &[&str] =
     &["create_instance", "wait_available", "bootstrap", "register_backend", "place"];
 
-fn steps_for(params: &serde_json::Value) -> &'static [&'static str] {
-    if params["engine"] == "rds" { PROVISION_RDS_STEPS } else { PROVISION_STEPS }
+fn steps_for(kind: OperationKind, params: &serde_json::Value) -> &'static [&'static str] {
+    match kind {
+        OperationKind::Retire => RETIRE_STEPS,
+        OperationKind::Provision if params["engine"] == "rds" => PROVISION_RDS_STEPS,
+        OperationKind::Provision => PROVISION_STEPS,
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OperationKind {
     Provision,
+    Retire,
 }
 
 impl OperationKind {
     fn as_str(self) -> &'static str {
         match self {
             OperationKind::Provision => "provision",
+            OperationKind::Retire => "retire",
         }
     }
 }
+
+/// The steps of retiring a backend, in order.
+pub const RETIRE_STEPS: &[&str] = &["drain", "destroy", "mark_retired"];
 
 fn stmt(sql: &str, values: Vec<sea_orm::Value>) -> Statement {
     Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
@@ -97,27 +106,34 @@ const OP_COLUMNS: &str = "id, kind, tenant_id, backend_id, state, step, progress
 pub(crate) async fn enqueue(
     txn: &impl ConnectionTrait,
     kind: OperationKind,
-    tenant_id: Uuid,
+    tenant_id: Option<Uuid>,
     params: serde_json::Value,
     actor: &str,
 ) -> Result<Uuid, DbErr> {
     let id = new_id();
-    let steps = steps_for(&params);
+    let steps = steps_for(kind, &params);
     txn.execute_raw(stmt(
-        "INSERT INTO operations (id, kind, tenant_id, state, step, progress, params, actor) \
-         VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7)",
+        "INSERT INTO operations (id, kind, tenant_id, backend_id, state, step, progress, params, actor) \
+         VALUES ($1, $2, $3, ($6::jsonb->>'backend_id')::uuid, 'pending', $4, $5, $6, $7)",
         vec![
             id.into(),
             kind.as_str().into(),
             tenant_id.into(),
             steps[0].into(),
             json!({"step": 0, "steps": steps.len()}).into(),
-            params.into(),
+            params.clone().into(),
             actor.into(),
         ],
     ))
     .await?;
-    audit(txn, actor, "operation.create", Some(tenant_id), json!({"operation_id": id, "kind": kind.as_str()})).await?;
+    audit(
+        txn,
+        actor,
+        "operation.create",
+        tenant_id,
+        json!({"operation_id": id, "kind": kind.as_str(), "params": params}),
+    )
+    .await?;
     Ok(id)
 }
 
@@ -158,6 +174,7 @@ fn failpoint(name: &str) {
 #[derive(FromQueryResult)]
 struct Claimed {
     id: Uuid,
+    kind: String,
     tenant_id: Option<Uuid>,
     state: String,
     step: String,
@@ -270,7 +287,7 @@ impl ControlPlane {
                 WHERE state = 'pending' \
                    OR (state IN ('running', 'cancelling') AND (lease_expires_at IS NULL OR lease_expires_at < now())) \
                 ORDER BY created_at FOR UPDATE SKIP LOCKED LIMIT 1) \
-             RETURNING id, tenant_id, state, step, params, attempts",
+             RETURNING id, kind, tenant_id, state, step, params, attempts",
             vec![owner.into(), (self.config().lease_secs as f64).into()],
         ))
         .one(self.registry())
@@ -303,6 +320,9 @@ impl ControlPlane {
     }
 
     async fn drive(&self, owner: &str, op: Claimed) {
+        if op.kind == "retire" {
+            return self.drive_retire(owner, op).await;
+        }
         let Some(tenant_id) = op.tenant_id else {
             let _ = finish(self.registry(), op.id, owner, "failed", Some("the tenant no longer exists".into())).await;
             return;
@@ -312,7 +332,7 @@ impl ControlPlane {
             self.roll_back(owner, op.id, tenant_id, &op.params, "cancelled", None).await;
             return;
         }
-        let steps = steps_for(&op.params);
+        let steps = steps_for(OperationKind::Provision, &op.params);
         let start = steps.iter().position(|s| *s == op.step).unwrap_or(0);
         for (i, step) in steps.iter().enumerate().skip(start) {
             match self.advance(op.id, owner, step, i).await {
@@ -544,5 +564,131 @@ impl ControlPlane {
             admin_password: rds.master_password(instance),
             roles_exist: false,
         })
+    }
+}
+
+impl ControlPlane {
+    /// Queues the retirement of a backend that holds no tenant: drained, its
+    /// database dropped (logical) or its instance deleted after a final
+    /// snapshot (RDS), then marked retired.
+    pub async fn retire_backend(&self, actor: &str, backend_id: Uuid) -> Result<OperationView, Error> {
+        let backend = self.backend(backend_id).await?;
+        if backend.kind == "template" {
+            return Err(Error::Conflict {
+                code: "not_retirable",
+                message: "the template database is not retired".into(),
+            });
+        }
+        if backend.status == "retired" {
+            return Err(Error::Conflict { code: "already_retired", message: "the backend is already retired".into() });
+        }
+        if backend.tenants > 0 {
+            return Err(Error::Conflict {
+                code: "backend_in_use",
+                message: format!("{} tenant(s) still live on this backend; move them first", backend.tenants),
+            });
+        }
+        let txn = sea_orm::TransactionTrait::begin(self.registry()).await?;
+        let busy = txn
+            .query_one_raw(stmt(
+                "SELECT 1 AS busy FROM operations WHERE kind = 'retire' AND backend_id = $1 \
+                 AND state IN ('pending', 'running', 'cancelling')",
+                vec![backend_id.into()],
+            ))
+            .await?;
+        if busy.is_some() {
+            return Err(Error::Conflict {
+                code: "operation_in_progress",
+                message: "a retirement is already running".into(),
+            });
+        }
+        let params = json!({
+            "backend_id": backend_id, "name": backend.name, "engine": backend.engine, "database": backend.database,
+        });
+        let id = enqueue(&txn, OperationKind::Retire, None, params, actor).await?;
+        txn.commit().await?;
+        self.wake_workers();
+        self.operation(id).await
+    }
+
+    async fn drive_retire(&self, owner: &str, op: Claimed) {
+        let backend_id = op.params["backend_id"].as_str().and_then(|s| Uuid::parse_str(s).ok()).unwrap_or_default();
+        let start = RETIRE_STEPS.iter().position(|s| *s == op.step).unwrap_or(0);
+        for (i, step) in RETIRE_STEPS.iter().enumerate().skip(start) {
+            match self.advance(op.id, owner, step, i).await {
+                Ok(Lease::Held) => {}
+                // A retirement is not undone: cancelling it before `destroy` leaves the
+                // backend draining, visible and retirable again.
+                Ok(Lease::Cancelling) if i < 2 => {
+                    let _ = self
+                        .registry()
+                        .execute_raw(stmt(
+                            "UPDATE backends SET status = 'ready', updated_at = now() WHERE id = $1 AND status = 'draining'",
+                            vec![backend_id.into()],
+                        ))
+                        .await;
+                    let _ = finish(self.registry(), op.id, owner, "cancelled", None).await;
+                    return;
+                }
+                Ok(Lease::Cancelling) => {}
+                Ok(Lease::Lost) | Err(_) => return,
+            }
+            let result: Result<(), Error> = async {
+                match *step {
+                    "drain" => {
+                        self.registry()
+                            .execute_raw(stmt(
+                                "UPDATE backends SET status = 'draining', updated_at = now() WHERE id = $1",
+                                vec![backend_id.into()],
+                            ))
+                            .await?;
+                    }
+                    "destroy" if op.params["engine"] == "rds" => {
+                        let name = op.params["name"].as_str().unwrap_or_default();
+                        let snapshot =
+                            self.rds_engine()?.retire(name).await.map_err(tenantry_provisioner::Error::from)?;
+                        self.registry()
+                            .execute_raw(stmt(
+                                "UPDATE operations SET params = params || jsonb_build_object('final_snapshot', $2::text) \
+                                 WHERE id = $1",
+                                vec![op.id.into(), snapshot.into()],
+                            ))
+                            .await?;
+                    }
+                    "destroy" => {
+                        let database = op.params["database"].as_str().unwrap_or_default();
+                        self.provisioner().drop_database(database).await?;
+                    }
+                    _ => {
+                        let txn = sea_orm::TransactionTrait::begin(self.registry()).await?;
+                        txn.execute_raw(stmt(
+                            "UPDATE backends SET status = 'retired', updated_at = now() WHERE id = $1",
+                            vec![backend_id.into()],
+                        ))
+                        .await?;
+                        audit(&txn, "operation", "backend.retire", None, json!({"backend_id": backend_id})).await?;
+                        finish(&txn, op.id, owner, "succeeded", None).await?;
+                        txn.commit().await?;
+                    }
+                }
+                Ok(())
+            }
+            .await;
+            if let Err(e) = result {
+                let error = format!("{step}: {e}");
+                tracing::warn!(operation = %op.id, %error, "retirement step failed; will retry");
+                let backoff = f64::from(1u32 << op.attempts.clamp(0, 5));
+                let _ = self
+                    .registry()
+                    .execute_raw(stmt(
+                        "UPDATE operations SET error = $3, lease_expires_at = now() + make_interval(secs => $4) \
+                         WHERE id = $1 AND lease_owner = $2",
+                        vec![op.id.into(), owner.into(), error.into(), backoff.into()],
+                    ))
+                    .await;
+                return;
+            }
+            failpoint(&format!("retire.after.{step}"));
+        }
     }
 }

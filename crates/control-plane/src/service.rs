@@ -385,7 +385,7 @@ impl ControlPlane {
                 crate::operations::enqueue(
                     &txn,
                     OperationKind::Provision,
-                    id,
+                    Some(id),
                     json!({
                         "database": dedicated_db_name(id),
                         "slug": req.slug,
