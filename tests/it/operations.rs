@@ -115,8 +115,10 @@ async fn a_provision_killed_after_any_step_resumes_to_exactly_one_ready_backend(
     })
     .await;
     let config = app.config_file("lease_secs = 1");
-    let mut ops: Vec<(String, String, &str)> = Vec::new();
-    for (i, step) in tenantry_control_plane::operations::PROVISION_STEPS.iter().enumerate() {
+    let registry = connect(&app.cp.config().registry_database, false);
+    let postgres = connect("postgres", false);
+    let steps = tenantry_control_plane::operations::PROVISION_STEPS;
+    for (i, step) in steps.iter().enumerate() {
         let (tenant, op) = create_dedicated(&app, &format!("crash-{i}")).await;
         let cfg = config.clone();
         let fp = format!("provision.after.{step}");
@@ -124,18 +126,13 @@ async fn a_provision_killed_after_any_step_resumes_to_exactly_one_ready_backend(
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && stderr.contains(&format!("failpoint provision.after.{step}")), "{stderr}");
         let (_, seen) = app.admin_call(Method::GET, &format!("/v1/operations/{op}"), None).await;
-        let expected_state =
-            if i + 1 == tenantry_control_plane::operations::PROVISION_STEPS.len() { "succeeded" } else { "running" };
+        let expected_state = if i + 1 == steps.len() { "succeeded" } else { "running" };
         assert_eq!(seen["state"], expected_state, "after a crash following {step}: {seen}");
-        ops.push((tenant, op, step));
-    }
 
-    // A fresh worker resumes every interrupted operation once its lease lapses.
-    tokio::spawn(app.cp.clone().run_worker());
-    let registry = connect(&app.cp.config().registry_database, false);
-    let postgres = connect("postgres", false);
-    for (tenant, op, step) in ops {
+        // A fresh worker resumes the interrupted operation once its lease lapses.
+        let worker = tokio::spawn(app.cp.clone().run_worker());
         let done: Value = app.wait_operation(&op).await;
+        worker.abort();
         assert_eq!(done["state"], "succeeded", "crash after {step}: {done}");
         let db = format!("tenant_{}", tenant.replace('-', ""));
         assert_eq!(
