@@ -107,19 +107,65 @@ fn run_child(config: &std::path::Path, failpoint: &str) -> std::process::Output 
 
 #[tokio::test]
 async fn a_provision_killed_after_any_step_resumes_to_exactly_one_ready_backend() {
-    // This process serves the API but runs no worker; a child process does the
-    // work and aborts right after the chosen step is recorded.
+    killed_after_every_step("logical").await;
+}
+
+#[tokio::test]
+async fn an_rds_provision_killed_after_any_step_resumes_to_exactly_one_ready_backend() {
+    killed_after_every_step("rds").await;
+}
+
+/// This process serves the API but runs no worker; a child `tenantry serve`
+/// does the work and aborts right after the chosen step is recorded; then a
+/// fresh worker resumes.
+async fn killed_after_every_step(engine: &str) {
+    let tc = crate::helpers::cluster();
+    let rds = engine == "rds";
     let app = spawn_app_with(|s| {
         s.control_plane.operation_workers = 0;
         s.control_plane.lease_secs = 1;
+        if rds {
+            s.control_plane.rds = Some(tenantry::testkit::rds_config());
+            s.control_plane.rds_bootstrap_override = Some(tenantry_control_plane::config::BootstrapOverride {
+                host: "127.0.0.1".into(),
+                port: tc.cluster.port(),
+                admin_user: "postgres".into(),
+                admin_password: tc.secrets.superuser_password.clone().into(),
+            });
+        }
     })
     .await;
-    let config = app.config_file("lease_secs = 1");
+    let extra = if rds {
+        format!(
+            r#"lease_secs = 1
+            rds = {{ region = "us-east-1", endpoint_url = "{moto}", master_password_key = "test-master-key", wait_secs = 30, static_credentials = {{ access_key_id = "testing", secret_access_key = "testing" }} }}
+            rds_bootstrap_override = {{ host = "127.0.0.1", port = {port}, admin_user = "postgres", admin_password = "{su}" }}"#,
+            moto = tenantry::testkit::moto().endpoint,
+            port = tc.cluster.port(),
+            su = tc.secrets.superuser_password,
+        )
+    } else {
+        "lease_secs = 1".to_string()
+    };
+    let config = app.config_file(&extra);
     let registry = connect(&app.cp.config().registry_database, false);
     let postgres = connect("postgres", false);
-    let steps = tenantry_control_plane::operations::PROVISION_STEPS;
+    let steps = if rds {
+        tenantry_control_plane::operations::PROVISION_RDS_STEPS
+    } else {
+        tenantry_control_plane::operations::PROVISION_STEPS
+    };
     for (i, step) in steps.iter().enumerate() {
-        let (tenant, op) = create_dedicated(&app, &format!("crash-{i}")).await;
+        let (s, created) = app
+            .admin_call(
+                Method::POST,
+                "/v1/tenants",
+                Some(json!({"slug": format!("crash-{i}"), "name": "crash", "tier": "dedicated", "engine": engine})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{created}");
+        let tenant = created["tenant"]["id"].as_str().unwrap().to_string();
+        let op = created["operation"]["id"].as_str().unwrap().to_string();
         let cfg = config.clone();
         let fp = format!("provision.after.{step}");
         let out = tokio::task::spawn_blocking(move || run_child(&cfg, &fp)).await.unwrap();
@@ -135,10 +181,10 @@ async fn a_provision_killed_after_any_step_resumes_to_exactly_one_ready_backend(
         worker.abort();
         assert_eq!(done["state"], "succeeded", "crash after {step}: {done}");
         let db = format!("tenant_{}", tenant.replace('-', ""));
-        assert_eq!(
-            scalar(&registry, &format!("SELECT count(*) FROM backends WHERE name = '{db}' AND status = 'ready'")).await,
-            1
-        );
+        let backend_name =
+            if rds { tenantry_provisioner::rds::instance_id(&tenant.replace('-', "")) } else { db.clone() };
+        let ready = format!("SELECT count(*) FROM backends WHERE name = '{backend_name}' AND status = 'ready'");
+        assert_eq!(scalar(&registry, &ready).await, 1, "crash after {step}");
         assert_eq!(scalar(&postgres, &format!("SELECT count(*) FROM pg_database WHERE datname = '{db}'")).await, 1);
         assert_eq!(
             scalar(&registry, &format!("SELECT count(*) FROM placements WHERE tenant_id = '{tenant}' AND epoch = 1"))
