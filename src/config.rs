@@ -111,6 +111,32 @@ mod tests {
     }
 
     #[test]
+    fn the_example_configuration_is_valid_once_secrets_are_given() {
+        let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/tenantry.example.toml");
+        let secrets = r#"
+            [app.credentials]
+            password = "a"
+            [control_plane]
+            admin_token = "t"
+            app_password = "a"
+            [control_plane.owner]
+            password = "o"
+            [control_plane.cluster]
+            admin_password = "p"
+            [control_plane.rds]
+            master_password_key = "k"
+        "#;
+        let s: Settings = Figment::new()
+            .merge(Toml::file(&example))
+            .merge(Toml::string(secrets))
+            .extract()
+            .unwrap_or_else(|e| panic!("{}: {e}", example.display()));
+        s.app.validate().expect("valid app settings");
+        assert_eq!(s.log.format, LogFormat::Json);
+        assert_eq!(s.control_plane.rds.expect("rds section").allocated_storage, 50);
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_named_in_the_error() {
         let path = write(&format!("{MINIMAL}\n[log]\nformat = \"xml\"\n"));
         let err = Settings::load(Some(&path)).unwrap_err();
