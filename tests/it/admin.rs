@@ -83,14 +83,7 @@ async fn revoked_key_gets_401_at_once_and_other_keys_keep_working() {
     assert_eq!(s, StatusCode::NO_CONTENT);
     let second_key = second["key"].as_str().unwrap();
     // The revocation reaches the app's cache through NOTIFY; allow it a moment.
-    let mut status = StatusCode::OK;
-    for _ in 0..50 {
-        status = app.get(second_key, "/v1/tenant").await.0;
-        if status == StatusCode::UNAUTHORIZED {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let status = app.get_until(second_key, "/v1/tenant", StatusCode::UNAUTHORIZED).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(app.get(&t.key, "/v1/tenant").await.0, StatusCode::OK);
     let (s, _) = app

@@ -43,6 +43,19 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut tenantry::Settings)) -> 
     app
 }
 
+/// Turns on the RDS engine against the process's moto server, bootstrapping
+/// instances onto the test cluster (moto's endpoints are unreachable).
+pub fn with_rds(s: &mut tenantry::Settings) {
+    let tc = cluster();
+    s.control_plane.rds = Some(tenantry::testkit::rds_config());
+    s.control_plane.rds_bootstrap_override = Some(tenantry_control_plane::config::BootstrapOverride {
+        host: "127.0.0.1".into(),
+        port: tc.cluster.port(),
+        admin_user: SUPERUSER.into(),
+        admin_password: tc.secrets.superuser_password.clone().into(),
+    });
+}
+
 /// A database of the test cluster, as the superuser or as the app role.
 pub fn connect(database: &str, as_app: bool) -> DatabaseConnection {
     let tc = cluster();
@@ -164,6 +177,20 @@ impl TestApp {
         )
         .expect("write a child configuration");
         path
+    }
+
+    /// GETs `path` until it answers `want` (caches learn of registry changes
+    /// through NOTIFY, a moment later); the last status.
+    pub async fn get_until(&self, key: &str, path: &str, want: StatusCode) -> StatusCode {
+        let mut status = StatusCode::IM_A_TEAPOT;
+        for _ in 0..100 {
+            status = self.get(key, path).await.0;
+            if status == want {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        status
     }
 
     /// Polls an operation until it ends (30 s at most).

@@ -56,14 +56,7 @@ async fn fan_out_migrates_every_backend_skips_a_failing_one_and_resumes() {
     );
     let (_, report) = app.admin_call(Method::POST, "/v1/migrations/apply", None).await;
     assert_eq!((report["applied"].clone(), report["up_to_date"].clone()), (json!(0), json!(4)));
-    let mut status = StatusCode::SERVICE_UNAVAILABLE;
-    for _ in 0..50 {
-        status = app.get(&b.key, "/v1/assets").await.0;
-        if status == StatusCode::OK {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let status = app.get_until(&b.key, "/v1/assets", StatusCode::OK).await;
     assert_eq!(status, StatusCode::OK, "B is routed again once migrated");
 }
 

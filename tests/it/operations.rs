@@ -47,15 +47,7 @@ async fn a_provisioning_tenant_answers_503_until_its_database_is_ready() {
     assert_eq!((s, body["error"]["code"].clone()), (StatusCode::SERVICE_UNAVAILABLE, json!("tenant_provisioning")));
     tokio::spawn(app.cp.clone().run_worker());
     assert_eq!(app.wait_operation(&op).await["state"], "succeeded");
-    let mut status = StatusCode::SERVICE_UNAVAILABLE;
-    for _ in 0..100 {
-        status = app.get(key, "/v1/assets").await.0;
-        if status == StatusCode::OK {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(status, StatusCode::OK);
+    assert_eq!(app.get_until(key, "/v1/assets", StatusCode::OK).await, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -125,13 +117,7 @@ async fn killed_after_every_step(engine: &str) {
         s.control_plane.operation_workers = 0;
         s.control_plane.lease_secs = 1;
         if rds {
-            s.control_plane.rds = Some(tenantry::testkit::rds_config());
-            s.control_plane.rds_bootstrap_override = Some(tenantry_control_plane::config::BootstrapOverride {
-                host: "127.0.0.1".into(),
-                port: tc.cluster.port(),
-                admin_user: "postgres".into(),
-                admin_password: tc.secrets.superuser_password.clone().into(),
-            });
+            crate::helpers::with_rds(s);
         }
     })
     .await;
@@ -192,14 +178,7 @@ async fn killed_after_every_step(engine: &str) {
             1
         );
         let (_, key) = app.admin_call(Method::POST, &format!("/v1/tenants/{tenant}/api-keys"), None).await;
-        let mut status = StatusCode::SERVICE_UNAVAILABLE;
-        for _ in 0..100 {
-            status = app.get(key["key"].as_str().unwrap(), "/v1/assets").await.0;
-            if status == StatusCode::OK {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let status = app.get_until(key["key"].as_str().unwrap(), "/v1/assets", StatusCode::OK).await;
         assert_eq!(status, StatusCode::OK, "tenant provisioned across a crash after {step} serves");
     }
 }

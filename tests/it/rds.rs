@@ -7,7 +7,7 @@ use tenantry::testkit::rds_config;
 use tenantry_provisioner::rds::{final_snapshot_id, instance_id};
 use tenantry_provisioner::{RdsError, RdsProvisioner};
 
-use crate::helpers::{cluster, spawn_app_with};
+use crate::helpers::{spawn_app_with, with_rds};
 
 #[tokio::test]
 async fn an_instance_is_created_once_encrypted_protected_and_retired_with_a_final_snapshot() {
@@ -52,17 +52,7 @@ async fn invalid_requests_and_missing_instances_surface_as_clear_errors() {
 
 #[tokio::test]
 async fn a_tenant_on_the_rds_engine_is_provisioned_end_to_end_and_serves() {
-    let tc = cluster();
-    let app = spawn_app_with(|s| {
-        s.control_plane.rds = Some(rds_config());
-        s.control_plane.rds_bootstrap_override = Some(tenantry_control_plane::config::BootstrapOverride {
-            host: "127.0.0.1".into(),
-            port: tc.cluster.port(),
-            admin_user: "postgres".into(),
-            admin_password: tc.secrets.superuser_password.clone().into(),
-        });
-    })
-    .await;
+    let app = spawn_app_with(with_rds).await;
     let (s, created) = app
         .admin_call(
             Method::POST,
@@ -119,17 +109,7 @@ async fn rds_is_refused_clearly_when_not_configured() {
 
 #[tokio::test]
 async fn an_rds_backend_is_retired_with_a_final_snapshot() {
-    let tc = cluster();
-    let app = spawn_app_with(|s| {
-        s.control_plane.rds = Some(rds_config());
-        s.control_plane.rds_bootstrap_override = Some(tenantry_control_plane::config::BootstrapOverride {
-            host: "127.0.0.1".into(),
-            port: tc.cluster.port(),
-            admin_user: "postgres".into(),
-            admin_password: tc.secrets.superuser_password.clone().into(),
-        });
-    })
-    .await;
+    let app = spawn_app_with(with_rds).await;
     let (_, created) = app
         .admin_call(
             Method::POST,
