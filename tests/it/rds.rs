@@ -44,7 +44,8 @@ async fn invalid_requests_and_missing_instances_surface_as_clear_errors() {
     cfg.wait_secs = 1;
     let rds = RdsProvisioner::new(cfg).await;
     let err = rds.ensure_instance("Not_A-valid--id-", &[]).await.unwrap_err();
-    assert!(matches!(err, RdsError::Api(ref m) if m.contains("InvalidParameterValue")), "{err}");
+    assert!(matches!(err, RdsError::Rejected(ref m) if m.starts_with("InvalidParameterValue: ")), "{err}");
+    assert!(err.is_permanent());
     let err = rds.wait_available("tenantry-never-created").await.unwrap_err();
     assert!(matches!(err, RdsError::Timeout { .. }), "{err}");
     assert!(!rds.snapshot_exists("tenantry-no-such-snapshot").await.unwrap());
@@ -133,4 +134,31 @@ async fn an_rds_backend_is_retired_with_a_final_snapshot() {
     let rds = RdsProvisioner::new(rds_config()).await;
     assert!(rds.describe(&instance).await.unwrap().is_none());
     assert!(rds.snapshot_exists(&final_snapshot_id(&instance)).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_provision_rejected_by_rds_fails_at_once_with_the_reason_and_leaves_nothing() {
+    let app = spawn_app_with(|s| {
+        with_rds(s);
+        if let Some(rds) = s.control_plane.rds.as_mut() {
+            rds.db_subnet_group = Some("no-such-subnet-group".into());
+        }
+    })
+    .await;
+    let (s, created) = app
+        .admin_call(
+            Method::POST,
+            "/v1/tenants",
+            Some(json!({"slug": "rejected", "name": "R", "tier": "dedicated", "engine": "rds"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{created}");
+    let op = app.wait_operation(created["operation"]["id"].as_str().unwrap()).await;
+    assert_eq!((op["state"].clone(), op["attempts"].clone()), (json!("failed"), json!(1)), "{op}");
+    let error = op["error"].as_str().unwrap();
+    assert!(error.starts_with("create_instance: ") && error.contains("DBSubnetGroupNotFound"), "{error}");
+    let tenant = created["tenant"]["id"].as_str().unwrap();
+    assert_eq!(app.admin_call(Method::GET, &format!("/v1/tenants/{tenant}"), None).await.0, StatusCode::NOT_FOUND);
+    let (_, backends) = app.admin_call(Method::GET, "/v1/backends", None).await;
+    assert!(backends["backends"].as_array().unwrap().iter().all(|b| b["engine"] != "rds"), "{backends}");
 }

@@ -17,6 +17,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether retrying cannot help (a cloud API rejected the request).
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Error::Provisioner(tenantry_provisioner::Error::Rds(e)) if e.is_permanent())
+    }
+
     pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
         Error::Invalid { code, message: message.into() }
     }

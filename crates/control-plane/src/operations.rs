@@ -449,7 +449,7 @@ impl ControlPlane {
     async fn step_failed(&self, owner: &str, op: &Claimed, tenant_id: Uuid, step: &str, e: Error) {
         let error = format!("{step}: {e}");
         tracing::warn!(operation = %op.id, attempt = op.attempts, %error, "operation step failed");
-        if op.attempts >= MAX_ATTEMPTS {
+        if op.attempts >= MAX_ATTEMPTS || e.is_permanent() {
             self.roll_back(owner, op.id, tenant_id, &op.params, "failed", Some(error)).await;
             return;
         }

@@ -92,7 +92,12 @@ fn default_deadline() -> u64 {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RdsError {
-    #[error("RDS refused the request: {0}")]
+    /// RDS rejected the request itself (invalid or missing parameters,
+    /// quotas): retrying the same request cannot succeed.
+    #[error("RDS rejected the request: {0}")]
+    Rejected(String),
+    /// Transport failures, throttling, server errors: worth retrying.
+    #[error("RDS request failed: {0}")]
     Api(String),
     #[error("instance {id} did not become {wanted} within {secs} s (last status: {last})")]
     Timeout { id: String, wanted: &'static str, secs: u64, last: String },
@@ -123,8 +128,28 @@ pub struct RdsProvisioner {
     cfg: RdsConfig,
 }
 
-fn api<E: std::error::Error + 'static>(e: E) -> RdsError {
-    RdsError::Api(DisplayErrorContext(e).to_string())
+fn api<E, R>(e: aws_sdk_rds::error::SdkError<E, R>) -> RdsError
+where
+    E: std::error::Error + aws_sdk_rds::error::ProvideErrorMetadata + Send + Sync + 'static,
+    R: std::fmt::Debug + 'static,
+{
+    use aws_sdk_rds::error::ProvideErrorMetadata;
+    match e.as_service_error() {
+        // The service answered: say what it said, in its words.
+        Some(s) => {
+            let code = s.code().unwrap_or("UnknownError");
+            let text = format!("{code}: {}", s.message().unwrap_or("no message"));
+            if code.contains("Throttl") { RdsError::Api(text) } else { RdsError::Rejected(text) }
+        }
+        None => RdsError::Api(DisplayErrorContext(&e).to_string()),
+    }
+}
+
+impl RdsError {
+    /// Whether retrying the same request could succeed.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, RdsError::Rejected(_) | RdsError::Unusable(..))
+    }
 }
 
 /// The deterministic instance identifier for an owner id (letters, digits and
