@@ -133,7 +133,6 @@ where
     E: std::error::Error + aws_sdk_rds::error::ProvideErrorMetadata + Send + Sync + 'static,
     R: std::fmt::Debug + 'static,
 {
-    use aws_sdk_rds::error::ProvideErrorMetadata;
     match e.as_service_error() {
         // The service answered: say what it said, in its words.
         Some(s) => {
