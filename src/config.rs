@@ -39,15 +39,16 @@ pub struct Settings {
     pub log: LogConfig,
 }
 
-/// `TENANTRY_*` variables that are not configuration: the `dev` command's
-/// flags, the config file path, test hooks.
-const NOT_CONFIG: &[&str] = &["dev_", "config", "failpoints", "test_", "admin_url", "admin_token"];
+/// Configuration sections `TENANTRY_<SECTION>__...` may set. Other `TENANTRY_*`
+/// variables (the `dev` command's flags, the CLI's admin URL and token, test
+/// hooks) are not configuration and are left alone.
+const SECTIONS: &[&str] = &["app__", "control_plane__", "log__"];
 
 fn env() -> Env {
     Env::prefixed("TENANTRY_")
         .filter(|key| {
             let key = key.as_str().to_ascii_lowercase();
-            !NOT_CONFIG.iter().any(|p| key.starts_with(p))
+            SECTIONS.iter().any(|p| key.starts_with(p))
         })
         .split("__")
 }
@@ -134,6 +135,14 @@ mod tests {
         s.app.validate().expect("valid app settings");
         assert_eq!(s.log.format, LogFormat::Json);
         assert_eq!(s.control_plane.rds.expect("rds section").allocated_storage, 50);
+    }
+
+    #[test]
+    fn only_section_variables_are_configuration() {
+        assert!(SECTIONS.iter().any(|p| "control_plane__admin_token".starts_with(p)));
+        for other in ["moto_server", "admin_token", "dev_pg_port", "failpoints", "config"] {
+            assert!(!SECTIONS.iter().any(|p| other.starts_with(p)), "{other}");
+        }
     }
 
     #[test]
