@@ -19,10 +19,14 @@ use crate::config::ControlPlaneConfig;
 use crate::operations::OperationKind;
 use crate::{Error, migrate};
 
-/// Owner-role pools to backends (migrations, residency) are few and small.
-const BACKEND_POOL_CONNECTIONS: u32 = 2;
-/// Owner pools idle this long are closed.
-const BACKEND_POOL_IDLE: Duration = Duration::from_secs(120);
+/// Owner-role pools to backends serve migrations and residency writes, one
+/// statement at a time per backend: one connection each.
+const BACKEND_POOL_CONNECTIONS: u32 = 1;
+/// Owner pools idle this long are dropped (and their connection closed).
+const BACKEND_POOL_IDLE: Duration = Duration::from_secs(30);
+/// At most this many owner pools (so connections) at once: 64 stays well under a
+/// cluster's max_connections even with hundreds of dedicated databases on it.
+const MAX_BACKEND_POOLS: u64 = 64;
 /// Longest tenant page an admin list returns.
 pub const MAX_PAGE: u64 = 1000;
 
@@ -163,13 +167,10 @@ impl ControlPlane {
         migrate::apply(&registry, migrate::REGISTRY, &cfg.app_role).await?;
         let provisioner = LogicalProvisioner::connect(&c.host, c.port, &c.admin_user, &c.admin_password).await?;
         let backend_pools = Cache::builder()
-            .max_capacity(256)
+            .max_capacity(MAX_BACKEND_POOLS)
             .time_to_idle(BACKEND_POOL_IDLE)
-            .async_eviction_listener(|_, db: DatabaseConnection, _| {
-                Box::pin(async move {
-                    let _ = db.close().await;
-                })
-            })
+            // No explicit close on eviction: a migration may still hold the pool;
+            // it closes when its last handle drops.
             .build();
         let rds = match &cfg.rds {
             Some(r) => Some(tenantry_provisioner::RdsProvisioner::new(r.clone()).await),
@@ -202,7 +203,11 @@ impl ControlPlane {
                     &addr.database,
                     &self.cfg.owner,
                     "tenantry-control-plane",
-                    PoolSizing { max_connections: BACKEND_POOL_CONNECTIONS, ..PoolSizing::default() },
+                    PoolSizing {
+                        max_connections: BACKEND_POOL_CONNECTIONS,
+                        idle_timeout: BACKEND_POOL_IDLE,
+                        ..PoolSizing::default()
+                    },
                 )
             })
             .await
