@@ -80,10 +80,17 @@ impl Resolver {
             pools: Cache::builder()
                 .max_capacity(cfg.max_pools())
                 .time_to_idle(Duration::from_secs(cfg.pool_idle_secs))
-                .eviction_listener(|id, _db: DatabaseConnection, cause| {
-                    // Not closed here: a request may still hold a handle. The
-                    // pool closes its connections when its last handle drops.
-                    tracing::info!(backend = %id, ?cause, "dropping backend pool");
+                .eviction_listener(|id, db: DatabaseConnection, cause| {
+                    // Close at once so idle connections do not outlive the budget:
+                    // close() lets checked-out connections finish first, and a
+                    // request that looked the pool up just before sees PoolClosed
+                    // and looks again (see `on_backend`).
+                    tracing::info!(backend = %id, ?cause, "closing backend pool");
+                    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                        rt.spawn(async move {
+                            let _ = db.close().await;
+                        });
+                    }
                 })
                 .build(),
             budget: Arc::new(Semaphore::new(cfg.max_connections_total as usize)),
@@ -227,7 +234,9 @@ impl Resolver {
         tenant: &KeyOwner,
         work: impl AsyncFn(DatabaseConnection, i64) -> Result<T, EnterError>,
     ) -> Result<T, ApiError> {
-        for _attempt in 0..2 {
+        // Two tries for a moved tenant, plus room for pools evicted under us.
+        let mut moved = 0;
+        for _attempt in 0..4 {
             let route = self.route(tenant.tenant_id).await?;
             if !tenantry_core::supported_tenant_schema().contains(&route.schema_version) {
                 tracing::warn!(
@@ -251,7 +260,14 @@ impl Resolver {
                 Err(EnterError::NotResident) => {
                     tracing::info!(tenant_id = %tenant.tenant_id, epoch = route.placement.epoch, "stale placement; re-resolving");
                     self.inner.routes.invalidate(&tenant.tenant_id);
+                    moved += 1;
+                    if moved == 2 {
+                        break;
+                    }
                 }
+                // Evicted (so removed from the cache) between lookup and use: the
+                // next lookup makes a new pool.
+                Err(EnterError::PoolClosed) => {}
                 Err(EnterError::Backend(e)) => return Err(backend_down(&route, &e)),
                 Err(EnterError::Query(e)) => return Err(ApiError::internal(&e)),
             }

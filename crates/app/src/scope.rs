@@ -31,12 +31,15 @@ pub enum EnterError {
     NotResident,
     /// The backend could not be reached or failed.
     Backend(String),
+    /// The pool was evicted (and closed) after it was looked up: look again.
+    PoolClosed,
     /// A one-shot read failed.
     Query(DbErr),
 }
 
 fn classify(e: sqlx::Error) -> EnterError {
     match &e {
+        sqlx::Error::PoolClosed => EnterError::PoolClosed,
         sqlx::Error::Database(db) if db.code().as_deref() == Some(NOT_RESIDENT) => EnterError::NotResident,
         _ => EnterError::Backend(e.to_string()),
     }
@@ -67,6 +70,7 @@ pub(crate) async fn read_once<E: TenantScoped>(
     );
     select.filter(gate).all(db).await.map_err(|e| match (sqlstate(&e).as_deref(), &e) {
         (Some(NOT_RESIDENT), _) => EnterError::NotResident,
+        (_, DbErr::ConnectionAcquire(sea_orm::ConnAcquireErr::ConnectionClosed)) => EnterError::PoolClosed,
         (_, DbErr::ConnectionAcquire(_) | DbErr::Conn(_)) => EnterError::Backend(e.to_string()),
         _ => EnterError::Query(e),
     })
@@ -139,7 +143,7 @@ impl TenantTx {
     /// tenant at `epoch`, in one round trip. On failure the connection is
     /// rolled back before it returns to the pool.
     pub(crate) async fn begin(pool: &sqlx::PgPool, tenant_id: Uuid, epoch: i64) -> Result<Self, EnterError> {
-        let mut conn = pool.acquire().await.map_err(|e| EnterError::Backend(e.to_string()))?;
+        let mut conn = pool.acquire().await.map_err(classify)?;
         let sql = format!("BEGIN; SELECT tenantry_enter('{tenant_id}'::uuid, {epoch}::bigint)");
         match sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await {
             Ok(_) => Ok(Self { conn: TxConn(Mutex::new(Some(conn))), tenant_id, _slot: None }),
