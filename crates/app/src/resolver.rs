@@ -275,12 +275,6 @@ impl Resolver {
         Err(ApiError::unavailable("tenant_moving", "the tenant is being moved; retry shortly", RETRY_AFTER_SECS))
     }
 
-    /// Drops every cached key and route (used when notifications may have been missed).
-    pub fn invalidate_all(&self) {
-        self.inner.keys.invalidate_all();
-        self.inner.routes.invalidate_all();
-    }
-
     /// Number of open backend pools (for tests and metrics).
     pub async fn open_pools(&self) -> u64 {
         self.inner.pools.run_pending_tasks();
@@ -303,18 +297,20 @@ async fn listen(mut listener: PgListener, inner: Arc<Inner>) {
             Ok(Some(n)) => apply(&inner, n.payload()),
             // The connection dropped; the next try_recv reconnects. Anything
             // announced meanwhile is lost, so forget everything.
-            Ok(None) => {
-                inner.keys.invalidate_all();
-                inner.routes.invalidate_all();
-            }
+            Ok(None) => forget_all(&inner),
             Err(e) => {
                 tracing::warn!(error = %e, "registry listener failed; retrying");
-                inner.keys.invalidate_all();
-                inner.routes.invalidate_all();
+                forget_all(&inner);
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
     }
+}
+
+/// Drops every cached key and route: notifications may have been missed.
+fn forget_all(inner: &Inner) {
+    inner.keys.invalidate_all();
+    inner.routes.invalidate_all();
 }
 
 fn apply(inner: &Inner, payload: &str) {

@@ -157,10 +157,6 @@ impl TenantTx {
         }
     }
 
-    pub fn tenant_id(&self) -> Uuid {
-        self.tenant_id
-    }
-
     pub(crate) fn holding(mut self, slot: tokio::sync::OwnedSemaphorePermit) -> Self {
         self._slot = Some(slot);
         self

@@ -69,10 +69,6 @@ impl RegistryReader {
         Self { db }
     }
 
-    pub fn connection(&self) -> &DatabaseConnection {
-        &self.db
-    }
-
     /// The tenant owning an unrevoked key with this hash.
     pub async fn key_owner(&self, key_hash: &[u8]) -> Result<Option<KeyOwner>, DbErr> {
         let row = KeyOwnerRow::find_by_statement(Statement::from_sql_and_values(

@@ -198,20 +198,6 @@ impl LocalCluster {
         self.spec.port
     }
 
-    pub fn spec(&self) -> &ClusterSpec {
-        &self.spec
-    }
-
-    /// `postgres://user:password@127.0.0.1:port/database`.
-    pub fn url(&self, user: &str, password: &str, database: &str) -> String {
-        format!("postgres://{user}:{password}@127.0.0.1:{}/{database}", self.spec.port)
-    }
-
-    /// Superuser URL for a database of this cluster.
-    pub fn superuser_url(&self, database: &str) -> String {
-        self.url(&self.spec.superuser, &self.spec.superuser_password, database)
-    }
-
     /// Fast shutdown: in-flight transactions roll back, the server exits.
     pub fn stop(&mut self) {
         if let Some(keeper) = self.keeper.take() {

@@ -139,7 +139,7 @@ impl LogicalProvisioner {
         Ok(())
     }
 
-    pub fn address(&self, name: &str) -> DatabaseAddress {
+    fn address(&self, name: &str) -> DatabaseAddress {
         DatabaseAddress { host: self.host.clone(), port: self.port, database: name.to_string() }
     }
 }
