@@ -111,12 +111,15 @@ async fn main() -> anyhow::Result<()> {
                 Default::default(),
             );
             db.execute_unprepared(
-                "DROP INDEX IF EXISTS bench_assets_created_idx; DELETE FROM tenantry_schema_migrations WHERE version > 1",
+                &format!(
+                    "DROP INDEX IF EXISTS bench_assets_created_idx; DELETE FROM tenantry_schema_migrations WHERE version > {}",
+                    TENANT.len()
+                ),
             )
             .await?;
             db.close().await?;
         }
-        cp.registry().execute_unprepared("UPDATE backends SET schema_version = 1").await?;
+        cp.registry().execute_unprepared(&format!("UPDATE backends SET schema_version = {}", TENANT.len())).await?;
         Ok(())
     };
 

@@ -120,6 +120,7 @@ pub fn settings_for(
             cache_ttl_secs: 60,
             workers: 2,
             baseline: None,
+            listen_for_changes: true,
         },
         control_plane: ControlPlaneConfig {
             listen: admin_listen,
@@ -142,6 +143,7 @@ pub fn settings_for(
             },
             default_region: "local".into(),
             workers: 1,
+            moves: Default::default(),
         },
         log: Default::default(),
     }

@@ -24,10 +24,10 @@ async fn dedicated_tenant_gets_its_own_migrated_database() {
     let dedicated: Vec<_> =
         backends["backends"].as_array().unwrap().iter().filter(|b| b["kind"] == "dedicated").collect();
     assert_eq!(dedicated.len(), 1);
-    assert_eq!(dedicated[0]["schema_version"], 1);
+    assert_eq!(dedicated[0]["schema_version"], tenantry_core::TENANT_SCHEMA_LATEST);
     assert_eq!(dedicated[0]["tenants"], 1);
     let version = scalar(&connect(&db, false), "SELECT max(version)::bigint FROM tenantry_schema_migrations").await;
-    assert_eq!(version, 1);
+    assert_eq!(version, i64::from(tenantry_core::TENANT_SCHEMA_LATEST));
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@ mod app_api;
 mod bad_input;
 mod isolation;
 mod migrations;
+mod moves;
 mod operations;
 mod rds;
 mod routing;

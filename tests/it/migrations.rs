@@ -13,9 +13,10 @@ async fn fan_out_migrates_every_backend_skips_a_failing_one_and_resumes() {
     let b = app.create_tenant("ded-b", "dedicated").await;
     let (s, list) = app.admin_call(Method::GET, "/v1/migrations", None).await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(list["latest"], 1);
+    let latest = tenantry_core::TENANT_SCHEMA_LATEST;
+    assert_eq!(list["latest"], latest);
     let versions: Vec<_> = list["backends"].as_array().unwrap().iter().map(|b| b["schema_version"].clone()).collect();
-    assert_eq!(versions, vec![json!(1); 4], "template, shared pool and two dedicated");
+    assert_eq!(versions, vec![json!(latest); 4], "template, shared pool and two dedicated");
 
     // The registry believes every backend is behind; B's database has also lost
     // its version table, so re-running migration 1 there fails.
@@ -45,7 +46,7 @@ async fn fan_out_migrates_every_backend_skips_a_failing_one_and_resumes() {
     connect(&b_db, false)
         .execute_unprepared(
             "CREATE TABLE IF NOT EXISTS tenantry_schema_migrations (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now()); \
-             INSERT INTO tenantry_schema_migrations (version, name) VALUES (1, 'assets')",
+             INSERT INTO tenantry_schema_migrations (version, name) VALUES (1, 'assets'), (2, 'move_sentinels')",
         )
         .await
         .unwrap();

@@ -54,6 +54,12 @@ pub struct AppConfig {
     /// no transaction. Absent (the default): not mounted.
     #[serde(default)]
     pub baseline: Option<BaselineConfig>,
+    /// LISTEN for registry changes (moves, revocations) and drop cached entries
+    /// at once. Default true. Off, caches expire after `cache_ttl_secs` only and
+    /// the backend's residency check alone catches a moved tenant (the tests
+    /// use this to prove that safety net).
+    #[serde(default = "default_true")]
+    pub listen_for_changes: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -82,6 +88,10 @@ impl AppConfig {
     pub fn max_pools(&self) -> u64 {
         u64::from(self.max_connections_total / self.connections_per_pool)
     }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_host() -> String {

@@ -52,11 +52,13 @@ pub struct Resolver {
     _listener: Arc<ListenerTask>,
 }
 
-struct ListenerTask(JoinHandle<()>);
+struct ListenerTask(Option<JoinHandle<()>>);
 
 impl Drop for ListenerTask {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
     }
 }
 
@@ -96,11 +98,18 @@ impl Resolver {
             budget: Arc::new(Semaphore::new(cfg.max_connections_total as usize)),
             cfg,
         });
-        let mut listener = PgListener::connect_with(registry.get_postgres_connection_pool())
-            .await
-            .map_err(|e| sea_orm::DbErr::Custom(format!("LISTEN on the registry: {e}")))?;
-        listener.listen(CHANNEL).await.map_err(|e| sea_orm::DbErr::Custom(format!("LISTEN on the registry: {e}")))?;
-        let task = tokio::spawn(listen(listener, inner.clone()));
+        let task = if inner.cfg.listen_for_changes {
+            let mut listener = PgListener::connect_with(registry.get_postgres_connection_pool())
+                .await
+                .map_err(|e| sea_orm::DbErr::Custom(format!("LISTEN on the registry: {e}")))?;
+            listener
+                .listen(CHANNEL)
+                .await
+                .map_err(|e| sea_orm::DbErr::Custom(format!("LISTEN on the registry: {e}")))?;
+            Some(tokio::spawn(listen(listener, inner.clone())))
+        } else {
+            None
+        };
         Ok(Self { inner, _listener: Arc::new(ListenerTask(task)) })
     }
 
@@ -234,10 +243,19 @@ impl Resolver {
         tenant: &KeyOwner,
         work: impl AsyncFn(DatabaseConnection, i64) -> Result<T, EnterError>,
     ) -> Result<T, ApiError> {
-        // Two tries for a moved tenant, plus room for pools evicted under us.
+        // Three tries for a moved tenant (the last after a short wait: a cutover
+        // that crashed or is finishing), one re-resolve for a backend that failed
+        // (a dedicated database retired after its tenant moved away), plus room
+        // for pools evicted under us.
         let mut moved = 0;
-        for _attempt in 0..4 {
+        let mut failed: Option<(Uuid, String)> = None;
+        for _attempt in 0..6 {
             let route = self.route(tenant.tenant_id).await?;
+            if let Some((backend, e)) = &failed
+                && *backend == route.backend.id
+            {
+                return Err(backend_down(&route, e));
+            }
             if !tenantry_core::supported_tenant_schema().contains(&route.schema_version) {
                 tracing::warn!(
                     backend = %route.backend.id,
@@ -261,14 +279,23 @@ impl Resolver {
                     tracing::info!(tenant_id = %tenant.tenant_id, epoch = route.placement.epoch, "stale placement; re-resolving");
                     self.inner.routes.invalidate(&tenant.tenant_id);
                     moved += 1;
-                    if moved == 2 {
-                        break;
+                    match moved {
+                        1 => {}
+                        2 => tokio::time::sleep(Duration::from_millis(200)).await,
+                        _ => break,
                     }
                 }
                 // Evicted (so removed from the cache) between lookup and use: the
                 // next lookup makes a new pool.
                 Err(EnterError::PoolClosed) => {}
-                Err(EnterError::Backend(e)) => return Err(backend_down(&route, &e)),
+                Err(EnterError::Backend(e)) => {
+                    if failed.is_some() {
+                        return Err(backend_down(&route, &e));
+                    }
+                    // Still the tenant's home? The registry says; if it moved, try there.
+                    self.inner.routes.invalidate(&tenant.tenant_id);
+                    failed = Some((route.backend.id, e));
+                }
                 Err(EnterError::Query(e)) => return Err(ApiError::internal(&e)),
             }
         }

@@ -81,6 +81,41 @@ pub struct ControlPlaneConfig {
     /// HTTP worker threads. Default 2.
     #[serde(default = "default_workers")]
     pub workers: usize,
+    /// Online moves (promote, move, demote).
+    #[serde(default)]
+    pub moves: MoveConfig,
+}
+
+/// Online-move tuning.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MoveConfig {
+    /// Longest write pause a cutover may cause: if in-flight transactions do not
+    /// finish, or replication does not deliver the fence, within this bound the
+    /// fence is lifted and the cutover retried later. Default 2000.
+    pub fence_timeout_ms: u64,
+    /// Replication lag (bytes of WAL behind) under which a cutover is tried.
+    /// Default 16 MiB.
+    pub max_lag_bytes: i64,
+    /// Cutover tries per attempt of the operation before it backs off. Default 5.
+    pub cutover_tries: u32,
+    /// Rows deleted per statement when the source is purged. Default 5000.
+    pub purge_batch: i64,
+    /// Initial-copy speed used for the dry run's estimate, rows per second.
+    /// Default 100000 (measured in `cargo bench --bench moves`).
+    pub copy_rows_per_sec: u64,
+}
+
+impl Default for MoveConfig {
+    fn default() -> Self {
+        Self {
+            fence_timeout_ms: 2000,
+            max_lag_bytes: 16 << 20,
+            cutover_tries: 5,
+            purge_batch: 5000,
+            copy_rows_per_sec: 100_000,
+        }
+    }
 }
 
 fn default_host() -> String {

@@ -14,12 +14,19 @@ pub enum Error {
     Provisioner(#[from] tenantry_provisioner::Error),
     #[error("registry: {0}")]
     Db(#[from] sea_orm::DbErr),
+    #[error("backend: {0}")]
+    Backend(#[from] sea_orm::sqlx::Error),
 }
 
 impl Error {
     /// Whether retrying cannot help (a cloud API rejected the request).
     pub fn is_permanent(&self) -> bool {
-        matches!(self, Error::Provisioner(tenantry_provisioner::Error::Rds(e)) if e.is_permanent())
+        match self {
+            Error::Provisioner(tenantry_provisioner::Error::Rds(e)) => e.is_permanent(),
+            // Checks that failed (a preflight, a mismatch) fail the same way again.
+            Error::Invalid { .. } | Error::Conflict { .. } => true,
+            _ => false,
+        }
     }
 
     pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
@@ -38,6 +45,10 @@ impl From<Error> for ApiError {
                 ApiError::new(StatusCode::BAD_GATEWAY, "provisioning_failed", p.to_string())
             }
             Error::Db(db) => ApiError::internal(&db),
+            Error::Backend(e) => {
+                tracing::warn!(error = %e, "backend unreachable");
+                ApiError::new(StatusCode::BAD_GATEWAY, "backend_unavailable", format!("a backend did not answer: {e}"))
+            }
         }
     }
 }

@@ -268,6 +268,91 @@ async fn cancel_operation(cp: Cp, admin: Admin, id: web::Path<Uuid>) -> Result<H
     Ok(HttpResponse::Accepted().json(cp.cancel_operation(&admin.actor, *id).await?))
 }
 
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Promote {
+    /// `logical` (default) or `rds`.
+    pub engine: Option<tenantry_core::Engine>,
+    /// Defaults to the engine's region.
+    pub region: Option<String>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MoveTo {
+    pub target_backend_id: Uuid,
+}
+
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Demote {
+    /// Defaults to the least-loaded ready shared pool of the tenant's region.
+    pub target_pool_id: Option<Uuid>,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PlanQuery {
+    /// A backend id or name, `dedicated`, `dedicated:rds` or `shared`.
+    pub target: String,
+}
+
+/// Promote a shared tenant to a dedicated database, online (202 with the
+/// `promote` operation).
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/promote", params(("tenant" = String, Path, description = "id or slug")),
+    request_body = Promote, responses((status = 202, body = OperationView), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn promote(
+    cp: Cp,
+    admin: Admin,
+    tenant: web::Path<String>,
+    body: Option<web::Json<Promote>>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.map(|b| b.into_inner()).unwrap_or_default();
+    Ok(HttpResponse::Accepted().json(cp.promote_tenant(&admin.actor, &tenant, body.engine, body.region).await?))
+}
+
+/// Move a tenant, online, to another ready backend (202 with the `move` operation).
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/move", params(("tenant" = String, Path, description = "id or slug")),
+    request_body = MoveTo, responses((status = 202, body = OperationView), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn move_tenant(
+    cp: Cp,
+    admin: Admin,
+    tenant: web::Path<String>,
+    body: web::Json<MoveTo>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Accepted().json(cp.move_tenant(&admin.actor, &tenant, body.target_backend_id).await?))
+}
+
+/// Demote a dedicated tenant to a shared pool, online; its dedicated backend
+/// is retired afterwards (202 with the `demote` operation).
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/demote", params(("tenant" = String, Path, description = "id or slug")),
+    request_body = Demote, responses((status = 202, body = OperationView), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn demote(
+    cp: Cp,
+    admin: Admin,
+    tenant: web::Path<String>,
+    body: Option<web::Json<Demote>>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.map(|b| b.into_inner()).unwrap_or_default();
+    Ok(HttpResponse::Accepted().json(cp.demote_tenant(&admin.actor, &tenant, body.target_pool_id).await?))
+}
+
+/// Dry run of a move: rows and bytes per table, schema versions, preflight
+/// checks, estimated copy time and the write-pause bound. Changes nothing.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/move-plan", params(("tenant" = String, Path, description = "id or slug"), PlanQuery),
+    responses((status = 200, body = crate::moves::MovePlan), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn move_plan(
+    cp: Cp,
+    _admin: Admin,
+    tenant: web::Path<String>,
+    q: web::Query<PlanQuery>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(cp.move_plan(&tenant, &q.target).await?))
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Tenantry admin API"),
@@ -279,7 +364,15 @@ async fn cancel_operation(cp: Cp, admin: Admin, id: web::Path<Uuid>) -> Result<H
         revoke_key,
         list_backends,
         list_migrations,
-        apply_migrations
+        apply_migrations,
+        list_operations,
+        get_operation,
+        cancel_operation,
+        retire_backend,
+        promote,
+        move_tenant,
+        demote,
+        move_plan
     ),
     components(schemas(ErrorBody))
 )]
@@ -298,6 +391,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/tenants", web::get().to(list_tenants))
             .route("/tenants/{tenant}", web::get().to(get_tenant))
             .route("/tenants/{tenant}/api-keys", web::post().to(create_key))
+            .route("/tenants/{tenant}/promote", web::post().to(promote))
+            .route("/tenants/{tenant}/move", web::post().to(move_tenant))
+            .route("/tenants/{tenant}/demote", web::post().to(demote))
+            .route("/tenants/{tenant}/move-plan", web::get().to(move_plan))
             .route("/tenants/{tenant}/api-keys/{key_id}", web::delete().to(revoke_key))
             .route("/backends", web::get().to(list_backends))
             .route("/backends/{id}/retire", web::post().to(retire_backend))

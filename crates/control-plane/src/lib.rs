@@ -6,6 +6,7 @@ pub mod error;
 pub mod fleet;
 pub mod http;
 pub mod migrate;
+pub mod moves;
 pub mod operations;
 pub mod service;
 

@@ -26,8 +26,14 @@ pub const REGISTRY: &[Migration] = &[
 ];
 
 /// The tenant-data schema's migrations, in order.
-pub const TENANT: &[Migration] =
-    &[Migration { version: 1, name: "assets", sql: include_str!("../../../migrations/tenant/0001_assets.sql") }];
+pub const TENANT: &[Migration] = &[
+    Migration { version: 1, name: "assets", sql: include_str!("../../../migrations/tenant/0001_assets.sql") },
+    Migration {
+        version: 2,
+        name: "move_sentinels",
+        sql: include_str!("../../../migrations/tenant/0002_move_sentinels.sql"),
+    },
+];
 
 /// The version a fully migrated database of this set reports.
 pub fn latest(set: &[Migration]) -> i32 {

@@ -34,7 +34,7 @@ use crate::service::audit;
 use crate::{ControlPlane, Error};
 
 /// Failed attempts of one operation before it is rolled back and failed.
-const MAX_ATTEMPTS: i32 = 5;
+pub(crate) const MAX_ATTEMPTS: i32 = 5;
 /// How often an idle worker looks for operations other processes queued.
 const POLL: Duration = Duration::from_millis(500);
 
@@ -45,10 +45,17 @@ pub const PROVISION_RDS_STEPS: &[&str] =
     &["create_instance", "wait_available", "bootstrap", "register_backend", "place"];
 
 fn steps_for(kind: OperationKind, params: &serde_json::Value) -> &'static [&'static str] {
+    steps_for_name(kind.as_str(), params)
+}
+
+pub(crate) fn steps_for_name(kind: &str, params: &serde_json::Value) -> &'static [&'static str] {
     match kind {
-        OperationKind::Retire => RETIRE_STEPS,
-        OperationKind::Provision if params["engine"] == "rds" => PROVISION_RDS_STEPS,
-        OperationKind::Provision => PROVISION_STEPS,
+        "retire" => RETIRE_STEPS,
+        "provision" if params["engine"] == "rds" => PROVISION_RDS_STEPS,
+        "provision" => PROVISION_STEPS,
+        "promote" if params["engine"] == "rds" => crate::moves::PROMOTE_RDS_STEPS,
+        "promote" => crate::moves::PROMOTE_STEPS,
+        _ => crate::moves::MOVE_STEPS,
     }
 }
 
@@ -56,13 +63,19 @@ fn steps_for(kind: OperationKind, params: &serde_json::Value) -> &'static [&'sta
 pub enum OperationKind {
     Provision,
     Retire,
+    Promote,
+    Move,
+    Demote,
 }
 
 impl OperationKind {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             OperationKind::Provision => "provision",
             OperationKind::Retire => "retire",
+            OperationKind::Promote => "promote",
+            OperationKind::Move => "move",
+            OperationKind::Demote => "demote",
         }
     }
 }
@@ -70,7 +83,7 @@ impl OperationKind {
 /// The steps of retiring a backend, in order.
 pub const RETIRE_STEPS: &[&str] = &["drain", "destroy", "mark_retired"];
 
-fn stmt(sql: &str, values: Vec<sea_orm::Value>) -> Statement {
+pub(crate) fn stmt(sql: &str, values: Vec<sea_orm::Value>) -> Statement {
     Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
 }
 
@@ -158,7 +171,7 @@ pub(crate) async fn finish(
 
 /// Test hook: `TENANTRY_FAILPOINTS=provision.after.create_database,...` makes
 /// the process abort right after that step is recorded, as a crash would.
-fn failpoint(name: &str) {
+pub(crate) fn failpoint(name: &str) {
     static POINTS: OnceLock<Vec<String>> = OnceLock::new();
     let points = POINTS.get_or_init(|| {
         std::env::var("TENANTRY_FAILPOINTS")
@@ -172,18 +185,18 @@ fn failpoint(name: &str) {
 }
 
 #[derive(FromQueryResult)]
-struct Claimed {
-    id: Uuid,
-    kind: String,
-    tenant_id: Option<Uuid>,
-    state: String,
-    step: String,
-    params: serde_json::Value,
-    attempts: i32,
+pub(crate) struct Claimed {
+    pub(crate) id: Uuid,
+    pub(crate) kind: String,
+    pub(crate) tenant_id: Option<Uuid>,
+    pub(crate) state: String,
+    pub(crate) step: String,
+    pub(crate) params: serde_json::Value,
+    pub(crate) attempts: i32,
 }
 
 /// What a worker learns when it records progress.
-enum Lease {
+pub(crate) enum Lease {
     Held,
     Cancelling,
     Lost,
@@ -230,11 +243,18 @@ impl ControlPlane {
             .execute_raw(stmt(
                 "UPDATE operations SET state = 'cancelling', updated_at = now(), \
                  lease_expires_at = CASE WHEN state = 'pending' THEN NULL ELSE lease_expires_at END \
-                 WHERE id = $1 AND state IN ('pending', 'running')",
+                 WHERE id = $1 AND state IN ('pending', 'running') \
+                 AND NOT coalesce((progress->>'cutover_done')::boolean, false)",
                 vec![id.into()],
             ))
             .await?;
         let op = self.operation(id).await?;
+        if res.rows_affected() == 0 && op.progress["cutover_done"] == true && op.state == "running" {
+            return Err(Error::Conflict {
+                code: "not_cancellable",
+                message: "the tenant already serves from the target; move it back with another move".into(),
+            });
+        }
         if res.rows_affected() == 0 && op.state != "cancelling" {
             return Err(Error::Conflict {
                 code: "not_cancellable",
@@ -263,6 +283,12 @@ impl ControlPlane {
     /// Runs operations until the task is dropped.
     pub async fn run_worker(self: Arc<Self>) {
         let owner = format!("worker-{}-{}", std::process::id(), new_id().simple());
+        static SWEPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !SWEPT.swap(true, std::sync::atomic::Ordering::SeqCst)
+            && let Err(e) = self.sweep_move_orphans().await
+        {
+            tracing::warn!(error = %e, "sweeping replication objects of interrupted moves failed");
+        }
         loop {
             let woken = self.worker_wakeup.notified();
             match self.claim(&owner).await {
@@ -296,7 +322,7 @@ impl ControlPlane {
 
     /// Records that `step` is next and renews the lease; tells whether this
     /// worker still holds the operation and whether it was cancelled.
-    async fn advance(&self, id: Uuid, owner: &str, step: &str, done: usize) -> Result<Lease, DbErr> {
+    pub(crate) async fn advance(&self, id: Uuid, owner: &str, step: &str, done: usize) -> Result<Lease, DbErr> {
         let row = self
             .registry()
             .query_one_raw(stmt(
@@ -320,8 +346,10 @@ impl ControlPlane {
     }
 
     async fn drive(&self, owner: &str, op: Claimed) {
-        if op.kind == "retire" {
-            return self.drive_retire(owner, op).await;
+        match op.kind.as_str() {
+            "retire" => return self.drive_retire(owner, op).await,
+            "promote" | "move" | "demote" => return self.drive_move(owner, op).await,
+            _ => {}
         }
         let Some(tenant_id) = op.tenant_id else {
             let _ = finish(self.registry(), op.id, owner, "failed", Some("the tenant no longer exists".into())).await;
@@ -355,7 +383,7 @@ impl ControlPlane {
         }
     }
 
-    async fn provision_step(
+    pub(crate) async fn provision_step(
         &self,
         owner: &str,
         op: Uuid,
@@ -481,22 +509,8 @@ impl ControlPlane {
         let instance = params["instance"].as_str().unwrap_or_default();
         let backend_name = if params["engine"] == "rds" { instance } else { database };
         let result: Result<(), Error> = async {
-            if params["engine"] == "rds" {
-                if let Some(rds) = &self.rds {
-                    rds.retire(instance).await.map_err(tenantry_provisioner::Error::from)?;
-                }
-                if let Some(o) = &self.config().rds_bootstrap_override {
-                    let admin = tenantry_provisioner::LogicalProvisioner::connect(
-                        &o.host,
-                        o.port,
-                        &o.admin_user,
-                        &o.admin_password,
-                    )
-                    .await?;
-                    admin.drop_database(database).await?;
-                }
-            } else if !database.is_empty() {
-                self.provisioner().drop_database(database).await?;
+            if !database.is_empty() {
+                self.destroy_storage(params["engine"].as_str().unwrap_or("logical"), backend_name, database).await?;
             }
             let txn = sea_orm::TransactionTrait::begin(self.registry()).await?;
             txn.execute_raw(stmt("DELETE FROM placements WHERE tenant_id = $1", vec![tenant_id.into()])).await?;
@@ -539,7 +553,30 @@ struct BootstrapTarget {
 }
 
 impl ControlPlane {
-    fn rds_engine(&self) -> Result<&tenantry_provisioner::RdsProvisioner, Error> {
+    /// Destroys a dedicated backend's storage: drops its logical database, or
+    /// deletes its RDS instance after a final snapshot (whose id is returned).
+    /// Safe to repeat.
+    pub(crate) async fn destroy_storage(
+        &self,
+        engine: &str,
+        name: &str,
+        database: &str,
+    ) -> Result<Option<String>, Error> {
+        if engine != "rds" {
+            self.provisioner().drop_database(database).await?;
+            return Ok(None);
+        }
+        let snapshot = self.rds_engine()?.retire(name).await.map_err(tenantry_provisioner::Error::from)?;
+        if let Some(o) = &self.config().rds_bootstrap_override {
+            let admin =
+                tenantry_provisioner::LogicalProvisioner::connect(&o.host, o.port, &o.admin_user, &o.admin_password)
+                    .await?;
+            admin.drop_database(database).await?;
+        }
+        Ok(Some(snapshot))
+    }
+
+    pub(crate) fn rds_engine(&self) -> Result<&tenantry_provisioner::RdsProvisioner, Error> {
         self.rds.as_ref().ok_or_else(|| Error::invalid("engine_unavailable", "the rds engine is not configured"))
     }
 
@@ -643,21 +680,19 @@ impl ControlPlane {
                             ))
                             .await?;
                     }
-                    "destroy" if op.params["engine"] == "rds" => {
-                        let name = op.params["name"].as_str().unwrap_or_default();
-                        let snapshot =
-                            self.rds_engine()?.retire(name).await.map_err(tenantry_provisioner::Error::from)?;
-                        self.registry()
-                            .execute_raw(stmt(
-                                "UPDATE operations SET params = params || jsonb_build_object('final_snapshot', $2::text) \
-                                 WHERE id = $1",
-                                vec![op.id.into(), snapshot.into()],
-                            ))
-                            .await?;
-                    }
                     "destroy" => {
+                        let engine = op.params["engine"].as_str().unwrap_or("logical");
+                        let name = op.params["name"].as_str().unwrap_or_default();
                         let database = op.params["database"].as_str().unwrap_or_default();
-                        self.provisioner().drop_database(database).await?;
+                        if let Some(snapshot) = self.destroy_storage(engine, name, database).await? {
+                            self.registry()
+                                .execute_raw(stmt(
+                                    "UPDATE operations SET params = params || jsonb_build_object('final_snapshot', $2::text) \
+                                     WHERE id = $1",
+                                    vec![op.id.into(), snapshot.into()],
+                                ))
+                                .await?;
+                        }
                     }
                     _ => {
                         let txn = sea_orm::TransactionTrait::begin(self.registry()).await?;

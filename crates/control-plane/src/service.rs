@@ -461,7 +461,7 @@ impl ControlPlane {
         Ok(())
     }
 
-    async fn pick_shared_pool(&self, region: &str) -> Result<BackendView, Error> {
+    pub(crate) async fn pick_shared_pool(&self, region: &str) -> Result<BackendView, Error> {
         BackendView::find_by_statement(stmt(
             &format!(
                 "{BACKEND_SELECT} WHERE b.kind = 'shared_pool' AND b.status = 'ready' AND b.region = $1 \
