@@ -18,6 +18,7 @@ pub struct TestApp {
     pub cp: Arc<ControlPlane>,
     pub resolver: tenantry_app::Resolver,
     pub pool_name: String,
+    pub settings: tenantry::Settings,
 }
 
 /// A fresh registry and shared pool on the test cluster, and both listeners
@@ -28,7 +29,13 @@ pub async fn spawn_app() -> TestApp {
 
 /// Like [`spawn_app`], with adjusted settings.
 pub async fn spawn_app_with(configure: impl FnOnce(&mut tenantry::Settings)) -> TestApp {
-    let spawned = tenantry::testkit::spawn_stack(|s, _| configure(s)).await.expect("spawn the stack");
+    let mut settings = None;
+    let spawned = tenantry::testkit::spawn_stack(|s, _| {
+        configure(s);
+        settings = Some(s.clone());
+    })
+    .await
+    .expect("spawn the stack");
     let stack = spawned.stack;
     let app = TestApp {
         app: format!("http://127.0.0.1:{}", stack.app_port()),
@@ -38,6 +45,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut tenantry::Settings)) -> 
         cp: stack.control_plane(),
         resolver: stack.resolver(),
         pool_name: spawned.pool_name,
+        settings: settings.expect("configured"),
     };
     tokio::spawn(stack.run_until_stopped());
     app
@@ -90,6 +98,18 @@ pub struct Created {
 }
 
 impl TestApp {
+    /// Another app process on the same registry (no operation workers); its
+    /// base URL. `configure` adjusts its settings.
+    pub async fn another_app(&self, configure: impl FnOnce(&mut tenantry::Settings)) -> String {
+        let mut s = self.settings.clone();
+        s.control_plane.operation_workers = 0;
+        configure(&mut s);
+        let stack = tenantry::Stack::build(&s).await.expect("a second stack");
+        let url = format!("http://127.0.0.1:{}", stack.app_port());
+        tokio::spawn(stack.run_until_stopped());
+        url
+    }
+
     pub async fn admin_call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
         let mut req = self.http.request(method, format!("{}{path}", self.admin)).bearer_auth(&self.token);
         if let Some(b) = body {

@@ -1474,6 +1474,9 @@ impl ControlPlane {
                 .password(c.admin_password.expose_secret())
                 .application_name("tenantry-sweep")
         };
+        // Only databases of this registry's backends: other registries may share
+        // the cluster, and their moves are theirs.
+        let known: Vec<String> = self.backends().await?.into_iter().map(|b| b.database).collect();
         let mut dropped = Vec::new();
         let mut home = PgConnection::connect_with(&options(&self.config().registry_database)).await?;
         let subs: Vec<(String, String)> = sqlx::query_as(
@@ -1482,7 +1485,7 @@ impl ControlPlane {
         )
         .fetch_all(&mut home)
         .await?;
-        for (sub, db) in subs.into_iter().filter(|(s, _)| !active.contains(s)) {
+        for (sub, db) in subs.into_iter().filter(|(s, d)| !active.contains(s) && known.contains(d)) {
             let mut conn = PgConnection::connect_with(&options(&db)).await?;
             drop_subscription(&mut conn, &sub).await?;
             conn.close().await?;
@@ -1496,7 +1499,8 @@ impl ControlPlane {
         )
         .fetch_all(&mut home)
         .await?;
-        for (slot, db) in slots.into_iter().filter(|(s, _)| !active.contains(s)) {
+        let ours = |db: &Option<String>| db.as_ref().is_some_and(|d| known.contains(d));
+        for (slot, db) in slots.into_iter().filter(|(s, d)| !active.contains(s) && ours(d)) {
             drop_slots(&mut home, &slot, None).await?;
             dropped.push(format!("slot {slot}"));
             if let (true, Some(db)) = (slot.starts_with(NAME_PREFIX), db) {
