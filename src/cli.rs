@@ -82,6 +82,44 @@ pub enum TenantCommand {
     },
     /// Show one tenant (id or slug) as JSON.
     Show { tenant: String },
+    /// Promote a shared tenant to a dedicated database, online; follows the
+    /// operation with a progress bar.
+    Promote {
+        tenant: String,
+        /// logical | rds
+        #[arg(long, default_value = "logical")]
+        engine: String,
+        #[arg(long)]
+        region: Option<String>,
+        /// Return once queued instead of following the operation.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Move a tenant, online, to another backend (id from `GET /v1/backends`).
+    Move {
+        tenant: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Demote a dedicated tenant to a shared pool, online; its dedicated
+    /// backend is retired afterwards.
+    Demote {
+        tenant: String,
+        /// A shared pool's backend id; default: the least loaded of its region.
+        #[arg(long)]
+        pool: Option<String>,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Dry run of a move: sizes, checks, estimated copy time. Changes nothing.
+    Plan {
+        tenant: String,
+        /// A backend id or name, `dedicated`, `dedicated:rds` or `shared`.
+        #[arg(long)]
+        target: String,
+    },
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -173,7 +211,76 @@ pub async fn tenants(args: &AdminArgs, command: TenantCommand) -> anyhow::Result
             print_json(&admin.call(reqwest::Method::GET, &format!("/v1/tenants/{tenant}"), None).await?);
             Ok(())
         }
+        TenantCommand::Promote { tenant, engine, region, no_wait } => {
+            let body = serde_json::json!({"engine": engine, "region": region});
+            start_move(&admin, &tenant, "promote", body, no_wait).await
+        }
+        TenantCommand::Move { tenant, to, no_wait } => {
+            start_move(&admin, &tenant, "move", serde_json::json!({"target_backend_id": to}), no_wait).await
+        }
+        TenantCommand::Demote { tenant, pool, no_wait } => {
+            start_move(&admin, &tenant, "demote", serde_json::json!({"target_pool_id": pool}), no_wait).await
+        }
+        TenantCommand::Plan { tenant, target } => {
+            let path = format!("/v1/tenants/{tenant}/move-plan?target={}", urlencode(&target));
+            let plan = admin.call(reqwest::Method::GET, &path, None).await?;
+            println!(
+                "{} {} -> {} ({})",
+                plan["kind"].as_str().unwrap_or(""),
+                plan["source"]["name"].as_str().unwrap_or(""),
+                plan["target"]["name"].as_str().unwrap_or(""),
+                plan["target"]["engine"].as_str().unwrap_or("")
+            );
+            for t in plan["tables"].as_array().into_iter().flatten() {
+                println!("  {:<28} {:>12} rows {:>14} bytes", t["table"].as_str().unwrap_or(""), t["rows"], t["bytes"]);
+            }
+            for c in plan["checks"].as_array().into_iter().flatten() {
+                let mark = if c["ok"] == true { "ok  " } else { "FAIL" };
+                println!("  [{mark}] {:<26} {}", c["name"].as_str().unwrap_or(""), c["detail"].as_str().unwrap_or(""));
+            }
+            println!(
+                "estimated copy {:.1} s; writes pause at most {} ms at the cutover; {}",
+                plan["estimated_copy_secs"].as_f64().unwrap_or(0.0),
+                plan["max_write_pause_ms"],
+                if plan["ready"] == true { "ready" } else { "NOT ready" }
+            );
+            Ok(())
+        }
     }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn start_move(
+    admin: &Admin,
+    tenant: &str,
+    kind: &str,
+    body: serde_json::Value,
+    no_wait: bool,
+) -> anyhow::Result<()> {
+    let op = admin.call(reqwest::Method::POST, &format!("/v1/tenants/{tenant}/{kind}"), Some(body)).await?;
+    let id = op["id"].as_str().unwrap_or_default().to_string();
+    println!("{kind}: operation {id}");
+    if no_wait {
+        return Ok(());
+    }
+    watch(admin, &id).await?;
+    let op = admin.call(reqwest::Method::GET, &format!("/v1/operations/{id}"), None).await?;
+    let p = &op["progress"];
+    println!(
+        "write pause {} ms, {} rows copied, verified by {}",
+        p["pause_ms"],
+        p["rows_copied"],
+        p["verified"].as_str().unwrap_or("-")
+    );
+    Ok(())
 }
 
 /// `tenantry operations ...`
@@ -190,11 +297,27 @@ pub async fn operations(args: &AdminArgs, command: OperationCommand) -> anyhow::
 
 async fn watch(admin: &Admin, id: &str) -> anyhow::Result<()> {
     let progress = bar(1, "starting");
+    progress.set_style(
+        ProgressStyle::with_template("{msg:>28} [{bar:40}] {pos}/{len} steps ({elapsed})")
+            .expect("constant template is valid")
+            .progress_chars("=> "),
+    );
     loop {
         let op = admin.call(reqwest::Method::GET, &format!("/v1/operations/{id}"), None).await?;
         progress.set_length(op["progress"]["steps"].as_u64().unwrap_or(1));
         progress.set_position(op["progress"]["step"].as_u64().unwrap_or(0));
-        progress.set_message(op["step"].as_str().unwrap_or("").to_string());
+        let p = &op["progress"];
+        let detail = match op["step"].as_str().unwrap_or("") {
+            "copy" => format!(
+                "copy {}/{} rows",
+                p["rows_copied"].as_i64().unwrap_or(0),
+                p["rows_total"].as_i64().unwrap_or(0)
+            ),
+            "catch_up" => format!("catch up, lag {} B", p["lag_bytes"].as_i64().unwrap_or(0)),
+            "release_source" if p["rows_purged"].is_i64() => format!("purge {} rows", p["rows_purged"]),
+            step => step.to_string(),
+        };
+        progress.set_message(detail);
         match op["state"].as_str().unwrap_or("") {
             "succeeded" => {
                 progress.finish_with_message("done");

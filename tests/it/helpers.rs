@@ -81,6 +81,31 @@ pub fn connect(database: &str, as_app: bool) -> DatabaseConnection {
     SqlxPostgresConnector::from_sqlx_postgres_pool(PgPoolOptions::new().max_connections(2).connect_lazy_with(opts))
 }
 
+/// Runs `tenantry serve` with `TENANTRY_FAILPOINTS=failpoint` until it exits
+/// (aborted by the failpoint) or 60 s pass (then killed).
+pub fn run_child(config: &std::path::Path, failpoint: &str) -> std::process::Output {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tenantry"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("TENANTRY_FAILPOINTS", failpoint)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start tenantry serve");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return child.wait_with_output().expect("child output");
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            return child.wait_with_output().expect("child output");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// A scalar from a query (the first column of the first row, as i64).
 pub async fn scalar(db: &DatabaseConnection, sql: &str) -> i64 {
     let row = db

@@ -483,26 +483,6 @@ async fn a_promotion_to_rds_provisions_through_the_api_and_moves_the_tenant() {
     assert_eq!(asset_count(&app, &a.key).await, 3);
 }
 
-fn run_child(config: &std::path::Path, failpoint: &str) -> std::process::Output {
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_tenantry"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("TENANTRY_FAILPOINTS", failpoint)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start tenantry serve");
-    let id = child.id();
-    let killer = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(60));
-        // SAFETY: a plain kill(2) of our own child, which may have exited.
-        unsafe { libc::kill(id as i32, libc::SIGKILL) };
-    });
-    drop(killer);
-    child.wait_with_output().expect("child output")
-}
-
 /// A real `tenantry serve` child runs the move and aborts right after the
 /// chosen step (or inside the cutover, fenced); a fresh worker in this process
 /// resumes once the lease lapses. Every time: the move completes, every row is
@@ -534,7 +514,7 @@ async fn a_move_killed_at_any_step_resumes_with_nothing_lost_or_duplicated() {
         let expected = rows_in(source_name, &a.id).await;
         let op = start(&app, &format!("/v1/tenants/{}/move", a.id), json!({"target_backend_id": target})).await;
         let (cfg, fp) = (config.clone(), point.clone());
-        let out = tokio::task::spawn_blocking(move || run_child(&cfg, &fp)).await.unwrap();
+        let out = tokio::task::spawn_blocking(move || crate::helpers::run_child(&cfg, &fp)).await.unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && stderr.contains(&format!("failpoint {point}")), "{stderr}");
 
@@ -549,4 +529,45 @@ async fn a_move_killed_at_any_step_resumes_with_nothing_lost_or_duplicated() {
         assert_eq!(status, StatusCode::OK, "crash at {point}: the tenant serves");
     }
     assert_eq!(asset_count(&app, &a.key).await, 5 + points.len());
+}
+
+#[tokio::test]
+async fn the_cli_plans_promotes_and_demotes_with_progress() {
+    let app = spawn_app().await;
+    let a = app.create_tenant("cli-mover", "shared").await;
+    seed_many(&app, &a.key, "L", 2).await;
+    let (admin, token) = (app.admin.clone(), app.token.clone());
+    let run = move |args: Vec<&'static str>| {
+        let (admin, token) = (admin.clone(), token.clone());
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_tenantry"))
+                .args(&args)
+                .env("TENANTRY_ADMIN_URL", &admin)
+                .env("TENANTRY_ADMIN_TOKEN", &token)
+                .output()
+                .expect("run the CLI")
+        })
+    };
+    let out = run(vec!["tenants", "plan", "cli-mover", "--target", "dedicated"]).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("promote") && stdout.contains("[ok  ] wal_level_logical") && stdout.contains("ready"),
+        "{stdout}"
+    );
+
+    let out = run(vec!["tenants", "promote", "cli-mover"]).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("succeeded") && stdout.contains("write pause"), "{stdout}");
+    assert_eq!(app.cp.tenant(&a.id).await.unwrap().tier, tenantry_core::Tier::Dedicated);
+
+    let out = run(vec!["tenants", "promote", "cli-mover"]).await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already_dedicated"));
+
+    let out = run(vec!["tenants", "demote", "cli-mover"]).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(app.cp.tenant(&a.id).await.unwrap().tier, tenantry_core::Tier::Shared);
+    assert_eq!(asset_count(&app, &a.key).await, 2);
 }

@@ -1,12 +1,10 @@
 //! Durable operations: progress, listing, cancel with rollback, and a crash
 //! after every step of a provision resuming to exactly one ready backend.
 
-use std::time::Duration;
-
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{connect, scalar, spawn_app, spawn_app_with};
+use crate::helpers::{connect, run_child, scalar, spawn_app, spawn_app_with};
 
 async fn create_dedicated(app: &crate::helpers::TestApp, slug: &str) -> (String, String) {
     let (s, created) = app
@@ -72,29 +70,6 @@ async fn cancelling_a_pending_provision_leaves_no_tenant_backend_or_database() {
         )
         .await;
     assert_eq!(s, StatusCode::CREATED);
-}
-
-fn run_child(config: &std::path::Path, failpoint: &str) -> std::process::Output {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tenantry"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("TENANTRY_FAILPOINTS", failpoint)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start tenantry serve");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(Some(_)) = child.try_wait() {
-            return child.wait_with_output().expect("child output");
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            return child.wait_with_output().expect("child output");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[tokio::test]
