@@ -116,7 +116,7 @@ async fn main() -> anyhow::Result<()> {
                 n += 1;
                 let (key, asset) = &targets[i];
                 let t0 = Instant::now();
-                let resp = if n % 5 == 0 {
+                let resp = if n.is_multiple_of(5) {
                     http.post(format!("{app}/v1/assets"))
                         .bearer_auth(key)
                         .json(&serde_json::json!({"name": "Load", "tag": format!("L-{w}-{n}")}))

@@ -25,10 +25,10 @@ fn free_port() -> u16 {
 fn sweep_stale(root: &std::path::Path) {
     for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
-        if let Some(pid) = name.strip_prefix("tenantry-test-").and_then(|p| p.parse::<u32>().ok()) {
-            if !PathBuf::from(format!("/proc/{pid}")).exists() {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
+        if let Some(pid) = name.strip_prefix("tenantry-test-").and_then(|p| p.parse::<u32>().ok())
+            && !PathBuf::from(format!("/proc/{pid}")).exists()
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
         }
     }
 }

@@ -62,6 +62,12 @@ impl Drop for ListenerTask {
     }
 }
 
+/// Longest a request waits for a fenced tenant (a move's cutover) before a
+/// retryable 503; above the control plane's default fence bound of 2 s.
+const FENCE_WAIT: Duration = Duration::from_millis(2500);
+/// How often a waiting request looks again.
+const FENCE_POLL: Duration = Duration::from_millis(20);
+
 impl Resolver {
     /// Connects to the registry and starts listening for invalidations.
     pub async fn start(cfg: AppConfig) -> Result<Self, sea_orm::DbErr> {
@@ -154,8 +160,7 @@ impl Resolver {
     /// first statement takes the tenant's shared fence lock, checks residency at
     /// the cached epoch and sets `app.tenant_id` for this transaction only.
     pub async fn enter(&self, tenant: &KeyOwner) -> Result<TenantTx, ApiError> {
-        let slot = self.slot().await?;
-        let tx = self
+        let (tx, slot) = self
             .on_backend(tenant, async |db, epoch| {
                 TenantTx::begin(db.get_postgres_connection_pool(), tenant.tenant_id, epoch).await
             })
@@ -228,28 +233,30 @@ impl Resolver {
         tenant: &KeyOwner,
         shape: impl Fn(Select<E>) -> Select<E>,
     ) -> Result<Vec<E::Model>, ApiError> {
-        let _slot = self.slot().await?;
-        self.on_backend(tenant, async |db, epoch| {
-            read_once(&db, tenant.tenant_id, epoch, shape(scoped::<E>(tenant.tenant_id))).await
-        })
-        .await
+        let (rows, _slot) = self
+            .on_backend(tenant, async |db, epoch| {
+                read_once(&db, tenant.tenant_id, epoch, shape(scoped::<E>(tenant.tenant_id))).await
+            })
+            .await?;
+        Ok(rows)
     }
 
-    /// Runs `work` against the tenant's backend at its cached epoch. If the
-    /// backend says the tenant is not resident there (it moved), the cached
-    /// route is dropped and `work` retried once against the fresh placement.
+    /// Runs `work` against the tenant's backend at its cached epoch, holding a
+    /// slot of the connection budget (returned with the result). If the backend
+    /// says the tenant is not resident there, the cached route is dropped and
+    /// `work` retried against the fresh placement; while the tenant stays fenced
+    /// (a move's cutover) the request waits, holding neither a connection nor a
+    /// budget slot, for at most [`FENCE_WAIT`], then gets a retryable 503.
     async fn on_backend<T>(
         &self,
         tenant: &KeyOwner,
         work: impl AsyncFn(DatabaseConnection, i64) -> Result<T, EnterError>,
-    ) -> Result<T, ApiError> {
-        // Three tries for a moved tenant (the last after a short wait: a cutover
-        // that crashed or is finishing), one re-resolve for a backend that failed
-        // (a dedicated database retired after its tenant moved away), plus room
-        // for pools evicted under us.
-        let mut moved = 0;
+    ) -> Result<(T, OwnedSemaphorePermit), ApiError> {
+        let deadline = tokio::time::Instant::now() + FENCE_WAIT;
+        let mut not_resident = false;
+        let mut evicted = 0;
         let mut failed: Option<(Uuid, String)> = None;
-        for _attempt in 0..6 {
+        loop {
             let route = self.route(tenant.tenant_id).await?;
             if let Some((backend, e)) = &failed
                 && *backend == route.backend.id
@@ -269,25 +276,32 @@ impl Resolver {
                     RETRY_AFTER_SECS,
                 ));
             }
+            let slot = self.slot().await?;
             let pool = self.pool(&route.backend);
             match work(pool, route.placement.epoch).await {
                 Ok(t) => {
                     tracing::Span::current().record("backend", tracing::field::display(route.backend.id));
-                    return Ok(t);
+                    return Ok((t, slot));
                 }
                 Err(EnterError::NotResident) => {
-                    tracing::info!(tenant_id = %tenant.tenant_id, epoch = route.placement.epoch, "stale placement; re-resolving");
+                    drop(slot);
                     self.inner.routes.invalidate(&tenant.tenant_id);
-                    moved += 1;
-                    match moved {
-                        1 => {}
-                        2 => tokio::time::sleep(Duration::from_millis(200)).await,
-                        _ => break,
+                    if tokio::time::Instant::now() >= deadline {
+                        break;
                     }
+                    // The first miss is a stale cache (re-resolve at once); misses after
+                    // it mean the tenant is fenced: wait for the flip.
+                    if not_resident {
+                        tokio::time::sleep(FENCE_POLL).await;
+                    } else {
+                        tracing::info!(tenant_id = %tenant.tenant_id, epoch = route.placement.epoch, "stale placement; re-resolving");
+                    }
+                    not_resident = true;
                 }
                 // Evicted (so removed from the cache) between lookup and use: the
                 // next lookup makes a new pool.
-                Err(EnterError::PoolClosed) => {}
+                Err(EnterError::PoolClosed) if evicted < 3 => evicted += 1,
+                Err(EnterError::PoolClosed) => break,
                 Err(EnterError::Backend(e)) => {
                     if failed.is_some() {
                         return Err(backend_down(&route, &e));

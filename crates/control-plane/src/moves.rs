@@ -10,12 +10,14 @@
 //!             update, delete; no truncate) then slot; target: subscription, create_slot = false
 //! copy        initial sync of every table (rows copied / total in the progress)
 //! catch_up    until the slot's lag is under `max_lag_bytes`
-//! cutover     session advisory lock on the source (new tenant transactions wait, in-flight
-//!             ones finish) -> residency `fenced` + sentinel row, committed together -> the
+//! cutover     one source transaction: exclusive advisory lock (waits for the tenant's in-flight
+//!             transactions, which hold it shared), residency `fenced`, sentinel row -> from its
+//!             commit every new tenant transaction on the source fails at its first statement
+//!             (TR001) and the app waits, without holding a connection, and re-resolves -> the
 //!             sentinel arrives on the target (apply is in commit order: every earlier write is
-//!             there) -> counts match -> target residency at epoch+1 -> placement flipped in
-//!             the registry (NOTIFY) -> unlock: the waiting transactions see `fenced`, re-resolve
-//!             and run on the target. Past `fence_timeout_ms` the fence is lifted and retried.
+//!             there) -> counts match -> target residency at epoch+1 -> placement flipped in the
+//!             registry (NOTIFY): the waiting requests run on the target. Past
+//!             `fence_timeout_ms` the fence is lifted and the cutover retried later.
 //! cleanup     subscription, slot (and table-sync slots), publication dropped
 //! verify      per-table checksums: source (fenced, still) against the target as of the flip
 //! release_source  purge the tenant's rows from a shared source in batches, or retire a
@@ -992,6 +994,14 @@ impl ControlPlane {
         src.close().await?;
         let mut dst = f.target.admin().await?;
         if !exists(&mut dst, "SELECT 1 FROM pg_subscription WHERE subname = $1", &f.name).await? {
+            // The initial copy starts with the subscription: time it from here.
+            self.registry()
+                .execute_raw(stmt(
+                    "UPDATE operations SET progress = progress || jsonb_build_object('copy_started_at', now()) \
+                     WHERE id = $1",
+                    vec![f.op.id.into()],
+                ))
+                .await?;
             let sql = format!(
                 "CREATE SUBSCRIPTION {n} CONNECTION {c} PUBLICATION {n} \
                  WITH (create_slot = false, slot_name = {s}, copy_data = true)",
@@ -1052,6 +1062,14 @@ impl ControlPlane {
                 last_count = Instant::now();
             }
             if done {
+                self.registry()
+                    .execute_raw(stmt(
+                        "UPDATE operations SET progress = progress || jsonb_build_object('copy_ms', \
+                         round(extract(epoch FROM now() - (progress->>'copy_started_at')::timestamptz) * 1000)) \
+                         WHERE id = $1 AND progress ? 'copy_started_at'",
+                        vec![f.op.id.into()],
+                    ))
+                    .await?;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1114,18 +1132,28 @@ impl ControlPlane {
             return Ok(Some(format!("replication lag {lag} bytes over the threshold")));
         }
         sqlx::raw_sql(AssertSqlSafe(format!("SET lock_timeout = '{}ms'", timeout.as_millis()))).execute(&mut s).await?;
-        let lock = sqlx::query("SELECT pg_advisory_lock(tenantry_lock_key($1))").bind(f.tenant).execute(&mut s).await;
-        match lock {
-            Err(e) if sqlstate(&e).as_deref() == Some(LOCK_NOT_AVAILABLE) => {
-                return Ok(Some("in-flight transactions did not finish within the fence timeout".into()));
-            }
-            other => other?,
-        };
-        let fenced_at = Instant::now();
-        let deadline = fenced_at + timeout;
+        // The fence: the exclusive lock waits for the tenant's in-flight
+        // transactions (they hold it shared) and, once committed with the
+        // residency `fenced`, every later transaction is turned away at its first
+        // statement (TR001): the app waits and re-resolves without holding a
+        // connection, so neighbours on this pool never queue behind the move.
         let sentinel = new_id();
+        let asked_at = Instant::now();
+        let mut fenced_at = asked_at;
         let fence = async {
             let mut tx = s.begin().await?;
+            // Flushed at commit even where synchronous_commit is off: walsenders
+            // only send flushed WAL, and the wal writer may wait 200 ms otherwise.
+            sqlx::query("SET LOCAL synchronous_commit = on").execute(&mut *tx).await?;
+            let lock = sqlx::query("SELECT pg_advisory_xact_lock(tenantry_lock_key($1))")
+                .bind(f.tenant)
+                .execute(&mut *tx)
+                .await;
+            match lock {
+                Err(e) if sqlstate(&e).as_deref() == Some(LOCK_NOT_AVAILABLE) => return Ok(None),
+                other => other?,
+            };
+            fenced_at = Instant::now();
             let n = sqlx::query(
                 "UPDATE tenant_residency SET state = 'fenced', updated_at = now() WHERE tenant_id = $1 AND epoch = $2",
             )
@@ -1140,12 +1168,14 @@ impl ControlPlane {
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
-            Ok::<u64, sqlx::Error>(n)
+            Ok::<Option<u64>, sqlx::Error>(Some(n))
         }
         .await;
+        let lock_ms = (fenced_at - asked_at).as_secs_f64() * 1000.0;
         match fence {
-            Ok(1) => {}
-            Ok(_) => {
+            Ok(Some(1)) => {}
+            Ok(None) => return Ok(Some("in-flight transactions did not finish within the fence timeout".into())),
+            Ok(Some(_)) => {
                 unfence(&mut s, f).await;
                 return Err(Stop::Failed(Error::Conflict {
                     code: "residency_mismatch",
@@ -1157,6 +1187,7 @@ impl ControlPlane {
                 return Err(e.into());
             }
         }
+        let deadline = fenced_at + timeout;
         failpoint("move.cutover.fenced");
         // Apply is in commit order: the sentinel on the target means every
         // earlier write of the tenant is there too.
@@ -1175,6 +1206,7 @@ impl ControlPlane {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         };
+        let sentinel_ms = fenced_at.elapsed().as_secs_f64() * 1000.0;
         if !arrived {
             unfence(&mut s, f).await;
             return Ok(Some(format!("replication did not deliver the fence within {} ms", timeout.as_millis())));
@@ -1195,6 +1227,7 @@ impl ControlPlane {
                 format!("row counts differ after replication: source {src_counts:?}, target {dst_counts:?}"),
             )));
         }
+        let counted_ms = fenced_at.elapsed().as_secs_f64() * 1000.0;
         if Instant::now() >= deadline {
             unfence(&mut s, f).await;
             return Ok(Some(format!("verifying counts took longer than {} ms", timeout.as_millis())));
@@ -1274,13 +1307,24 @@ impl ControlPlane {
                 return Err(e.into());
             }
         }
-        let _ = sqlx::query("SELECT pg_advisory_unlock(tenantry_lock_key($1))").bind(f.tenant).execute(&mut s).await;
         let pause_ms = fenced_at.elapsed().as_secs_f64() * 1000.0;
         let _ = s.close().await;
         let _ = t.close().await;
         run.snapshot = Some(v);
         tracing::info!(operation = %f.op.id, tenant_id = %f.tenant, pause_ms, "cutover done");
-        self.heartbeat(f.op.id, owner, json!({"pause_ms": (pause_ms * 10.0).round() / 10.0, "lag_bytes": 0})).await?;
+        let r = |ms: f64| (ms * 10.0).round() / 10.0;
+        self.heartbeat(
+            f.op.id,
+            owner,
+            json!({
+                "pause_ms": r(pause_ms),
+                "lag_bytes": 0,
+                // Where the pause went: waiting for in-flight transactions (before
+                // the pause), then until the sentinel arrived, counts matched, flip.
+                "cutover_phases_ms": {"lock_wait": r(lock_ms), "sentinel": r(sentinel_ms), "counts": r(counted_ms - sentinel_ms), "flip": r(pause_ms - counted_ms)},
+            }),
+        )
+        .await?;
         Ok(None)
     }
 
@@ -1585,7 +1629,7 @@ async fn slot_lag(admin: &mut PgConnection, name: &str) -> Result<i64, Error> {
     lag.ok_or_else(|| Error::Conflict { code: "slot_missing", message: format!("replication slot `{name}` is gone") })
 }
 
-/// Lifts a fence this session holds: the tenant serves from the source again.
+/// Lifts a fence: the tenant serves from the source again.
 async fn unfence(s: &mut PgConnection, f: &Facts) {
     let r = sqlx::query(
         "UPDATE tenant_residency SET state = 'active', updated_at = now() WHERE tenant_id = $1 AND epoch = $2",
@@ -1597,5 +1641,4 @@ async fn unfence(s: &mut PgConnection, f: &Facts) {
     if let Err(e) = r {
         tracing::error!(tenant_id = %f.tenant, error = %e, "lifting the fence failed; the rollback lifts it");
     }
-    let _ = sqlx::query("SELECT pg_advisory_unlock(tenantry_lock_key($1))").bind(f.tenant).execute(&mut *s).await;
 }

@@ -1,0 +1,296 @@
+//! Online moves under load. A tenant of N assets (plus N/10 maintenance
+//! schedules and N/10 issues) moves back and forth between two shared pools
+//! while a load generator writes to it through the app API at a fixed rate
+//! (open loop) and two neighbours on the same pool read and write. Per size:
+//! total move time, the initial copy's throughput against a raw
+//! `COPY (SELECT ... WHERE tenant_id = ...) TO STDOUT | COPY ... FROM STDIN`
+//! of the same rows in the same run, the write pause (fence to flip, measured
+//! by the control plane) p50/p99, the worst client-observed write latency,
+//! client errors, and rows lost (acknowledged writes missing afterwards).
+//!
+//! cargo bench --bench moves     (MOVE_SIZES=10000,100000,1000000  MOVES=5  WRITE_RATE=200)
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use sea_orm::sqlx::postgres::{PgConnectOptions, PgConnection};
+use sea_orm::sqlx::{self, AssertSqlSafe, Connection};
+use tenantry::dev::SUPERUSER;
+use tenantry_control_plane::service::NewTenant;
+use tenantry_core::{BackendKind, TenantSlug, Tier};
+use uuid::Uuid;
+
+fn env_list(name: &str, default: &str) -> Vec<u64> {
+    std::env::var(name).unwrap_or_else(|_| default.into()).split(',').filter_map(|v| v.trim().parse().ok()).collect()
+}
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn superuser(port: u16, password: &str, db: &str) -> anyhow::Result<PgConnection> {
+    let opts = PgConnectOptions::new()
+        .host("127.0.0.1")
+        .port(port)
+        .database(db)
+        .username(SUPERUSER)
+        .password(password)
+        .application_name("bench-moves");
+    Ok(PgConnection::connect_with(&opts).await?)
+}
+
+/// What one load stream saw.
+#[derive(Default)]
+struct Seen {
+    latencies_ms: Vec<f64>,
+    ok: u64,
+    errors: u64,
+}
+
+/// Open-loop load: `rate` requests per second, each in its own task, until
+/// `stop` is set. Writes create assets; `read_every` > 0 makes every
+/// `read_every`-th request a list instead.
+fn load(
+    client: reqwest::Client,
+    app: String,
+    key: String,
+    rate: u64,
+    read_every: u64,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Seen> {
+    tokio::spawn(async move {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut tasks = Vec::new();
+        let mut i = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            tick.tick().await;
+            i += 1;
+            let (client, app, key, seen) = (client.clone(), app.clone(), key.clone(), seen.clone());
+            let read = read_every > 0 && i.is_multiple_of(read_every);
+            tasks.push(tokio::spawn(async move {
+                let t0 = Instant::now();
+                let resp = if read {
+                    client.get(format!("{app}/v1/assets?limit=20")).bearer_auth(&key).send().await
+                } else {
+                    client
+                        .post(format!("{app}/v1/assets"))
+                        .bearer_auth(&key)
+                        .json(&serde_json::json!({"name": "load", "tag": Uuid::new_v4().simple().to_string()}))
+                        .send()
+                        .await
+                };
+                let ms = t0.elapsed().as_secs_f64() * 1000.0;
+                let good = matches!(&resp, Ok(r) if r.status().is_success());
+                let mut s = seen.lock().unwrap();
+                s.latencies_ms.push(ms);
+                if good {
+                    if !read {
+                        s.ok += 1;
+                    }
+                } else {
+                    s.errors += 1;
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        Arc::try_unwrap(seen).ok().expect("all load tasks finished").into_inner().unwrap()
+    })
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let sizes = env_list("MOVE_SIZES", "10000,100000,1000000");
+    let moves = env_or("MOVES", 5);
+    let rate = env_or("WRITE_RATE", 200);
+
+    let tc = tokio::task::spawn_blocking(tenantry::testkit::cluster).await?;
+    let pw = tc.secrets.superuser_password.clone();
+    let port = tc.cluster.port();
+    let spawned = tenantry::testkit::spawn_stack(|_, _| {}).await?;
+    let stack = spawned.stack;
+    let cp = stack.control_plane();
+    let mut keys = Vec::new();
+    let mut ids = Vec::new();
+    for slug in ["mover", "other-1", "other-2"] {
+        let t = cp
+            .create_tenant(
+                "bench",
+                NewTenant {
+                    engine: None,
+                    slug: TenantSlug::parse(slug)?,
+                    name: slug.into(),
+                    tier: Tier::Shared,
+                    region: None,
+                },
+            )
+            .await?
+            .tenant;
+        keys.push(cp.create_api_key("bench", t.id, "bench").await?.key);
+        ids.push(t.id);
+    }
+    let mover = ids[0];
+    let pool2 = cp.register_backend("bench", &tenantry::testkit::unique("pool"), BackendKind::SharedPool).await?;
+    let app = format!("http://127.0.0.1:{}", stack.app_port());
+    tokio::spawn(stack.run_until_stopped());
+    let client = reqwest::Client::builder().pool_max_idle_per_host(64).timeout(Duration::from_secs(30)).build()?;
+    let home = async || -> anyhow::Result<(Uuid, String)> {
+        let t = cp.tenant(&mover.to_string()).await?;
+        let b = cp.backend(t.placement.expect("placed").backend_id).await?;
+        Ok((b.id, b.database))
+    };
+
+    println!(
+        "| assets | rows moved | moves | total s (p50) | copy rows/s (p50) | raw COPY rows/s | copy/raw | pause p50 ms | pause p99 ms | worst write ms | write p99 ms | writes ok | client errors | neighbour errors | neighbour p99 ms | lost rows |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut pauses_all = Vec::new();
+    for &size in &sizes {
+        // The mover holds exactly `size` assets (+10% schedules, +10% issues).
+        let (_, db) = home().await?;
+        let mut c = superuser(port, &pw, &db).await?;
+        for t in ["asset_issues", "maintenance_schedules", "assets"] {
+            sqlx::query(AssertSqlSafe(format!("DELETE FROM {t} WHERE tenant_id = $1")))
+                .bind(mover)
+                .execute(&mut c)
+                .await?;
+        }
+        sqlx::query(
+            "INSERT INTO assets (tenant_id, id, name, tag, category, location, status, attributes) \
+             SELECT $1, gen_random_uuid(), 'Asset ' || g, 'S-' || g, 'cat-' || (g % 10), 'site ' || (g % 7), 'active', \
+                    jsonb_build_object('serial', g) FROM generate_series(1, $2::int) g",
+        )
+        .bind(mover)
+        .bind(size as i32)
+        .execute(&mut c)
+        .await?;
+        sqlx::query(
+            "INSERT INTO maintenance_schedules (tenant_id, id, asset_id, title, interval_days, next_due_at) \
+             SELECT tenant_id, gen_random_uuid(), id, 'Inspect', 30, now() FROM assets \
+             WHERE tenant_id = $1 ORDER BY id LIMIT $2",
+        )
+        .bind(mover)
+        .bind((size / 10) as i64)
+        .execute(&mut c)
+        .await?;
+        sqlx::query(
+            "INSERT INTO asset_issues (tenant_id, id, asset_id, title, status, priority) \
+             SELECT tenant_id, gen_random_uuid(), id, 'Noise', 'open', 'low' FROM assets \
+             WHERE tenant_id = $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(mover)
+        .bind((size / 10) as i64)
+        .execute(&mut c)
+        .await?;
+        sqlx::raw_sql("VACUUM ANALYZE assets, maintenance_schedules, asset_issues").execute(&mut c).await?;
+
+        // Raw COPY of the same rows into an empty copy of the schema.
+        let scratch = tenantry::testkit::unique("raw");
+        let admin =
+            tenantry_provisioner::LogicalProvisioner::connect("127.0.0.1", port, SUPERUSER, &pw.clone().into()).await?;
+        admin.create_database(&scratch, SUPERUSER, Some(&cp.config().template_database)).await?;
+        let mut dst = superuser(port, &pw, &scratch).await?;
+        let t0 = Instant::now();
+        let mut raw_rows = 0u64;
+        for t in ["assets", "maintenance_schedules", "asset_issues"] {
+            let mut out =
+                c.copy_out_raw(&format!("COPY (SELECT * FROM {t} WHERE tenant_id = '{mover}') TO STDOUT")).await?;
+            let mut sink = dst.copy_in_raw(&format!("COPY {t} FROM STDIN")).await?;
+            while let Some(chunk) = out.next().await {
+                sink.send(chunk?).await?;
+            }
+            drop(out);
+            raw_rows += sink.finish().await?;
+        }
+        let raw_secs = t0.elapsed().as_secs_f64();
+        dst.close().await?;
+        c.close().await?;
+        admin.drop_database(&scratch).await?;
+        let raw_rate = raw_rows as f64 / raw_secs;
+
+        // Load on, quiet baseline for the neighbours, then the moves.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let w = load(client.clone(), app.clone(), keys[0].clone(), rate, 0, stop.clone());
+        let n1 = load(client.clone(), app.clone(), keys[1].clone(), 50, 2, stop.clone());
+        let n2 = load(client.clone(), app.clone(), keys[2].clone(), 50, 2, stop.clone());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (mut totals, mut copy_rates, mut pauses) = (Vec::new(), Vec::new(), Vec::new());
+        let mut moved_rows = 0;
+        let pool1 = home().await?.0;
+        for m in 0..moves {
+            let target = if m % 2 == 0 { pool2.id } else { pool1 };
+            let t0 = Instant::now();
+            let op = cp.move_tenant("bench", &mover.to_string(), target).await?;
+            let done = cp.wait_operation(op.id, Duration::from_secs(3600)).await?;
+            anyhow::ensure!(done.state == "succeeded", "move {m} of {size}: {:?}", done.error);
+            totals.push(t0.elapsed().as_secs_f64());
+            let p = &done.progress;
+            let rows = p["rows_total"].as_f64().unwrap_or(0.0);
+            moved_rows = rows as i64;
+            copy_rates.push(rows / (p["copy_ms"].as_f64().unwrap_or(f64::NAN) / 1000.0));
+            pauses.push(p["pause_ms"].as_f64().unwrap_or(f64::NAN));
+            eprintln!(
+                "size {size} move {m}: {:.1} s, copy {} ms for {rows} rows, pause {} ms {}",
+                t0.elapsed().as_secs_f64(),
+                p["copy_ms"],
+                p["pause_ms"],
+                p["cutover_phases_ms"]
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (mut w, mut n1, n2) = (w.await?, n1.await?, n2.await?);
+        n1.latencies_ms.extend(n2.latencies_ms);
+        n1.errors += n2.errors;
+        w.latencies_ms.sort_by(f64::total_cmp);
+        n1.latencies_ms.sort_by(f64::total_cmp);
+        // Every acknowledged write is on the tenant's home now.
+        let (_, db) = home().await?;
+        let mut c = superuser(port, &pw, &db).await?;
+        let have: i64 = sqlx::query_scalar("SELECT count(*) FROM assets WHERE tenant_id = $1")
+            .bind(mover)
+            .fetch_one(&mut c)
+            .await?;
+        c.close().await?;
+        let lost = size as i64 + w.ok as i64 - have;
+        totals.sort_by(f64::total_cmp);
+        copy_rates.sort_by(f64::total_cmp);
+        pauses.sort_by(f64::total_cmp);
+        pauses_all.extend(pauses.iter().copied());
+        let copy_p50 = pct(&copy_rates, 0.5);
+        println!(
+            "| {size} | {moved_rows} | {moves} | {:.1} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {:.1} | {lost} |",
+            pct(&totals, 0.5),
+            copy_p50,
+            raw_rate,
+            copy_p50 / raw_rate,
+            pct(&pauses, 0.5),
+            pct(&pauses, 0.99),
+            w.latencies_ms.last().copied().unwrap_or(f64::NAN),
+            pct(&w.latencies_ms, 0.99),
+            w.ok,
+            w.errors,
+            n1.errors,
+            pct(&n1.latencies_ms, 0.99),
+        );
+    }
+    pauses_all.sort_by(f64::total_cmp);
+    println!(
+        "\nall moves: pause p50 {:.0} ms, p99 {:.0} ms over {} moves; write rate {rate}/s; neighbours 2 x 50 req/s (half reads)",
+        pct(&pauses_all, 0.5),
+        pct(&pauses_all, 0.99),
+        pauses_all.len()
+    );
+    Ok(())
+}
