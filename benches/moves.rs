@@ -156,6 +156,7 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut pauses_all = Vec::new();
+    let pools = [home().await?.0, pool2.id];
     for &size in &sizes {
         // The mover holds exactly `size` assets (+10% schedules, +10% issues).
         let (_, db) = home().await?;
@@ -227,9 +228,9 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let (mut totals, mut copy_rates, mut pauses) = (Vec::new(), Vec::new(), Vec::new());
         let mut moved_rows = 0;
-        let pool1 = home().await?.0;
         for m in 0..moves {
-            let target = if m % 2 == 0 { pool2.id } else { pool1 };
+            let here = home().await?.0;
+            let target = if here == pools[0] { pools[1] } else { pools[0] };
             let t0 = Instant::now();
             let op = cp.move_tenant("bench", &mover.to_string(), target).await?;
             let done = cp.wait_operation(op.id, Duration::from_secs(3600)).await?;

@@ -162,6 +162,8 @@ async fn a_tenant_moves_between_shared_pools_while_writing_and_loses_nothing() {
     let p = &done["progress"];
     assert_eq!(p["cutover_done"], true);
     assert_eq!(p["verified"], "checksums", "{p}");
+    assert_eq!(p["counts"]["assets"], p["checksums"]["assets"]["rows"], "{p}");
+    assert!(p["counts"]["assets"].as_i64().unwrap() >= 20, "{p}");
     assert!(p["pause_ms"].as_f64().expect("pause measured") < 2000.0, "{p}");
     assert!(p["rows_total"].as_i64().unwrap() >= 60, "{p}");
     assert!(p["rows_copied"].as_i64().unwrap() >= 60, "{p}");

@@ -15,11 +15,13 @@
 //!             commit every new tenant transaction on the source fails at its first statement
 //!             (TR001) and the app waits, without holding a connection, and re-resolves -> the
 //!             sentinel arrives on the target (apply is in commit order: every earlier write is
-//!             there) -> counts match -> target residency at epoch+1 -> placement flipped in the
-//!             registry (NOTIFY): the waiting requests run on the target. Past
-//!             `fence_timeout_ms` the fence is lifted and the cutover retried later.
+//!             there) -> target residency at epoch+1 -> placement flipped in the registry
+//!             (NOTIFY): the waiting requests run on the target. Nothing in the pause grows
+//!             with the tenant's size. Past `fence_timeout_ms` the fence is lifted and the
+//!             cutover retried later.
 //! cleanup     subscription, slot (and table-sync slots), publication dropped
-//! verify      per-table checksums: source (fenced, still) against the target as of the flip
+//! verify      per-table counts, checksums and foreign keys: the source (fenced, still) against
+//!             the target as of the flip (a snapshot taken inside the pause)
 //! release_source  purge the tenant's rows from a shared source in batches, or retire a
 //!             dedicated source (final snapshot on RDS)
 //! ```
@@ -261,6 +263,33 @@ async fn checksums(conn: &mut PgConnection, tenant: Uuid, tables: &[String]) -> 
         );
         let row = sqlx::query(AssertSqlSafe(sql)).bind(tenant).fetch_one(&mut *conn).await?;
         out.insert(t.clone(), json!({"rows": row.try_get::<i64, _>(0)?, "sum": row.try_get::<String, _>(1)?}));
+    }
+    Ok(out)
+}
+
+/// Child rows of the tenant whose parent row is missing, per foreign key.
+/// Table-sync workers copy each table at its own snapshot and do not check
+/// foreign keys, so the target is checked explicitly.
+async fn orphans(conn: &mut PgConnection, tenant: Uuid) -> Result<BTreeMap<String, i64>, Error> {
+    let fks: Vec<(String, String, String, Vec<String>, Vec<String>)> = sqlx::query_as(
+        "SELECT c.conname::text, c.conrelid::regclass::text, c.confrelid::regclass::text,             array(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY k(n, i)                   JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.i),             array(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY k(n, i)                   JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.i)          FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace          WHERE c.contype = 'f' AND n.nspname = 'public'",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out = BTreeMap::new();
+    for (name, child, parent, child_cols, parent_cols) in fks {
+        let join: Vec<String> = child_cols
+            .iter()
+            .zip(&parent_cols)
+            .map(|(c, p)| format!("p.{} = ch.{}", quote_ident(p), quote_ident(c)))
+            .collect();
+        // regclass::text is already a quoted, schema-qualified-when-needed name.
+        let sql = format!(
+            "SELECT count(*) FROM {child} ch WHERE ch.tenant_id = $1 AND NOT EXISTS (SELECT 1 FROM {parent} p WHERE {})",
+            join.join(" AND ")
+        );
+        let n: i64 = sqlx::query_scalar(AssertSqlSafe(sql)).bind(tenant).fetch_one(&mut *conn).await?;
+        out.insert(name, n);
     }
     Ok(out)
 }
@@ -1131,6 +1160,23 @@ impl ControlPlane {
         if lag > self.config().moves.max_lag_bytes {
             return Ok(Some(format!("replication lag {lag} bytes over the threshold")));
         }
+        // Healthy subscription: every table synced, no apply or sync error since it
+        // started. O(1) catalog reads, so the pause stays independent of size.
+        let (ready, errors): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid \
+                     WHERE s.subname = $1 AND r.srsubstate = 'r'), \
+                    (SELECT coalesce(sum(sync_error_count + apply_error_count), 0)::bigint \
+                     FROM pg_stat_subscription_stats WHERE subname = $1)",
+        )
+        .bind(&f.name)
+        .fetch_one(&mut t)
+        .await?;
+        if ready != f.tables.len() as i64 || errors > 0 {
+            return Ok(Some(format!(
+                "subscription not healthy: {ready} of {} tables ready, {errors} errors",
+                f.tables.len()
+            )));
+        }
         sqlx::raw_sql(AssertSqlSafe(format!("SET lock_timeout = '{}ms'", timeout.as_millis()))).execute(&mut s).await?;
         // The fence: the exclusive lock waits for the tenant's in-flight
         // transactions (they hold it shared) and, once committed with the
@@ -1211,26 +1257,9 @@ impl ControlPlane {
             unfence(&mut s, f).await;
             return Ok(Some(format!("replication did not deliver the fence within {} ms", timeout.as_millis())));
         }
-        let (src_counts, dst_counts) =
-            tokio::join!(counts(&mut s, f.tenant, &f.tables), counts(&mut t, f.tenant, &f.tables));
-        let (src_counts, dst_counts) = match (src_counts, dst_counts) {
-            (Ok(a), Ok(b)) => (a, b),
-            (Err(e), _) | (_, Err(e)) => {
-                unfence(&mut s, f).await;
-                return Err(e.into());
-            }
-        };
-        if src_counts != dst_counts {
-            unfence(&mut s, f).await;
-            return Err(Stop::Failed(Error::invalid(
-                "count_mismatch",
-                format!("row counts differ after replication: source {src_counts:?}, target {dst_counts:?}"),
-            )));
-        }
-        let counted_ms = fenced_at.elapsed().as_secs_f64() * 1000.0;
         if Instant::now() >= deadline {
             unfence(&mut s, f).await;
-            return Ok(Some(format!("verifying counts took longer than {} ms", timeout.as_millis())));
+            return Ok(Some(format!("the fence took longer than {} ms", timeout.as_millis())));
         }
         let new_epoch = f.epoch + 1;
         let prepared = async {
@@ -1256,9 +1285,9 @@ impl ControlPlane {
             let txn = self.registry().begin().await?;
             let held = txn
                 .execute_raw(stmt(
-                    "UPDATE operations SET progress = progress || jsonb_build_object('cutover_done', true, \
-                     'counts', $3::jsonb), updated_at = now() WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
-                    vec![f.op.id.into(), owner.into(), json!(src_counts).into()],
+                    "UPDATE operations SET progress = progress || jsonb_build_object('cutover_done', true), \
+                     updated_at = now() WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
+                    vec![f.op.id.into(), owner.into()],
                 ))
                 .await?
                 .rows_affected();
@@ -1321,13 +1350,17 @@ impl ControlPlane {
                 "lag_bytes": 0,
                 // Where the pause went: waiting for in-flight transactions (before
                 // the pause), then until the sentinel arrived, counts matched, flip.
-                "cutover_phases_ms": {"lock_wait": r(lock_ms), "sentinel": r(sentinel_ms), "counts": r(counted_ms - sentinel_ms), "flip": r(pause_ms - counted_ms)},
+                "cutover_phases_ms": {"lock_wait": r(lock_ms), "sentinel": r(sentinel_ms), "flip": r(pause_ms - sentinel_ms)},
             }),
         )
         .await?;
         Ok(None)
     }
 
+    /// Counts, checksums and foreign keys of the target as of the flip (the
+    /// snapshot taken inside the pause) against the fenced, unchanging source.
+    /// Kept out of the pause: they take time in proportion to the tenant, and
+    /// the sentinel already proved every write arrived before the flip.
     async fn verify_step(&self, owner: &str, f: &Facts, run: &mut MoveRun) -> Result<(), Stop> {
         let mut src = self.tenant_conn(&f.source, f.tenant).await?;
         // The sentinels were cleaned up on the target after the snapshot was taken.
@@ -1337,6 +1370,14 @@ impl ControlPlane {
         let (target, verified) = match run.snapshot.take() {
             Some(mut v) => {
                 let sums = checksums(&mut v, f.tenant, &tables).await?;
+                let orphaned: BTreeMap<String, i64> =
+                    orphans(&mut v, f.tenant).await?.into_iter().filter(|(_, n)| *n > 0).collect();
+                if !orphaned.is_empty() {
+                    return Err(Stop::Failed(Error::invalid(
+                        "orphaned_rows",
+                        format!("rows without their parent on the target: {orphaned:?}; the source copy is kept"),
+                    )));
+                }
                 let _ = sqlx::raw_sql("COMMIT").execute(&mut v).await;
                 let _ = v.close().await;
                 (sums, "checksums")
@@ -1359,6 +1400,19 @@ impl ControlPlane {
                 (sums, "checksums")
             }
         };
+        let rows = |m: &BTreeMap<String, Value>| -> BTreeMap<String, Value> {
+            m.iter().map(|(k, v)| (k.clone(), v["rows"].clone())).collect()
+        };
+        if rows(&source) != rows(&target) {
+            return Err(Stop::Failed(Error::invalid(
+                "count_mismatch",
+                format!(
+                    "row counts differ: source {:?}, target {:?}; the source copy is kept",
+                    rows(&source),
+                    rows(&target)
+                ),
+            )));
+        }
         if source != target {
             let bad: Vec<&String> = source.keys().filter(|k| source.get(*k) != target.get(*k)).collect();
             return Err(Stop::Failed(Error::invalid(
@@ -1366,7 +1420,8 @@ impl ControlPlane {
                 format!("checksums differ in {bad:?}; the source copy is kept for inspection"),
             )));
         }
-        self.heartbeat(f.op.id, owner, json!({"verified": verified, "checksums": source})).await
+        self.heartbeat(f.op.id, owner, json!({"verified": verified, "counts": rows(&source), "checksums": source}))
+            .await
     }
 
     async fn release_step(&self, owner: &str, f: &Facts) -> Result<(), Stop> {
