@@ -1,7 +1,8 @@
 //! Online moves under load. A tenant of N assets (plus N/10 maintenance
 //! schedules and N/10 issues) moves back and forth between two shared pools
 //! while a load generator writes to it through the app API at a fixed rate
-//! (open loop) and two neighbours on the same pool read and write. Per size:
+//! (open loop) and two neighbours on the same pool read and write (the raw
+//! COPY below runs under the same load). Per size:
 //! total move time, the initial copy's throughput against a raw
 //! `COPY (SELECT ... WHERE tenant_id = ...) TO STDOUT | COPY ... FROM STDIN`
 //! of the same rows in the same run, the write pause (fence to flip, measured
@@ -196,6 +197,12 @@ async fn main() -> anyhow::Result<()> {
         .await?;
         sqlx::raw_sql("VACUUM ANALYZE assets, maintenance_schedules, asset_issues").execute(&mut c).await?;
 
+        // Load on: the raw COPY and the moves both run under it.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let w = load(client.clone(), app.clone(), keys[0].clone(), rate, 0, stop.clone());
+        let n1 = load(client.clone(), app.clone(), keys[1].clone(), 50, 2, stop.clone());
+        let n2 = load(client.clone(), app.clone(), keys[2].clone(), 50, 2, stop.clone());
+        tokio::time::sleep(Duration::from_secs(1)).await;
         // Raw COPY of the same rows into an empty copy of the schema.
         let scratch = tenantry::testkit::unique("raw");
         let admin =
@@ -220,12 +227,6 @@ async fn main() -> anyhow::Result<()> {
         admin.drop_database(&scratch).await?;
         let raw_rate = raw_rows as f64 / raw_secs;
 
-        // Load on, quiet baseline for the neighbours, then the moves.
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let w = load(client.clone(), app.clone(), keys[0].clone(), rate, 0, stop.clone());
-        let n1 = load(client.clone(), app.clone(), keys[1].clone(), 50, 2, stop.clone());
-        let n2 = load(client.clone(), app.clone(), keys[2].clone(), 50, 2, stop.clone());
-        tokio::time::sleep(Duration::from_secs(2)).await;
         let (mut totals, mut copy_rates, mut pauses) = (Vec::new(), Vec::new(), Vec::new());
         let mut moved_rows = 0;
         for m in 0..moves {

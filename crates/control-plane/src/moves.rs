@@ -89,6 +89,8 @@ pub fn replication_name(op: Uuid) -> String {
 }
 
 const NAME_PREFIX: &str = "tenantry_mv_";
+/// A purge of at least this many rows is followed by a VACUUM of the tables.
+const VACUUM_AFTER_ROWS: i64 = 10_000;
 /// `lock_not_available`: a `lock_timeout` expired.
 const LOCK_NOT_AVAILABLE: &str = "55P03";
 
@@ -1439,7 +1441,13 @@ impl ControlPlane {
         } else {
             let mut s = self.tenant_conn(&f.source, f.tenant).await?;
             let batch = self.config().moves.purge_batch.max(1);
-            self.purge(&mut s, f.tenant, &f.tables, batch, Some((f.op.id, owner))).await?;
+            let purged = self.purge(&mut s, f.tenant, &f.tables, batch, Some((f.op.id, owner))).await?;
+            if purged >= VACUUM_AFTER_ROWS {
+                // Give the space back to the pool's other tenants (and to the next
+                // move in) now rather than whenever autovacuum comes by.
+                let list: Vec<String> = f.tables.iter().map(|t| format!("public.{}", quote_ident(t))).collect();
+                sqlx::raw_sql(AssertSqlSafe(format!("VACUUM (ANALYZE) {}", list.join(", ")))).execute(&mut s).await?;
+            }
             sqlx::query("DELETE FROM tenant_residency WHERE tenant_id = $1 AND epoch = $2")
                 .bind(f.tenant)
                 .bind(f.epoch)
