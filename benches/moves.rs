@@ -243,11 +243,12 @@ async fn main() -> anyhow::Result<()> {
             copy_rates.push(rows / (p["copy_ms"].as_f64().unwrap_or(f64::NAN) / 1000.0));
             pauses.push(p["pause_ms"].as_f64().unwrap_or(f64::NAN));
             eprintln!(
-                "size {size} move {m}: {:.1} s, copy {} ms for {rows} rows, pause {} ms {}",
+                "size {size} move {m}: {:.1} s, copy {} ms for {rows} rows, pause {} ms {} steps {}",
                 t0.elapsed().as_secs_f64(),
                 p["copy_ms"],
                 p["pause_ms"],
-                p["cutover_phases_ms"]
+                p["cutover_phases_ms"],
+                p["step_ms"]
             );
             tokio::time::sleep(Duration::from_secs(1)).await;
         }

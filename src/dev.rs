@@ -144,6 +144,7 @@ pub fn settings_for(
             default_region: "local".into(),
             workers: 1,
             moves: Default::default(),
+            erase_final_snapshot: false,
         },
         log: Default::default(),
     }

@@ -57,6 +57,11 @@ impl FromRequest for Tenant {
                         "the tenant is suspended",
                     ));
                 }
+                // From the moment an erasure starts the tenant is gone, as if it
+                // had never existed.
+                TenantStatus::Erasing | TenantStatus::Erased => {
+                    return Err(ApiError::not_found("tenant"));
+                }
                 _ => {
                     return Err(ApiError::unauthorized("missing, unknown or revoked API key"));
                 }

@@ -81,6 +81,10 @@ pub struct ControlPlaneConfig {
     /// HTTP worker threads. Default 2.
     #[serde(default = "default_workers")]
     pub workers: usize,
+    /// Keep a final snapshot when an erasure deletes an RDS instance. Default
+    /// false: an erasure leaves no copy behind.
+    #[serde(default)]
+    pub erase_final_snapshot: bool,
     /// Online moves (promote, move, demote).
     #[serde(default)]
     pub moves: MoveConfig,

@@ -353,6 +353,87 @@ async fn move_plan(
     Ok(HttpResponse::Ok().json(cp.move_plan(&tenant, &q.target).await?))
 }
 
+/// Erase a tenant (GDPR): 202 with the `erase` operation. Its requests get 404
+/// from now on; rows (shared) or its database (dedicated) are deleted; keys
+/// revoked; the registry keeps a tombstone and the audit trail. Asking again
+/// resumes a failed erasure.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}", params(("tenant" = String, Path, description = "id or slug")),
+    responses((status = 202, body = OperationView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn erase_tenant(cp: Cp, admin: Admin, tenant: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Accepted().json(cp.erase_tenant(&admin.actor, &tenant).await?))
+}
+
+/// Export every row the tenant owns as NDJSON, consistent as of one snapshot,
+/// streamed (see `export.rs` for the line format).
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/export", params(("tenant" = String, Path, description = "id or slug")),
+    responses((status = 200, content_type = "application/x-ndjson", body = String), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
+async fn export_tenant(cp: Cp, admin: Admin, tenant: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let (t, body) = cp.export_tenant(&tenant).await?;
+    crate::service::audit(cp.registry(), &admin.actor, "tenant.export", Some(t.id), serde_json::json!({}))
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    let stream = futures::stream::unfold(body, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    Ok(HttpResponse::Ok()
+        .content_type("application/x-ndjson")
+        .insert_header(("Content-Disposition", format!("attachment; filename=\"{}-export.ndjson\"", t.slug)))
+        .streaming(stream))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AuditParams {
+    /// Tenant id or slug.
+    pub tenant: Option<String>,
+    /// `admin-token`, `operation`, ...
+    pub actor: Option<String>,
+    /// An action (`tenant.create`) or a prefix of one (`operation`).
+    pub action: Option<String>,
+    /// RFC 3339 time: entries at or after it.
+    pub since: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<i64>,
+    /// 1-1000 (default 100).
+    pub limit: Option<u64>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AuditPage {
+    pub entries: Vec<crate::service::AuditEntry>,
+    pub next_cursor: Option<i64>,
+}
+
+/// The audit log, newest first: every admin action and operation transition.
+#[utoipa::path(get, path = "/v1/audit", params(AuditParams),
+    responses((status = 200, body = AuditPage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn audit_log(cp: Cp, _admin: Admin, q: web::Query<AuditParams>) -> Result<HttpResponse, ApiError> {
+    let q = q.into_inner();
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=crate::service::MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_limit", "limit must be between 1 and 1000"));
+    }
+    let since = match q.since.as_deref() {
+        None => None,
+        Some(s) => Some(
+            chrono::DateTime::parse_from_rfc3339(s)
+                .map_err(|_| ApiError::bad_request("invalid_since", format!("`{s}` is not an RFC 3339 time")))?
+                .with_timezone(&chrono::Utc),
+        ),
+    };
+    let tenant = match q.tenant.as_deref() {
+        None => None,
+        Some(t) => match Uuid::parse_str(t) {
+            // An erased tenant's id still selects its trail.
+            Ok(id) => Some(id),
+            Err(_) => Some(cp.tenant(t).await?.id),
+        },
+    };
+    let query = crate::service::AuditQuery { tenant, actor: q.actor, action: q.action, since, before: q.cursor, limit };
+    let entries = cp.audit_log(&query).await?;
+    let next_cursor = (entries.len() as u64 == limit).then(|| entries.last().map(|e| e.id)).flatten();
+    Ok(HttpResponse::Ok().json(AuditPage { entries, next_cursor }))
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Tenantry admin API"),
@@ -372,7 +453,10 @@ async fn move_plan(
         promote,
         move_tenant,
         demote,
-        move_plan
+        move_plan,
+        audit_log,
+        erase_tenant,
+        export_tenant
     ),
     components(schemas(ErrorBody))
 )]
@@ -390,6 +474,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/tenants", web::post().to(create_tenant))
             .route("/tenants", web::get().to(list_tenants))
             .route("/tenants/{tenant}", web::get().to(get_tenant))
+            .route("/tenants/{tenant}", web::delete().to(erase_tenant))
+            .route("/tenants/{tenant}/export", web::get().to(export_tenant))
             .route("/tenants/{tenant}/api-keys", web::post().to(create_key))
             .route("/tenants/{tenant}/promote", web::post().to(promote))
             .route("/tenants/{tenant}/move", web::post().to(move_tenant))
@@ -400,6 +486,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/backends/{id}/retire", web::post().to(retire_backend))
             .route("/migrations", web::get().to(list_migrations))
             .route("/migrations/apply", web::post().to(apply_migrations))
+            .route("/audit", web::get().to(audit_log))
             .route("/operations", web::get().to(list_operations))
             .route("/operations/{id}", web::get().to(get_operation))
             .route("/operations/{id}/cancel", web::post().to(cancel_operation)),

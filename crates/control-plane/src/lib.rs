@@ -2,7 +2,9 @@
 //! runs migrations on every backend, and serves the admin API.
 
 pub mod config;
+pub mod erase;
 pub mod error;
+pub mod export;
 pub mod fleet;
 pub mod http;
 pub mod migrate;

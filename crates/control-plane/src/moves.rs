@@ -155,8 +155,8 @@ pub struct MovePlan {
 }
 
 /// One end of a move and how to reach it.
-struct Side {
-    backend: BackendView,
+pub(crate) struct Side {
+    pub(crate) backend: BackendView,
     admin: Credentials,
 }
 
@@ -190,7 +190,7 @@ impl Side {
 }
 
 /// What a step loop stops with.
-enum Stop {
+pub(crate) enum Stop {
     Cancelled,
     Lost,
     Failed(Error),
@@ -239,7 +239,7 @@ fn sqlstate(e: &sqlx::Error) -> Option<String> {
     }
 }
 
-async fn tenant_tables(conn: &mut PgConnection) -> Result<Vec<String>, Error> {
+pub(crate) async fn tenant_tables(conn: &mut PgConnection) -> Result<Vec<String>, Error> {
     Ok(sqlx::query_scalar::<_, String>(TENANT_TABLES_SQL).fetch_all(conn).await?)
 }
 
@@ -366,7 +366,7 @@ impl ControlPlane {
     /// Deletes the tenant's rows from every table of a tenant session, in
     /// batches; with `progress`, the operation's lease is renewed and its
     /// `rows_purged` updated after each batch.
-    async fn purge(
+    pub(crate) async fn purge(
         &self,
         conn: &mut PgConnection,
         tenant: Uuid,
@@ -396,7 +396,7 @@ impl ControlPlane {
 
     /// How to reach a backend for a move. External backends have no
     /// administrator credentials here and cannot be moved from or to.
-    async fn side(&self, backend_id: Uuid) -> Result<Side, Error> {
+    pub(crate) async fn side(&self, backend_id: Uuid) -> Result<Side, Error> {
         let backend = self.backend(backend_id).await?;
         let cfg = self.config();
         let admin = match backend.engine.as_str() {
@@ -425,7 +425,7 @@ impl ControlPlane {
 
     /// A session as the owner role scoped to one tenant (RLS lets it see that
     /// tenant's rows only), with formatting pinned for checksums.
-    async fn tenant_conn(&self, side: &Side, tenant: Uuid) -> Result<PgConnection, Error> {
+    pub(crate) async fn tenant_conn(&self, side: &Side, tenant: Uuid) -> Result<PgConnection, Error> {
         let mut c = PgConnection::connect_with(&side.options(&self.config().owner)).await?;
         sqlx::raw_sql(
             "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres'; \
@@ -834,7 +834,7 @@ impl ControlPlane {
 
     /// Renews the lease and merges `patch` into the progress; tells whether the
     /// operation was cancelled or taken over.
-    async fn heartbeat(&self, op: Uuid, owner: &str, patch: Value) -> Result<(), Stop> {
+    pub(crate) async fn heartbeat(&self, op: Uuid, owner: &str, patch: Value) -> Result<(), Stop> {
         let row = self
             .registry()
             .query_one_raw(stmt(
@@ -851,7 +851,7 @@ impl ControlPlane {
         }
     }
 
-    async fn set_params(&self, op: Uuid, patch: Value) -> Result<(), Error> {
+    pub(crate) async fn set_params(&self, op: Uuid, patch: Value) -> Result<(), Error> {
         self.registry()
             .execute_raw(stmt(
                 "UPDATE operations SET params = params || $2::jsonb WHERE id = $1",
@@ -883,6 +883,7 @@ impl ControlPlane {
                     return;
                 }
             }
+            let started = Instant::now();
             let result = match *step {
                 "create_database" | "create_instance" | "wait_available" | "bootstrap" | "register_backend" => self
                     .provision_step(
@@ -897,6 +898,19 @@ impl ControlPlane {
                     .map_err(Stop::Failed),
                 _ => self.move_step(owner, op.id, step, &mut run).await,
             };
+            if result.is_ok() && *step != "release_source" {
+                // Where the time goes, per step, for operators (and the benchmark).
+                let ms = started.elapsed().as_millis() as i64;
+                let _ = self
+                    .registry()
+                    .execute_raw(stmt(
+                        "UPDATE operations SET progress = jsonb_set(progress, '{step_ms}', \
+                         coalesce(progress->'step_ms', '{}'::jsonb) || jsonb_build_object($2::text, $3::bigint)) \
+                         WHERE id = $1",
+                        vec![op.id.into(), (*step).into(), ms.into()],
+                    ))
+                    .await;
+            }
             match result {
                 Ok(()) => {}
                 Err(Stop::Lost) => return,
@@ -1430,7 +1444,7 @@ impl ControlPlane {
         let source = &f.source.backend;
         if source.kind == "dedicated" {
             let database = source.database.clone();
-            let snapshot = self.destroy_storage(&source.engine, &source.name, &database).await?;
+            let snapshot = self.destroy_storage(&source.engine, &source.name, &database, true).await?;
             self.set_params(f.op.id, json!({"retired_source": source.id, "final_snapshot": snapshot})).await?;
             self.registry()
                 .execute_raw(stmt(
@@ -1532,7 +1546,7 @@ impl ControlPlane {
                 let instance = view.params["instance"].as_str().unwrap_or_default().to_string();
                 let name = if engine == "rds" { &instance } else { &database };
                 if !database.is_empty() {
-                    self.destroy_storage(&engine, name, &database).await?;
+                    self.destroy_storage(&engine, name, &database, true).await?;
                 }
                 self.registry()
                     .execute_raw(stmt(

@@ -55,6 +55,7 @@ pub(crate) fn steps_for_name(kind: &str, params: &serde_json::Value) -> &'static
         "provision" => PROVISION_STEPS,
         "promote" if params["engine"] == "rds" => crate::moves::PROMOTE_RDS_STEPS,
         "promote" => crate::moves::PROMOTE_STEPS,
+        "erase" => crate::erase::ERASE_STEPS,
         _ => crate::moves::MOVE_STEPS,
     }
 }
@@ -66,6 +67,7 @@ pub enum OperationKind {
     Promote,
     Move,
     Demote,
+    Erase,
 }
 
 impl OperationKind {
@@ -76,6 +78,7 @@ impl OperationKind {
             OperationKind::Promote => "promote",
             OperationKind::Move => "move",
             OperationKind::Demote => "demote",
+            OperationKind::Erase => "erase",
         }
     }
 }
@@ -158,12 +161,24 @@ pub(crate) async fn finish(
     state: &str,
     error: Option<String>,
 ) -> Result<(), DbErr> {
+    let ended = txn
+        .execute_raw(stmt(
+            "UPDATE operations SET state = $3, step = 'done', error = coalesce($4, error), finished_at = now(), \
+             updated_at = now(), lease_owner = NULL, lease_expires_at = NULL, \
+             progress = jsonb_set(progress, '{step}', progress->'steps') \
+             WHERE id = $1 AND lease_owner = $2",
+            vec![id.into(), owner.into(), state.into(), error.clone().into()],
+        ))
+        .await?;
+    if ended.rows_affected() == 0 {
+        return Ok(());
+    }
+    // Every operation's end is in the audit trail with its tenant.
     txn.execute_raw(stmt(
-        "UPDATE operations SET state = $3, step = 'done', error = coalesce($4, error), finished_at = now(), \
-         updated_at = now(), lease_owner = NULL, lease_expires_at = NULL, \
-         progress = jsonb_set(progress, '{step}', progress->'steps') \
-         WHERE id = $1 AND lease_owner = $2",
-        vec![id.into(), owner.into(), state.into(), error.into()],
+        "INSERT INTO audit_log (actor, action, tenant_id, details) \
+         SELECT 'operation', 'operation.' || $2, tenant_id, jsonb_build_object('operation_id', id, 'kind', kind, 'error', $3::text) \
+         FROM operations WHERE id = $1",
+        vec![id.into(), state.into(), error.into()],
     ))
     .await?;
     Ok(())
@@ -238,6 +253,12 @@ impl ControlPlane {
     /// Asks for a rollback; the worker holding it (or the next to claim it)
     /// undoes what was created. Refused once the operation has finished.
     pub async fn cancel_operation(&self, actor: &str, id: Uuid) -> Result<OperationView, Error> {
+        if self.operation(id).await?.kind == "erase" {
+            return Err(Error::Conflict {
+                code: "not_cancellable",
+                message: "an erasure only goes forward; it cannot be cancelled".into(),
+            });
+        }
         let res = self
             .registry()
             .execute_raw(stmt(
@@ -349,6 +370,7 @@ impl ControlPlane {
         match op.kind.as_str() {
             "retire" => return self.drive_retire(owner, op).await,
             "promote" | "move" | "demote" => return self.drive_move(owner, op).await,
+            "erase" => return self.drive_erase(owner, op).await,
             _ => {}
         }
         let Some(tenant_id) = op.tenant_id else {
@@ -510,7 +532,8 @@ impl ControlPlane {
         let backend_name = if params["engine"] == "rds" { instance } else { database };
         let result: Result<(), Error> = async {
             if !database.is_empty() {
-                self.destroy_storage(params["engine"].as_str().unwrap_or("logical"), backend_name, database).await?;
+                self.destroy_storage(params["engine"].as_str().unwrap_or("logical"), backend_name, database, true)
+                    .await?;
             }
             let txn = sea_orm::TransactionTrait::begin(self.registry()).await?;
             txn.execute_raw(stmt("DELETE FROM placements WHERE tenant_id = $1", vec![tenant_id.into()])).await?;
@@ -561,19 +584,21 @@ impl ControlPlane {
         engine: &str,
         name: &str,
         database: &str,
+        final_snapshot: bool,
     ) -> Result<Option<String>, Error> {
         if engine != "rds" {
             self.provisioner().drop_database(database).await?;
             return Ok(None);
         }
-        let snapshot = self.rds_engine()?.retire(name).await.map_err(tenantry_provisioner::Error::from)?;
+        let snapshot =
+            self.rds_engine()?.retire_with(name, final_snapshot).await.map_err(tenantry_provisioner::Error::from)?;
         if let Some(o) = &self.config().rds_bootstrap_override {
             let admin =
                 tenantry_provisioner::LogicalProvisioner::connect(&o.host, o.port, &o.admin_user, &o.admin_password)
                     .await?;
             admin.drop_database(database).await?;
         }
-        Ok(Some(snapshot))
+        Ok(snapshot)
     }
 
     pub(crate) fn rds_engine(&self) -> Result<&tenantry_provisioner::RdsProvisioner, Error> {
@@ -684,7 +709,7 @@ impl ControlPlane {
                         let engine = op.params["engine"].as_str().unwrap_or("logical");
                         let name = op.params["name"].as_str().unwrap_or_default();
                         let database = op.params["database"].as_str().unwrap_or_default();
-                        if let Some(snapshot) = self.destroy_storage(engine, name, database).await? {
+                        if let Some(snapshot) = self.destroy_storage(engine, name, database, true).await? {
                             self.registry()
                                 .execute_raw(stmt(
                                     "UPDATE operations SET params = params || jsonb_build_object('final_snapshot', $2::text) \

@@ -559,6 +559,53 @@ pub fn dedicated_db_name(tenant_id: Uuid) -> String {
     format!("tenant_{}", tenant_id.simple())
 }
 
+/// One audit-log entry.
+#[derive(Debug, Clone, Serialize, FromQueryResult, utoipa::ToSchema)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub action: String,
+    pub tenant_id: Option<Uuid>,
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
+}
+
+/// What to select from the audit log.
+#[derive(Debug, Default)]
+pub struct AuditQuery {
+    pub tenant: Option<Uuid>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    /// Entries older than this id (the previous page's `next_cursor`).
+    pub before: Option<i64>,
+    pub limit: u64,
+}
+
+impl ControlPlane {
+    /// Audit entries, newest first.
+    pub async fn audit_log(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, Error> {
+        Ok(AuditEntry::find_by_statement(stmt(
+            "SELECT id, at, actor, action, tenant_id, details FROM audit_log \
+             WHERE ($1::uuid IS NULL OR tenant_id = $1) AND ($2::text IS NULL OR actor = $2) \
+               AND ($3::text IS NULL OR action = $3 OR action LIKE $3 || '.%') \
+               AND ($4::timestamptz IS NULL OR at >= $4) AND ($5::bigint IS NULL OR id < $5) \
+             ORDER BY id DESC LIMIT $6",
+            vec![
+                q.tenant.into(),
+                q.actor.clone().into(),
+                q.action.clone().into(),
+                q.since.into(),
+                q.before.into(),
+                (q.limit.clamp(1, MAX_PAGE) as i64).into(),
+            ],
+        ))
+        .all(&self.registry)
+        .await?)
+    }
+}
+
 /// Appends to the audit log inside the caller's transaction.
 pub async fn audit(
     db: &impl ConnectionTrait,

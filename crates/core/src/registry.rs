@@ -75,7 +75,7 @@ impl RegistryReader {
             DbBackend::Postgres,
             "SELECT t.id AS tenant_id, t.slug, t.tier, t.status \
              FROM api_keys k JOIN tenants t ON t.id = k.tenant_id \
-             WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+             WHERE k.key_hash = $1 AND (k.revoked_at IS NULL OR t.status IN ('erasing', 'erased'))",
             [key_hash.to_vec().into()],
         ))
         .one(&self.db)

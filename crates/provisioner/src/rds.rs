@@ -286,7 +286,13 @@ impl RdsProvisioner {
     /// Retires an instance: deletion protection off, delete with a final
     /// snapshot of a deterministic name, wait until it is gone. Safe to repeat.
     pub async fn retire(&self, id: &str) -> Result<String, RdsError> {
-        let snapshot = final_snapshot_id(id);
+        self.retire_with(id, true).await.map(|s| s.unwrap_or_default())
+    }
+
+    /// Like [`Self::retire`]; without `final_snapshot` nothing of the instance
+    /// is kept (an erasure). Returns the snapshot's id when one was taken.
+    pub async fn retire_with(&self, id: &str, final_snapshot: bool) -> Result<Option<String>, RdsError> {
+        let snapshot = final_snapshot.then(|| final_snapshot_id(id));
         let Some(instance) = self.describe(id).await? else { return Ok(snapshot) };
         if instance.deletion_protection {
             self.client
@@ -303,8 +309,8 @@ impl RdsProvisioner {
                 .client
                 .delete_db_instance()
                 .db_instance_identifier(id)
-                .skip_final_snapshot(false)
-                .final_db_snapshot_identifier(&snapshot)
+                .skip_final_snapshot(snapshot.is_none())
+                .set_final_db_snapshot_identifier(snapshot.clone())
                 .send()
                 .await
             {
