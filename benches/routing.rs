@@ -123,6 +123,13 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let key = cp.create_api_key("bench", tenant.id, "bench").await?.key;
+    // Measure the request path, not the tier's default rate limit.
+    cp.update_settings(
+        "bench",
+        "bench",
+        &serde_json::json!({"limits": {"requests_per_second": 10_000_000, "burst": 10_000_000, "max_concurrent_requests": 100_000}}),
+    )
+    .await?;
     let resolver = stack.resolver();
     let owner = resolver.authenticate(&key).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let tx = resolver.enter(&owner).await.map_err(|e| anyhow::anyhow!("{e}"))?;

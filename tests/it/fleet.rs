@@ -194,3 +194,110 @@ async fn erasing_a_dedicated_tenant_drops_its_database() {
     assert_eq!(b["status"], "retired");
     assert_eq!(app.get(&d.key, "/v1/assets").await.0, StatusCode::NOT_FOUND);
 }
+
+async fn patch_settings(app: &crate::helpers::TestApp, tenant: &str, body: Value) -> (StatusCode, Value) {
+    app.admin_call(Method::PATCH, &format!("/v1/tenants/{tenant}/settings"), Some(body)).await
+}
+
+#[tokio::test]
+async fn a_tenant_over_its_rate_limit_gets_429_and_a_change_applies_without_restart() {
+    let app = spawn_app().await;
+    let a = app.create_tenant("hasty", "shared").await;
+    let b = app.create_tenant("patient", "shared").await;
+    let (s, view) = patch_settings(&app, &a.id, json!({"limits": {"requests_per_second": 1, "burst": 3}})).await;
+    assert_eq!(s, StatusCode::OK, "{view}");
+    assert_eq!((view["limits"]["burst"].clone(), view["limits"]["max_page_size"].clone()), (json!(3), json!(500)));
+
+    // The app learns of the change through the registry's NOTIFY.
+    let mut statuses = Vec::new();
+    for _ in 0..100 {
+        let resp = app.http.get(format!("{}/v1/assets", app.app)).bearer_auth(&a.key).send().await.unwrap();
+        let status = resp.status();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(resp.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+            let body: Value = resp.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "rate_limited");
+            statuses.push(status);
+            break;
+        }
+        statuses.push(status);
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(statuses.last(), Some(&StatusCode::TOO_MANY_REQUESTS), "{statuses:?}");
+    // The neighbour is not limited by it.
+    for _ in 0..10 {
+        assert_eq!(app.get(&b.key, "/v1/assets").await.0, StatusCode::OK);
+    }
+    // Back to the tier default: no more 429s.
+    let (s, view) = patch_settings(&app, &a.id, json!({"limits": {"requests_per_second": null, "burst": null}})).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(view["settings"]["limits"], json!({}));
+    let ok = app.get_until(&a.key, "/v1/assets", StatusCode::OK).await;
+    assert_eq!(ok, StatusCode::OK);
+    for _ in 0..10 {
+        assert_eq!(app.get(&a.key, "/v1/assets").await.0, StatusCode::OK);
+    }
+    let (_, trail) =
+        app.admin_call(Method::GET, &format!("/v1/audit?tenant={}&action=tenant.settings", a.id), None).await;
+    assert_eq!(trail["entries"].as_array().unwrap().len(), 2);
+    let (_, metrics) = (0, app.http.get(format!("{}/metrics", app.app)).send().await.unwrap().text().await.unwrap());
+    assert!(metrics.contains("tenantry_app_rejected_requests_total{limit=\"rate\"} "), "{metrics}");
+    assert!(!metrics.contains("tenantry_app_rejected_requests_total{limit=\"rate\"} 0\n"), "{metrics}");
+}
+
+#[tokio::test]
+async fn statement_timeout_concurrency_and_page_size_limits_apply_per_tenant() {
+    let app = spawn_app().await;
+    let a = app.create_tenant("slowpoke", "shared").await;
+    let (asset, _, _) = app.seed(&a.key, "SLOW-1").await;
+    let (s, _) = patch_settings(
+        &app,
+        &a.id,
+        json!({"limits": {"statement_timeout_ms": 300, "max_concurrent_requests": 1, "max_page_size": 5}}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let status = app.get_until(&a.key, "/v1/assets?limit=6", StatusCode::BAD_REQUEST).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "limit above the tenant's max_page_size");
+    assert_eq!(app.get(&a.key, "/v1/assets?limit=5").await.0, StatusCode::OK);
+
+    // Hold the asset's row lock from outside: the tenant's update waits on it
+    // until its statement timeout fires; meanwhile its one in-flight slot is taken.
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let pool = crate::helpers::connect(&app.pool_name, false);
+    let blocker = pool.begin().await.unwrap();
+    blocker.execute_unprepared(&format!("SELECT 1 FROM assets WHERE id = '{asset}' FOR UPDATE")).await.unwrap();
+    let slow = {
+        let (http, url, key) = (app.http.clone(), format!("{}/v1/assets/{asset}", app.app), a.key.clone());
+        tokio::spawn(async move {
+            let t0 = std::time::Instant::now();
+            let resp = http.patch(url).bearer_auth(key).json(&json!({"name": "renamed"})).send().await.unwrap();
+            (resp.status(), resp.json::<Value>().await.unwrap(), t0.elapsed())
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let (s, body) = app.get(&a.key, "/v1/assets").await;
+    assert_eq!(
+        (s, body["error"]["code"].clone()),
+        (StatusCode::TOO_MANY_REQUESTS, json!("too_many_concurrent_requests"))
+    );
+    let (s, body, took) = slow.await.unwrap();
+    assert_eq!(
+        (s, body["error"]["code"].clone()),
+        (StatusCode::SERVICE_UNAVAILABLE, json!("statement_timeout")),
+        "{body}"
+    );
+    assert!(took < std::time::Duration::from_secs(3), "the timeout fired, not a hang: {took:?}");
+    blocker.rollback().await.unwrap();
+    assert_eq!(app.get(&a.key, "/v1/assets").await.0, StatusCode::OK, "slot released");
+
+    for bad in [json!({"limits": {"rps": 1}}), json!({"limits": {"burst": 0}}), json!([1]), json!({"flags": {"x": {}}})]
+    {
+        let (s, body) = patch_settings(&app, &a.id, bad.clone()).await;
+        assert_eq!(
+            (s, body["error"]["code"].clone()),
+            (StatusCode::UNPROCESSABLE_ENTITY, json!("invalid_settings")),
+            "{bad}"
+        );
+    }
+}

@@ -32,7 +32,13 @@ const DEFAULT_PAGE: u64 = 50;
 const MAX_PAGE: u64 = 200;
 
 /// An authenticated tenant.
-pub struct Tenant(pub std::sync::Arc<KeyOwner>);
+/// The authenticated tenant of a request, admitted under its limits (the
+/// concurrency permit, if any, is held until the request ends).
+pub struct Tenant(
+    pub std::sync::Arc<KeyOwner>,
+    // Held for its Drop: releases the tenant's in-flight slot when the request ends.
+    #[allow(dead_code)] Option<tokio::sync::OwnedSemaphorePermit>,
+);
 
 impl FromRequest for Tenant {
     type Error = ApiError;
@@ -69,7 +75,8 @@ impl FromRequest for Tenant {
             let span = tracing::Span::current();
             span.record("tenant_id", tracing::field::display(owner.tenant_id));
             span.record("tier", owner.tier.as_str());
-            Ok(Tenant(owner))
+            let permit = resolver.admit(&owner)?;
+            Ok(Tenant(owner, permit))
         })
     }
 }
@@ -116,12 +123,15 @@ fn attributes(value: serde_json::Value) -> Result<serde_json::Value, ApiError> {
     Ok(value)
 }
 
-fn limit(l: Option<u64>) -> Result<u64, ApiError> {
-    let l = l.unwrap_or(DEFAULT_PAGE);
-    if (1..=MAX_PAGE).contains(&l) {
+/// The page size asked for, within the API's maximum and the tenant's
+/// `max_page_size` limit.
+fn limit(l: Option<u64>, t: &Tenant) -> Result<u64, ApiError> {
+    let max = t.0.limits.max_page_size.map_or(MAX_PAGE, |m| MAX_PAGE.min(u64::from(m)));
+    let l = l.unwrap_or(DEFAULT_PAGE.min(max));
+    if (1..=max).contains(&l) {
         Ok(l)
     } else {
-        Err(ApiError::bad_request("invalid_limit", format!("limit must be between 1 and {MAX_PAGE}")))
+        Err(ApiError::bad_request("invalid_limit", format!("limit must be between 1 and {max}")))
     }
 }
 
@@ -403,7 +413,7 @@ async fn create_asset(r: R, t: Tenant, body: web::Json<CreateAsset>) -> Result<H
 
 #[utoipa::path(get, path = "/v1/assets", params(ListAssets), responses((status = 200, body = AssetPage)))]
 async fn list_assets(r: R, t: Tenant, q: web::Query<ListAssets>) -> Result<HttpResponse, ApiError> {
-    let limit = limit(q.limit)?;
+    let limit = limit(q.limit, &t)?;
     let filter = AssetFilter {
         status: q.status.map(wire),
         q: q.q.clone().filter(|s| !s.is_empty()),
@@ -513,7 +523,7 @@ async fn list_schedules(r: R, t: Tenant, id: web::Path<Uuid>) -> Result<HttpResp
 
 #[utoipa::path(get, path = "/v1/maintenance-schedules/due", params(DueQuery), responses((status = 200, body = ScheduleList)))]
 async fn due_schedules(r: R, t: Tenant, q: web::Query<DueQuery>) -> Result<HttpResponse, ApiError> {
-    let list = r.read(&t.0, data::schedules_due(q.before, limit(q.limit)?)).await?;
+    let list = r.read(&t.0, data::schedules_due(q.before, limit(q.limit, &t)?)).await?;
     Ok(HttpResponse::Ok().json(ScheduleList { maintenance_schedules: list.into_iter().map(Schedule::from).collect() }))
 }
 
@@ -586,7 +596,7 @@ async fn create_issue(
 
 #[utoipa::path(get, path = "/v1/issues", params(ListIssues), responses((status = 200, body = IssuePage)))]
 async fn list_issues(r: R, t: Tenant, q: web::Query<ListIssues>) -> Result<HttpResponse, ApiError> {
-    let lim = limit(q.limit)?;
+    let lim = limit(q.limit, &t)?;
     let rows = r.read(&t.0, data::issue_list(q.status.map(wire), decode_cursor(q.cursor.as_deref())?, lim)).await?;
     let page = data::page(rows, lim, |i| i.id);
     Ok(HttpResponse::Ok().json(IssuePage {

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod data;
 pub mod http;
+pub mod limits;
 pub mod resolver;
 pub mod scope;
 

@@ -35,6 +35,7 @@ const MAX_CACHED_ROUTES: u64 = 100_000;
 const RETRY_AFTER_SECS: u64 = 1;
 
 struct Inner {
+    gates: crate::limits::Gates,
     registry: RegistryReader,
     cfg: AppConfig,
     keys: Cache<[u8; 32], Arc<KeyOwner>>,
@@ -102,6 +103,7 @@ impl Resolver {
                 })
                 .build(),
             budget: Arc::new(Semaphore::new(cfg.max_connections_total as usize)),
+            gates: Default::default(),
             cfg,
         });
         let task = if inner.cfg.listen_for_changes {
@@ -162,10 +164,21 @@ impl Resolver {
     pub async fn enter(&self, tenant: &KeyOwner) -> Result<TenantTx, ApiError> {
         let (tx, slot) = self
             .on_backend(tenant, async |db, epoch| {
-                TenantTx::begin(db.get_postgres_connection_pool(), tenant.tenant_id, epoch).await
+                TenantTx::begin(
+                    db.get_postgres_connection_pool(),
+                    tenant.tenant_id,
+                    epoch,
+                    tenant.limits.statement_timeout_ms,
+                )
+                .await
             })
             .await?;
         Ok(tx.holding(slot))
+    }
+
+    /// Admits a request of `owner` under its rate and concurrency limits.
+    pub fn admit(&self, owner: &KeyOwner) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
+        self.inner.gates.admit(owner)
     }
 
     /// A connection slot from the global budget, waiting at most
@@ -218,6 +231,11 @@ impl Resolver {
         let _ = writeln!(out, "# HELP tenantry_app_connection_budget Connection slots this process may use.");
         let _ = writeln!(out, "# TYPE tenantry_app_connection_budget gauge");
         let _ = writeln!(out, "tenantry_app_connection_budget {}", inner.cfg.max_connections_total);
+        let (rate, concurrency) = inner.gates.rejections();
+        let _ = writeln!(out, "# HELP tenantry_app_rejected_requests_total Requests turned away by a tenant limit.");
+        let _ = writeln!(out, "# TYPE tenantry_app_rejected_requests_total counter");
+        let _ = writeln!(out, "tenantry_app_rejected_requests_total{{limit=\"rate\"}} {rate}");
+        let _ = writeln!(out, "tenantry_app_rejected_requests_total{{limit=\"concurrency\"}} {concurrency}");
         out
     }
 
@@ -377,6 +395,8 @@ fn apply(inner: &Inner, payload: &str) {
         }
         // A backend's version or status changed: routes through it are stale.
         Some(("backend", _)) => inner.routes.invalidate_all(),
+        // A tier's default limits changed: every cached key owner may be stale.
+        Some(("tier", _)) => inner.keys.invalidate_all(),
         _ => tracing::warn!(payload, "unknown registry notification"),
     }
 }

@@ -380,6 +380,42 @@ async fn export_tenant(cp: Cp, admin: Admin, tenant: web::Path<String>) -> Resul
         .streaming(stream))
 }
 
+/// A tenant's settings overrides, the effective settings and the limits in force.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/settings", params(("tenant" = String, Path, description = "id or slug")),
+    responses((status = 200, body = crate::service::SettingsView), (status = 404, body = ErrorBody)))]
+async fn get_settings(cp: Cp, _admin: Admin, tenant: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(cp.tenant_settings(&tenant).await?))
+}
+
+/// Change a tenant's limits and feature flags at run time:
+/// `{"limits": {"requests_per_second": 20, "burst": null}, "flags": {"beta": true}}`
+/// (`null` restores the tier default). Effective on every app process within
+/// moments; audited.
+#[utoipa::path(patch, path = "/v1/tenants/{tenant}/settings", params(("tenant" = String, Path, description = "id or slug")),
+    request_body = Object, responses((status = 200, body = crate::service::SettingsView), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+async fn patch_settings(
+    cp: Cp,
+    admin: Admin,
+    tenant: web::Path<String>,
+    body: web::Json<serde_json::Value>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(cp.update_settings(&admin.actor, &tenant, &body).await?))
+}
+
+/// Change a tier's default limits and flags (`null` = no limit).
+#[utoipa::path(patch, path = "/v1/tiers/{tier}/settings", params(("tier" = String, Path, description = "shared or dedicated")),
+    request_body = Object, responses((status = 200, body = Object), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn patch_tier_settings(
+    cp: Cp,
+    admin: Admin,
+    tier: web::Path<String>,
+    body: web::Json<serde_json::Value>,
+) -> Result<HttpResponse, ApiError> {
+    let tier: Tier = tier.parse().map_err(|_| ApiError::not_found("tier"))?;
+    Ok(HttpResponse::Ok().json(cp.update_tier_settings(&admin.actor, tier, &body).await?))
+}
+
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct AuditParams {
@@ -456,7 +492,10 @@ async fn audit_log(cp: Cp, _admin: Admin, q: web::Query<AuditParams>) -> Result<
         move_plan,
         audit_log,
         erase_tenant,
-        export_tenant
+        export_tenant,
+        get_settings,
+        patch_settings,
+        patch_tier_settings
     ),
     components(schemas(ErrorBody))
 )]
@@ -476,6 +515,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/tenants/{tenant}", web::get().to(get_tenant))
             .route("/tenants/{tenant}", web::delete().to(erase_tenant))
             .route("/tenants/{tenant}/export", web::get().to(export_tenant))
+            .route("/tenants/{tenant}/settings", web::get().to(get_settings))
+            .route("/tenants/{tenant}/settings", web::patch().to(patch_settings))
+            .route("/tiers/{tier}/settings", web::patch().to(patch_tier_settings))
             .route("/tenants/{tenant}/api-keys", web::post().to(create_key))
             .route("/tenants/{tenant}/promote", web::post().to(promote))
             .route("/tenants/{tenant}/move", web::post().to(move_tenant))

@@ -23,6 +23,11 @@ pub const REGISTRY: &[Migration] = &[
         name: "fleet_migrations",
         sql: include_str!("../../../migrations/registry/0002_fleet_migrations.sql"),
     },
+    Migration {
+        version: 3,
+        name: "tier_settings",
+        sql: include_str!("../../../migrations/registry/0003_tier_settings.sql"),
+    },
 ];
 
 /// The tenant-data schema's migrations, in order.

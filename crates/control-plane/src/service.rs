@@ -559,6 +559,96 @@ pub fn dedicated_db_name(tenant_id: Uuid) -> String {
     format!("tenant_{}", tenant_id.simple())
 }
 
+/// A tenant's own settings (overrides) and what is in effect with its tier's
+/// defaults.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SettingsView {
+    #[schema(value_type = Object)]
+    pub settings: serde_json::Value,
+    #[schema(value_type = Object)]
+    pub effective: serde_json::Value,
+    pub limits: tenantry_core::settings::Limits,
+}
+
+impl ControlPlane {
+    async fn tier_defaults(&self, tier: &str) -> Result<serde_json::Value, Error> {
+        let row = self
+            .registry
+            .query_one_raw(stmt("SELECT settings FROM tier_settings WHERE tier = $1", vec![tier.into()]))
+            .await?;
+        Ok(match row {
+            Some(r) => r.try_get("", "settings")?,
+            None => serde_json::json!({}),
+        })
+    }
+
+    /// A tenant's settings and the limits in effect.
+    pub async fn tenant_settings(&self, tenant: &str) -> Result<SettingsView, Error> {
+        let t = self.tenant(tenant).await?;
+        let tier = self.tier_defaults(t.tier.as_str()).await?;
+        let effective = tenantry_core::settings::effective(&tier, &t.settings);
+        Ok(SettingsView { limits: tenantry_core::settings::limits_of(&effective), settings: t.settings, effective })
+    }
+
+    /// Changes a tenant's limits or flags (`null` restores the tier default).
+    /// Audited; every app process picks it up through the registry's NOTIFY.
+    pub async fn update_settings(
+        &self,
+        actor: &str,
+        tenant: &str,
+        patch: &serde_json::Value,
+    ) -> Result<SettingsView, Error> {
+        tenantry_core::settings::validate_patch(patch).map_err(|m| Error::invalid("invalid_settings", m))?;
+        let t = self.tenant(tenant).await?;
+        let txn = self.registry.begin().await?;
+        let row = txn
+            .query_one_raw(stmt("SELECT settings FROM tenants WHERE id = $1 FOR UPDATE", vec![t.id.into()]))
+            .await?
+            .ok_or(Error::NotFound("tenant"))?;
+        let before: serde_json::Value = row.try_get("", "settings")?;
+        let after = tenantry_core::settings::apply_patch(&before, patch);
+        txn.execute_raw(stmt(
+            "UPDATE tenants SET settings = $2, updated_at = now() WHERE id = $1",
+            vec![t.id.into(), after.clone().into()],
+        ))
+        .await?;
+        audit(&txn, actor, "tenant.settings", Some(t.id), serde_json::json!({"before": before, "after": after}))
+            .await?;
+        txn.commit().await?;
+        self.tenant_settings(&t.id.to_string()).await
+    }
+
+    /// Changes a tier's defaults (same patch shape as a tenant's).
+    pub async fn update_tier_settings(
+        &self,
+        actor: &str,
+        tier: tenantry_core::Tier,
+        patch: &serde_json::Value,
+    ) -> Result<serde_json::Value, Error> {
+        tenantry_core::settings::validate_patch(patch).map_err(|m| Error::invalid("invalid_settings", m))?;
+        let txn = self.registry.begin().await?;
+        let before = self.tier_defaults(tier.as_str()).await?;
+        // Unlike a tenant's override, `null` in a default means "no limit": keep it.
+        let mut after = before.clone();
+        for section in ["limits", "flags"] {
+            if let Some(changes) = patch.get(section).and_then(serde_json::Value::as_object) {
+                for (k, v) in changes {
+                    after[section][k] = v.clone();
+                }
+            }
+        }
+        txn.execute_raw(stmt(
+            "UPDATE tier_settings SET settings = $2, updated_at = now() WHERE tier = $1",
+            vec![tier.as_str().into(), after.clone().into()],
+        ))
+        .await?;
+        audit(&txn, actor, "tier.settings", None, serde_json::json!({"tier": tier, "before": before, "after": after}))
+            .await?;
+        txn.commit().await?;
+        Ok(after)
+    }
+}
+
 /// One audit-log entry.
 #[derive(Debug, Clone, Serialize, FromQueryResult, utoipa::ToSchema)]
 pub struct AuditEntry {

@@ -69,6 +69,8 @@ pub fn sqlstate(err: &sea_orm::DbErr) -> Option<String> {
 /// SQLSTATE raised by `tenantry_enter` when the tenant is not resident at the
 /// caller's epoch (moved away, fenced, or never here).
 pub const NOT_RESIDENT: &str = "TR001";
+/// query_canceled (a statement timeout fired)
+pub const QUERY_CANCELED: &str = "57014";
 /// unique_violation
 pub const UNIQUE_VIOLATION: &str = "23505";
 /// foreign_key_violation

@@ -6,6 +6,7 @@ pub mod api_key;
 pub mod db;
 pub mod entities;
 pub mod registry;
+pub mod settings;
 pub mod types;
 pub mod web;
 

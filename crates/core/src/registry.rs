@@ -14,6 +14,10 @@ pub struct KeyOwner {
     pub slug: String,
     pub tier: Tier,
     pub status: TenantStatus,
+    /// Limits in effect (tier defaults overridden by the tenant's own).
+    pub limits: crate::settings::Limits,
+    /// Effective settings, flags included.
+    pub settings: serde_json::Value,
 }
 
 /// A tenant's placement together with its backend's address.
@@ -41,6 +45,8 @@ struct KeyOwnerRow {
     slug: String,
     tier: String,
     status: String,
+    settings: serde_json::Value,
+    tier_settings: serde_json::Value,
 }
 
 #[derive(FromQueryResult)]
@@ -73,19 +79,23 @@ impl RegistryReader {
     pub async fn key_owner(&self, key_hash: &[u8]) -> Result<Option<KeyOwner>, DbErr> {
         let row = KeyOwnerRow::find_by_statement(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "SELECT t.id AS tenant_id, t.slug, t.tier, t.status \
-             FROM api_keys k JOIN tenants t ON t.id = k.tenant_id \
+            "SELECT t.id AS tenant_id, t.slug, t.tier, t.status, t.settings, \
+                    coalesce(ts.settings, '{}'::jsonb) AS tier_settings \
+             FROM api_keys k JOIN tenants t ON t.id = k.tenant_id LEFT JOIN tier_settings ts ON ts.tier = t.tier \
              WHERE k.key_hash = $1 AND (k.revoked_at IS NULL OR t.status IN ('erasing', 'erased'))",
             [key_hash.to_vec().into()],
         ))
         .one(&self.db)
         .await?;
         row.map(|r| {
+            let settings = crate::settings::effective(&r.tier_settings, &r.settings);
             Ok(KeyOwner {
                 tenant_id: r.tenant_id,
                 slug: r.slug,
                 tier: r.tier.parse().map_err(corrupt)?,
                 status: r.status.parse().map_err(corrupt)?,
+                limits: crate::settings::limits_of(&settings),
+                settings,
             })
         })
         .transpose()

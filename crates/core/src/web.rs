@@ -51,6 +51,10 @@ impl ApiError {
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, code, message)
     }
+    /// 429 with `Retry-After`.
+    pub fn too_many_requests(code: &'static str, message: impl Into<String>, retry_after: u64) -> Self {
+        Self { retry_after: Some(retry_after), ..Self::new(StatusCode::TOO_MANY_REQUESTS, code, message) }
+    }
     pub fn unavailable(code: &'static str, message: impl Into<String>, retry_after: u64) -> Self {
         Self { retry_after: Some(retry_after), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message) }
     }
@@ -64,7 +68,15 @@ impl ApiError {
 
 impl From<sea_orm::DbErr> for ApiError {
     fn from(e: sea_orm::DbErr) -> Self {
-        ApiError::internal(&e)
+        match crate::db::sqlstate(&e).as_deref() {
+            // query_canceled: the tenant's statement timeout fired.
+            Some(crate::db::QUERY_CANCELED) => ApiError::unavailable(
+                "statement_timeout",
+                "the request's query ran longer than the tenant's statement timeout",
+                1,
+            ),
+            _ => ApiError::internal(&e),
+        }
     }
 }
 
