@@ -11,7 +11,7 @@
 //!
 //! cargo bench --bench moves     (MOVE_SIZES=10000,100000,1000000  MOVES=5  WRITE_RATE=200)
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -22,19 +22,16 @@ use tenantry_control_plane::service::NewTenant;
 use tenantry_core::{BackendKind, TenantSlug, Tier};
 use uuid::Uuid;
 
+#[path = "common/mod.rs"]
+mod common;
+use common::{load, pct};
+
 fn env_list(name: &str, default: &str) -> Vec<u64> {
     std::env::var(name).unwrap_or_else(|_| default.into()).split(',').filter_map(|v| v.trim().parse().ok()).collect()
 }
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 async fn superuser(port: u16, password: &str, db: &str) -> anyhow::Result<PgConnection> {
@@ -46,68 +43,6 @@ async fn superuser(port: u16, password: &str, db: &str) -> anyhow::Result<PgConn
         .password(password)
         .application_name("bench-moves");
     Ok(PgConnection::connect_with(&opts).await?)
-}
-
-/// What one load stream saw.
-#[derive(Default)]
-struct Seen {
-    latencies_ms: Vec<f64>,
-    ok: u64,
-    errors: u64,
-}
-
-/// Open-loop load: `rate` requests per second, each in its own task, until
-/// `stop` is set. Writes create assets; `read_every` > 0 makes every
-/// `read_every`-th request a list instead.
-fn load(
-    client: reqwest::Client,
-    app: String,
-    key: String,
-    rate: u64,
-    read_every: u64,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-) -> tokio::task::JoinHandle<Seen> {
-    tokio::spawn(async move {
-        let seen = Arc::new(Mutex::new(Seen::default()));
-        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        let mut tasks = Vec::new();
-        let mut i = 0u64;
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            tick.tick().await;
-            i += 1;
-            let (client, app, key, seen) = (client.clone(), app.clone(), key.clone(), seen.clone());
-            let read = read_every > 0 && i.is_multiple_of(read_every);
-            tasks.push(tokio::spawn(async move {
-                let t0 = Instant::now();
-                let resp = if read {
-                    client.get(format!("{app}/v1/assets?limit=20")).bearer_auth(&key).send().await
-                } else {
-                    client
-                        .post(format!("{app}/v1/assets"))
-                        .bearer_auth(&key)
-                        .json(&serde_json::json!({"name": "load", "tag": Uuid::new_v4().simple().to_string()}))
-                        .send()
-                        .await
-                };
-                let ms = t0.elapsed().as_secs_f64() * 1000.0;
-                let good = matches!(&resp, Ok(r) if r.status().is_success());
-                let mut s = seen.lock().unwrap();
-                s.latencies_ms.push(ms);
-                if good {
-                    if !read {
-                        s.ok += 1;
-                    }
-                } else {
-                    s.errors += 1;
-                }
-            }));
-        }
-        for t in tasks {
-            let _ = t.await;
-        }
-        Arc::try_unwrap(seen).ok().expect("all load tasks finished").into_inner().unwrap()
-    })
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -243,11 +178,12 @@ async fn main() -> anyhow::Result<()> {
             copy_rates.push(rows / (p["copy_ms"].as_f64().unwrap_or(f64::NAN) / 1000.0));
             pauses.push(p["pause_ms"].as_f64().unwrap_or(f64::NAN));
             eprintln!(
-                "size {size} move {m}: {:.1} s, copy {} ms for {rows} rows, pause {} ms {} steps {}",
+                "size {size} move {m}: {:.1} s, copy {} ms for {rows} rows, pause {} ms {} queued {} ms, steps {}",
                 t0.elapsed().as_secs_f64(),
                 p["copy_ms"],
                 p["pause_ms"],
                 p["cutover_phases_ms"],
+                p["queued_ms"],
                 p["step_ms"]
             );
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -256,6 +192,7 @@ async fn main() -> anyhow::Result<()> {
         let (mut w, mut n1, n2) = (w.await?, n1.await?, n2.await?);
         n1.latencies_ms.extend(n2.latencies_ms);
         n1.errors += n2.errors;
+        n1.limited += n2.limited;
         w.latencies_ms.sort_by(f64::total_cmp);
         n1.latencies_ms.sort_by(f64::total_cmp);
         // Every acknowledged write is on the tenant's home now.
@@ -283,8 +220,8 @@ async fn main() -> anyhow::Result<()> {
             w.latencies_ms.last().copied().unwrap_or(f64::NAN),
             pct(&w.latencies_ms, 0.99),
             w.ok,
-            w.errors,
-            n1.errors,
+            w.errors + w.limited,
+            n1.errors + n1.limited,
             pct(&n1.latencies_ms, 0.99),
         );
     }

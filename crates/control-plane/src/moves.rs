@@ -376,17 +376,51 @@ impl ControlPlane {
     ) -> Result<i64, Stop> {
         let mut total = 0;
         for t in tables {
-            let sql = format!(
+            let keyed: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = ('public.' || quote_ident($1))::regclass \
+                 AND attname = 'id' AND atttypid = 'uuid'::regtype AND NOT attisdropped)",
+            )
+            .bind(t)
+            .fetch_one(&mut *conn)
+            .await?;
+            // Keyset batches along the primary key (tenant_id, id): each batch
+            // starts after the last id deleted, so it never rescans the dead
+            // tuples earlier batches left behind (the ctid form below does, and
+            // measured 57 s instead of 1.5 s for 120 k rows in a pool). Tables
+            // without a uuid `id` fall back to ctid batches.
+            let keyset = format!(
+                "WITH batch AS (SELECT id FROM public.{t} WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3) \
+                 DELETE FROM public.{t} d USING batch WHERE d.tenant_id = $1 AND d.id = batch.id RETURNING d.id",
+                t = quote_ident(t)
+            );
+            let by_ctid = format!(
                 "DELETE FROM public.{t} WHERE ctid = ANY (ARRAY(SELECT ctid FROM public.{t} WHERE tenant_id = $1 LIMIT $2))",
                 t = quote_ident(t)
             );
+            let mut after = Uuid::nil();
             loop {
-                let n = sqlx::query(AssertSqlSafe(sql.clone())).bind(tenant).bind(batch).execute(&mut *conn).await?;
-                total += n.rows_affected() as i64;
+                let n = if keyed {
+                    let ids: Vec<Uuid> = sqlx::query_scalar(AssertSqlSafe(keyset.clone()))
+                        .bind(tenant)
+                        .bind(after)
+                        .bind(batch)
+                        .fetch_all(&mut *conn)
+                        .await?;
+                    after = ids.iter().max().copied().unwrap_or(after);
+                    ids.len() as i64
+                } else {
+                    let r = sqlx::query(AssertSqlSafe(by_ctid.clone()))
+                        .bind(tenant)
+                        .bind(batch)
+                        .execute(&mut *conn)
+                        .await?;
+                    r.rows_affected() as i64
+                };
+                total += n;
                 if let Some((op, owner)) = progress {
                     self.heartbeat(op, owner, json!({"rows_purged": total})).await?;
                 }
-                if (n.rows_affected() as i64) < batch {
+                if n < batch {
                     break;
                 }
             }
@@ -976,6 +1010,13 @@ impl ControlPlane {
     }
 
     async fn preflight_step(&self, owner: &str, f: &Facts) -> Result<(), Stop> {
+        self.registry()
+            .execute_raw(stmt(
+                "UPDATE operations SET progress = progress || jsonb_build_object('queued_ms', \
+                 round(extract(epoch FROM now() - created_at) * 1000)) WHERE id = $1 AND NOT progress ? 'queued_ms'",
+                vec![f.op.id.into()],
+            ))
+            .await?;
         let mut failed: Vec<Check> = Vec::new();
         if let Some(p) = target_problem(&f.source.backend, &f.target.backend) {
             // A promotion's own new database is empty of tenants; anything else is a conflict.
@@ -1442,6 +1483,8 @@ impl ControlPlane {
 
     async fn release_step(&self, owner: &str, f: &Facts) -> Result<(), Stop> {
         let source = &f.source.backend;
+        let started = Instant::now();
+        let mut vacuum_ms = 0;
         if source.kind == "dedicated" {
             let database = source.database.clone();
             let snapshot = self.destroy_storage(&source.engine, &source.name, &database, true).await?;
@@ -1460,7 +1503,9 @@ impl ControlPlane {
                 // Give the space back to the pool's other tenants (and to the next
                 // move in) now rather than whenever autovacuum comes by.
                 let list: Vec<String> = f.tables.iter().map(|t| format!("public.{}", quote_ident(t))).collect();
+                let t0 = Instant::now();
                 sqlx::raw_sql(AssertSqlSafe(format!("VACUUM (ANALYZE) {}", list.join(", ")))).execute(&mut s).await?;
+                vacuum_ms = t0.elapsed().as_millis() as i64;
             }
             sqlx::query("DELETE FROM tenant_residency WHERE tenant_id = $1 AND epoch = $2")
                 .bind(f.tenant)
@@ -1469,6 +1514,15 @@ impl ControlPlane {
                 .await?;
             s.close().await?;
         }
+        let ms = started.elapsed().as_millis() as i64;
+        self.registry()
+            .execute_raw(stmt(
+                "UPDATE operations SET progress = jsonb_set(progress, '{step_ms}', \
+                 coalesce(progress->'step_ms', '{}'::jsonb) || jsonb_build_object('release_source', $2::bigint, 'vacuum', $3::bigint)) \
+                 WHERE id = $1",
+                vec![f.op.id.into(), ms.into(), vacuum_ms.into()],
+            ))
+            .await?;
         let txn = self.registry().begin().await?;
         audit(
             &txn,

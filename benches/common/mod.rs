@@ -1,0 +1,83 @@
+//! Shared by the load benchmarks: an open-loop load generator and percentiles.
+#![allow(dead_code)]
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+pub fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// What one load stream saw.
+#[derive(Default)]
+pub struct Seen {
+    pub latencies_ms: Vec<f64>,
+    pub ok: u64,
+    pub errors: u64,
+    /// 429 answers (a tenant limit), counted apart from errors.
+    pub limited: u64,
+}
+
+/// Open-loop load: `rate` requests per second, each in its own task, until
+/// `stop` is set. Writes create assets; `read_every` > 0 makes every
+/// `read_every`-th request a list instead.
+pub fn load(
+    client: reqwest::Client,
+    app: String,
+    key: String,
+    rate: u64,
+    read_every: u64,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Seen> {
+    tokio::spawn(async move {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut tasks = Vec::new();
+        let mut i = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            tick.tick().await;
+            i += 1;
+            let (client, app, key, seen) = (client.clone(), app.clone(), key.clone(), seen.clone());
+            let read = read_every > 0 && i.is_multiple_of(read_every);
+            tasks.push(tokio::spawn(async move {
+                let t0 = Instant::now();
+                let resp = if read {
+                    client.get(format!("{app}/v1/assets?limit=20")).bearer_auth(&key).send().await
+                } else {
+                    client
+                        .post(format!("{app}/v1/assets"))
+                        .bearer_auth(&key)
+                        .json(&serde_json::json!({"name": "load", "tag": Uuid::new_v4().simple().to_string()}))
+                        .send()
+                        .await
+                };
+                let ms = t0.elapsed().as_secs_f64() * 1000.0;
+                let status = resp.as_ref().ok().map(|r| r.status());
+                let mut s = seen.lock().unwrap();
+                match status {
+                    Some(st) if st.is_success() => {
+                        s.latencies_ms.push(ms);
+                        if !read {
+                            s.ok += 1;
+                        }
+                    }
+                    Some(reqwest::StatusCode::TOO_MANY_REQUESTS) => s.limited += 1,
+                    _ => {
+                        s.latencies_ms.push(ms);
+                        s.errors += 1;
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        Arc::try_unwrap(seen).ok().expect("all load tasks finished").into_inner().unwrap()
+    })
+}

@@ -1,0 +1,113 @@
+//! Noisy neighbour: one tenant on a shared pool sends 10x its rate limit while
+//! another tenant on the same pool goes about its business. The quiet tenant's
+//! latency is measured alone, beside the noisy one with its limit enforced, and
+//! beside it with no limit (what the pool would suffer without limits), all in
+//! one run.
+//!
+//! cargo bench --bench noisy     (NOISY_LIMIT=100 QUIET_RATE=50 PHASE_SECS=10)
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use tenantry_control_plane::service::NewTenant;
+use tenantry_core::{TenantSlug, Tier};
+
+#[path = "common/mod.rs"]
+mod common;
+use common::{Seen, load, pct};
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let limit = env_or("NOISY_LIMIT", 100);
+    let quiet_rate = env_or("QUIET_RATE", 50);
+    let secs = env_or("PHASE_SECS", 10);
+
+    let spawned = tenantry::testkit::spawn_stack(|_, _| {}).await?;
+    let stack = spawned.stack;
+    let cp = stack.control_plane();
+    let mut keys = Vec::new();
+    for slug in ["noisy", "quiet"] {
+        let t = cp
+            .create_tenant(
+                "bench",
+                NewTenant {
+                    engine: None,
+                    slug: TenantSlug::parse(slug)?,
+                    name: slug.into(),
+                    tier: Tier::Shared,
+                    region: None,
+                },
+            )
+            .await?
+            .tenant;
+        keys.push(cp.create_api_key("bench", t.id, "bench").await?.key);
+    }
+    let app = format!("http://127.0.0.1:{}", stack.app_port());
+    tokio::spawn(stack.run_until_stopped());
+    let client = reqwest::Client::builder().pool_max_idle_per_host(256).timeout(Duration::from_secs(30)).build()?;
+
+    // Warm-up: pools and caches.
+    let stop = Arc::new(AtomicBool::new(false));
+    let warm = load(client.clone(), app.clone(), keys[1].clone(), quiet_rate, 2, stop.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    warm.await?;
+
+    let phase = async |noisy_rate: Option<u64>| -> anyhow::Result<(Seen, Seen)> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let quiet = load(client.clone(), app.clone(), keys[1].clone(), quiet_rate, 2, stop.clone());
+        let noisy = noisy_rate.map(|r| load(client.clone(), app.clone(), keys[0].clone(), r, 2, stop.clone()));
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut q = quiet.await?;
+        let n = match noisy {
+            Some(n) => n.await?,
+            None => Seen::default(),
+        };
+        q.latencies_ms.sort_by(f64::total_cmp);
+        Ok((q, n))
+    };
+    let set_limit = async |rps: u64| -> anyhow::Result<()> {
+        cp.update_settings(
+            "bench",
+            "noisy",
+            &serde_json::json!({"limits": {"requests_per_second": rps, "burst": rps, "max_concurrent_requests": 100_000}}),
+        )
+        .await?;
+        tokio::time::sleep(Duration::from_millis(500)).await; // NOTIFY reaches the app
+        Ok(())
+    };
+
+    let (alone, _) = phase(None).await?;
+    set_limit(limit).await?;
+    let (limited, n_limited) = phase(Some(limit * 10)).await?;
+    set_limit(10_000_000).await?;
+    let (unlimited, n_unlimited) = phase(Some(limit * 10)).await?;
+
+    let row = |name: &str, q: &Seen, n: &Seen| {
+        println!(
+            "| {name} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |",
+            pct(&q.latencies_ms, 0.5),
+            pct(&q.latencies_ms, 0.99),
+            pct(&q.latencies_ms, 0.99) / pct(&alone.latencies_ms, 0.99),
+            q.errors + q.limited,
+            n.latencies_ms.len() as u64 - n.errors,
+            n.limited,
+            n.errors,
+        );
+    };
+    println!(
+        "| phase | quiet p50 ms | quiet p99 ms | quiet p99 / alone | quiet errors | noisy served | noisy 429 | noisy errors |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    row("quiet alone", &alone, &Seen::default());
+    row(&format!("noisy at {}/s, limited to {limit}/s", limit * 10), &limited, &n_limited);
+    row(&format!("noisy at {}/s, no limit (baseline)", limit * 10), &unlimited, &n_unlimited);
+    println!("\n{secs} s per phase; quiet tenant {quiet_rate} req/s (half reads, half writes); same shared pool");
+    Ok(())
+}
