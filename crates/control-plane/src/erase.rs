@@ -138,6 +138,9 @@ impl ControlPlane {
         }
         let mut conn = self.tenant_conn(&side, tenant).await?;
         let tables = crate::moves::tenant_tables(&mut conn).await?;
+        sea_orm::sqlx::raw_sql(sea_orm::sqlx::AssertSqlSafe(format!("ANALYZE {}", crate::moves::table_list(&tables))))
+            .execute(&mut conn)
+            .await?;
         let deleted =
             self.purge(&mut conn, tenant, &tables, self.config().moves.purge_batch.max(1), Some((op, owner))).await?;
         sea_orm::sqlx::query("DELETE FROM tenant_residency WHERE tenant_id = $1")
