@@ -301,3 +301,23 @@ async fn statement_timeout_concurrency_and_page_size_limits_apply_per_tenant() {
         );
     }
 }
+
+#[tokio::test]
+async fn every_response_carries_a_request_id_on_both_listeners() {
+    let app = spawn_app().await;
+    let a = app.create_tenant("traced", "shared").await;
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..3 {
+        let app_resp = app.http.get(format!("{}/v1/assets", app.app)).bearer_auth(&a.key).send().await.unwrap();
+        let admin_resp =
+            app.http.get(format!("{}/v1/tenants", app.admin)).bearer_auth(&app.token).send().await.unwrap();
+        let unauthorized = app.http.get(format!("{}/v1/assets", app.app)).send().await.unwrap();
+        assert_eq!(unauthorized.status(), StatusCode::UNAUTHORIZED);
+        for resp in [app_resp, admin_resp, unauthorized] {
+            let id =
+                resp.headers().get("x-request-id").and_then(|v| v.to_str().ok()).expect("x-request-id").to_string();
+            assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+            assert!(seen.insert(id), "request ids are unique");
+        }
+    }
+}

@@ -774,6 +774,7 @@ pub fn server(
     let baseline = baseline.map(web::Data::new);
     Ok(HttpServer::new(move || {
         let app = actix_web::App::new()
+            .wrap(actix_web::middleware::from_fn(tenantry_core::web::request_id_header))
             .wrap(TracingLogger::<TenantSpan>::new())
             .app_data(resolver.clone())
             .configure(routes)

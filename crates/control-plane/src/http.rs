@@ -540,6 +540,7 @@ pub fn server(cp: Arc<ControlPlane>, listener: TcpListener, workers: usize) -> s
     let cp = web::Data::from(cp);
     Ok(HttpServer::new(move || {
         actix_web::App::new()
+            .wrap(actix_web::middleware::from_fn(tenantry_core::web::request_id_header))
             .wrap(TracingLogger::default())
             .app_data(cp.clone())
             .configure(routes)

@@ -273,7 +273,9 @@ async fn checksums(conn: &mut PgConnection, tenant: Uuid, tables: &[String]) -> 
 /// Table-sync workers copy each table at its own snapshot and do not check
 /// foreign keys, so the target is checked explicitly.
 async fn orphans(conn: &mut PgConnection, tenant: Uuid) -> Result<BTreeMap<String, i64>, Error> {
-    let fks: Vec<(String, String, String, Vec<String>, Vec<String>)> = sqlx::query_as(
+    /// name, child table, parent table, child columns, parent columns
+    type ForeignKey = (String, String, String, Vec<String>, Vec<String>);
+    let fks: Vec<ForeignKey> = sqlx::query_as(
         "SELECT c.conname::text, c.conrelid::regclass::text, c.confrelid::regclass::text,             array(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY k(n, i)                   JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.i),             array(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY k(n, i)                   JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.i)          FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace          WHERE c.contype = 'f' AND n.nspname = 'public'",
     )
     .fetch_all(&mut *conn)

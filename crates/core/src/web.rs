@@ -142,3 +142,19 @@ pub fn bearer(req: &HttpRequest) -> Option<&str> {
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
+
+/// Middleware: every response carries its request's id (the one in the request's
+/// tracing span and so in every log line of it) as `X-Request-Id`. Register it
+/// before `TracingLogger`, which then wraps it.
+pub async fn request_id_header(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    use actix_web::HttpMessage;
+    let id = req.extensions().get::<tracing_actix_web::RequestId>().map(|id| id.to_string());
+    let mut res = next.call(req).await?;
+    if let Some(value) = id.and_then(|i| HeaderValue::from_str(&i).ok()) {
+        res.headers_mut().insert(header::HeaderName::from_static("x-request-id"), value);
+    }
+    Ok(res)
+}
