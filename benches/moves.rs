@@ -18,20 +18,15 @@ use futures::StreamExt;
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgConnection};
 use sea_orm::sqlx::{self, AssertSqlSafe, Connection};
 use tenantry::dev::SUPERUSER;
-use tenantry_control_plane::service::NewTenant;
-use tenantry_core::{BackendKind, TenantSlug, Tier};
+use tenantry_core::BackendKind;
 use uuid::Uuid;
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{load, pct};
+use common::{env_or, load, pct, shared_tenants};
 
 fn env_list(name: &str, default: &str) -> Vec<u64> {
     std::env::var(name).unwrap_or_else(|_| default.into()).split(',').filter_map(|v| v.trim().parse().ok()).collect()
-}
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 async fn superuser(port: u16, password: &str, db: &str) -> anyhow::Result<PgConnection> {
@@ -57,26 +52,9 @@ async fn main() -> anyhow::Result<()> {
     let spawned = tenantry::testkit::spawn_stack(|_, _| {}).await?;
     let stack = spawned.stack;
     let cp = stack.control_plane();
-    let mut keys = Vec::new();
-    let mut ids = Vec::new();
-    for slug in ["mover", "other-1", "other-2"] {
-        let t = cp
-            .create_tenant(
-                "bench",
-                NewTenant {
-                    engine: None,
-                    slug: TenantSlug::parse(slug)?,
-                    name: slug.into(),
-                    tier: Tier::Shared,
-                    region: None,
-                },
-            )
-            .await?
-            .tenant;
-        keys.push(cp.create_api_key("bench", t.id, "bench").await?.key);
-        ids.push(t.id);
-    }
-    let mover = ids[0];
+    let tenants = shared_tenants(&cp, &["mover", "other-1", "other-2"]).await?;
+    let keys: Vec<String> = tenants.iter().map(|(_, k)| k.clone()).collect();
+    let mover = tenants[0].0;
     let pool2 = cp.register_backend("bench", &tenantry::testkit::unique("pool"), BackendKind::SharedPool).await?;
     let app = format!("http://127.0.0.1:{}", stack.app_port());
     tokio::spawn(stack.run_until_stopped());

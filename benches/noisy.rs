@@ -10,16 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use tenantry_control_plane::service::NewTenant;
-use tenantry_core::{TenantSlug, Tier};
-
 #[path = "common/mod.rs"]
 mod common;
-use common::{Seen, load, pct};
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
+use common::{Seen, env_or, load, pct, shared_tenants};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
@@ -30,23 +23,7 @@ async fn main() -> anyhow::Result<()> {
     let spawned = tenantry::testkit::spawn_stack(|_, _| {}).await?;
     let stack = spawned.stack;
     let cp = stack.control_plane();
-    let mut keys = Vec::new();
-    for slug in ["noisy", "quiet"] {
-        let t = cp
-            .create_tenant(
-                "bench",
-                NewTenant {
-                    engine: None,
-                    slug: TenantSlug::parse(slug)?,
-                    name: slug.into(),
-                    tier: Tier::Shared,
-                    region: None,
-                },
-            )
-            .await?
-            .tenant;
-        keys.push(cp.create_api_key("bench", t.id, "bench").await?.key);
-    }
+    let keys: Vec<String> = shared_tenants(&cp, &["noisy", "quiet"]).await?.into_iter().map(|(_, k)| k).collect();
     let app = format!("http://127.0.0.1:{}", stack.app_port());
     tokio::spawn(stack.run_until_stopped());
     let client = reqwest::Client::builder().pool_max_idle_per_host(256).timeout(Duration::from_secs(30)).build()?;

@@ -4,7 +4,31 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tenantry_control_plane::ControlPlane;
+use tenantry_control_plane::service::NewTenant;
+use tenantry_core::{TenantSlug, Tier};
 use uuid::Uuid;
+
+pub fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Shared-tier tenants, each with one API key: (id, key) in the order given.
+pub async fn shared_tenants(cp: &ControlPlane, slugs: &[&str]) -> anyhow::Result<Vec<(Uuid, String)>> {
+    let mut out = Vec::new();
+    for slug in slugs {
+        let new = NewTenant {
+            engine: None,
+            slug: TenantSlug::parse(slug)?,
+            name: (*slug).into(),
+            tier: Tier::Shared,
+            region: None,
+        };
+        let t = cp.create_tenant("bench", new).await?.tenant;
+        out.push((t.id, cp.create_api_key("bench", t.id, "bench").await?.key));
+    }
+    Ok(out)
+}
 
 pub fn pct(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {

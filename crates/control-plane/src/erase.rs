@@ -39,20 +39,7 @@ impl ControlPlane {
             _ => {}
         }
         let txn = self.registry().begin().await?;
-        txn.execute_raw(stmt("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE", vec![t.id.into()])).await?;
-        let busy = txn
-            .query_one_raw(stmt(
-                "SELECT kind FROM operations WHERE tenant_id = $1 AND state IN ('pending', 'running', 'cancelling') LIMIT 1",
-                vec![t.id.into()],
-            ))
-            .await?;
-        if let Some(row) = busy {
-            let other: String = row.try_get("", "kind")?;
-            return Err(Error::Conflict {
-                code: "operation_in_progress",
-                message: format!("a {other} operation is running for this tenant; wait for it or cancel it first"),
-            });
-        }
+        crate::operations::lock_idle_tenant(&txn, t.id).await?;
         txn.execute_raw(stmt(
             "UPDATE tenants SET status = 'erasing', updated_at = now() WHERE id = $1",
             vec![t.id.into()],
@@ -98,15 +85,7 @@ impl ControlPlane {
                         let _ = finish(self.registry(), op.id, owner, "failed", Some(error)).await;
                         return;
                     }
-                    let backoff = f64::from(1u32 << op.attempts.clamp(0, 5));
-                    let _ = self
-                        .registry()
-                        .execute_raw(stmt(
-                            "UPDATE operations SET error = $3, lease_expires_at = now() + make_interval(secs => $4) \
-                             WHERE id = $1 AND lease_owner = $2",
-                            vec![op.id.into(), owner.into(), error.into(), backoff.into()],
-                        ))
-                        .await;
+                    self.retry_later(&op, owner, error).await;
                     return;
                 }
             }

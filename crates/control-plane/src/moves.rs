@@ -494,20 +494,7 @@ impl ControlPlane {
                 message: format!("tenant `{}` is already on the dedicated tier", t.slug),
             });
         }
-        let engine = engine.unwrap_or(Engine::Logical);
-        match engine {
-            Engine::Logical => {}
-            Engine::Rds if self.rds.is_some() => {}
-            Engine::Rds => {
-                return Err(Error::invalid(
-                    "engine_unavailable",
-                    "the rds engine is not configured on this control plane",
-                ));
-            }
-            Engine::External => {
-                return Err(Error::invalid("engine_unavailable", "external backends are registered by hand"));
-            }
-        }
+        let engine = self.dedicated_engine(engine)?;
         let region_ok = match (&region, engine) {
             (None, _) => true,
             (Some(r), Engine::Rds) => Some(r) == self.rds.as_ref().map(|x| &x.config().region),
@@ -596,21 +583,7 @@ impl ControlPlane {
         params["source_backend_id"] = json!(source.id);
         params["epoch"] = json!(placement.epoch);
         let txn = self.registry().begin().await?;
-        // Serialises concurrent requests for one tenant.
-        txn.execute_raw(stmt("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE", vec![t.id.into()])).await?;
-        let busy = txn
-            .query_one_raw(stmt(
-                "SELECT kind FROM operations WHERE tenant_id = $1 AND state IN ('pending', 'running', 'cancelling') LIMIT 1",
-                vec![t.id.into()],
-            ))
-            .await?;
-        if let Some(row) = busy {
-            let other: String = row.try_get("", "kind")?;
-            return Err(Error::Conflict {
-                code: "operation_in_progress",
-                message: format!("a {other} operation is already running for this tenant"),
-            });
-        }
+        crate::operations::lock_idle_tenant(&txn, t.id).await?;
         let still = txn
             .query_one_raw(stmt(
                 "SELECT 1 AS here FROM placements WHERE tenant_id = $1 AND backend_id = $2 AND epoch = $3",
@@ -974,15 +947,7 @@ impl ControlPlane {
             let _ = finish(self.registry(), op.id, owner, "failed", Some(error)).await;
             return;
         }
-        let backoff = f64::from(1u32 << op.attempts.clamp(0, 5));
-        let _ = self
-            .registry()
-            .execute_raw(stmt(
-                "UPDATE operations SET error = $3, lease_expires_at = now() + make_interval(secs => $4), updated_at = now() \
-                 WHERE id = $1 AND lease_owner = $2",
-                vec![op.id.into(), owner.into(), error.into(), backoff.into()],
-            ))
-            .await;
+        self.retry_later(op, owner, error).await;
     }
 
     async fn move_step(&self, owner: &str, op: Uuid, step: &str, run: &mut MoveRun) -> Result<(), Stop> {
@@ -1706,8 +1671,6 @@ impl ControlPlane {
         .fetch_all(&mut home)
         .await?;
         home.close().await?;
-        let known: Vec<String> =
-            self.backends().await?.into_iter().filter(|b| b.status != "retired").map(|b| b.database).collect();
         for db in dbs.into_iter().filter(|d| known.contains(d)) {
             let Ok(mut conn) = PgConnection::connect_with(&options(&db)).await else { continue };
             let pubs: Vec<String> =

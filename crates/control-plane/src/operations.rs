@@ -153,6 +153,28 @@ pub(crate) async fn enqueue(
     Ok(id)
 }
 
+/// Locks the tenant's row for the caller's transaction (serialising requests
+/// for one tenant) and refuses with 409 while another operation of it runs.
+pub(crate) async fn lock_idle_tenant(txn: &impl ConnectionTrait, tenant: Uuid) -> Result<(), Error> {
+    txn.execute_raw(stmt("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE", vec![tenant.into()])).await?;
+    let busy = txn
+        .query_one_raw(stmt(
+            "SELECT kind FROM operations WHERE tenant_id = $1 AND state IN ('pending', 'running', 'cancelling') LIMIT 1",
+            vec![tenant.into()],
+        ))
+        .await?;
+    match busy {
+        None => Ok(()),
+        Some(row) => {
+            let other: String = row.try_get("", "kind")?;
+            Err(Error::Conflict {
+                code: "operation_in_progress",
+                message: format!("a {other} operation is running for this tenant; wait for it or cancel it first"),
+            })
+        }
+    }
+}
+
 /// Ends an operation this worker holds, inside the caller's transaction.
 pub(crate) async fn finish(
     txn: &impl ConnectionTrait,
@@ -503,7 +525,12 @@ impl ControlPlane {
             self.roll_back(owner, op.id, tenant_id, &op.params, "failed", Some(error)).await;
             return;
         }
-        // Let the lease lapse after a backoff so this or another worker retries.
+        self.retry_later(op, owner, error).await;
+    }
+
+    /// Records the error and lets the lease lapse after an exponential backoff
+    /// (2^attempts s, at most 32 s), so this or another worker retries the step.
+    pub(crate) async fn retry_later(&self, op: &Claimed, owner: &str, error: String) {
         let backoff = f64::from(1u32 << op.attempts.clamp(0, 5));
         let _ = self
             .registry()
@@ -737,15 +764,7 @@ impl ControlPlane {
             if let Err(e) = result {
                 let error = format!("{step}: {e}");
                 tracing::warn!(operation = %op.id, %error, "retirement step failed; will retry");
-                let backoff = f64::from(1u32 << op.attempts.clamp(0, 5));
-                let _ = self
-                    .registry()
-                    .execute_raw(stmt(
-                        "UPDATE operations SET error = $3, lease_expires_at = now() + make_interval(secs => $4) \
-                         WHERE id = $1 AND lease_owner = $2",
-                        vec![op.id.into(), owner.into(), error.into(), backoff.into()],
-                    ))
-                    .await;
+                self.retry_later(&op, owner, error).await;
                 return;
             }
             failpoint(&format!("retire.after.{step}"));

@@ -350,20 +350,7 @@ impl ControlPlane {
             (Tier::Shared, Some(_)) => {
                 return Err(Error::invalid("engine_not_applicable", "`engine` applies to the dedicated tier only"));
             }
-            (Tier::Dedicated, None | Some(Engine::Logical)) => Some(Engine::Logical),
-            (Tier::Dedicated, Some(Engine::Rds)) if self.rds.is_some() => Some(Engine::Rds),
-            (Tier::Dedicated, Some(Engine::Rds)) => {
-                return Err(Error::invalid(
-                    "engine_unavailable",
-                    "the rds engine is not configured on this control plane",
-                ));
-            }
-            (Tier::Dedicated, Some(Engine::External)) => {
-                return Err(Error::invalid(
-                    "engine_unavailable",
-                    "external backends are registered by hand, not provisioned",
-                ));
-            }
+            (Tier::Dedicated, engine) => Some(self.dedicated_engine(engine)?),
         };
         let id = new_id();
         let txn = self.registry.begin().await?;
@@ -418,6 +405,21 @@ impl ControlPlane {
             None => None,
         };
         Ok(Created { tenant, operation })
+    }
+
+    /// The engine a new dedicated backend gets (`logical` unless asked), if
+    /// this control plane can provision it.
+    pub(crate) fn dedicated_engine(&self, engine: Option<Engine>) -> Result<Engine, Error> {
+        match engine.unwrap_or(Engine::Logical) {
+            Engine::Logical => Ok(Engine::Logical),
+            Engine::Rds if self.rds.is_some() => Ok(Engine::Rds),
+            Engine::Rds => {
+                Err(Error::invalid("engine_unavailable", "the rds engine is not configured on this control plane"))
+            }
+            Engine::External => {
+                Err(Error::invalid("engine_unavailable", "external backends are registered by hand, not provisioned"))
+            }
+        }
     }
 
     /// Makes `backend` the tenant's home at epoch 1: residency on the backend,
