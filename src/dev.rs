@@ -121,6 +121,8 @@ pub fn settings_for(
             workers: 2,
             baseline: None,
             listen_for_changes: true,
+            usage_flush_ms: 2000,
+            jobs: Default::default(),
         },
         control_plane: ControlPlaneConfig {
             listen: admin_listen,
@@ -145,6 +147,13 @@ pub fn settings_for(
             workers: 1,
             moves: Default::default(),
             erase_final_snapshot: false,
+            // Small installations: measure often so a new user sees figures soon.
+            usage: tenantry_control_plane::config::UsageConfig {
+                rollup_interval_ms: 5000,
+                storage_interval_secs: 30,
+                ..Default::default()
+            },
+            reports: Default::default(),
         },
         log: Default::default(),
     }

@@ -18,7 +18,7 @@ pub struct Stack {
     admin: Server,
     control_plane: Arc<ControlPlane>,
     resolver: Resolver,
-    /// Operation workers; stopped with the stack.
+    /// Operation workers, the usage loop and the app's jobs; stopped with the stack.
     _workers: Vec<AbortOnDrop>,
 }
 
@@ -33,10 +33,16 @@ impl Drop for AbortOnDrop {
 impl Stack {
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
         let control_plane = Arc::new(ControlPlane::start(settings.control_plane.clone()).await?);
-        let workers = (0..settings.control_plane.operation_workers)
+        let mut workers: Vec<AbortOnDrop> = (0..settings.control_plane.operation_workers)
             .map(|_| AbortOnDrop(tokio::spawn(control_plane.clone().run_worker())))
             .collect();
+        workers.push(AbortOnDrop(tokio::spawn(control_plane.clone().run_usage())));
         let resolver = Resolver::start(settings.app.clone()).await?;
+        workers.push(AbortOnDrop(tokio::spawn(tenantry_app::jobs::run(
+            resolver.clone(),
+            settings.app.jobs.clone(),
+            resolver.job_stats(),
+        ))));
         let app_listener = TcpListener::bind(settings.app.listen)
             .map_err(|e| anyhow::anyhow!("cannot listen on {} (app): {e}", settings.app.listen))?;
         let admin_listener = TcpListener::bind(settings.control_plane.listen)

@@ -84,6 +84,9 @@ pub async fn spawn_stack(configure: impl FnOnce(&mut crate::Settings, &str)) -> 
     let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let mut settings = crate::dev::settings_for(tc.cluster.port(), &tc.secrets, &registry_db, any, any);
     let pool_name = unique("pool");
+    // Tests and benches seed past-due schedules: the overdue job runs only where
+    // a test turns it on.
+    settings.app.jobs.overdue_interval_secs = 0;
     configure(&mut settings, &pool_name);
     let stack = crate::Stack::build(&settings).await?;
     stack.control_plane().register_backend("test", &pool_name, tenantry_core::BackendKind::SharedPool).await?;

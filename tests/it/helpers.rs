@@ -198,6 +198,8 @@ impl TestApp {
                 [app.credentials]
                 user = "tenantry_app"
                 password = "{app_pw}"
+                [app.jobs]
+                overdue_interval_secs = 0
                 [control_plane]
                 listen = "127.0.0.1:0"
                 admin_token = "unused"

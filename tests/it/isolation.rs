@@ -180,3 +180,30 @@ async fn dedicated_tenant_rows_live_in_its_own_database_not_the_shared_pool() {
         assert_eq!(scalar(&pool, &q).await, 0, "{table} in the shared pool");
     }
 }
+
+#[tokio::test]
+async fn every_table_holding_tenant_rows_forces_row_level_security_on_both_tiers() {
+    let app = spawn_app().await;
+    let d = app.create_tenant("rls-catalog", "dedicated").await;
+    for database in [app.pool_name.clone(), app.database_of(&d.id).await] {
+        let superuser = connect(&database, false);
+        // Found from the catalog, so a table added by a later migration is covered.
+        let unprotected = scalar(
+            &superuser,
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped \
+             WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND c.relname <> 'tenant_residency' \
+               AND NOT (c.relrowsecurity AND c.relforcerowsecurity \
+                        AND EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid))",
+        )
+        .await;
+        assert_eq!(unprotected, 0, "{database}: a table with tenant_id lacks forced RLS or a policy");
+        let tables = scalar(
+            &superuser,
+            "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'public' AND column_name = 'tenant_id' \
+             AND table_name NOT IN ('tenant_residency')",
+        )
+        .await;
+        assert!(tables >= 5, "{database}: assets, schedules, issues, overdue markers, move sentinels ({tables})");
+    }
+}

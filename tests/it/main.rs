@@ -13,4 +13,6 @@ mod migrations;
 mod moves;
 mod operations;
 mod rds;
+mod reports;
 mod routing;
+mod usage;

@@ -43,11 +43,14 @@ async fn fan_out_migrates_every_backend_skips_a_failing_one_and_resumes() {
     assert_eq!(app.get(&a.key, "/v1/assets").await.0, StatusCode::OK);
 
     // Repair B by hand, re-run: only B is migrated; a third run has nothing to do.
+    let applied: Vec<String> =
+        tenantry_control_plane::migrate::TENANT.iter().map(|m| format!("({}, '{}')", m.version, m.name)).collect();
     connect(&b_db, false)
-        .execute_unprepared(
+        .execute_unprepared(&format!(
             "CREATE TABLE IF NOT EXISTS tenantry_schema_migrations (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now()); \
-             INSERT INTO tenantry_schema_migrations (version, name) VALUES (1, 'assets'), (2, 'move_sentinels')",
-        )
+             INSERT INTO tenantry_schema_migrations (version, name) VALUES {}",
+            applied.join(", ")
+        ))
         .await
         .unwrap();
     let (_, report) = app.admin_call(Method::POST, "/v1/migrations/apply", None).await;

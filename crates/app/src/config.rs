@@ -60,6 +60,34 @@ pub struct AppConfig {
     /// use this to prove that safety net).
     #[serde(default = "default_true")]
     pub listen_for_changes: bool,
+    /// How often per-tenant usage counts are appended to the registry, ms.
+    /// Default 5000.
+    #[serde(default = "default_usage_flush")]
+    pub usage_flush_ms: u64,
+    /// Background jobs run by this process (routed per tenant like requests).
+    #[serde(default)]
+    pub jobs: JobsConfig,
+}
+
+/// Routed background jobs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// How often the overdue-maintenance job visits every tenant, seconds;
+    /// 0 disables it in this process. Default 60.
+    pub overdue_interval_secs: u64,
+    /// Tenants visited at once. Default 4.
+    pub concurrency: usize,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self { overdue_interval_secs: 60, concurrency: 4 }
+    }
+}
+
+fn default_usage_flush() -> u64 {
+    5000
 }
 
 #[derive(Debug, Clone, Deserialize)]

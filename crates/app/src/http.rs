@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use tenantry_core::db::{FOREIGN_KEY_VIOLATION, UNIQUE_VIOLATION, sqlstate};
 use tenantry_core::entities::{asset_issues, assets, maintenance_schedules};
+use tenantry_core::metrics::HttpMetrics;
 use tenantry_core::registry::KeyOwner;
 use tenantry_core::web::{ApiError, ErrorBody, bearer, configure_extractors, healthz, no_route};
 use tenantry_core::{TenantStatus, Tier};
@@ -47,6 +48,7 @@ impl FromRequest for Tenant {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let resolver = req.app_data::<web::Data<Resolver>>().cloned();
         let key = bearer(req).map(str::to_string);
+        let req = req.clone();
         Box::pin(async move {
             let resolver = resolver.ok_or_else(|| ApiError::internal(&"resolver missing from app data"))?;
             let key = key.ok_or_else(|| ApiError::unauthorized("send `Authorization: Bearer <API key>`"))?;
@@ -75,6 +77,12 @@ impl FromRequest for Tenant {
             let span = tracing::Span::current();
             span.record("tenant_id", tracing::field::display(owner.tenant_id));
             span.record("tier", owner.tier.as_str());
+            {
+                use actix_web::HttpMessage;
+                let mut ext = req.extensions_mut();
+                ext.insert(tenantry_core::metrics::TierLabel(owner.tier.as_str()));
+                ext.insert(crate::usage::TenantTag(owner.tenant_id));
+            }
             let permit = resolver.admit(&owner)?;
             Ok(Tenant(owner, permit))
         })
@@ -679,9 +687,12 @@ async fn delete_issue(r: R, t: Tenant, id: web::Path<Uuid>) -> Result<HttpRespon
 )]
 pub struct AppApiDoc;
 
-/// Prometheus text: pools, connections and the connection budget.
-async fn metrics(r: R) -> HttpResponse {
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(r.metrics())
+/// Prometheus text: requests by route, status and tier with latencies, the
+/// resolver's caches, pools, connections, budget and limit rejections.
+async fn metrics(r: R, http: Option<web::Data<HttpMetrics>>) -> HttpResponse {
+    let mut body = http.map(|m| m.encode()).unwrap_or_default();
+    body.push_str(&r.metrics());
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(body)
 }
 
 async fn openapi() -> HttpResponse {
@@ -772,11 +783,15 @@ pub fn server(
 ) -> std::io::Result<Server> {
     let resolver = web::Data::new(resolver);
     let baseline = baseline.map(web::Data::new);
+    let http_metrics = web::Data::from(HttpMetrics::new("tenantry_app"));
     Ok(HttpServer::new(move || {
         let app = actix_web::App::new()
+            .wrap(actix_web::middleware::from_fn(crate::usage::record))
+            .wrap(actix_web::middleware::from_fn(tenantry_core::metrics::record))
             .wrap(actix_web::middleware::from_fn(tenantry_core::web::request_id_header))
             .wrap(TracingLogger::<TenantSpan>::new())
             .app_data(resolver.clone())
+            .app_data(http_metrics.clone())
             .configure(routes)
             .default_service(web::to(no_route));
         match &baseline {

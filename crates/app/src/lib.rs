@@ -5,9 +5,11 @@
 pub mod config;
 pub mod data;
 pub mod http;
+pub mod jobs;
 pub mod limits;
 pub mod resolver;
 pub mod scope;
+pub mod usage;
 
 pub use config::AppConfig;
 pub use resolver::Resolver;

@@ -6,6 +6,7 @@
 //! [`Resolver::enter`] re-resolve and retry once.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use moka::sync::Cache;
@@ -24,6 +25,7 @@ use sea_orm::Select;
 use tenantry_core::entities::TenantScoped;
 
 use crate::scope::{EnterError, TenantTx, read_once, scoped};
+use crate::usage::UsageMeter;
 
 /// Registry notifications channel (see migrations/registry).
 const CHANNEL: &str = "tenantry_registry";
@@ -36,6 +38,13 @@ const RETRY_AFTER_SECS: u64 = 1;
 
 struct Inner {
     gates: crate::limits::Gates,
+    usage: Arc<UsageMeter>,
+    jobs: Arc<crate::jobs::JobStats>,
+    /// Cache hits and misses: keys, then routes.
+    key_hits: AtomicU64,
+    key_misses: AtomicU64,
+    route_hits: AtomicU64,
+    route_misses: AtomicU64,
     registry: RegistryReader,
     cfg: AppConfig,
     keys: Cache<[u8; 32], Arc<KeyOwner>>,
@@ -53,13 +62,30 @@ pub struct Resolver {
     _listener: Arc<ListenerTask>,
 }
 
-struct ListenerTask(Option<JoinHandle<()>>);
+/// The resolver's background tasks (registry listener, usage flusher),
+/// stopped when the last clone of the resolver goes.
+struct ListenerTask(Vec<JoinHandle<()>>);
 
 impl Drop for ListenerTask {
     fn drop(&mut self) {
-        if let Some(task) = &self.0 {
+        for task in &self.0 {
             task.abort();
         }
+    }
+}
+
+/// A slot of the connection budget held by one request; when it is released
+/// the time it was held is metered as the tenant's database time.
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    tenant: Uuid,
+    started: std::time::Instant,
+    usage: Arc<UsageMeter>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.usage.db_time(self.tenant, self.started.elapsed());
     }
 }
 
@@ -104,9 +130,20 @@ impl Resolver {
                 .build(),
             budget: Arc::new(Semaphore::new(cfg.max_connections_total as usize)),
             gates: Default::default(),
+            usage: Default::default(),
+            jobs: Default::default(),
+            key_hits: AtomicU64::new(0),
+            key_misses: AtomicU64::new(0),
+            route_hits: AtomicU64::new(0),
+            route_misses: AtomicU64::new(0),
             cfg,
         });
-        let task = if inner.cfg.listen_for_changes {
+        let mut tasks = vec![tokio::spawn(crate::usage::run_flusher(
+            inner.usage.clone(),
+            registry.clone(),
+            Duration::from_millis(inner.cfg.usage_flush_ms.max(100)),
+        ))];
+        if inner.cfg.listen_for_changes {
             let mut listener = PgListener::connect_with(registry.get_postgres_connection_pool())
                 .await
                 .map_err(|e| sea_orm::DbErr::Custom(format!("LISTEN on the registry: {e}")))?;
@@ -114,11 +151,9 @@ impl Resolver {
                 .listen(CHANNEL)
                 .await
                 .map_err(|e| sea_orm::DbErr::Custom(format!("LISTEN on the registry: {e}")))?;
-            Some(tokio::spawn(listen(listener, inner.clone())))
-        } else {
-            None
-        };
-        Ok(Self { inner, _listener: Arc::new(ListenerTask(task)) })
+            tasks.push(tokio::spawn(listen(listener, inner.clone())));
+        }
+        Ok(Self { inner, _listener: Arc::new(ListenerTask(tasks)) })
     }
 
     /// The tenant owning a presented API key (401 when unknown or revoked).
@@ -126,8 +161,10 @@ impl Resolver {
         let unauthorized = || ApiError::unauthorized("missing, unknown or revoked API key");
         let hash = tenantry_core::api_key::hash_presented(presented).ok_or_else(unauthorized)?;
         if let Some(owner) = self.inner.keys.get(&hash) {
+            self.inner.key_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(owner);
         }
+        self.inner.key_misses.fetch_add(1, Ordering::Relaxed);
         let owner = Arc::new(self.inner.registry.key_owner(&hash).await?.ok_or_else(unauthorized)?);
         self.inner.keys.insert(hash, owner.clone());
         Ok(owner)
@@ -135,8 +172,10 @@ impl Resolver {
 
     async fn route(&self, tenant_id: Uuid) -> Result<Arc<Route>, ApiError> {
         if let Some(route) = self.inner.routes.get(&tenant_id) {
+            self.inner.route_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(route);
         }
+        self.inner.route_misses.fetch_add(1, Ordering::Relaxed);
         let route = Arc::new(self.inner.registry.route(tenant_id).await?.ok_or_else(|| {
             ApiError::unavailable("tenant_not_placed", "the tenant has no backend yet; retry shortly", RETRY_AFTER_SECS)
         })?);
@@ -162,15 +201,10 @@ impl Resolver {
     /// first statement takes the tenant's shared fence lock, checks residency at
     /// the cached epoch and sets `app.tenant_id` for this transaction only.
     pub async fn enter(&self, tenant: &KeyOwner) -> Result<TenantTx, ApiError> {
+        let (tenant_id, timeout) = (tenant.tenant_id, tenant.limits.statement_timeout_ms);
         let (tx, slot) = self
-            .on_backend(tenant, async |db, epoch| {
-                TenantTx::begin(
-                    db.get_postgres_connection_pool(),
-                    tenant.tenant_id,
-                    epoch,
-                    tenant.limits.statement_timeout_ms,
-                )
-                .await
+            .on_backend(tenant, move |db, epoch| async move {
+                TenantTx::begin(db.get_postgres_connection_pool(), tenant_id, epoch, timeout).await
             })
             .await?;
         Ok(tx.holding(slot))
@@ -183,10 +217,15 @@ impl Resolver {
 
     /// A connection slot from the global budget, waiting at most
     /// `connection_wait_ms`.
-    async fn slot(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+    async fn slot(&self, tenant: Uuid) -> Result<Slot, ApiError> {
         let wait = Duration::from_millis(self.inner.cfg.connection_wait_ms);
         match tokio::time::timeout(wait, self.inner.budget.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(permit),
+            Ok(Ok(permit)) => Ok(Slot {
+                _permit: permit,
+                tenant,
+                started: std::time::Instant::now(),
+                usage: self.inner.usage.clone(),
+            }),
             _ => {
                 tracing::warn!(budget = self.inner.cfg.max_connections_total, "connection budget exhausted");
                 Err(ApiError::unavailable(
@@ -231,6 +270,40 @@ impl Resolver {
         let _ = writeln!(out, "# HELP tenantry_app_connection_budget Connection slots this process may use.");
         let _ = writeln!(out, "# TYPE tenantry_app_connection_budget gauge");
         let _ = writeln!(out, "tenantry_app_connection_budget {}", inner.cfg.max_connections_total);
+        let cache = |name: &str, hits: &AtomicU64, misses: &AtomicU64| {
+            format!(
+                "tenantry_app_cache_requests_total{{cache=\"{name}\",result=\"hit\"}} {}\n\
+                 tenantry_app_cache_requests_total{{cache=\"{name}\",result=\"miss\"}} {}\n",
+                hits.load(Ordering::Relaxed),
+                misses.load(Ordering::Relaxed)
+            )
+        };
+        let _ = writeln!(out, "# HELP tenantry_app_cache_requests_total Resolver cache lookups by cache and result.");
+        let _ = writeln!(out, "# TYPE tenantry_app_cache_requests_total counter");
+        out.push_str(&cache("api_key", &inner.key_hits, &inner.key_misses));
+        out.push_str(&cache("route", &inner.route_hits, &inner.route_misses));
+        let _ = writeln!(
+            out,
+            "# HELP tenantry_app_usage_tenants_pending Tenants with usage not yet flushed to the registry."
+        );
+        let _ = writeln!(out, "# TYPE tenantry_app_usage_tenants_pending gauge");
+        let _ = writeln!(out, "tenantry_app_usage_tenants_pending {}", inner.usage.pending().len());
+        let jobs = &inner.jobs;
+        for (name, help, v) in [
+            ("tenantry_app_job_runs_total", "Completed passes of the overdue-maintenance job.", &jobs.runs),
+            (
+                "tenantry_app_job_issues_opened_total",
+                "Asset issues opened by the overdue-maintenance job.",
+                &jobs.issues_opened,
+            ),
+            (
+                "tenantry_app_job_tenant_failures_total",
+                "Tenants a job pass skipped after an error.",
+                &jobs.tenant_failures,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Ordering::Relaxed));
+        }
         let (rate, concurrency) = inner.gates.rejections();
         let _ = writeln!(out, "# HELP tenantry_app_rejected_requests_total Requests turned away by a tenant limit.");
         let _ = writeln!(out, "# TYPE tenantry_app_rejected_requests_total counter");
@@ -251,9 +324,11 @@ impl Resolver {
         tenant: &KeyOwner,
         shape: impl Fn(Select<E>) -> Select<E>,
     ) -> Result<Vec<E::Model>, ApiError> {
+        let tenant_id = tenant.tenant_id;
         let (rows, _slot) = self
-            .on_backend(tenant, async |db, epoch| {
-                read_once(&db, tenant.tenant_id, epoch, shape(scoped::<E>(tenant.tenant_id))).await
+            .on_backend(tenant, |db, epoch| {
+                let select = shape(scoped::<E>(tenant_id));
+                async move { read_once(&db, tenant_id, epoch, select).await }
             })
             .await?;
         Ok(rows)
@@ -265,11 +340,16 @@ impl Resolver {
     /// `work` retried against the fresh placement; while the tenant stays fenced
     /// (a move's cutover) the request waits, holding neither a connection nor a
     /// budget slot, for at most [`FENCE_WAIT`], then gets a retryable 503.
-    async fn on_backend<T>(
+    /// (`work` returns a future that owns what it needs, so callers' futures
+    /// stay `Send` for spawned jobs.)
+    async fn on_backend<T, F>(
         &self,
         tenant: &KeyOwner,
-        work: impl AsyncFn(DatabaseConnection, i64) -> Result<T, EnterError>,
-    ) -> Result<(T, OwnedSemaphorePermit), ApiError> {
+        work: impl Fn(DatabaseConnection, i64) -> F,
+    ) -> Result<(T, Slot), ApiError>
+    where
+        F: std::future::Future<Output = Result<T, EnterError>>,
+    {
         let deadline = tokio::time::Instant::now() + FENCE_WAIT;
         let mut not_resident = false;
         let mut evicted = 0;
@@ -294,7 +374,7 @@ impl Resolver {
                     RETRY_AFTER_SECS,
                 ));
             }
-            let slot = self.slot().await?;
+            let slot = self.slot(tenant.tenant_id).await?;
             let pool = self.pool(&route.backend);
             match work(pool, route.placement.epoch).await {
                 Ok(t) => {
@@ -332,6 +412,21 @@ impl Resolver {
             }
         }
         Err(ApiError::unavailable("tenant_moving", "the tenant is being moved; retry shortly", RETRY_AFTER_SECS))
+    }
+
+    /// This process's usage counts (flushed to the registry periodically).
+    pub fn usage(&self) -> &Arc<UsageMeter> {
+        &self.inner.usage
+    }
+
+    /// Counters of the background jobs this process runs.
+    pub fn job_stats(&self) -> Arc<crate::jobs::JobStats> {
+        self.inner.jobs.clone()
+    }
+
+    /// The registry's read model (for jobs that visit every tenant).
+    pub fn registry(&self) -> &RegistryReader {
+        &self.inner.registry
     }
 
     /// Number of open backend pools (for tests and metrics).

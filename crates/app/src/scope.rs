@@ -135,7 +135,7 @@ pub struct TenantTx {
     conn: TxConn,
     tenant_id: Uuid,
     /// The connection-budget slot this transaction occupies.
-    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    _slot: Option<crate::resolver::Slot>,
 }
 
 impl TenantTx {
@@ -166,7 +166,7 @@ impl TenantTx {
         }
     }
 
-    pub(crate) fn holding(mut self, slot: tokio::sync::OwnedSemaphorePermit) -> Self {
+    pub(crate) fn holding(mut self, slot: crate::resolver::Slot) -> Self {
         self._slot = Some(slot);
         self
     }
@@ -204,6 +204,19 @@ impl TenantTx {
         E::Model: IntoActiveModel<A>,
     {
         build(self.tenant_id).insert(&self.conn).await
+    }
+
+    /// Inserts a row built by `build` unless it would violate a unique key;
+    /// `true` when it was inserted.
+    pub async fn insert_if_absent<E, A>(&self, build: impl FnOnce(Uuid) -> A) -> Result<bool, DbErr>
+    where
+        E: TenantScoped,
+        A: sea_orm::ActiveModelTrait<Entity = E> + sea_orm::ActiveModelBehavior + Send,
+        E::Model: IntoActiveModel<A>,
+    {
+        let inserted =
+            E::insert(build(self.tenant_id)).on_conflict_do_nothing().exec_without_returning(&self.conn).await?;
+        Ok(matches!(inserted, sea_orm::TryInsertResult::Inserted(n) if n > 0))
     }
 
     /// Saves changes to a row previously read through this transaction (so it

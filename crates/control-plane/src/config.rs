@@ -88,6 +88,123 @@ pub struct ControlPlaneConfig {
     /// Online moves (promote, move, demote).
     #[serde(default)]
     pub moves: MoveConfig,
+    /// Usage metering, cost attribution and heavy-tenant advice.
+    #[serde(default)]
+    pub usage: UsageConfig,
+    /// Cross-tier reports.
+    #[serde(default)]
+    pub reports: ReportConfig,
+}
+
+/// Usage metering and cost.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageConfig {
+    /// How often app samples are folded into the hourly and daily rollups, ms.
+    /// Default 10000.
+    pub rollup_interval_ms: u64,
+    /// How often every backend's rows and bytes per tenant are measured,
+    /// seconds. Default 300.
+    pub storage_interval_secs: u64,
+    /// Hourly rollups older than this are deleted (daily ones are kept). Default 35.
+    pub hourly_retention_days: i64,
+    /// Unit prices per tier and engine; the first entry matching a tenant's tier
+    /// and its backend's engine applies (`engine = "*"` matches any).
+    pub prices: Vec<Price>,
+    /// When a shared tenant is worth moving out (`GET /v1/recommendations`).
+    pub recommend: RecommendConfig,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        Self {
+            rollup_interval_ms: 10_000,
+            storage_interval_secs: 300,
+            hourly_retention_days: 35,
+            prices: vec![
+                Price::new("shared", "*", 0.0, 0.40, 0.50, 0.25),
+                Price::new("dedicated", "rds", 180.0, 0.20, 0.0, 0.115),
+                Price::new("dedicated", "*", 25.0, 0.20, 0.10, 0.15),
+            ],
+            recommend: RecommendConfig::default(),
+        }
+    }
+}
+
+/// Unit prices (in any one currency) for tenants of one tier on one engine.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    /// `shared` or `dedicated`.
+    pub tier: String,
+    /// `logical`, `rds`, `external` or `*`.
+    pub engine: String,
+    /// Fixed price per month (a dedicated database's instance), prorated.
+    #[serde(default)]
+    pub base_per_month: f64,
+    #[serde(default)]
+    pub per_million_requests: f64,
+    /// Per hour of database time spent serving the tenant's requests.
+    #[serde(default)]
+    pub per_db_hour: f64,
+    /// Per GiB stored for a month (a shared tenant's share of its tables).
+    #[serde(default)]
+    pub per_gb_month: f64,
+}
+
+impl Price {
+    fn new(tier: &str, engine: &str, base: f64, per_m: f64, per_db_hour: f64, per_gb: f64) -> Self {
+        Self {
+            tier: tier.into(),
+            engine: engine.into(),
+            base_per_month: base,
+            per_million_requests: per_m,
+            per_db_hour,
+            per_gb_month: per_gb,
+        }
+    }
+}
+
+/// Thresholds of `GET /v1/recommendations`: a shared tenant is heavy when its
+/// share of its pool's rows, bytes or database time reaches `share` and that
+/// quantity is at least the matching floor (so a tiny pool's only tenant is not
+/// "heavy").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecommendConfig {
+    /// Default 0.4.
+    pub share: f64,
+    /// Default 100000 rows.
+    pub min_rows: i64,
+    /// Default 256 MiB.
+    pub min_bytes: i64,
+    /// Database time over the window, ms. Default 600000 (10 minutes a day).
+    pub min_db_time_ms: i64,
+    /// Window of database time considered, hours. Default 24.
+    pub window_hours: i64,
+}
+
+impl Default for RecommendConfig {
+    fn default() -> Self {
+        Self { share: 0.4, min_rows: 100_000, min_bytes: 256 << 20, min_db_time_ms: 600_000, window_hours: 24 }
+    }
+}
+
+/// Cross-tier reports.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportConfig {
+    /// Longest a report waits for one backend before reporting it missing, ms.
+    /// Default 3000.
+    pub backend_timeout_ms: u64,
+    /// Backends queried at once. Default 8.
+    pub concurrency: usize,
+}
+
+impl Default for ReportConfig {
+    fn default() -> Self {
+        Self { backend_timeout_ms: 3000, concurrency: 8 }
+    }
 }
 
 /// Online-move tuning.

@@ -470,6 +470,81 @@ async fn audit_log(cp: Cp, _admin: Admin, q: web::Query<AuditParams>) -> Result<
     Ok(HttpResponse::Ok().json(AuditPage { entries, next_cursor }))
 }
 
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct UsageParams {
+    /// How many tenants, 1-1000. Default 10.
+    pub top: Option<usize>,
+    /// `1h`-`48h` or `1d`-`90d`. Default `24h`.
+    pub window: Option<String>,
+    /// `cost` (default), `requests`, `db_time`, `bytes`, `rows` or `errors`.
+    pub sort: Option<crate::usage::UsageSort>,
+}
+
+fn window(w: Option<&str>) -> Result<crate::usage::Window, ApiError> {
+    crate::usage::Window::parse(w.unwrap_or("24h")).map_err(|e| ApiError::bad_request("invalid_window", e.to_string()))
+}
+
+/// The heaviest tenants over a window, with their cost.
+#[utoipa::path(get, path = "/v1/usage", params(UsageParams),
+    responses((status = 200, body = crate::usage::UsageReport), (status = 400, body = ErrorBody)))]
+async fn usage(cp: Cp, _admin: Admin, q: web::Query<UsageParams>) -> Result<HttpResponse, ApiError> {
+    let top = q.top.unwrap_or(10);
+    if !(1..=crate::service::MAX_PAGE as usize).contains(&top) {
+        return Err(ApiError::bad_request("invalid_top", "top must be between 1 and 1000"));
+    }
+    let w = window(q.window.as_deref())?;
+    let report = cp.usage_top(w, top, q.sort.unwrap_or(crate::usage::UsageSort::Cost)).await?;
+    Ok(HttpResponse::Ok().json(report))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct WindowParams {
+    /// `1h`-`48h` (hourly points) or `1d`-`90d` (daily points). Default `7d`.
+    pub window: Option<String>,
+}
+
+/// One tenant's usage, cost, storage per table and a point per period.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/usage", params(("tenant" = String, Path), WindowParams),
+    responses((status = 200, body = crate::usage::TenantUsageDetail), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn tenant_usage(
+    cp: Cp,
+    _admin: Admin,
+    tenant: web::Path<String>,
+    q: web::Query<WindowParams>,
+) -> Result<HttpResponse, ApiError> {
+    let w = window(Some(q.window.as_deref().unwrap_or("7d")))?;
+    Ok(HttpResponse::Ok().json(cp.tenant_usage_detail(&tenant, w).await?))
+}
+
+/// Shared tenants heavy enough to move out, each with its promotion dry run.
+#[utoipa::path(get, path = "/v1/recommendations",
+    responses((status = 200, body = crate::usage::Recommendations)))]
+async fn recommendations(cp: Cp, _admin: Admin) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(cp.recommendations().await?))
+}
+
+/// Assets by status and open issues per tenant across every backend; a
+/// backend that does not answer in time is listed as missing.
+#[utoipa::path(get, path = "/v1/reports/assets",
+    responses((status = 200, body = crate::reports::AssetReport)))]
+async fn asset_report(cp: Cp, _admin: Admin) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(cp.asset_report().await?))
+}
+
+/// Prometheus text: the admin listener's requests and latencies, and the
+/// registry's tenants, operations, backends and top tenants.
+async fn metrics(
+    cp: Cp,
+    http: Option<web::Data<tenantry_core::metrics::HttpMetrics>>,
+) -> Result<HttpResponse, ApiError> {
+    let mut body = http.map(|m| m.encode()).unwrap_or_default();
+    body.push_str(&cp.registry_metrics().await?);
+    Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(body))
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Tenantry admin API"),
@@ -495,7 +570,11 @@ async fn audit_log(cp: Cp, _admin: Admin, q: web::Query<AuditParams>) -> Result<
         export_tenant,
         get_settings,
         patch_settings,
-        patch_tier_settings
+        patch_tier_settings,
+        usage,
+        tenant_usage,
+        recommendations,
+        asset_report
     ),
     components(schemas(ErrorBody))
 )]
@@ -508,41 +587,51 @@ async fn openapi() -> HttpResponse {
 /// The admin routes, for embedding in an `App`.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     configure_extractors(cfg);
-    cfg.route("/healthz", web::get().to(healthz)).route("/openapi.json", web::get().to(openapi)).service(
-        web::scope("/v1")
-            .route("/tenants", web::post().to(create_tenant))
-            .route("/tenants", web::get().to(list_tenants))
-            .route("/tenants/{tenant}", web::get().to(get_tenant))
-            .route("/tenants/{tenant}", web::delete().to(erase_tenant))
-            .route("/tenants/{tenant}/export", web::get().to(export_tenant))
-            .route("/tenants/{tenant}/settings", web::get().to(get_settings))
-            .route("/tenants/{tenant}/settings", web::patch().to(patch_settings))
-            .route("/tiers/{tier}/settings", web::patch().to(patch_tier_settings))
-            .route("/tenants/{tenant}/api-keys", web::post().to(create_key))
-            .route("/tenants/{tenant}/promote", web::post().to(promote))
-            .route("/tenants/{tenant}/move", web::post().to(move_tenant))
-            .route("/tenants/{tenant}/demote", web::post().to(demote))
-            .route("/tenants/{tenant}/move-plan", web::get().to(move_plan))
-            .route("/tenants/{tenant}/api-keys/{key_id}", web::delete().to(revoke_key))
-            .route("/backends", web::get().to(list_backends))
-            .route("/backends/{id}/retire", web::post().to(retire_backend))
-            .route("/migrations", web::get().to(list_migrations))
-            .route("/migrations/apply", web::post().to(apply_migrations))
-            .route("/audit", web::get().to(audit_log))
-            .route("/operations", web::get().to(list_operations))
-            .route("/operations/{id}", web::get().to(get_operation))
-            .route("/operations/{id}/cancel", web::post().to(cancel_operation)),
-    );
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/metrics", web::get().to(metrics))
+        .route("/openapi.json", web::get().to(openapi))
+        .service(
+            web::scope("/v1")
+                .route("/usage", web::get().to(usage))
+                .route("/tenants/{tenant}/usage", web::get().to(tenant_usage))
+                .route("/recommendations", web::get().to(recommendations))
+                .route("/reports/assets", web::get().to(asset_report))
+                .route("/tenants", web::post().to(create_tenant))
+                .route("/tenants", web::get().to(list_tenants))
+                .route("/tenants/{tenant}", web::get().to(get_tenant))
+                .route("/tenants/{tenant}", web::delete().to(erase_tenant))
+                .route("/tenants/{tenant}/export", web::get().to(export_tenant))
+                .route("/tenants/{tenant}/settings", web::get().to(get_settings))
+                .route("/tenants/{tenant}/settings", web::patch().to(patch_settings))
+                .route("/tiers/{tier}/settings", web::patch().to(patch_tier_settings))
+                .route("/tenants/{tenant}/api-keys", web::post().to(create_key))
+                .route("/tenants/{tenant}/promote", web::post().to(promote))
+                .route("/tenants/{tenant}/move", web::post().to(move_tenant))
+                .route("/tenants/{tenant}/demote", web::post().to(demote))
+                .route("/tenants/{tenant}/move-plan", web::get().to(move_plan))
+                .route("/tenants/{tenant}/api-keys/{key_id}", web::delete().to(revoke_key))
+                .route("/backends", web::get().to(list_backends))
+                .route("/backends/{id}/retire", web::post().to(retire_backend))
+                .route("/migrations", web::get().to(list_migrations))
+                .route("/migrations/apply", web::post().to(apply_migrations))
+                .route("/audit", web::get().to(audit_log))
+                .route("/operations", web::get().to(list_operations))
+                .route("/operations/{id}", web::get().to(get_operation))
+                .route("/operations/{id}/cancel", web::post().to(cancel_operation)),
+        );
 }
 
 /// Serves the admin API on `listener` until stopped.
 pub fn server(cp: Arc<ControlPlane>, listener: TcpListener, workers: usize) -> std::io::Result<Server> {
     let cp = web::Data::from(cp);
+    let http_metrics = web::Data::from(tenantry_core::metrics::HttpMetrics::new("tenantry_admin"));
     Ok(HttpServer::new(move || {
         actix_web::App::new()
+            .wrap(actix_web::middleware::from_fn(tenantry_core::metrics::record))
             .wrap(actix_web::middleware::from_fn(tenantry_core::web::request_id_header))
             .wrap(TracingLogger::default())
             .app_data(cp.clone())
+            .app_data(http_metrics.clone())
             .configure(routes)
             .default_service(web::to(no_route))
     })

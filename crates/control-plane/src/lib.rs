@@ -7,10 +7,13 @@ pub mod error;
 pub mod export;
 pub mod fleet;
 pub mod http;
+pub mod metrics;
 pub mod migrate;
 pub mod moves;
 pub mod operations;
+pub mod reports;
 pub mod service;
+pub mod usage;
 
 pub use config::{ClusterConfig, ControlPlaneConfig};
 pub use error::Error;

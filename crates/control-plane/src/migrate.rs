@@ -28,6 +28,7 @@ pub const REGISTRY: &[Migration] = &[
         name: "tier_settings",
         sql: include_str!("../../../migrations/registry/0003_tier_settings.sql"),
     },
+    Migration { version: 4, name: "usage", sql: include_str!("../../../migrations/registry/0004_usage.sql") },
 ];
 
 /// The tenant-data schema's migrations, in order.
@@ -37,6 +38,11 @@ pub const TENANT: &[Migration] = &[
         version: 2,
         name: "move_sentinels",
         sql: include_str!("../../../migrations/tenant/0002_move_sentinels.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "maintenance_overdue",
+        sql: include_str!("../../../migrations/tenant/0003_maintenance_overdue.sql"),
     },
 ];
 

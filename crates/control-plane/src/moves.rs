@@ -162,13 +162,7 @@ pub(crate) struct Side {
 
 impl Side {
     fn options(&self, creds: &Credentials) -> PgConnectOptions {
-        PgConnectOptions::new()
-            .host(&self.backend.host)
-            .port(u16::try_from(self.backend.port).unwrap_or(5432))
-            .database(&self.backend.database)
-            .username(&creds.user)
-            .password(creds.password.expose_secret())
-            .application_name("tenantry-move")
+        connect_options(&self.backend, creds, "tenantry-move")
     }
 
     async fn admin(&self) -> Result<PgConnection, Error> {
@@ -237,6 +231,17 @@ fn sqlstate(e: &sqlx::Error) -> Option<String> {
         sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
         _ => None,
     }
+}
+
+/// How to reach `backend` as `creds`.
+pub(crate) fn connect_options(backend: &BackendView, creds: &Credentials, application: &str) -> PgConnectOptions {
+    PgConnectOptions::new()
+        .host(&backend.host)
+        .port(u16::try_from(backend.port).unwrap_or(5432))
+        .database(&backend.database)
+        .username(&creds.user)
+        .password(creds.password.expose_secret())
+        .application_name(application)
 }
 
 pub(crate) async fn tenant_tables(conn: &mut PgConnection) -> Result<Vec<String>, Error> {

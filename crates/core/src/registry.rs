@@ -60,6 +60,25 @@ struct RouteRow {
     schema_version: i32,
 }
 
+const OWNER_SELECT: &str = "SELECT t.id AS tenant_id, t.slug, t.tier, t.status, t.settings, \
+    coalesce(ts.settings, '{}'::jsonb) AS tier_settings";
+
+impl TryFrom<KeyOwnerRow> for KeyOwner {
+    type Error = DbErr;
+
+    fn try_from(r: KeyOwnerRow) -> Result<Self, DbErr> {
+        let settings = crate::settings::effective(&r.tier_settings, &r.settings);
+        Ok(KeyOwner {
+            tenant_id: r.tenant_id,
+            slug: r.slug,
+            tier: r.tier.parse().map_err(corrupt)?,
+            status: r.status.parse().map_err(corrupt)?,
+            limits: crate::settings::limits_of(&settings),
+            settings,
+        })
+    }
+}
+
 fn corrupt(what: impl std::fmt::Display) -> DbErr {
     DbErr::Custom(format!("registry holds an invalid value: {what}"))
 }
@@ -77,28 +96,36 @@ impl RegistryReader {
 
     /// The tenant owning an unrevoked key with this hash.
     pub async fn key_owner(&self, key_hash: &[u8]) -> Result<Option<KeyOwner>, DbErr> {
+        let sql = format!(
+            "{OWNER_SELECT} FROM api_keys k JOIN tenants t ON t.id = k.tenant_id \
+             LEFT JOIN tier_settings ts ON ts.tier = t.tier \
+             WHERE k.key_hash = $1 AND (k.revoked_at IS NULL OR t.status IN ('erasing', 'erased'))"
+        );
         let row = KeyOwnerRow::find_by_statement(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "SELECT t.id AS tenant_id, t.slug, t.tier, t.status, t.settings, \
-                    coalesce(ts.settings, '{}'::jsonb) AS tier_settings \
-             FROM api_keys k JOIN tenants t ON t.id = k.tenant_id LEFT JOIN tier_settings ts ON ts.tier = t.tier \
-             WHERE k.key_hash = $1 AND (k.revoked_at IS NULL OR t.status IN ('erasing', 'erased'))",
+            sql,
             [key_hash.to_vec().into()],
         ))
         .one(&self.db)
         .await?;
-        row.map(|r| {
-            let settings = crate::settings::effective(&r.tier_settings, &r.settings);
-            Ok(KeyOwner {
-                tenant_id: r.tenant_id,
-                slug: r.slug,
-                tier: r.tier.parse().map_err(corrupt)?,
-                status: r.status.parse().map_err(corrupt)?,
-                limits: crate::settings::limits_of(&settings),
-                settings,
-            })
-        })
-        .transpose()
+        row.map(KeyOwner::try_from).transpose()
+    }
+
+    /// Active tenants with their effective settings, in id order after `after`
+    /// (for jobs that visit every tenant), at most `limit`.
+    pub async fn active_tenants(&self, after: Option<Uuid>, limit: u64) -> Result<Vec<KeyOwner>, DbErr> {
+        let sql = format!(
+            "{OWNER_SELECT} FROM tenants t LEFT JOIN tier_settings ts ON ts.tier = t.tier \
+             WHERE t.status = 'active' AND t.id > $1 ORDER BY t.id LIMIT $2"
+        );
+        let rows = KeyOwnerRow::find_by_statement(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            sql,
+            [after.unwrap_or(Uuid::nil()).into(), (limit as i64).into()],
+        ))
+        .all(&self.db)
+        .await?;
+        rows.into_iter().map(KeyOwner::try_from).collect()
     }
 
     /// Where the tenant is writable now.

@@ -4,6 +4,7 @@
 
 pub mod asset_issues;
 pub mod assets;
+pub mod maintenance_overdue;
 pub mod maintenance_schedules;
 
 use sea_orm::EntityTrait;
@@ -16,7 +17,10 @@ pub trait TenantScoped: EntityTrait {
     fn id_column() -> Self::Column;
 }
 
-/// Every tenant-data table, in foreign-key order (parents first).
+/// The tenant-data tables the app API serves, in foreign-key order (parents
+/// first). Jobs' tables (`maintenance_overdue`) and the move sentinels also
+/// carry tenant_id with RLS forced; moves, exports and erasure find every such
+/// table from the catalog, never from this list.
 pub const TENANT_TABLES: &[&str] = &["assets", "maintenance_schedules", "asset_issues"];
 
 macro_rules! tenant_scoped {
@@ -34,3 +38,4 @@ macro_rules! tenant_scoped {
 tenant_scoped!(assets);
 tenant_scoped!(maintenance_schedules);
 tenant_scoped!(asset_issues);
+tenant_scoped!(maintenance_overdue);

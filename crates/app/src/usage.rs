@@ -1,0 +1,152 @@
+//! Per-tenant usage counted in memory on the request path (requests, client
+//! and server errors, time holding a database connection) and appended to the
+//! registry's `usage_samples` every `usage_flush_ms`. That one INSERT-only table
+//! is the app role's only write to the registry; the control plane folds the
+//! samples into hourly and daily rollups. A failed flush keeps the counts for
+//! the next one; a process killed between flushes loses at most one interval.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
+use uuid::Uuid;
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub requests: i64,
+    pub client_errors: i64,
+    pub server_errors: i64,
+    pub db_time_us: i64,
+}
+
+impl Counts {
+    fn add(&mut self, o: Counts) {
+        self.requests += o.requests;
+        self.client_errors += o.client_errors;
+        self.server_errors += o.server_errors;
+        self.db_time_us += o.db_time_us;
+    }
+}
+
+/// The tenant a request was served for (set by the tenant extractor).
+#[derive(Clone, Copy)]
+pub struct TenantTag(pub Uuid);
+
+#[derive(Default)]
+pub struct UsageMeter {
+    counts: Mutex<HashMap<Uuid, Counts>>,
+}
+
+impl UsageMeter {
+    fn add(&self, tenant: Uuid, c: Counts) {
+        let mut map = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(tenant).or_default().add(c);
+    }
+
+    /// One finished request of `tenant` with its HTTP status.
+    pub fn request(&self, tenant: Uuid, status: u16) {
+        self.add(
+            tenant,
+            Counts {
+                requests: 1,
+                client_errors: i64::from((400..500).contains(&status)),
+                server_errors: i64::from(status >= 500),
+                db_time_us: 0,
+            },
+        );
+    }
+
+    /// Time a request of `tenant` held a database connection.
+    pub fn db_time(&self, tenant: Uuid, d: Duration) {
+        self.add(tenant, Counts { db_time_us: d.as_micros() as i64, ..Counts::default() });
+    }
+
+    /// Counts not yet flushed (for tests and /metrics).
+    pub fn pending(&self) -> HashMap<Uuid, Counts> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Appends everything counted so far to the registry; on failure the counts
+    /// are kept for the next flush. Returns the tenants written.
+    pub async fn flush(&self, registry: &DatabaseConnection) -> Result<usize, DbErr> {
+        let drained = std::mem::take(&mut *self.counts.lock().unwrap_or_else(|p| p.into_inner()));
+        if drained.is_empty() {
+            return Ok(0);
+        }
+        let mut sql = String::from(
+            "INSERT INTO usage_samples (tenant_id, at, requests, client_errors, server_errors, db_time_us) VALUES ",
+        );
+        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(drained.len() * 5);
+        for (i, (tenant, c)) in drained.iter().enumerate() {
+            let n = i * 5;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("(${}, now(), ${}, ${}, ${}, ${})", n + 1, n + 2, n + 3, n + 4, n + 5));
+            values.extend([
+                (*tenant).into(),
+                c.requests.into(),
+                c.client_errors.into(),
+                c.server_errors.into(),
+                c.db_time_us.into(),
+            ]);
+        }
+        match registry.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await {
+            Ok(_) => Ok(drained.len()),
+            Err(e) => {
+                for (tenant, c) in drained {
+                    self.add(tenant, c);
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Flushes `meter` every `every` until aborted.
+pub async fn run_flusher(meter: Arc<UsageMeter>, registry: DatabaseConnection, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = meter.flush(&registry).await {
+            tracing::warn!(error = %e, "usage flush failed; kept for the next one");
+        }
+    }
+}
+
+/// Middleware: counts every finished request of an authenticated tenant,
+/// requests turned away by a limit (429) included.
+pub async fn record(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    use actix_web::HttpMessage;
+    let resolver = req.app_data::<actix_web::web::Data<crate::Resolver>>().cloned();
+    let res = next.call(req).await?;
+    let tenant = res.request().extensions().get::<TenantTag>().copied();
+    if let (Some(r), Some(TenantTag(t))) = (resolver, tenant) {
+        r.usage().request(t, res.status().as_u16());
+    }
+    Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_requests_errors_and_time_per_tenant() {
+        let m = UsageMeter::default();
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        m.request(a, 200);
+        m.request(a, 404);
+        m.request(a, 503);
+        m.request(b, 429);
+        m.db_time(a, Duration::from_micros(1500));
+        let p = m.pending();
+        assert_eq!(p[&a], Counts { requests: 3, client_errors: 1, server_errors: 1, db_time_us: 1500 });
+        assert_eq!(p[&b], Counts { requests: 1, client_errors: 1, server_errors: 0, db_time_us: 0 });
+    }
+}

@@ -1,0 +1,245 @@
+//! Usage metering and cost, heavy-tenant recommendations, and the Prometheus
+//! series of both listeners.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::helpers::*;
+
+/// Meters flushed, folded and measured within a second.
+fn fast_usage(s: &mut tenantry::Settings) {
+    s.app.usage_flush_ms = 100;
+    s.control_plane.usage.rollup_interval_ms = 100;
+    s.control_plane.usage.storage_interval_secs = 1;
+}
+
+/// Polls `path` on the admin API until `done` holds; the last body.
+async fn admin_until(app: &TestApp, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (s, body) = app.admin_call(Method::GET, path, None).await;
+        assert_eq!(s, StatusCode::OK, "{path}: {body}");
+        if done(&body) || std::time::Instant::now() > deadline {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn requests_errors_db_time_and_storage_are_metered_per_tenant_and_priced_per_tier() {
+    let app = spawn_app_with(fast_usage).await;
+    let a = app.create_tenant("metered-shared", "shared").await;
+    let d = app.create_tenant("metered-dedicated", "dedicated").await;
+    let (asset, _, _) = app.seed(&a.key, "M-1").await; // 3 requests
+    for _ in 0..5 {
+        assert_eq!(app.get(&a.key, &format!("/v1/assets/{asset}")).await.0, StatusCode::OK);
+    }
+    for _ in 0..2 {
+        let missing = uuid::Uuid::now_v7();
+        assert_eq!(app.get(&a.key, &format!("/v1/assets/{missing}")).await.0, StatusCode::NOT_FOUND);
+    }
+    app.seed(&d.key, "D-1").await; // 3 requests
+    app.seed(&d.key, "D-2").await; // 3 requests
+
+    let path = format!("/v1/tenants/{}/usage?window=24h", a.id);
+    let u = admin_until(&app, &path, |u| u["requests"] == 10 && u["rows"] == 3).await;
+    assert_eq!(u["requests"], 10, "{u}");
+    assert_eq!(u["client_errors"], 2, "{u}");
+    assert_eq!(u["server_errors"], 0, "{u}");
+    assert!(u["db_time_ms"].as_f64().unwrap() > 0.0, "{u}");
+    assert_eq!(u["tier"], "shared");
+    assert_eq!(u["tables"]["assets"]["rows"], 1, "{u}");
+    assert_eq!(u["tables"]["asset_issues"]["rows"], 1, "{u}");
+    let shared_bytes = u["bytes"].as_i64().unwrap();
+    assert!(shared_bytes > 0, "{u}");
+    assert_eq!(u["cost"]["base"], 0.0, "a shared tenant pays no fixed price: {u}");
+    assert!(u["cost"]["requests"].as_f64().unwrap() >= 0.0);
+    let series: i64 = u["series"].as_array().unwrap().iter().map(|p| p["requests"].as_i64().unwrap()).sum();
+    assert_eq!(series, 10, "the hourly points add up to the total: {u}");
+
+    let path = format!("/v1/tenants/{}/usage?window=24h", d.id);
+    let du = admin_until(&app, &path, |u| u["requests"] == 6 && u["rows"] == 6).await;
+    assert_eq!(du["requests"], 6, "{du}");
+    assert_eq!(du["tier"], "dedicated");
+    let dedicated_bytes = du["bytes"].as_i64().unwrap();
+    assert!(
+        dedicated_bytes > 1_000_000 && dedicated_bytes > shared_bytes,
+        "a dedicated tenant is charged its whole database: {dedicated_bytes} vs {shared_bytes}"
+    );
+    // 25 a month prorated to a day.
+    let base = du["cost"]["base"].as_f64().unwrap();
+    assert!((base - 25.0 * 24.0 / 730.0).abs() < 0.001, "{du}");
+    assert!(du["monthly_estimate"].as_f64().unwrap() >= 25.0, "{du}");
+
+    // The fleet view, sorted and bounded.
+    let (s, top) = app.admin_call(Method::GET, "/v1/usage?top=1&sort=requests&window=1h", None).await;
+    assert_eq!(s, StatusCode::OK, "{top}");
+    let tenants = top["tenants"].as_array().unwrap();
+    assert_eq!(tenants.len(), 1);
+    assert_eq!(tenants[0]["slug"], "metered-shared", "{top}");
+    let (_, by_cost) = app.admin_call(Method::GET, "/v1/usage?top=10", None).await;
+    assert_eq!(by_cost["sort"], "cost");
+    assert_eq!(by_cost["tenants"][0]["slug"], "metered-dedicated", "the dedicated base price dominates: {by_cost}");
+
+    for (path, code) in [
+        ("/v1/usage?window=3w", "invalid_window"),
+        ("/v1/usage?window=0h", "invalid_window"),
+        ("/v1/usage?top=0", "invalid_top"),
+        ("/v1/usage?sort=size", "invalid_query"),
+        ("/v1/usage?tenant=x", "invalid_query"),
+    ] {
+        let (s, body) = app.admin_call(Method::GET, path, None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{path}: {body}");
+        assert_eq!(body["error"]["code"], code, "{path}: {body}");
+    }
+    let (s, body) = app.admin_call(Method::GET, "/v1/tenants/nobody/usage", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{body}");
+}
+
+#[tokio::test]
+async fn the_app_role_may_append_usage_samples_and_nothing_more() {
+    let app = spawn_app().await;
+    let registry = connect(&app.cp.config().registry_database, true);
+    let tenant = uuid::Uuid::now_v7();
+    let insert = format!(
+        "INSERT INTO usage_samples (tenant_id, at, requests, client_errors, server_errors, db_time_us) \
+         VALUES ('{tenant}', now(), 1, 0, 0, 10)"
+    );
+    sea_orm::ConnectionTrait::execute_unprepared(&registry, &insert).await.expect("the app appends usage");
+    for forbidden in [
+        "SELECT count(*) FROM usage_samples",
+        "DELETE FROM usage_samples",
+        "UPDATE usage_samples SET requests = 0",
+        "SELECT count(*) FROM usage_rollups",
+        "INSERT INTO usage_rollups (tenant_id, granularity, period_start) VALUES (gen_random_uuid(), 'hour', now())",
+        "UPDATE tenants SET status = 'active'",
+        "INSERT INTO audit_log (actor, action) VALUES ('app', 'x')",
+    ] {
+        let err = sea_orm::ConnectionTrait::execute_unprepared(&registry, forbidden).await;
+        assert!(err.is_err(), "the app role may not: {forbidden}");
+    }
+}
+
+#[tokio::test]
+async fn recommendations_name_the_tenant_that_dominates_its_pool_with_a_move_plan() {
+    let app = spawn_app_with(|s| {
+        fast_usage(s);
+        s.control_plane.usage.recommend.share = 0.5;
+        s.control_plane.usage.recommend.min_rows = 20;
+        s.control_plane.usage.recommend.min_bytes = i64::MAX;
+        s.control_plane.usage.recommend.min_db_time_ms = i64::MAX;
+    })
+    .await;
+    let heavy = app.create_tenant("heavy-one", "shared").await;
+    let light = app.create_tenant("light-one", "shared").await;
+    let dedicated = app.create_tenant("already-alone", "dedicated").await;
+    for i in 0..10 {
+        app.seed(&heavy.key, &format!("H-{i}")).await;
+    }
+    app.seed(&light.key, "L-1").await;
+    for i in 0..10 {
+        app.seed(&dedicated.key, &format!("A-{i}")).await;
+    }
+    let body =
+        admin_until(&app, "/v1/recommendations", |b| b["recommendations"].as_array().is_some_and(|r| !r.is_empty()))
+            .await;
+    let recs = body["recommendations"].as_array().unwrap();
+    assert_eq!(recs.len(), 1, "only the heavy shared tenant: {body}");
+    let r = &recs[0];
+    assert_eq!(r["slug"], "heavy-one");
+    assert_eq!(r["share"]["rows"], 0.909, "30 of 33 rows: {r}");
+    assert!(r["reasons"][0].as_str().unwrap().contains("91% of the pool's rows"), "{r}");
+    assert_eq!(r["usage"]["rows"], 30);
+    assert_eq!(r["plan"]["kind"], "promote", "{r}");
+    assert_eq!(r["plan"]["total_rows"], 30, "{r}");
+    assert_eq!(r["plan"]["ready"], true, "{r}");
+    assert!(r["plan_error"].is_null());
+}
+
+/// The value of the sample of `family` whose labels include all of `labels`.
+fn sample(text: &str, family: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")) || l.starts_with(&format!("{family} ")))
+        .find(|l| labels.iter().all(|want| l.contains(want)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn both_listeners_export_prometheus_series_by_route_status_and_tier() {
+    let app = spawn_app().await;
+    let a = app.create_tenant("scraped", "shared").await;
+    let d = app.create_tenant("scraped-alone", "dedicated").await;
+    let (asset, _, _) = app.seed(&a.key, "S-1").await;
+    for _ in 0..3 {
+        app.get(&a.key, &format!("/v1/assets/{asset}")).await;
+    }
+    app.get(&a.key, &format!("/v1/assets/{}", uuid::Uuid::now_v7())).await;
+    app.get(&d.key, "/v1/assets").await;
+
+    let text = app.http.get(format!("{}/metrics", app.app)).send().await.unwrap().text().await.unwrap();
+    let route = r#"route="/v1/assets/{id}""#;
+    assert_eq!(
+        sample(&text, "tenantry_app_http_requests_total", &[route, r#"status="200""#, r#"tier="shared""#]),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "tenantry_app_http_requests_total", &[route, r#"status="404""#, r#"tier="shared""#]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "tenantry_app_http_requests_total",
+            &[r#"route="/v1/assets""#, r#"method="GET""#, r#"tier="dedicated""#]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "tenantry_app_http_request_duration_seconds_count", &[route, r#"tier="shared""#]),
+        Some(4.0)
+    );
+    assert!(sample(&text, "tenantry_app_http_request_duration_seconds_bucket", &[route, r#"le="10""#]).is_some());
+    let hits = sample(&text, "tenantry_app_cache_requests_total", &[r#"cache="api_key""#, r#"result="hit""#]).unwrap();
+    let misses =
+        sample(&text, "tenantry_app_cache_requests_total", &[r#"cache="api_key""#, r#"result="miss""#]).unwrap();
+    // 8 keyed requests; at least one miss per key (a NOTIFY may drop the cache once more).
+    assert_eq!(hits + misses, 8.0, "{text}");
+    assert!(misses >= 2.0 && hits >= 5.0, "{text}");
+    assert!(sample(&text, "tenantry_app_backend_pools", &[]).unwrap() >= 2.0);
+
+    let (s, _) = app.admin_call(Method::GET, "/v1/tenants", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let text = app.http.get(format!("{}/metrics", app.admin)).send().await.unwrap().text().await.unwrap();
+    assert_eq!(
+        sample(
+            &text,
+            "tenantry_admin_http_requests_total",
+            &[r#"route="/v1/tenants""#, r#"method="GET""#, r#"status="200""#]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "tenantry_admin_http_requests_total",
+            &[r#"route="/v1/tenants""#, r#"method="POST""#, r#"status="202""#]
+        ),
+        Some(1.0),
+        "the dedicated tenant's creation: {text}"
+    );
+    assert_eq!(sample(&text, "tenantry_operations", &[r#"kind="provision""#, r#"state="succeeded""#]), Some(1.0));
+    assert_eq!(sample(&text, "tenantry_tenants", &[r#"tier="shared""#, r#"status="active""#]), Some(1.0));
+    let pool = format!(r#"backend="{}""#, app.pool_name);
+    assert_eq!(
+        sample(&text, "tenantry_backend_schema_version", &[&pool]),
+        Some(f64::from(tenantry_core::TENANT_SCHEMA_LATEST))
+    );
+    assert_eq!(sample(&text, "tenantry_backend_tenants", &[&pool]), Some(1.0));
+    assert_eq!(sample(&text, "tenantry_backend_migration_failed", &[&pool]), Some(0.0));
+}
