@@ -322,6 +322,8 @@ async fn print_banner(stack: &crate::Stack, secrets: &DevSecrets, cp: &ControlPl
     println!("  app API    {app}   (OpenAPI: {app}/openapi.json)");
     println!("  admin API  {admin}   (OpenAPI: {admin}/openapi.json)");
     println!("  admin token  {}", token.expose_secret());
+    println!("\n  console    {admin}/console   (sign in with your name and the admin token above;");
+    println!("                                  open acme and press \"Promote to dedicated\")\n");
     for (slug, key) in &secrets.demo_keys {
         let tier = cp.tenant(slug).await.map(|t| t.tier.to_string()).unwrap_or_default();
         println!("  API key of {slug:<7} ({tier:<9}) {key}");

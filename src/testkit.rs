@@ -110,40 +110,66 @@ pub fn moto() -> &'static Moto {
             .or_else(|| local.exists().then_some(local))
             .unwrap_or_else(|| PathBuf::from("moto_server"));
         let port = free_port();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("moto-keeper".into())
-            .spawn(move || {
-                use std::os::unix::process::CommandExt;
-                let mut cmd = std::process::Command::new(&bin);
-                cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null());
-                // SAFETY: prctl only sets this child's parent-death signal.
-                unsafe {
-                    cmd.pre_exec(|| {
-                        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                        Ok(())
-                    });
-                }
-                match cmd.spawn() {
-                    Ok(mut child) => {
-                        let _ = tx.send(Ok(()));
-                        let _ = child.wait();
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(format!("{}: {e}; run scripts/test, which installs moto", bin.display())));
-                    }
-                }
-            })
-            .expect("start the moto keeper thread");
-        rx.recv().expect("moto keeper").unwrap_or_else(|e| panic!("cannot start moto_server: {e}"));
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "moto_server did not listen on port {port} within 60 s");
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        keep_running(
+            &bin,
+            &["-H".into(), "127.0.0.1".into(), "-p".into(), port.to_string()],
+            port,
+            "run scripts/test, which installs moto",
+        );
         Moto { endpoint: format!("http://127.0.0.1:{port}") }
+    })
+}
+
+/// Runs `bin args` from a keeper thread, killed with this process (parent-death
+/// signal), and waits until it listens on `port`.
+fn keep_running(bin: &std::path::Path, args: &[String], port: u16, hint: &str) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let shown = bin.display().to_string();
+    let (bin, args, hint) = (bin.to_path_buf(), args.to_vec(), hint.to_string());
+    std::thread::Builder::new()
+        .name("child-keeper".into())
+        .spawn(move || {
+            use std::os::unix::process::CommandExt;
+            let mut cmd = std::process::Command::new(&bin);
+            cmd.args(&args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+            // SAFETY: prctl only sets this child's parent-death signal.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            match cmd.spawn() {
+                Ok(mut child) => {
+                    let _ = tx.send(Ok(()));
+                    let _ = child.wait();
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(format!("{}: {e}; {hint}", bin.display())));
+                }
+            }
+        })
+        .expect("start a keeper thread");
+    rx.recv().expect("keeper").unwrap_or_else(|e| panic!("cannot start a test server: {e}"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "{shown} did not listen on port {port} within 60 s");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+static CHROMEDRIVER: OnceLock<String> = OnceLock::new();
+
+/// A chromedriver (Debian's `chromium-driver`, installed by scripts/test) on
+/// loopback, started on first use and killed with the process; its URL.
+/// `TENANTRY_CHROMEDRIVER` may point elsewhere.
+pub fn chromedriver() -> &'static str {
+    CHROMEDRIVER.get_or_init(|| {
+        let bin =
+            std::env::var_os("TENANTRY_CHROMEDRIVER").map_or_else(|| PathBuf::from("chromedriver"), PathBuf::from);
+        let port = free_port();
+        keep_running(&bin, &[format!("--port={port}")], port, "run scripts/test, which installs chromium-driver");
+        format!("http://127.0.0.1:{port}")
     })
 }
 

@@ -7,6 +7,7 @@ mod helpers;
 mod admin;
 mod app_api;
 mod bad_input;
+mod console;
 mod fleet;
 mod isolation;
 mod migrations;

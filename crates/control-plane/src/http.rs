@@ -46,7 +46,7 @@ impl FromRequest for Admin {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -369,8 +369,13 @@ async fn erase_tenant(cp: Cp, admin: Admin, tenant: web::Path<String>) -> Result
     responses((status = 200, content_type = "application/x-ndjson", body = String), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 async fn export_tenant(cp: Cp, admin: Admin, tenant: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let (t, body) = cp.export_tenant(&tenant).await?;
-    crate::service::audit(cp.registry(), &admin.actor, "tenant.export", Some(t.id), serde_json::json!({}))
+    export_response(&cp, &admin.actor, &tenant).await
+}
+
+/// The export as a streamed NDJSON download, audited under `actor`.
+pub(crate) async fn export_response(cp: &ControlPlane, actor: &str, tenant: &str) -> Result<HttpResponse, ApiError> {
+    let (t, body) = cp.export_tenant(tenant).await?;
+    crate::service::audit(cp.registry(), actor, "tenant.export", Some(t.id), serde_json::json!({}))
         .await
         .map_err(|e| ApiError::internal(&e))?;
     let stream = futures::stream::unfold(body, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
@@ -632,6 +637,7 @@ pub fn server(cp: Arc<ControlPlane>, listener: TcpListener, workers: usize) -> s
             .wrap(TracingLogger::default())
             .app_data(cp.clone())
             .app_data(http_metrics.clone())
+            .configure(crate::console::routes)
             .configure(routes)
             .default_service(web::to(no_route))
     })

@@ -2,6 +2,7 @@
 //! runs migrations on every backend, and serves the admin API.
 
 pub mod config;
+pub mod console;
 pub mod erase;
 pub mod error;
 pub mod export;

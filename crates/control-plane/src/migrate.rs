@@ -29,6 +29,11 @@ pub const REGISTRY: &[Migration] = &[
         sql: include_str!("../../../migrations/registry/0003_tier_settings.sql"),
     },
     Migration { version: 4, name: "usage", sql: include_str!("../../../migrations/registry/0004_usage.sql") },
+    Migration {
+        version: 5,
+        name: "console_sessions",
+        sql: include_str!("../../../migrations/registry/0005_console_sessions.sql"),
+    },
 ];
 
 /// The tenant-data schema's migrations, in order.

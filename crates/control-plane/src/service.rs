@@ -118,6 +118,16 @@ pub struct BackendView {
     pub created_at: DateTime<Utc>,
 }
 
+/// An API key as listed (never the secret).
+#[derive(Debug, Clone, Serialize, FromQueryResult, utoipa::ToSchema)]
+pub struct KeyView {
+    pub id: Uuid,
+    pub prefix: String,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
 /// A new API key: the secret is shown here once and never again.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct IssuedKey {
@@ -534,6 +544,16 @@ impl ControlPlane {
     }
 
     /// Revokes a key; every app process drops it from its cache at once.
+    /// A tenant's API keys, newest first.
+    pub async fn api_keys(&self, tenant_id: Uuid) -> Result<Vec<KeyView>, Error> {
+        Ok(KeyView::find_by_statement(stmt(
+            "SELECT id, prefix, name, created_at, revoked_at FROM api_keys WHERE tenant_id = $1 ORDER BY created_at DESC",
+            vec![tenant_id.into()],
+        ))
+        .all(&self.registry)
+        .await?)
+    }
+
     pub async fn revoke_api_key(&self, actor: &str, tenant_id: Uuid, key_id: Uuid) -> Result<(), Error> {
         let txn = self.registry.begin().await?;
         let res = txn

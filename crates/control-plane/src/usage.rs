@@ -113,6 +113,8 @@ impl Cost {
 pub struct TenantUsage {
     pub tenant_id: Uuid,
     pub slug: String,
+    pub name: String,
+    pub region: String,
     pub tier: String,
     pub status: String,
     pub backend: Option<String>,
@@ -209,6 +211,8 @@ impl UsageSort {
 struct UsageRow {
     tenant_id: Uuid,
     slug: String,
+    name: String,
+    region: String,
     tier: String,
     status: String,
     backend_id: Option<Uuid>,
@@ -223,7 +227,7 @@ struct UsageRow {
     measured_at: Option<DateTime<Utc>>,
 }
 
-const USAGE_SELECT: &str = "SELECT t.id AS tenant_id, t.slug, t.tier, t.status, p.backend_id, b.name AS backend, b.engine, \
+const USAGE_SELECT: &str = "SELECT t.id AS tenant_id, t.slug, t.name, t.region, t.tier, t.status, p.backend_id, b.name AS backend, b.engine, \
     coalesce(u.requests, 0)::bigint AS requests, coalesce(u.client_errors, 0)::bigint AS client_errors, \
     coalesce(u.server_errors, 0)::bigint AS server_errors, coalesce(u.db_time_us, 0)::bigint AS db_time_us, \
     coalesce(s.rows, 0) AS rows, coalesce(s.bytes, 0) AS bytes, s.measured_at \
@@ -295,6 +299,8 @@ impl ControlPlane {
         TenantUsage {
             tenant_id: r.tenant_id,
             slug: r.slug,
+            name: r.name,
+            region: r.region,
             tier: r.tier,
             status: r.status,
             backend: r.backend,
@@ -539,6 +545,33 @@ impl ControlPlane {
     /// Shared-pool tenants whose share of their pool crosses the configured
     /// threshold, heaviest first, each with its promotion dry run.
     pub async fn recommendations(&self) -> Result<Recommendations, Error> {
+        let (window, heavy) = self.heavy_tenants().await?;
+        let mut out = Vec::with_capacity(heavy.len());
+        for (usage, share, reasons) in heavy {
+            let (plan, plan_error) = match self.move_plan(&usage.tenant_id.to_string(), "dedicated").await {
+                Ok(p) => (Some(p), None),
+                Err(e) => (None, Some(e.to_string())),
+            };
+            out.push(Recommendation {
+                tenant_id: usage.tenant_id,
+                slug: usage.slug.clone(),
+                backend: usage.backend.clone().unwrap_or_default(),
+                share,
+                reasons,
+                usage,
+                plan,
+                plan_error,
+            });
+        }
+        Ok(Recommendations {
+            window: window.label(),
+            threshold: self.config().usage.recommend.share,
+            recommendations: out,
+        })
+    }
+
+    /// The heavy shared tenants (no dry runs: cheap enough for every page view).
+    pub async fn heavy_tenants(&self) -> Result<(Window, Vec<(TenantUsage, Shares, Vec<String>)>), Error> {
         let cfg = self.config().usage.recommend.clone();
         let window = Window { hours: cfg.window_hours.clamp(1, 90 * 24) };
         let rows = self.usage_rows(window, "WHERE t.status = 'active' AND t.tier = 'shared'", vec![]).await?;
@@ -574,30 +607,51 @@ impl ControlPlane {
                         window.label()
                     ));
                 }
-                if reasons.is_empty() {
-                    continue;
+                if !reasons.is_empty() {
+                    out.push((u.clone(), share, reasons));
                 }
-                let (plan, plan_error) = match self.move_plan(&u.tenant_id.to_string(), "dedicated").await {
-                    Ok(p) => (Some(p), None),
-                    Err(e) => (None, Some(e.to_string())),
-                };
-                out.push(Recommendation {
-                    tenant_id: u.tenant_id,
-                    slug: u.slug.clone(),
-                    backend: u.backend.clone().unwrap_or_default(),
-                    share,
-                    reasons,
-                    usage: u.clone(),
-                    plan,
-                    plan_error,
-                });
             }
         }
-        out.sort_by(|a, b| {
-            let m = |r: &Recommendation| r.share.rows.max(r.share.bytes).max(r.share.db_time);
-            m(b).total_cmp(&m(a))
-        });
-        Ok(Recommendations { window: window.label(), threshold: cfg.share, recommendations: out })
+        let top = |s: &Shares| s.rows.max(s.bytes).max(s.db_time);
+        out.sort_by(|a, b| top(&b.1).total_cmp(&top(&a.1)));
+        Ok((window, out))
+    }
+
+    /// One page of tenants for the console: `query` matches slug or name,
+    /// `tier` and `status` filter exactly (empty: any); usage over the last 24 h.
+    /// The page and the number of matching tenants.
+    pub async fn tenant_page(
+        &self,
+        query: &str,
+        tier: &str,
+        status: &str,
+        page: u64,
+        per_page: u64,
+    ) -> Result<(Vec<TenantUsage>, i64), Error> {
+        // `$q`: the search text (LIKE wildcards escaped), then tier and status.
+        let filter = |q: usize| {
+            format!(
+                "WHERE (${q} = '' OR t.slug ILIKE '%' || ${q} || '%' OR t.name ILIKE '%' || ${q} || '%') \
+                 AND (${t} = '' OR t.tier = ${t}) AND (${s} = '' OR t.status = ${s})",
+                t = q + 1,
+                s = q + 2
+            )
+        };
+        let window = Window { hours: 24 };
+        let pattern = query.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+        let filters = || -> Vec<sea_orm::Value> { vec![pattern.clone().into(), tier.into(), status.into()] };
+        let mut values = filters();
+        values.extend([(per_page as i64).into(), ((page * per_page) as i64).into()]);
+        let rows =
+            self.usage_rows(window, &format!("{} ORDER BY t.slug LIMIT $6 OFFSET $7", filter(3)), values).await?;
+        let total = self
+            .registry()
+            .query_one_raw(stmt(&format!("SELECT count(*) AS n FROM tenants t {}", filter(1)), filters()))
+            .await?
+            .map(|r| r.try_get::<i64>("", "n"))
+            .transpose()?
+            .unwrap_or(0);
+        Ok((rows.into_iter().map(|r| self.tenant_usage(r, window)).collect(), total))
     }
 
     /// Folds usage samples every `rollup_interval_ms` and measures storage

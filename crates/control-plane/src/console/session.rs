@@ -1,0 +1,149 @@
+//! Console sign-in: the admin token plus a name exchanges for a session. The
+//! browser keeps a random 256-bit id in an HttpOnly, SameSite=Strict cookie;
+//! the registry keeps its SHA-256, the actor (`console:<name>`, what the audit
+//! log records), a per-session CSRF token, and an expiry. Signing out revokes
+//! the row, so a copied cookie stops working at once.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::dev::Payload;
+use actix_web::{FromRequest, HttpRequest, web};
+use rand::RngCore;
+use sea_orm::{ConnectionTrait, FromQueryResult};
+use secrecy::ExposeSecret;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::ConsoleError;
+use crate::operations::stmt;
+use crate::service::audit;
+use crate::{ControlPlane, Error};
+
+pub const COOKIE: &str = "tenantry_session";
+/// A session lasts this long from sign-in.
+pub const SESSION_HOURS: i64 = 12;
+
+/// A signed-in console user.
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct Session {
+    pub actor: String,
+    pub csrf: String,
+    id_hash: Vec<u8>,
+}
+
+impl Session {
+    /// The CSRF token of a submitted form must be this session's.
+    pub fn check(&self, presented: &str) -> Result<(), ConsoleError> {
+        if crate::http::constant_time_eq(presented.as_bytes(), self.csrf.as_bytes()) {
+            Ok(())
+        } else {
+            Err(ConsoleError::Csrf)
+        }
+    }
+
+    /// The name typed at sign-in.
+    pub fn name(&self) -> &str {
+        self.actor.strip_prefix("console:").unwrap_or(&self.actor)
+    }
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+fn hash(cookie: &str) -> Vec<u8> {
+    Sha256::digest(cookie.as_bytes()).to_vec()
+}
+
+/// 1-64 of letters, digits and `.`, `_`, `-`, `@`.
+pub fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || ".-_@".contains(c))
+}
+
+impl ControlPlane {
+    /// Checks the admin token and opens a session for `name`: the cookie value
+    /// and the session. Audited either way.
+    pub async fn console_sign_in(&self, token: &str, name: &str) -> Result<(String, Session), Error> {
+        if !valid_name(name) {
+            return Err(Error::invalid("invalid_name", "your name: 1-64 letters, digits, `.`, `_`, `-` or `@`"));
+        }
+        let actor = format!("console:{name}");
+        let expected = self.config().admin_token.expose_secret().as_bytes().to_vec();
+        if !crate::http::constant_time_eq(token.trim().as_bytes(), &expected) {
+            audit(self.registry(), &actor, "console.sign_in_refused", None, json!({})).await?;
+            // Slows guessing down; the token's entropy does the rest.
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            return Err(Error::Invalid { code: "wrong_token", message: "that is not the admin token".into() });
+        }
+        let cookie = random_token();
+        let session = Session { actor: actor.clone(), csrf: random_token(), id_hash: hash(&cookie) };
+        self.registry()
+            .execute_raw(stmt(
+                "INSERT INTO console_sessions (id_hash, actor, csrf, expires_at) \
+                 VALUES ($1, $2, $3, now() + make_interval(hours => $4))",
+                vec![
+                    session.id_hash.clone().into(),
+                    actor.clone().into(),
+                    session.csrf.clone().into(),
+                    (SESSION_HOURS as i32).into(),
+                ],
+            ))
+            .await?;
+        // Expired sessions are of no use to anyone.
+        self.registry()
+            .execute_raw(stmt("DELETE FROM console_sessions WHERE expires_at < now() - interval '1 day'", vec![]))
+            .await?;
+        audit(self.registry(), &actor, "console.sign_in", None, json!({})).await?;
+        Ok((cookie, session))
+    }
+
+    /// The live session a cookie names, if any.
+    pub async fn console_session(&self, cookie: &str) -> Result<Option<Session>, Error> {
+        Ok(Session::find_by_statement(stmt(
+            "SELECT actor, csrf, id_hash FROM console_sessions \
+             WHERE id_hash = $1 AND revoked_at IS NULL AND expires_at > now()",
+            vec![hash(cookie).into()],
+        ))
+        .one(self.registry())
+        .await?)
+    }
+
+    pub async fn console_sign_out(&self, session: &Session) -> Result<(), Error> {
+        self.registry()
+            .execute_raw(stmt(
+                "UPDATE console_sessions SET revoked_at = now() WHERE id_hash = $1",
+                vec![session.id_hash.clone().into()],
+            ))
+            .await?;
+        audit(self.registry(), &session.actor, "console.sign_out", None, json!({})).await?;
+        Ok(())
+    }
+}
+
+impl FromRequest for Session {
+    type Error = ConsoleError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ConsoleError>>>>;
+
+    /// Signed out (no cookie, unknown, revoked or expired): back to sign-in,
+    /// then on to where the user was going.
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let cp = req.app_data::<web::Data<ControlPlane>>().cloned();
+        let cookie = req.cookie(COOKIE).map(|c| c.value().to_string());
+        let next = if req.method() == actix_web::http::Method::GET {
+            req.uri().path_and_query().map_or_else(|| "/console".to_string(), |p| p.as_str().to_string())
+        } else {
+            "/console".to_string()
+        };
+        Box::pin(async move {
+            let cp = cp.ok_or_else(|| ConsoleError::Internal("control plane missing".into()))?;
+            let Some(cookie) = cookie else { return Err(ConsoleError::SignIn { next }) };
+            match cp.console_session(&cookie).await? {
+                Some(s) => Ok(s),
+                None => Err(ConsoleError::SignIn { next }),
+            }
+        })
+    }
+}

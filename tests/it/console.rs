@@ -1,0 +1,343 @@
+//! The admin console, in a real browser: Debian's Chromium, headless, driven
+//! through chromedriver (both installed by scripts/test), against the real
+//! server. Set `TENANTRY_SCREENSHOTS=1` to refresh the screenshots in
+//! docs/console/.
+
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+/// A fresh headless Chromium (its own profile folder) on the process's chromedriver.
+async fn browser() -> Client {
+    let profile = std::env::temp_dir().join(format!("tenantry-chromium-{}", uuid::Uuid::new_v4()));
+    let binary = std::env::var("TENANTRY_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let mut caps = serde_json::Map::new();
+    caps.insert("browserName".into(), json!("chrome"));
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": binary,
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                "--window-size=1280,1000", format!("--user-data-dir={}", profile.display()),
+            ],
+        }),
+    );
+    let driver = tokio::task::spawn_blocking(tenantry::testkit::chromedriver).await.expect("chromedriver");
+    let c = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(driver)
+        .await
+        .expect("a Chromium session");
+    // `find` waits up to 5 s for an element of a page still loading.
+    let wait = fantoccini::wd::TimeoutConfiguration::new(None, None, Some(Duration::from_secs(5)));
+    c.update_timeouts(wait).await.expect("timeouts");
+    c
+}
+
+/// Saves the page as docs/console/<name>.png when asked to.
+async fn screenshot(c: &Client, name: &str) {
+    if std::env::var_os("TENANTRY_SCREENSHOTS").is_none() {
+        return;
+    }
+    let png = c.screenshot().await.expect("screenshot");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/console");
+    std::fs::create_dir_all(&dir).expect("docs/console");
+    std::fs::write(dir.join(format!("{name}.png")), png).expect("write the screenshot");
+}
+
+async fn text(c: &Client, css: &str) -> String {
+    c.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}")).text().await.expect("text")
+}
+
+async fn fill(c: &Client, css: &str, value: &str) {
+    let el = c.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}"));
+    el.clear().await.expect("clear");
+    el.send_keys(value).await.expect("type");
+}
+
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}")).click().await.expect("click");
+}
+
+/// Waits until the operation page's live state reads `state`.
+async fn wait_state(c: &Client, state: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = text(c, "#op-state").await;
+        if now == state || std::time::Instant::now() > deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Waits (a navigation may still be under way) until the page is at `path`
+/// (or under it, when `path` ends with `/`).
+async fn wait_path(c: &Client, path: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let url = c.current_url().await.expect("url");
+        if url.path() == path || (path.ends_with('/') && url.path().starts_with(path)) {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            let page = c.source().await.unwrap_or_default();
+            panic!("still at {url}, not {path}: {page}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Signs in from a signed-out visit to `path`; lands back on `path`.
+async fn sign_in(c: &Client, app: &TestApp, path: &str) {
+    c.goto(&format!("{}{path}", app.admin)).await.expect("goto");
+    let url = c.current_url().await.expect("url");
+    assert_eq!(url.path(), "/console/login", "signed out: sent to sign-in");
+    fill(c, "#name", "alice").await;
+    fill(c, "#token", &app.token).await;
+    click(c, "form button[type=submit]").await;
+    wait_path(c, path.split('?').next().unwrap()).await;
+}
+
+#[tokio::test]
+async fn sales_ops_creates_a_tenant_and_promotes_it_after_the_dry_run() {
+    // Usage measured within a second, so the list shows figures.
+    let app = spawn_app_with(|s| {
+        s.app.usage_flush_ms = 100;
+        s.control_plane.usage.rollup_interval_ms = 100;
+        s.control_plane.usage.storage_interval_secs = 1;
+    })
+    .await;
+    for (slug, tier) in [("northwind", "shared"), ("initech", "dedicated")] {
+        let t = app.create_tenant(slug, tier).await;
+        app.seed(&t.key, &format!("{slug}-1")).await;
+    }
+    let c = browser().await;
+    sign_in(&c, &app, "/console/tenants").await;
+    assert!(text(&c, "header").await.contains("alice"), "the signed-in actor is shown");
+
+    // Create a tenant with the form.
+    click(&c, "a[href='/console/tenants/new']").await;
+    fill(&c, "#slug", "acme-console").await;
+    fill(&c, "#name", "Acme from the console").await;
+    click(&c, "form button.primary").await;
+    wait_path(&c, "/console/tenants/acme-console").await;
+    assert!(text(&c, ".notice").await.contains("Tenant created"));
+    let created = app.cp.tenant("acme-console").await.expect("created in the registry");
+    assert_eq!(created.tier, tenantry_core::Tier::Shared);
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.goto(&format!("{}/console/tenants", app.admin)).await.unwrap();
+    let list = text(&c, "table").await;
+    for slug in ["acme-console", "northwind", "initech"] {
+        assert!(list.contains(slug), "{slug} listed: {list}");
+    }
+    screenshot(&c, "tenants").await;
+    // Filters narrow the list.
+    c.goto(&format!("{}/console/tenants?tier=dedicated", app.admin)).await.unwrap();
+    let list = text(&c, "table tbody").await;
+    assert!(list.contains("initech") && !list.contains("northwind"), "{list}");
+
+    // Promote: the dry run first, then the confirmation.
+    c.goto(&format!("{}/console/tenants/acme-console", app.admin)).await.unwrap();
+    screenshot(&c, "tenant").await;
+    click(&c, "a[href='/console/tenants/acme-console/promote']").await;
+    wait_path(&c, "/console/tenants/acme-console/promote").await;
+    let plan = text(&c, "main").await;
+    assert!(plan.contains("Dry run") && plan.contains("Preflight checks"), "{plan}");
+    assert!(!plan.contains('✗'), "every check passes: {plan}");
+    screenshot(&c, "promote").await;
+    click(&c, "#confirm").await;
+    wait_path(&c, "/console/operations/").await;
+    assert_eq!(wait_state(&c, "succeeded").await, "succeeded", "the live page follows the operation");
+    let pause = text(&c, "#op-pause").await;
+    assert!(pause.ends_with(" ms"), "the measured pause is shown: {pause}");
+    screenshot(&c, "operation").await;
+
+    click(&c, "h1 a").await;
+    wait_path(&c, "/console/tenants/acme-console").await;
+    assert_eq!(text(&c, ".titlebar .badge.strong").await, "dedicated", "the tier changed");
+    let t = app.cp.tenant("acme-console").await.unwrap();
+    assert_eq!(t.tier, tenantry_core::Tier::Dedicated);
+    let (_, audit) = app.admin_call(Method::GET, "/v1/audit?actor=console:alice", None).await;
+    let actions: Vec<&str> =
+        audit["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert!(actions.contains(&"tenant.create") && actions.contains(&"operation.create"), "{actions:?}");
+
+    c.goto(&format!("{}/console/backends", app.admin)).await.unwrap();
+    assert!(text(&c, "table").await.contains(&app.pool_name));
+    screenshot(&c, "backends").await;
+    c.goto(&format!("{}/console/audit", app.admin)).await.unwrap();
+    assert!(text(&c, "table").await.contains("console:alice"));
+    screenshot(&c, "audit").await;
+    c.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_admin_edits_a_limit_revokes_a_key_and_erases_with_the_typed_slug() {
+    let app = spawn_app().await;
+    let t = app.create_tenant("globex-console", "shared").await;
+    app.seed(&t.key, "G-1").await;
+    let c = browser().await;
+    sign_in(&c, &app, "/console/tenants/globex-console").await;
+
+    // A limit.
+    fill(&c, "#requests_per_second", "7").await;
+    click(&c, "form[action$='/settings'] button[type=submit]").await;
+    assert!(text(&c, ".notice").await.contains("saved"));
+    let (_, settings) = app.admin_call(Method::GET, "/v1/tenants/globex-console/settings", None).await;
+    assert_eq!(settings["limits"]["requests_per_second"], 7, "{settings}");
+    assert_eq!(settings["settings"]["limits"]["burst"], Value::Null, "empty fields keep the tier default");
+    let (_, audit) = app.admin_call(Method::GET, "/v1/audit?action=tenant.settings", None).await;
+    assert_eq!(audit["entries"][0]["actor"], "console:alice");
+
+    // A key: shown once, works, then revoked.
+    fill(&c, "#key-name", "ci").await;
+    click(&c, "form[action$='/keys'] button[type=submit]").await;
+    wait_path(&c, "/console/tenants/globex-console/keys").await;
+    let key = c.find(Locator::Css("#new-key")).await.unwrap().prop("value").await.unwrap().expect("the key");
+    assert_eq!(app.get(&key, "/v1/assets").await.0, StatusCode::OK, "the new key works");
+    c.goto(&format!("{}/console/tenants/globex-console", app.admin)).await.unwrap();
+    assert!(c.find(Locator::Css("#new-key")).await.is_err(), "a key is shown once only");
+    let row = c.find(Locator::XPath("//tr[td[normalize-space()='ci']]")).await.unwrap();
+    assert!(row.text().await.unwrap().contains(&key[..11]), "listed by its prefix, never in full");
+    row.find(Locator::Css("button")).await.unwrap().click().await.unwrap();
+    assert!(text(&c, ".notice").await.contains("revoked"));
+    let status = app.get_until(&key, "/v1/assets", StatusCode::UNAUTHORIZED).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a revoked key is refused");
+    assert_eq!(app.get(&t.key, "/v1/assets").await.0, StatusCode::OK, "the other key still works");
+
+    // Erase: the button stays disabled until the slug is typed exactly.
+    c.goto(&format!("{}/console/tenants/globex-console/erase", app.admin)).await.unwrap();
+    let button = c.find(Locator::Css("#erase")).await.unwrap();
+    assert!(!button.is_enabled().await.unwrap(), "disabled before typing");
+    fill(&c, "#confirm", "globex").await;
+    assert!(!button.is_enabled().await.unwrap(), "disabled for a wrong slug");
+    fill(&c, "#confirm", "globex-console").await;
+    assert!(button.is_enabled().await.unwrap(), "enabled for the exact slug");
+    button.click().await.unwrap();
+    wait_path(&c, "/console/operations/").await;
+    assert_eq!(wait_state(&c, "succeeded").await, "succeeded");
+    assert_eq!(app.get(&t.key, "/v1/assets").await.0, StatusCode::NOT_FOUND, "the tenant is gone");
+    let gone = app.cp.tenant("globex-console").await.unwrap();
+    assert_eq!(gone.status, tenantry_core::TenantStatus::Erased);
+    c.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_change_without_the_sessions_csrf_token_is_refused() {
+    let app = spawn_app().await;
+    app.create_tenant("csrf-target", "shared").await;
+    let c = browser().await;
+    sign_in(&c, &app, "/console/tenants/csrf-target").await;
+    // A forged form: right fields, wrong token.
+    c.execute("document.querySelector(\"form[action$='/settings'] input[name=csrf]\").value = 'forged';", vec![])
+        .await
+        .unwrap();
+    fill(&c, "#requests_per_second", "1").await;
+    click(&c, "form[action$='/settings'] button[type=submit]").await;
+    wait_path(&c, "/console/tenants/csrf-target/settings").await;
+    assert!(text(&c, "main").await.contains("did not come from the console"), "refused with a plain message");
+    let (_, settings) = app.admin_call(Method::GET, "/v1/tenants/csrf-target/settings", None).await;
+    assert_eq!(settings["settings"], json!({}), "nothing changed: {settings}");
+    c.close().await.unwrap();
+}
+
+/// The console's session cookie, signed in over plain HTTP (no browser).
+async fn http_session(app: &TestApp) -> (reqwest::Client, String) {
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let res = http
+        .post(format!("{}/console/login", app.admin))
+        .form(&[("name", "bob"), ("token", app.token.as_str()), ("next", "/console/audit")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(res.headers()["location"], "/console/audit");
+    let cookie = res.headers()["set-cookie"].to_str().unwrap().to_string();
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/console"] {
+        assert!(cookie.contains(attr), "{attr} in {cookie}");
+    }
+    assert!(!cookie.contains("Secure"), "plain HTTP here: not Secure");
+    (http, cookie.split(';').next().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn sessions_are_cookies_of_the_registry_and_sign_out_ends_them() {
+    let app = spawn_app().await;
+    let t = app.create_tenant("cookie-jar", "shared").await;
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    // Signed out: every console page redirects to sign-in, with the way back.
+    let res = http.get(format!("{}/console/tenants?tier=shared", app.admin)).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(res.headers()["location"], "/console/login?next=%2Fconsole%2Ftenants%3Ftier%3Dshared");
+    // A wrong token is refused, audited, and sets no cookie.
+    let res = http
+        .post(format!("{}/console/login", app.admin))
+        .form(&[("name", "mallory"), ("token", "guess")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert!(res.headers().get("set-cookie").is_none());
+    assert!(res.text().await.unwrap().contains("not the admin token"));
+    // An open redirect is not followed.
+    let res = http
+        .post(format!("{}/console/login", app.admin))
+        .form(&[("name", "bob"), ("token", app.token.as_str()), ("next", "https://evil.example/")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["location"], "/console");
+
+    let (http, cookie) = http_session(&app).await;
+    let page = |path: &str| http.get(format!("{}{path}", app.admin)).header("cookie", &cookie).send();
+    assert_eq!(page("/console/tenants/cookie-jar").await.unwrap().status(), StatusCode::OK);
+    // A plain POST without the form's token (another site's form, say): 403, nothing done.
+    let res = http
+        .post(format!("{}/console/tenants/cookie-jar/erase", app.admin))
+        .header("cookie", &cookie)
+        .form(&[("csrf", "x"), ("confirm", "cookie-jar")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert_eq!(app.get(&t.key, "/v1/assets").await.0, StatusCode::OK, "not erased");
+    // The erase confirmation is checked on the server too.
+    let body = page("/console/tenants/cookie-jar/erase").await.unwrap().text().await.unwrap();
+    let csrf = body.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    let res = http
+        .post(format!("{}/console/tenants/cookie-jar/erase", app.admin))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str()), ("confirm", "cookie")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(app.get(&t.key, "/v1/assets").await.0, StatusCode::OK, "not erased");
+    // Unknown pages and bad ids answer HTML errors, not 500s.
+    assert_eq!(page("/console/nowhere").await.unwrap().status(), StatusCode::NOT_FOUND);
+    assert_eq!(page("/console/operations/not-a-uuid").await.unwrap().status(), StatusCode::NOT_FOUND);
+    assert_eq!(page("/console/tenants/nobody").await.unwrap().status(), StatusCode::NOT_FOUND);
+    // Sign out: the same cookie no longer opens anything.
+    let res = http
+        .post(format!("{}/console/logout", app.admin))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let res = page("/console/tenants").await.unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER, "a revoked session is signed out");
+    let (_, audit) = app.admin_call(Method::GET, "/v1/audit?action=console", None).await;
+    let actions: Vec<&str> =
+        audit["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert!(actions.contains(&"console.sign_in_refused") && actions.contains(&"console.sign_out"), "{actions:?}");
+}
