@@ -287,7 +287,7 @@ impl Resolver {
             "# HELP tenantry_app_usage_tenants_pending Tenants with usage not yet flushed to the registry."
         );
         let _ = writeln!(out, "# TYPE tenantry_app_usage_tenants_pending gauge");
-        let _ = writeln!(out, "tenantry_app_usage_tenants_pending {}", inner.usage.pending().len());
+        let _ = writeln!(out, "tenantry_app_usage_tenants_pending {}", inner.usage.pending_tenants());
         let jobs = &inner.jobs;
         for (name, help, v) in [
             ("tenantry_app_job_runs_total", "Completed passes of the overdue-maintenance job.", &jobs.runs),

@@ -62,9 +62,14 @@ impl UsageMeter {
         self.add(tenant, Counts { db_time_us: d.as_micros() as i64, ..Counts::default() });
     }
 
-    /// Counts not yet flushed (for tests and /metrics).
+    /// Counts not yet flushed (for tests).
     pub fn pending(&self) -> HashMap<Uuid, Counts> {
         self.counts.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Tenants with counts not yet flushed (for /metrics).
+    pub fn pending_tenants(&self) -> usize {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Appends everything counted so far to the registry; on failure the counts

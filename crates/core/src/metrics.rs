@@ -57,8 +57,8 @@ impl HttpMetrics {
         String::from_utf8(buf).unwrap_or_default()
     }
 
-    fn observe(&self, route: &str, method: &str, status: u16, tier: &str, seconds: f64) {
-        self.requests.with_label_values(&[route, method, &status.to_string(), tier]).inc();
+    fn observe(&self, route: &str, method: &str, status: &str, tier: &str, seconds: f64) {
+        self.requests.with_label_values(&[route, method, status, tier]).inc();
         self.latency.with_label_values(&[route, method, tier]).observe(seconds);
     }
 }
@@ -71,12 +71,13 @@ pub async fn record(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
     let metrics = req.app_data::<web::Data<HttpMetrics>>().cloned();
-    let method = req.method().as_str().to_string();
+    // Cheap: the standard methods are stored inline.
+    let method = req.method().clone();
     let res = next.call(req).await?;
     if let Some(m) = metrics {
         let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".to_string());
         let tier = res.request().extensions().get::<TierLabel>().map_or("none", |t| t.0);
-        m.observe(&route, &method, res.status().as_u16(), tier, started.elapsed().as_secs_f64());
+        m.observe(&route, method.as_str(), res.status().as_str(), tier, started.elapsed().as_secs_f64());
     }
     Ok(res)
 }

@@ -401,7 +401,7 @@ async fn promote_confirm(cp: Cp, s: Session, slug: web::Path<String>, q: web::Qu
             slug: &slug,
             action: &format!("/console/tenants/{slug}/promote"),
             button: "Promote now",
-            plan: plan.as_ref().map_err(String::clone),
+            plan,
             fields: vec![("engine", engine.to_string())],
             chooser: Some(chooser),
         },
@@ -464,7 +464,7 @@ async fn move_confirm(cp: Cp, s: Session, slug: web::Path<String>, q: web::Query
             slug: &slug,
             action: &format!("/console/tenants/{slug}/move"),
             button: "Move now",
-            plan: plan.as_ref().map_err(String::clone),
+            plan,
             fields: vec![("target", target.map(|t| t.to_string()).unwrap_or_default())],
             chooser: Some(chooser),
         },
@@ -491,7 +491,7 @@ async fn demote_confirm(cp: Cp, s: Session, slug: web::Path<String>) -> Page {
             slug: &slug,
             action: &format!("/console/tenants/{slug}/demote"),
             button: "Demote now",
-            plan: plan.as_ref().map_err(String::clone),
+            plan,
             fields: vec![],
             chooser: None,
         },
@@ -510,18 +510,23 @@ async fn export(cp: Cp, s: Session, slug: web::Path<String>) -> Result<HttpRespo
 
 async fn erase_confirm(cp: Cp, s: Session, slug: web::Path<String>) -> Page {
     let t = cp.tenant(&slug).await?;
+    erase_page(&cp, &s, &t, None).await
+}
+
+/// The erase confirmation, with the rows last measured; 422 with `error`.
+async fn erase_page(cp: &ControlPlane, s: &Session, t: &crate::service::TenantView, error: Option<&str>) -> Page {
     let rows = cp.tenant_usage_detail(&t.id.to_string(), crate::usage::Window { hours: 1 }).await?.usage.rows;
-    ok(views::erase(&s, &t, rows, None))
+    let status = if error.is_some() { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::OK };
+    Ok(html(status, views::erase(s, t, rows, error)))
 }
 
 async fn erase(cp: Cp, s: Session, slug: web::Path<String>, form: web::Form<ActionForm>) -> Page {
     s.check(&form.csrf)?;
     let t = cp.tenant(&slug).await?;
     if form.confirm.as_deref().map(str::trim) != Some(t.slug.as_str()) {
-        let rows = cp.tenant_usage_detail(&t.id.to_string(), crate::usage::Window { hours: 1 }).await?.usage.rows;
         let msg =
             format!("you typed `{}`; type `{}` exactly to erase it", form.confirm.as_deref().unwrap_or(""), t.slug);
-        return Ok(html(StatusCode::UNPROCESSABLE_ENTITY, views::erase(&s, &t, rows, Some(&msg))));
+        return erase_page(&cp, &s, &t, Some(&msg)).await;
     }
     let op = cp.erase_tenant(&s.actor, &t.slug).await?;
     Ok(see_other(&format!("/console/operations/{}", op.id)))

@@ -417,7 +417,7 @@ pub struct Confirm<'a> {
     pub slug: &'a str,
     pub action: &'a str,
     pub button: &'a str,
-    pub plan: Result<&'a MovePlan, String>,
+    pub plan: Result<MovePlan, String>,
     /// Extra form fields carried to the POST (name, value).
     pub fields: Vec<(&'a str, String)>,
     /// Shown above the plan: a choice that re-plans (engine, target...).
