@@ -143,9 +143,14 @@ async fn recommendations_name_the_tenant_that_dominates_its_pool_with_a_move_pla
     for i in 0..10 {
         app.seed(&dedicated.key, &format!("A-{i}")).await;
     }
-    let body =
-        admin_until(&app, "/v1/recommendations", |b| b["recommendations"].as_array().is_some_and(|r| !r.is_empty()))
-            .await;
+    // Storage is measured in passes that may straddle the seeding above: wait
+    // for a pass that saw every seeded row of both shared tenants.
+    let body = admin_until(&app, "/v1/recommendations", |b| {
+        b["recommendations"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["usage"]["rows"] == 30 && r["share"]["rows"] == 0.909))
+    })
+    .await;
     let recs = body["recommendations"].as_array().unwrap();
     assert_eq!(recs.len(), 1, "only the heavy shared tenant: {body}");
     let r = &recs[0];
