@@ -302,6 +302,85 @@ async fn statement_timeout_concurrency_and_page_size_limits_apply_per_tenant() {
     }
 }
 
+/// An app process that never hears the registry's NOTIFY still answers 404
+/// from the moment the erasure is accepted: the tenant is fenced on its
+/// backend before the API returns, and the fresh route read says "erasing".
+#[tokio::test]
+async fn an_app_with_a_stale_cache_stops_serving_an_erased_tenant_at_once() {
+    let app = spawn_app().await;
+    let a = app.create_tenant("erased-while-cached", "shared").await;
+    let (asset, _, _) = app.seed(&a.key, "EC-1").await;
+    let stale = app.another_app(|s| s.app.listen_for_changes = false).await;
+    let client = reqwest::Client::new();
+    let call = |method: Method, path: String| {
+        let (client, key, url) = (client.clone(), a.key.clone(), format!("{stale}{path}"));
+        async move {
+            let resp = client.request(method, url).bearer_auth(key).json(&json!({"name": "late"})).send().await;
+            let resp = resp.unwrap();
+            (resp.status(), resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    assert_eq!(call(Method::GET, "/v1/assets".into()).await.0, StatusCode::OK, "its cache now holds the key");
+
+    let (s, op) = app.admin_call(Method::DELETE, &format!("/v1/tenants/{}", a.id), None).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    for (method, path) in [(Method::GET, "/v1/assets".to_string()), (Method::PATCH, format!("/v1/assets/{asset}"))] {
+        let (s, body) = call(method.clone(), path.clone()).await;
+        assert_eq!((s, body["error"]["code"].clone()), (StatusCode::NOT_FOUND, json!("not_found")), "{method} {path}");
+    }
+    assert_eq!(app.wait_operation(op["id"].as_str().unwrap()).await["state"], "succeeded");
+    assert_eq!(call(Method::GET, "/v1/assets".into()).await.0, StatusCode::NOT_FOUND);
+}
+
+/// Single-statement reads (lists, lookups) run under the tenant's own
+/// statement timeout too, not only transactions: two tenants of one pool,
+/// blocked on the same table lock, each give up at their own limit.
+#[tokio::test]
+async fn reads_give_up_at_each_tenants_own_statement_timeout() {
+    let app = spawn_app().await;
+    let quick = app.create_tenant("gives-up-quick", "shared").await;
+    let patient = app.create_tenant("waits-longer", "shared").await;
+    let (asset, _, _) = app.seed(&quick.key, "Q-1").await;
+    app.seed(&patient.key, "P-1").await;
+    for (t, ms) in [(&quick, 300), (&patient, 3000)] {
+        let (s, body) =
+            patch_settings(&app, &t.id, json!({"limits": {"statement_timeout_ms": ms, "max_page_size": 5}})).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        // The page-size cap shows the change has reached the app.
+        assert_eq!(app.get_until(&t.key, "/v1/assets?limit=6", StatusCode::BAD_REQUEST).await, StatusCode::BAD_REQUEST);
+    }
+
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let pool = crate::helpers::connect(&app.pool_name, false);
+    let blocker = pool.begin().await.unwrap();
+    blocker.execute_unprepared("LOCK TABLE assets IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let timed_get = |key: String, path: String| {
+        let (http, url) = (app.http.clone(), format!("{}{path}", app.app));
+        tokio::spawn(async move {
+            let t0 = std::time::Instant::now();
+            let resp = http.get(url).bearer_auth(key).send().await.unwrap();
+            (resp.status(), resp.json::<Value>().await.unwrap()["error"]["code"].clone(), t0.elapsed())
+        })
+    };
+    let quick_list = timed_get(quick.key.clone(), "/v1/assets".into());
+    let quick_one = timed_get(quick.key.clone(), format!("/v1/assets/{asset}"));
+    let patient_list = timed_get(patient.key.clone(), "/v1/assets".into());
+    let three_secs = std::time::Duration::from_secs(3);
+    for read in [quick_list, quick_one] {
+        let (s, code, took) = read.await.unwrap();
+        assert_eq!((s, code), (StatusCode::SERVICE_UNAVAILABLE, json!("statement_timeout")));
+        assert!(took < three_secs, "gave up at its own 300 ms, not the other tenant's 3 s: {took:?}");
+    }
+    let (s, code, took) = patient_list.await.unwrap();
+    assert_eq!((s, code), (StatusCode::SERVICE_UNAVAILABLE, json!("statement_timeout")));
+    assert!(took >= three_secs, "waited its own 3 s: {took:?}");
+    blocker.rollback().await.unwrap();
+    for t in [&quick, &patient] {
+        let (s, body) = app.get(&t.key, "/v1/assets").await;
+        assert_eq!((s, body["assets"].as_array().map(Vec::len)), (StatusCode::OK, Some(1)), "{body}");
+    }
+}
+
 #[tokio::test]
 async fn every_response_carries_a_request_id_on_both_listeners() {
     let app = spawn_app().await;

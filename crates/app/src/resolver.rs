@@ -1,6 +1,6 @@
 //! Resolves a request to its tenant's backend. Three moka caches:
-//! API-key hash -> tenant, tenant -> route (placement and address), backend ->
-//! pool. Key and route entries are dropped the moment the registry announces a
+//! API-key hash -> tenant, tenant -> route (placement and address), (backend,
+//! statement timeout) -> pool. Key and route entries are dropped the moment the registry announces a
 //! change (LISTEN `tenantry_registry`); a stale route that slips through is
 //! still caught by `tenantry_enter`'s residency check, which makes
 //! [`Resolver::enter`] re-resolve and retry once.
@@ -16,6 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use tenantry_core::TenantStatus;
 use tenantry_core::db::{PoolSizing, lazy_pool};
 use tenantry_core::registry::{BackendAddress, KeyOwner, RegistryReader, Route};
 use tenantry_core::web::ApiError;
@@ -49,10 +50,21 @@ struct Inner {
     cfg: AppConfig,
     keys: Cache<[u8; 32], Arc<KeyOwner>>,
     routes: Cache<Uuid, Arc<Route>>,
-    pools: Cache<Uuid, DatabaseConnection>,
+    pools: Cache<PoolKey, DatabaseConnection>,
     /// One permit per connection the process may use at once, across every
     /// backend: requests wait (bounded) for a slot instead of opening more.
     budget: Arc<Semaphore>,
+}
+
+/// One pool per backend and tenant statement timeout: the timeout is the
+/// session default of every connection in the pool (set in the startup
+/// packet), so every statement a tenant runs, single-statement reads
+/// included, runs under its own timeout at no extra round trip. Tenants on a
+/// tier default share one pool per backend; an override gets its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct PoolKey {
+    backend: Uuid,
+    statement_timeout_ms: Option<u32>,
 }
 
 /// Cheap to clone; one per process.
@@ -115,12 +127,12 @@ impl Resolver {
             pools: Cache::builder()
                 .max_capacity(cfg.max_pools())
                 .time_to_idle(Duration::from_secs(cfg.pool_idle_secs))
-                .eviction_listener(|id, db: DatabaseConnection, cause| {
+                .eviction_listener(|key: Arc<PoolKey>, db: DatabaseConnection, cause| {
                     // Close at once so idle connections do not outlive the budget:
                     // close() lets checked-out connections finish first, and a
                     // request that looked the pool up just before sees PoolClosed
                     // and looks again (see `on_backend`).
-                    tracing::info!(backend = %id, ?cause, "closing backend pool");
+                    tracing::info!(backend = %key.backend, timeout_ms = ?key.statement_timeout_ms, ?cause, "closing backend pool");
                     if let Ok(rt) = tokio::runtime::Handle::try_current() {
                         rt.spawn(async move {
                             let _ = db.close().await;
@@ -176,23 +188,33 @@ impl Resolver {
             return Ok(route);
         }
         self.inner.route_misses.fetch_add(1, Ordering::Relaxed);
-        let route = Arc::new(self.inner.registry.route(tenant_id).await?.ok_or_else(|| {
-            ApiError::unavailable("tenant_not_placed", "the tenant has no backend yet; retry shortly", RETRY_AFTER_SECS)
-        })?);
+        let Some(route) = self.inner.registry.route(tenant_id).await? else {
+            // No placement: not placed yet, or erased (the placement goes last).
+            return Err(if self.inner.registry.erased(tenant_id).await? {
+                ApiError::not_found("tenant")
+            } else {
+                ApiError::unavailable(
+                    "tenant_not_placed",
+                    "the tenant has no backend yet; retry shortly",
+                    RETRY_AFTER_SECS,
+                )
+            });
+        };
+        let route = Arc::new(route);
         self.inner.routes.insert(tenant_id, route.clone());
         Ok(route)
     }
 
-    fn pool(&self, backend: &BackendAddress) -> DatabaseConnection {
+    fn pool(&self, backend: &BackendAddress, statement_timeout_ms: Option<u32>) -> DatabaseConnection {
         let cfg = &self.inner.cfg;
-        self.inner.pools.get_with(backend.id, || {
+        self.inner.pools.get_with(PoolKey { backend: backend.id, statement_timeout_ms }, || {
             lazy_pool(
                 &backend.host,
                 backend.port,
                 &backend.database,
                 &cfg.credentials,
                 "tenantry-app",
-                PoolSizing { max_connections: cfg.connections_per_pool, ..PoolSizing::default() },
+                PoolSizing { max_connections: cfg.connections_per_pool, statement_timeout_ms, ..PoolSizing::default() },
             )
         })
     }
@@ -201,10 +223,10 @@ impl Resolver {
     /// first statement takes the tenant's shared fence lock, checks residency at
     /// the cached epoch and sets `app.tenant_id` for this transaction only.
     pub async fn enter(&self, tenant: &KeyOwner) -> Result<TenantTx, ApiError> {
-        let (tenant_id, timeout) = (tenant.tenant_id, tenant.limits.statement_timeout_ms);
+        let tenant_id = tenant.tenant_id;
         let (tx, slot) = self
             .on_backend(tenant, move |db, epoch| async move {
-                TenantTx::begin(db.get_postgres_connection_pool(), tenant_id, epoch, timeout).await
+                TenantTx::begin(db.get_postgres_connection_pool(), tenant_id, epoch).await
             })
             .await?;
         Ok(tx.holding(slot))
@@ -245,19 +267,22 @@ impl Resolver {
         inner.pools.run_pending_tasks();
         let mut open = 0usize;
         let mut idle = 0usize;
-        let mut per_backend = String::new();
-        for (id, db) in inner.pools.iter() {
+        // A backend may have a pool per statement timeout: one series per backend.
+        let mut per_backend = std::collections::BTreeMap::<Uuid, u32>::new();
+        for (key, db) in inner.pools.iter() {
             let pool = db.get_postgres_connection_pool();
             open += pool.size() as usize;
             idle += pool.num_idle();
-            let _ = writeln!(per_backend, "tenantry_app_backend_connections{{backend=\"{id}\"}} {}", pool.size());
+            *per_backend.entry(key.backend).or_default() += pool.size();
         }
         let _ = writeln!(out, "# HELP tenantry_app_backend_pools Open backend connection pools.");
         let _ = writeln!(out, "# TYPE tenantry_app_backend_pools gauge");
         let _ = writeln!(out, "tenantry_app_backend_pools {}", inner.pools.entry_count());
-        let _ = writeln!(out, "# HELP tenantry_app_backend_connections Open connections per backend pool.");
+        let _ = writeln!(out, "# HELP tenantry_app_backend_connections Open connections per backend.");
         let _ = writeln!(out, "# TYPE tenantry_app_backend_connections gauge");
-        out.push_str(&per_backend);
+        for (id, n) in per_backend {
+            let _ = writeln!(out, "tenantry_app_backend_connections{{backend=\"{id}\"}} {n}");
+        }
         let _ = writeln!(out, "# HELP tenantry_app_connections_open Open connections across all backend pools.");
         let _ = writeln!(out, "# TYPE tenantry_app_connections_open gauge");
         let _ = writeln!(out, "tenantry_app_connections_open {open}");
@@ -356,6 +381,12 @@ impl Resolver {
         let mut failed: Option<(Uuid, String)> = None;
         loop {
             let route = self.route(tenant.tenant_id).await?;
+            // An erasure fences the tenant on its backend before it deletes a
+            // row; the fresh route read after that refusal says why: gone.
+            if matches!(route.tenant_status, TenantStatus::Erasing | TenantStatus::Erased) {
+                self.inner.routes.invalidate(&tenant.tenant_id);
+                return Err(ApiError::not_found("tenant"));
+            }
             if let Some((backend, e)) = &failed
                 && *backend == route.backend.id
             {
@@ -375,7 +406,7 @@ impl Resolver {
                 ));
             }
             let slot = self.slot(tenant.tenant_id).await?;
-            let pool = self.pool(&route.backend);
+            let pool = self.pool(&route.backend, tenant.limits.statement_timeout_ms);
             match work(pool, route.placement.epoch).await {
                 Ok(t) => {
                     tracing::Span::current().record("backend", tracing::field::display(route.backend.id));
@@ -408,7 +439,8 @@ impl Resolver {
                     self.inner.routes.invalidate(&tenant.tenant_id);
                     failed = Some((route.backend.id, e));
                 }
-                Err(EnterError::Query(e)) => return Err(ApiError::internal(&e)),
+                // A statement timeout is a 503 `statement_timeout`, anything else a 500.
+                Err(EnterError::Query(e)) => return Err(e.into()),
             }
         }
         Err(ApiError::unavailable("tenant_moving", "the tenant is being moved; retry shortly", RETRY_AFTER_SECS))

@@ -142,18 +142,11 @@ impl TenantTx {
     /// Takes a connection from `pool`, begins a transaction and enters the
     /// tenant at `epoch`, in one round trip. On failure the connection is
     /// rolled back before it returns to the pool.
-    pub(crate) async fn begin(
-        pool: &sqlx::PgPool,
-        tenant_id: Uuid,
-        epoch: i64,
-        statement_timeout_ms: Option<u32>,
-    ) -> Result<Self, EnterError> {
+    pub(crate) async fn begin(pool: &sqlx::PgPool, tenant_id: Uuid, epoch: i64) -> Result<Self, EnterError> {
         let mut conn = pool.acquire().await.map_err(classify)?;
-        // One message: BEGIN, the tenant's statement timeout for this transaction
-        // only, and the enter gate.
-        let timeout =
-            statement_timeout_ms.map(|ms| format!("SET LOCAL statement_timeout = {ms}; ")).unwrap_or_default();
-        let sql = format!("BEGIN; {timeout}SELECT tenantry_enter('{tenant_id}'::uuid, {epoch}::bigint)");
+        // One message: BEGIN and the enter gate. (The tenant's statement timeout
+        // is the session default of the pool the resolver chose.)
+        let sql = format!("BEGIN; SELECT tenantry_enter('{tenant_id}'::uuid, {epoch}::bigint)");
         match sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await {
             Ok(_) => Ok(Self { conn: TxConn(Mutex::new(Some(conn))), tenant_id, _slot: None }),
             Err(e) => {

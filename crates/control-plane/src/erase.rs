@@ -1,6 +1,9 @@
 //! Erasure (GDPR offboarding): `DELETE /v1/tenants/{id}` queues an `erase`
 //! operation. From that moment the tenant is `erasing` and its requests get
-//! 404. Shared tier: the tenant's rows are deleted in batches from every table
+//! 404: the registry says so (apps drop their cached key at its NOTIFY), and
+//! the tenant is fenced on its backend before the request returns (and again
+//! before a row is deleted), so an app still holding the cached key is refused
+//! there and, re-resolving, finds the tenant erasing. Shared tier: the tenant's rows are deleted in batches from every table
 //! that has a `tenant_id` column, found from the catalog (a table added later
 //! cannot be forgotten). Dedicated tier: the logical database is dropped, or
 //! the RDS instance deleted (a final snapshot only if
@@ -18,6 +21,9 @@ use crate::service::audit;
 use crate::{ControlPlane, Error};
 use sea_orm::{ConnectionTrait, TransactionTrait};
 use tenantry_core::TenantStatus;
+
+/// How long fencing waits for the tenant's in-flight transactions.
+const FENCE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The steps of an erasure, in order.
 pub const ERASE_STEPS: &[&str] = &["erase_data", "tombstone"];
@@ -53,8 +59,43 @@ impl ControlPlane {
         let id = enqueue(&txn, OperationKind::Erase, Some(t.id), params, actor).await?;
         audit(&txn, actor, "tenant.erase.request", Some(t.id), json!({"operation_id": id})).await?;
         txn.commit().await?;
+        // Best effort here (the backend may be down): the operation fences again,
+        // mandatorily, before it deletes anything.
+        if let Some(p) = &t.placement
+            && let Err(e) = self.fence_for_erasure(t.id, p.backend_id).await
+        {
+            tracing::warn!(tenant = %t.id, error = %e, "could not fence the tenant yet; the operation will");
+        }
         self.wake_workers();
         self.operation(id).await
+    }
+
+    /// Marks the tenant fenced on its backend, under its exclusive lock (so the
+    /// app's in-flight transactions finish first): every later request is
+    /// refused there (TR001). Idempotent; a tenant already gone from the
+    /// backend is fine. Gives up after a few seconds (an unreachable backend).
+    async fn fence_for_erasure(&self, tenant: Uuid, backend: Uuid) -> Result<(), Error> {
+        tokio::time::timeout(FENCE_WAIT * 3, self.fence_tenant(tenant, backend)).await.unwrap_or_else(|_| {
+            Err(Error::Backend(sea_orm::sqlx::Error::Protocol("the backend did not answer in time".into())))
+        })
+    }
+
+    async fn fence_tenant(&self, tenant: Uuid, backend: Uuid) -> Result<(), Error> {
+        use sea_orm::sqlx::{self, Connection};
+        let side = self.side(backend).await?;
+        let mut conn = self.tenant_conn(&side, tenant).await?;
+        let mut tx = conn.begin().await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET LOCAL lock_timeout = {}", FENCE_WAIT.as_millis())))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(tenantry_lock_key($1))").bind(tenant).execute(&mut *tx).await?;
+        sqlx::query("UPDATE tenant_residency SET state = 'fenced', updated_at = now() WHERE tenant_id = $1")
+            .bind(tenant)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        conn.close().await?;
+        Ok(())
     }
 
     pub(crate) async fn drive_erase(&self, owner: &str, op: Claimed) {
@@ -101,9 +142,15 @@ impl ControlPlane {
         let Some(row) = backend else {
             return Ok(()); // already erased by an earlier attempt, or never placed
         };
-        let side = self.side(row.try_get::<Uuid>("", "backend_id")?).await?;
+        let backend_id = row.try_get::<Uuid>("", "backend_id")?;
+        let side = self.side(backend_id).await?;
         let b = &side.backend;
         if b.kind == "dedicated" {
+            // The database goes as a whole; fencing first is a courtesy (the
+            // instance may no longer answer, and deleting it must still work).
+            if let Err(e) = self.fence_for_erasure(tenant, backend_id).await {
+                tracing::warn!(%tenant, error = %e, "could not fence the dedicated database; erasing it anyway");
+            }
             let keep = params["final_snapshot"].as_bool().unwrap_or(false);
             let snapshot = self.destroy_storage(&b.engine, &b.name, &b.database, keep).await?;
             self.set_params(op, json!({"dropped": b.name, "final_snapshot": snapshot})).await?;
@@ -115,6 +162,8 @@ impl ControlPlane {
                 .await?;
             return Ok(());
         }
+        // Nobody reads a half-erased tenant: fenced before the first delete.
+        self.fence_for_erasure(tenant, backend_id).await?;
         let mut conn = self.tenant_conn(&side, tenant).await?;
         let tables = crate::moves::tenant_tables(&mut conn).await?;
         sea_orm::sqlx::raw_sql(sea_orm::sqlx::AssertSqlSafe(format!("ANALYZE {}", crate::moves::table_list(&tables))))

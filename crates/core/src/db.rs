@@ -15,17 +15,27 @@ pub struct Credentials {
     pub password: SecretString,
 }
 
-/// How big a pool may grow and how long an idle connection is kept.
+/// How big a pool may grow, how long an idle connection is kept, and the
+/// statement timeout its sessions start with.
 #[derive(Clone, Copy, Debug)]
 pub struct PoolSizing {
     pub max_connections: u32,
     pub idle_timeout: Duration,
     pub acquire_timeout: Duration,
+    /// The session's `statement_timeout` on every connection of the pool, set
+    /// in the startup packet (so it costs no round trip); `None` keeps the
+    /// role's own.
+    pub statement_timeout_ms: Option<u32>,
 }
 
 impl Default for PoolSizing {
     fn default() -> Self {
-        Self { max_connections: 8, idle_timeout: Duration::from_secs(300), acquire_timeout: Duration::from_secs(5) }
+        Self {
+            max_connections: 8,
+            idle_timeout: Duration::from_secs(300),
+            acquire_timeout: Duration::from_secs(5),
+            statement_timeout_ms: None,
+        }
     }
 }
 
@@ -38,13 +48,16 @@ pub fn lazy_pool(
     application_name: &str,
     sizing: PoolSizing,
 ) -> DatabaseConnection {
-    let opts = PgConnectOptions::new()
+    let mut opts = PgConnectOptions::new()
         .host(host)
         .port(port)
         .database(database)
         .username(&creds.user)
         .password(creds.password.expose_secret())
         .application_name(application_name);
+    if let Some(ms) = sizing.statement_timeout_ms {
+        opts = opts.options([("statement_timeout", ms)]);
+    }
     let pool = PgPoolOptions::new()
         .max_connections(sizing.max_connections)
         .min_connections(0)

@@ -2,7 +2,7 @@
 //! into a tenant and a tenant into a backend. Read-only by construction; the
 //! control plane owns every write.
 
-use sea_orm::{DatabaseConnection, DbBackend, DbErr, FromQueryResult, Statement};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, FromQueryResult, Statement};
 use uuid::Uuid;
 
 use crate::{BackendKind, Placement, TenantStatus, Tier};
@@ -27,6 +27,9 @@ pub struct Route {
     pub backend: BackendAddress,
     /// The backend's tenant-schema version.
     pub schema_version: i32,
+    /// The tenant's status when the route was read: a fresh read after the
+    /// backend refused the tenant tells an erasure (404) from a move (wait).
+    pub tenant_status: TenantStatus,
 }
 
 /// How to reach a backend (credentials come from configuration).
@@ -58,6 +61,7 @@ struct RouteRow {
     port: i32,
     database: String,
     schema_version: i32,
+    status: String,
 }
 
 const OWNER_SELECT: &str = "SELECT t.id AS tenant_id, t.slug, t.tier, t.status, t.settings, \
@@ -129,11 +133,25 @@ impl RegistryReader {
     }
 
     /// Where the tenant is writable now.
+    /// Whether the tenant is being or has been erased (its placement may
+    /// already be gone).
+    pub async fn erased(&self, tenant_id: Uuid) -> Result<bool, DbErr> {
+        let row = self
+            .db
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT status IN ('erasing', 'erased') AS gone FROM tenants WHERE id = $1",
+                [tenant_id.into()],
+            ))
+            .await?;
+        Ok(row.map(|r| r.try_get::<bool>("", "gone")).transpose()?.unwrap_or(true))
+    }
+
     pub async fn route(&self, tenant_id: Uuid) -> Result<Option<Route>, DbErr> {
         let row = RouteRow::find_by_statement(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "SELECT p.backend_id, p.epoch, b.kind, b.host, b.port, b.database, b.schema_version \
-             FROM placements p JOIN backends b ON b.id = p.backend_id \
+            "SELECT p.backend_id, p.epoch, b.kind, b.host, b.port, b.database, b.schema_version, t.status \
+             FROM placements p JOIN backends b ON b.id = p.backend_id JOIN tenants t ON t.id = p.tenant_id \
              WHERE p.tenant_id = $1",
             [tenant_id.into()],
         ))
@@ -150,6 +168,7 @@ impl RegistryReader {
                     database: r.database,
                 },
                 schema_version: r.schema_version,
+                tenant_status: r.status.parse().map_err(corrupt)?,
             })
         })
         .transpose()
