@@ -321,6 +321,26 @@ async fn sessions_are_cookies_of_the_registry_and_sign_out_ends_them() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(app.get(&t.key, "/v1/assets").await.0, StatusCode::OK, "not erased");
+    // Promote offers engine and region; a region the engine cannot provision
+    // in fails the dry run on the page, and a forged POST starts nothing.
+    let body = page("/console/tenants/cookie-jar/promote").await.unwrap().text().await.unwrap();
+    assert!(body.contains(r#"<select id="region" name="region">"#), "{body}");
+    assert!(body.contains(r#"<input type="hidden" name="region" value="local">"#), "{body}");
+    let body = page("/console/tenants/cookie-jar/promote?engine=logical&region=mars-1").await.unwrap().text().await;
+    let body = body.unwrap();
+    assert!(body.contains("The dry run failed: no logical capacity in region `mars-1`"), "{body}");
+    assert!(!body.contains("id=\"confirm\""), "nothing to confirm: {body}");
+    let res = http
+        .post(format!("{}/console/tenants/cookie-jar/promote", app.admin))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str()), ("engine", "logical"), ("region", "mars-1")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(res.text().await.unwrap().contains("no logical capacity in region `mars-1`"));
+    let (_, ops) = app.admin_call(Method::GET, &format!("/v1/operations?tenant={}", t.id), None).await;
+    assert!(!ops.to_string().contains("promote"), "no promotion started: {ops}");
     // Unknown pages and bad ids answer HTML errors, not 500s.
     assert_eq!(page("/console/nowhere").await.unwrap().status(), StatusCode::NOT_FOUND);
     assert_eq!(page("/console/operations/not-a-uuid").await.unwrap().status(), StatusCode::NOT_FOUND);

@@ -484,6 +484,16 @@ impl ControlPlane {
 
     // ---- requests -------------------------------------------------------------
 
+    /// The region where `engine` provisions dedicated databases (the cluster's,
+    /// or the RDS client's); `None` when the engine is not configured.
+    pub fn dedicated_region(&self, engine: Engine) -> Option<String> {
+        match engine {
+            Engine::Rds => self.rds.as_ref().map(|x| x.config().region.clone()),
+            Engine::Logical => Some(self.config().cluster.region.clone()),
+            Engine::External => None,
+        }
+    }
+
     /// Promote a shared tenant: provision a dedicated backend, then move there.
     pub async fn promote_tenant(
         &self,
@@ -500,12 +510,7 @@ impl ControlPlane {
             });
         }
         let engine = self.dedicated_engine(engine)?;
-        let region_ok = match (&region, engine) {
-            (None, _) => true,
-            (Some(r), Engine::Rds) => Some(r) == self.rds.as_ref().map(|x| &x.config().region),
-            (Some(r), _) => *r == self.config().cluster.region,
-        };
-        if !region_ok {
+        if region.as_ref().is_some_and(|r| Some(r) != self.dedicated_region(engine).as_ref()) {
             return Err(Error::invalid(
                 "region_unavailable",
                 format!("no {} capacity in region `{}`", engine.as_str(), region.unwrap_or_default()),

@@ -372,6 +372,7 @@ async fn revoke_key(cp: Cp, s: Session, path: web::Path<(String, Uuid)>, form: w
 #[derive(Deserialize)]
 struct PromoteQuery {
     engine: Option<String>,
+    region: Option<String>,
 }
 
 fn engine_target(engine: Option<&str>) -> (&'static str, &'static str) {
@@ -381,15 +382,36 @@ fn engine_target(engine: Option<&str>) -> (&'static str, &'static str) {
     }
 }
 
+fn promote_engine(engine: &str) -> Engine {
+    match engine {
+        "rds" => Engine::Rds,
+        _ => Engine::Logical,
+    }
+}
+
 async fn promote_confirm(cp: Cp, s: Session, slug: web::Path<String>, q: web::Query<PromoteQuery>) -> Page {
     let (engine, target) = engine_target(q.engine.as_deref());
-    let plan = cp.move_plan(&slug, target).await.map_err(|e| ConsoleError::from(e).to_string());
+    let home = cp.dedicated_region(promote_engine(engine)).unwrap_or_default();
+    let region = q.region.clone().filter(|r| !r.is_empty()).unwrap_or_else(|| home.clone());
+    // Each engine provisions in one region: another choice fails the dry run
+    // here rather than the operation later.
+    let plan = match cp.move_plan(&slug, target).await {
+        Ok(_) if region != home => {
+            Err(format!("no {engine} capacity in region `{region}` (it provisions in `{home}`)"))
+        }
+        p => p.map_err(|e| ConsoleError::from(e).to_string()),
+    };
+    let regions = regions(&cp).await;
     let chooser = maud::html! {
         form.inline method="get" {
             label for="engine" { "Engine" }
             select #engine name="engine" {
                 option value="logical" selected[engine == "logical"] { "logical database on the cluster" }
                 option value="rds" selected[engine == "rds"] disabled[cp.rds.is_none()] { "AWS RDS instance" }
+            }
+            label for="region" { "Region" }
+            select #region name="region" {
+                @for r in &regions { option value=(r) selected[*r == region] { (r) } }
             }
             button type="submit" { "Re-plan" }
         }
@@ -402,7 +424,7 @@ async fn promote_confirm(cp: Cp, s: Session, slug: web::Path<String>, q: web::Qu
             action: &format!("/console/tenants/{slug}/promote"),
             button: "Promote now",
             plan,
-            fields: vec![("engine", engine.to_string())],
+            fields: vec![("engine", engine.to_string()), ("region", region)],
             chooser: Some(chooser),
         },
     ))
@@ -412,17 +434,16 @@ async fn promote_confirm(cp: Cp, s: Session, slug: web::Path<String>, q: web::Qu
 struct ActionForm {
     csrf: String,
     engine: Option<String>,
+    region: Option<String>,
     target: Option<String>,
     confirm: Option<String>,
 }
 
 async fn promote(cp: Cp, s: Session, slug: web::Path<String>, form: web::Form<ActionForm>) -> Page {
     s.check(&form.csrf)?;
-    let engine = match engine_target(form.engine.as_deref()).0 {
-        "rds" => Engine::Rds,
-        _ => Engine::Logical,
-    };
-    let op = cp.promote_tenant(&s.actor, &slug, Some(engine), None).await?;
+    let engine = promote_engine(engine_target(form.engine.as_deref()).0);
+    let region = form.region.clone().filter(|r| !r.is_empty());
+    let op = cp.promote_tenant(&s.actor, &slug, Some(engine), region).await?;
     Ok(see_other(&format!("/console/operations/{}", op.id)))
 }
 
