@@ -268,6 +268,53 @@ async fn http_session(app: &TestApp) -> (reqwest::Client, String) {
     (http, cookie.split(';').next().unwrap().to_string())
 }
 
+/// The Tenants list pages through the whole registry in slug order, and its
+/// search and filters count what they match.
+#[tokio::test]
+async fn the_tenants_list_pages_searches_and_filters_a_large_registry() {
+    let app = spawn_app().await;
+    use sea_orm::ConnectionTrait;
+    let registry = crate::helpers::connect(&app.cp.config().registry_database, false);
+    registry
+        .execute_unprepared(
+            "INSERT INTO tenants (id, slug, name, tier, status, region) \
+             SELECT gen_random_uuid(), 'many-' || lpad(i::text, 3, '0'), 'Many ' || i, \
+                    CASE WHEN i % 10 = 0 THEN 'dedicated' ELSE 'shared' END, 'active', 'local' \
+             FROM generate_series(0, 119) i",
+        )
+        .await
+        .unwrap();
+    let (http, cookie) = http_session(&app).await;
+    let page = async |path: &str| {
+        let res = http.get(format!("{}{path}", app.admin)).header("cookie", &cookie).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{path}");
+        res.text().await.unwrap()
+    };
+    let slugs = |html: &str| -> Vec<String> {
+        html.split("href=\"/console/tenants/many-")
+            .skip(1)
+            .map(|rest| format!("many-{}", &rest[..3]))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    };
+    let first = page("/console/tenants").await;
+    assert!(first.contains("120 tenants · page 1 of 3"), "{first}");
+    let want: Vec<String> = (0..50).map(|i| format!("many-{i:03}")).collect();
+    assert_eq!(slugs(&first), want);
+    let last = page("/console/tenants?page=2").await;
+    assert_eq!(slugs(&last), (100..120).map(|i| format!("many-{i:03}")).collect::<Vec<_>>());
+    assert!(!last.contains("rel=\"next\""), "no page after the last");
+    let found = page("/console/tenants?q=many-07").await;
+    assert_eq!(slugs(&found), (70..80).map(|i| format!("many-{i:03}")).collect::<Vec<_>>());
+    assert!(found.contains(">10 tenants<"), "{found}");
+    let dedicated = page("/console/tenants?tier=dedicated").await;
+    assert_eq!(slugs(&dedicated), (0..12).map(|i| format!("many-{:03}", i * 10)).collect::<Vec<_>>());
+    // LIKE wildcards are searched for literally.
+    let none = page("/console/tenants?q=%25").await;
+    assert!(slugs(&none).is_empty() && none.contains(">0 tenants<"), "{none}");
+}
+
 #[tokio::test]
 async fn sessions_are_cookies_of_the_registry_and_sign_out_ends_them() {
     let app = spawn_app().await;

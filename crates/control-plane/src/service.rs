@@ -2,6 +2,7 @@
 //! backends, create tenants on either tier, issue and revoke API keys. Every
 //! action is written to the audit log with its actor.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -160,6 +161,8 @@ pub struct ControlPlane {
     cfg: ControlPlaneConfig,
     provisioner: LogicalProvisioner,
     backend_pools: Cache<Uuid, DatabaseConnection>,
+    /// The console's heavy-tenant badges (see `heavy_tenants_cached`).
+    heavy: Cache<(), Arc<crate::usage::HeavyTenants>>,
 }
 
 impl ControlPlane {
@@ -186,7 +189,9 @@ impl ControlPlane {
             Some(r) => Some(tenantry_provisioner::RdsProvisioner::new(r.clone()).await),
             None => None,
         };
-        let cp = Self { worker_wakeup: tokio::sync::Notify::new(), rds, registry, cfg, provisioner, backend_pools };
+        let heavy = Cache::builder().max_capacity(1).time_to_live(crate::usage::HEAVY_TTL).build();
+        let cp =
+            Self { worker_wakeup: tokio::sync::Notify::new(), rds, registry, cfg, provisioner, backend_pools, heavy };
         let template = cp.cfg.template_database.clone();
         cp.register_backend("control-plane", &template, BackendKind::Template).await?;
         Ok(cp)
@@ -194,6 +199,10 @@ impl ControlPlane {
 
     pub(crate) fn provisioner(&self) -> &LogicalProvisioner {
         &self.provisioner
+    }
+
+    pub(crate) fn heavy_cache(&self) -> &Cache<(), Arc<crate::usage::HeavyTenants>> {
+        &self.heavy
     }
 
     pub fn registry(&self) -> &DatabaseConnection {

@@ -215,7 +215,6 @@ struct UsageRow {
     region: String,
     tier: String,
     status: String,
-    backend_id: Option<Uuid>,
     backend: Option<String>,
     engine: Option<String>,
     requests: i64,
@@ -227,16 +226,53 @@ struct UsageRow {
     measured_at: Option<DateTime<Utc>>,
 }
 
-const USAGE_SELECT: &str = "SELECT t.id AS tenant_id, t.slug, t.name, t.region, t.tier, t.status, p.backend_id, b.name AS backend, b.engine, \
+/// Usage of the tenants that `{tenants}` (a clause on `tenants t`: WHERE,
+/// ORDER BY, LIMIT) selects, in slug order. The tenants are chosen first and
+/// each one's rollups summed through the rollup key, so a page of 50 costs
+/// the same among 10,000 tenants as among 100.
+const USAGE_SELECT: &str = "SELECT t.id AS tenant_id, t.slug, t.name, t.region, t.tier, t.status, b.name AS backend, b.engine, \
     coalesce(u.requests, 0)::bigint AS requests, coalesce(u.client_errors, 0)::bigint AS client_errors, \
     coalesce(u.server_errors, 0)::bigint AS server_errors, coalesce(u.db_time_us, 0)::bigint AS db_time_us, \
     coalesce(s.rows, 0) AS rows, coalesce(s.bytes, 0) AS bytes, s.measured_at \
-    FROM tenants t LEFT JOIN placements p ON p.tenant_id = t.id LEFT JOIN backends b ON b.id = p.backend_id \
-    LEFT JOIN (SELECT tenant_id, sum(requests) AS requests, sum(client_errors) AS client_errors, \
+    FROM (SELECT t.* FROM tenants t {tenants}) t \
+    LEFT JOIN placements p ON p.tenant_id = t.id LEFT JOIN backends b ON b.id = p.backend_id \
+    LEFT JOIN LATERAL (SELECT sum(requests) AS requests, sum(client_errors) AS client_errors, \
                sum(server_errors) AS server_errors, sum(db_time_us) AS db_time_us \
-               FROM usage_rollups WHERE granularity = $1 AND period_start >= $2 GROUP BY tenant_id) u \
-        ON u.tenant_id = t.id \
-    LEFT JOIN usage_storage s ON s.tenant_id = t.id";
+               FROM usage_rollups r WHERE r.tenant_id = t.id AND r.granularity = $1 AND r.period_start >= $2) u ON true \
+    LEFT JOIN usage_storage s ON s.tenant_id = t.id \
+    ORDER BY t.slug";
+
+/// The recommendation window and the tenants over a threshold in it: usage,
+/// shares and the reasons in words, heaviest first.
+pub type HeavyTenants = (Window, Vec<(TenantUsage, Shares, Vec<String>)>);
+
+/// How stale the console's "heavy" badges may be.
+pub const HEAVY_TTL: Duration = Duration::from_secs(15);
+
+/// Each active shared tenant's share (0-1) of its pool's rows, bytes and
+/// database time over the window, for the tenants where one share reaches
+/// `$3` above its absolute floor (`$4` rows, `$5` bytes, `$6` microseconds).
+/// A pool's total counts at least 1, like an empty pool.
+const HEAVY_SQL: &str = "WITH u AS (SELECT tenant_id, sum(db_time_us) AS db FROM usage_rollups \
+        WHERE granularity = $1 AND period_start >= $2 GROUP BY tenant_id), \
+    x AS (SELECT t.id, p.backend_id, coalesce(s.rows, 0)::float8 AS rows, coalesce(s.bytes, 0)::float8 AS bytes, \
+            coalesce(u.db, 0)::float8 AS db \
+        FROM tenants t JOIN placements p ON p.tenant_id = t.id LEFT JOIN usage_storage s ON s.tenant_id = t.id \
+        LEFT JOIN u ON u.tenant_id = t.id WHERE t.status = 'active' AND t.tier = 'shared'), \
+    y AS (SELECT id, rows AS n_rows, bytes AS n_bytes, db AS n_db, \
+            rows / greatest(sum(rows) OVER w, 1) AS rows, bytes / greatest(sum(bytes) OVER w, 1) AS bytes, \
+            db / greatest(sum(db) OVER w, 1000) AS db_time FROM x WINDOW w AS (PARTITION BY backend_id)) \
+    SELECT id, rows, bytes, db_time FROM y \
+    WHERE (round(rows::numeric, 3) >= $3 AND n_rows >= $4) OR (round(bytes::numeric, 3) >= $3 AND n_bytes >= $5) \
+       OR (round(db_time::numeric, 3) >= $3 AND n_db >= $6)";
+
+#[derive(FromQueryResult)]
+struct HeavyRow {
+    id: Uuid,
+    rows: f64,
+    bytes: f64,
+    db_time: f64,
+}
 
 /// Rows and bytes one tenant holds on one backend.
 #[derive(Debug, Default)]
@@ -317,16 +353,18 @@ impl ControlPlane {
         }
     }
 
+    /// Usage over `window` of the tenants `tenants` selects (see
+    /// [`USAGE_SELECT`]; its parameters start at `$3`, bound from `extra`).
     async fn usage_rows(
         &self,
         window: Window,
-        filter: &str,
+        tenants: &str,
         extra: Vec<sea_orm::Value>,
     ) -> Result<Vec<UsageRow>, Error> {
         let since = window.since(Utc::now());
         let mut values: Vec<sea_orm::Value> = vec![window.granularity().into(), since.into()];
         values.extend(extra);
-        let sql = format!("{USAGE_SELECT} {filter}");
+        let sql = USAGE_SELECT.replace("{tenants}", tenants);
         Ok(UsageRow::find_by_statement(stmt(&sql, values)).all(self.registry()).await?)
     }
 
@@ -571,45 +609,66 @@ impl ControlPlane {
     }
 
     /// The heavy shared tenants (no dry runs: cheap enough for every page view).
-    pub async fn heavy_tenants(&self) -> Result<(Window, Vec<(TenantUsage, Shares, Vec<String>)>), Error> {
+    /// [`Self::heavy_tenants`] as of at most [`HEAVY_TTL`] ago: the console
+    /// shows the badges on every page view, and at 10,000 tenants one
+    /// computation is worth sharing (the rollups change once a minute anyway).
+    pub async fn heavy_tenants_cached(&self) -> Result<Arc<HeavyTenants>, Error> {
+        if let Some(hit) = self.heavy_cache().get(&()).await {
+            return Ok(hit);
+        }
+        let fresh = Arc::new(self.heavy_tenants().await?);
+        self.heavy_cache().insert((), fresh.clone()).await;
+        Ok(fresh)
+    }
+
+    pub async fn heavy_tenants(&self) -> Result<HeavyTenants, Error> {
         let cfg = self.config().usage.recommend.clone();
         let window = Window { hours: cfg.window_hours.clamp(1, 90 * 24) };
-        let rows = self.usage_rows(window, "WHERE t.status = 'active' AND t.tier = 'shared'", vec![]).await?;
-        let mut pools: BTreeMap<Uuid, Vec<TenantUsage>> = BTreeMap::new();
-        for r in rows {
-            if let Some(b) = r.backend_id {
-                let u = self.tenant_usage(r, window);
-                pools.entry(b).or_default().push(u);
-            }
+        // Shares within each pool are computed in the registry, in one pass over
+        // the window's rollups; only the tenants over a threshold come back.
+        let over = HeavyRow::find_by_statement(stmt(
+            HEAVY_SQL,
+            vec![
+                window.granularity().into(),
+                window.since(Utc::now()).into(),
+                cfg.share.into(),
+                cfg.min_rows.into(),
+                cfg.min_bytes.into(),
+                cfg.min_db_time_ms.saturating_mul(1000).into(),
+            ],
+        ))
+        .all(self.registry())
+        .await?;
+        if over.is_empty() {
+            return Ok((window, Vec::new()));
         }
+        let ids = format!("{{{}}}", over.iter().map(|h| h.id.to_string()).collect::<Vec<_>>().join(","));
+        let shares: BTreeMap<Uuid, Shares> = over
+            .into_iter()
+            .map(|h| (h.id, Shares { rows: round3(h.rows), bytes: round3(h.bytes), db_time: round3(h.db_time) }))
+            .collect();
+        let rows = self.usage_rows(window, "WHERE t.id = ANY($3::uuid[])", vec![ids.into()]).await?;
         let mut out = Vec::new();
-        for tenants in pools.into_values() {
-            let sum = |f: fn(&TenantUsage) -> f64| tenants.iter().map(f).sum::<f64>().max(1.0);
-            let (rows, bytes, db) = (sum(|u| u.rows as f64), sum(|u| u.bytes as f64), sum(|u| u.db_time_ms));
-            for u in &tenants {
-                let share = Shares {
-                    rows: round3(u.rows as f64 / rows),
-                    bytes: round3(u.bytes as f64 / bytes),
-                    db_time: round3(u.db_time_ms / db),
-                };
-                let mut reasons = Vec::new();
-                if share.rows >= cfg.share && u.rows >= cfg.min_rows {
-                    reasons.push(format!("{:.0}% of the pool's rows ({} rows)", share.rows * 100.0, u.rows));
-                }
-                if share.bytes >= cfg.share && u.bytes >= cfg.min_bytes {
-                    reasons.push(format!("{:.0}% of the pool's bytes ({} bytes)", share.bytes * 100.0, u.bytes));
-                }
-                if share.db_time >= cfg.share && u.db_time_ms >= cfg.min_db_time_ms as f64 {
-                    reasons.push(format!(
-                        "{:.0}% of the pool's database time ({:.0} ms in {})",
-                        share.db_time * 100.0,
-                        u.db_time_ms,
-                        window.label()
-                    ));
-                }
-                if !reasons.is_empty() {
-                    out.push((u.clone(), share, reasons));
-                }
+        for r in rows {
+            let u = self.tenant_usage(r, window);
+            let Some(share) = shares.get(&u.tenant_id).cloned() else { continue };
+            let mut reasons = Vec::new();
+            if share.rows >= cfg.share && u.rows >= cfg.min_rows {
+                reasons.push(format!("{:.0}% of the pool's rows ({} rows)", share.rows * 100.0, u.rows));
+            }
+            if share.bytes >= cfg.share && u.bytes >= cfg.min_bytes {
+                reasons.push(format!("{:.0}% of the pool's bytes ({} bytes)", share.bytes * 100.0, u.bytes));
+            }
+            if share.db_time >= cfg.share && u.db_time_ms >= cfg.min_db_time_ms as f64 {
+                reasons.push(format!(
+                    "{:.0}% of the pool's database time ({:.0} ms in {})",
+                    share.db_time * 100.0,
+                    u.db_time_ms,
+                    window.label()
+                ));
+            }
+            if !reasons.is_empty() {
+                out.push((u, share, reasons));
             }
         }
         let top = |s: &Shares| s.rows.max(s.bytes).max(s.db_time);

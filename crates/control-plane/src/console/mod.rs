@@ -190,7 +190,7 @@ async fn tenants(cp: Cp, s: Session, q: web::Query<TenantQuery>) -> Page {
         (q.q.as_deref().unwrap_or("").trim(), q.tier.as_deref().unwrap_or(""), q.status.as_deref().unwrap_or(""));
     let page = q.page.unwrap_or(0).min(100_000);
     let (rows, total) = cp.tenant_page(query, tier, status, page, PER_PAGE).await?;
-    let heavy: Vec<Uuid> = cp.heavy_tenants().await?.1.into_iter().map(|h| h.0.tenant_id).collect();
+    let heavy: Vec<Uuid> = cp.heavy_tenants_cached().await?.1.iter().map(|h| h.0.tenant_id).collect();
     let pages = (total.max(0) as u64).div_ceil(PER_PAGE);
     ok(views::tenants(&s, &rows, &heavy, &views::TenantFilter { q: query, tier, status, page, pages, total }))
 }
@@ -276,7 +276,7 @@ async fn render_tenant(
     let settings = cp.tenant_settings(&t.id.to_string()).await?;
     let keys = cp.api_keys(t.id).await?;
     let operations = cp.operations(Some(t.id), None, 20).await?;
-    let heavy = cp.heavy_tenants().await?.1.into_iter().find(|h| h.0.tenant_id == t.id).map(|h| h.2);
+    let heavy = cp.heavy_tenants_cached().await?.1.iter().find(|h| h.0.tenant_id == t.id).map(|h| h.2.clone());
     let p = views::TenantPage {
         tenant: &t,
         usage: &usage,
