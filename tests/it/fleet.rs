@@ -275,7 +275,13 @@ async fn statement_timeout_concurrency_and_page_size_limits_apply_per_tenant() {
             (resp.status(), resp.json::<Value>().await.unwrap(), t0.elapsed())
         })
     };
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // Once the update waits on the lock, the tenant's one slot is taken.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let waiting =
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()";
+    while crate::helpers::scalar(&pool, waiting).await == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let (s, body) = app.get(&a.key, "/v1/assets").await;
     assert_eq!(
         (s, body["error"]["code"].clone()),
