@@ -345,7 +345,13 @@ async fn sessions_are_cookies_of_the_registry_and_sign_out_ends_them() {
 
     let (http, cookie) = http_session(&app).await;
     let page = |path: &str| http.get(format!("{}{path}", app.admin)).header("cookie", &cookie).send();
-    assert_eq!(page("/console/tenants/cookie-jar").await.unwrap().status(), StatusCode::OK);
+    let tenant_page = page("/console/tenants/cookie-jar").await.unwrap();
+    assert_eq!(tenant_page.status(), StatusCode::OK);
+    let html = tenant_page.text().await.unwrap();
+    for caption in ["Requests per day", "Database time per day", "Storage"] {
+        assert!(html.contains(&format!("<figcaption>{caption}<span class=\"peak\"> · peak ")), "{caption}: {html}");
+    }
+    assert_eq!(html.matches("<div class=\"axis\">").count(), 3, "each chart has its time axis");
     // A plain POST without the form's token (another site's form, say): 403, nothing done.
     let res = http
         .post(format!("{}/console/tenants/cookie-jar/erase", app.admin))

@@ -230,24 +230,44 @@ pub fn new_tenant(s: &Session, error: Option<&str>, regions: &[String]) -> Marku
     )
 }
 
-/// Bars of one series (requests per day, say) as a small inline SVG.
-fn chart(label: &str, points: &[(String, f64)]) -> Markup {
-    let max = points.iter().map(|p| p.1).fold(0.0_f64, f64::max).max(1.0);
+/// Bars of one series (requests per day, say) as a small inline SVG, with its
+/// peak (in `unit`'s words) and the first and last day under it.
+fn chart(label: &str, points: &[(String, f64)], unit: fn(f64) -> String) -> Markup {
+    let max = points.iter().map(|p| p.1).fold(0.0_f64, f64::max);
+    let top = max.max(1.0);
     let n = points.len().max(1) as f64;
     let w = 300.0;
     let h = 60.0;
     let bw = (w / n).max(1.0);
     html! {
         figure.chart {
-            figcaption { (label) }
+            figcaption { (label) span.peak { " · peak " (unit(max)) } }
             svg viewBox={ "0 0 " (w) " " (h) } width="100%" height="60" role="img" aria-label=(label) preserveAspectRatio="none" {
+                line.baseline x1="0" y1=(h - 0.5) x2=(w) y2=(h - 0.5) {}
                 @for (i, (x, v)) in points.iter().enumerate() {
-                    @let bh = (v / max * (h - 2.0)).max(if *v > 0.0 { 1.0 } else { 0.0 });
-                    rect x=(i as f64 * bw + 0.5) y=(h - bh) width=((bw - 1.0).max(0.5)) height=(bh) { title { (x) ": " (v) } }
+                    @let bh = (v / top * (h - 2.0)).max(if *v > 0.0 { 1.0 } else { 0.0 });
+                    rect x=(i as f64 * bw + 0.5) y=(h - bh) width=((bw - 1.0).max(0.5)) height=(bh) { title { (x) ": " (unit(*v)) } }
                 }
+            }
+            @if let (Some(first), Some(last)) = (points.first(), points.last()) {
+                div.axis { span { (first.0) } span { (last.0) } }
+            } @else {
+                div.axis { span { "no usage recorded yet" } }
             }
         }
     }
+}
+
+fn count(v: f64) -> String {
+    format!("{v:.0}")
+}
+
+fn millis(v: f64) -> String {
+    format!("{v:.0} ms")
+}
+
+fn bytes_f(v: f64) -> String {
+    bytes(v as i64)
 }
 
 pub struct TenantPage<'a> {
@@ -311,9 +331,9 @@ pub fn tenant(s: &Session, p: &TenantPage) -> Markup {
                         dt { "Rows / storage" } dd { (u.rows) " / " (bytes(u.bytes)) }
                         dt { "Cost" } dd { (money(u.cost.total)) " (est. " (money(u.monthly_estimate)) " a month)" }
                     }
-                    (chart("Requests per day", &requests))
-                    (chart("Database ms per day", &db))
-                    (chart("Storage (bytes)", &storage))
+                    (chart("Requests per day", &requests, count))
+                    (chart("Database time per day", &db, millis))
+                    (chart("Storage", &storage, bytes_f))
                 }
             }
             @if live {
