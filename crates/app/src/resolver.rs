@@ -383,8 +383,8 @@ impl Resolver {
             let route = self.route(tenant.tenant_id).await?;
             // An erasure fences the tenant on its backend before it deletes a
             // row; the fresh route read after that refusal says why: gone.
+            // (Erasure is terminal: the cached route keeps answering 404.)
             if matches!(route.tenant_status, TenantStatus::Erasing | TenantStatus::Erased) {
-                self.inner.routes.invalidate(&tenant.tenant_id);
                 return Err(ApiError::not_found("tenant"));
             }
             if let Some((backend, e)) = &failed

@@ -494,6 +494,16 @@ impl ControlPlane {
         }
     }
 
+    /// Refuses a region `engine` does not provision in (`None`: its own).
+    pub fn check_region(&self, engine: Engine, region: Option<&str>) -> Result<(), Error> {
+        match region {
+            Some(r) if Some(r) != self.dedicated_region(engine).as_deref() => {
+                Err(Error::invalid("region_unavailable", format!("no {} capacity in region `{r}`", engine.as_str())))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Promote a shared tenant: provision a dedicated backend, then move there.
     pub async fn promote_tenant(
         &self,
@@ -510,12 +520,7 @@ impl ControlPlane {
             });
         }
         let engine = self.dedicated_engine(engine)?;
-        if region.as_ref().is_some_and(|r| Some(r) != self.dedicated_region(engine).as_ref()) {
-            return Err(Error::invalid(
-                "region_unavailable",
-                format!("no {} capacity in region `{}`", engine.as_str(), region.unwrap_or_default()),
-            ));
-        }
+        self.check_region(engine, region.as_deref())?;
         // A fresh name per promotion: a tenant demoted and promoted again never
         // meets its retired database or instance (or its final snapshot).
         let suffix = &new_id().simple().to_string()[24..];

@@ -162,7 +162,7 @@ pub struct ControlPlane {
     provisioner: LogicalProvisioner,
     backend_pools: Cache<Uuid, DatabaseConnection>,
     /// The console's heavy-tenant badges (see `heavy_tenants_cached`).
-    heavy: Cache<(), Arc<crate::usage::HeavyTenants>>,
+    pub(crate) heavy: Cache<(), Arc<crate::usage::HeavyTenants>>,
 }
 
 impl ControlPlane {
@@ -199,10 +199,6 @@ impl ControlPlane {
 
     pub(crate) fn provisioner(&self) -> &LogicalProvisioner {
         &self.provisioner
-    }
-
-    pub(crate) fn heavy_cache(&self) -> &Cache<(), Arc<crate::usage::HeavyTenants>> {
-        &self.heavy
     }
 
     pub fn registry(&self) -> &DatabaseConnection {

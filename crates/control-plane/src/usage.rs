@@ -613,11 +613,11 @@ impl ControlPlane {
     /// shows the badges on every page view, and at 10,000 tenants one
     /// computation is worth sharing (the rollups change once a minute anyway).
     pub async fn heavy_tenants_cached(&self) -> Result<Arc<HeavyTenants>, Error> {
-        if let Some(hit) = self.heavy_cache().get(&()).await {
+        if let Some(hit) = self.heavy.get(&()).await {
             return Ok(hit);
         }
         let fresh = Arc::new(self.heavy_tenants().await?);
-        self.heavy_cache().insert((), fresh.clone()).await;
+        self.heavy.insert((), fresh.clone()).await;
         Ok(fresh)
     }
 
@@ -643,7 +643,7 @@ impl ControlPlane {
             return Ok((window, Vec::new()));
         }
         let ids = format!("{{{}}}", over.iter().map(|h| h.id.to_string()).collect::<Vec<_>>().join(","));
-        let shares: BTreeMap<Uuid, Shares> = over
+        let mut shares: BTreeMap<Uuid, Shares> = over
             .into_iter()
             .map(|h| (h.id, Shares { rows: round3(h.rows), bytes: round3(h.bytes), db_time: round3(h.db_time) }))
             .collect();
@@ -651,7 +651,7 @@ impl ControlPlane {
         let mut out = Vec::new();
         for r in rows {
             let u = self.tenant_usage(r, window);
-            let Some(share) = shares.get(&u.tenant_id).cloned() else { continue };
+            let Some(share) = shares.remove(&u.tenant_id) else { continue };
             let mut reasons = Vec::new();
             if share.rows >= cfg.share && u.rows >= cfg.min_rows {
                 reasons.push(format!("{:.0}% of the pool's rows ({} rows)", share.rows * 100.0, u.rows));

@@ -195,12 +195,14 @@ async fn tenants(cp: Cp, s: Session, q: web::Query<TenantQuery>) -> Page {
     ok(views::tenants(&s, &rows, &heavy, &views::TenantFilter { q: query, tier, status, page, pages, total }))
 }
 
+/// The default region first, then where each configured engine provisions.
 async fn regions(cp: &ControlPlane) -> Vec<String> {
-    let mut r = vec![cp.config().default_region.clone(), cp.config().cluster.region.clone()];
-    if let Some(rds) = cp.rds.as_ref() {
-        r.push(rds.config().region.clone());
+    let mut r = vec![cp.config().default_region.clone()];
+    for region in [Engine::Logical, Engine::Rds].into_iter().filter_map(|e| cp.dedicated_region(e)) {
+        if !r.contains(&region) {
+            r.push(region);
+        }
     }
-    r.dedup();
     r
 }
 
@@ -375,39 +377,31 @@ struct PromoteQuery {
     region: Option<String>,
 }
 
-fn engine_target(engine: Option<&str>) -> (&'static str, &'static str) {
+/// The engine a promote form names, and the dry run's target for it.
+fn engine_target(engine: Option<&str>) -> (Engine, &'static str) {
     match engine {
-        Some("rds") => ("rds", "dedicated:rds"),
-        _ => ("logical", "dedicated"),
-    }
-}
-
-fn promote_engine(engine: &str) -> Engine {
-    match engine {
-        "rds" => Engine::Rds,
-        _ => Engine::Logical,
+        Some("rds") => (Engine::Rds, "dedicated:rds"),
+        _ => (Engine::Logical, "dedicated"),
     }
 }
 
 async fn promote_confirm(cp: Cp, s: Session, slug: web::Path<String>, q: web::Query<PromoteQuery>) -> Page {
     let (engine, target) = engine_target(q.engine.as_deref());
-    let home = cp.dedicated_region(promote_engine(engine)).unwrap_or_default();
-    let region = q.region.clone().filter(|r| !r.is_empty()).unwrap_or_else(|| home.clone());
+    let region = q.region.clone().filter(|r| !r.is_empty()).or_else(|| cp.dedicated_region(engine)).unwrap_or_default();
     // Each engine provisions in one region: another choice fails the dry run
     // here rather than the operation later.
-    let plan = match cp.move_plan(&slug, target).await {
-        Ok(_) if region != home => {
-            Err(format!("no {engine} capacity in region `{region}` (it provisions in `{home}`)"))
-        }
-        p => p.map_err(|e| ConsoleError::from(e).to_string()),
-    };
+    let plan = match cp.check_region(engine, Some(&region)) {
+        Ok(()) => cp.move_plan(&slug, target).await,
+        Err(e) => Err(e),
+    }
+    .map_err(|e| ConsoleError::from(e).to_string());
     let regions = regions(&cp).await;
     let chooser = maud::html! {
         form.inline method="get" {
             label for="engine" { "Engine" }
             select #engine name="engine" {
-                option value="logical" selected[engine == "logical"] { "logical database on the cluster" }
-                option value="rds" selected[engine == "rds"] disabled[cp.rds.is_none()] { "AWS RDS instance" }
+                option value="logical" selected[engine == Engine::Logical] { "logical database on the cluster" }
+                option value="rds" selected[engine == Engine::Rds] disabled[cp.rds.is_none()] { "AWS RDS instance" }
             }
             label for="region" { "Region" }
             select #region name="region" {
@@ -424,7 +418,7 @@ async fn promote_confirm(cp: Cp, s: Session, slug: web::Path<String>, q: web::Qu
             action: &format!("/console/tenants/{slug}/promote"),
             button: "Promote now",
             plan,
-            fields: vec![("engine", engine.to_string()), ("region", region)],
+            fields: vec![("engine", engine.as_str().to_string()), ("region", region)],
             chooser: Some(chooser),
         },
     ))
@@ -441,7 +435,7 @@ struct ActionForm {
 
 async fn promote(cp: Cp, s: Session, slug: web::Path<String>, form: web::Form<ActionForm>) -> Page {
     s.check(&form.csrf)?;
-    let engine = promote_engine(engine_target(form.engine.as_deref()).0);
+    let engine = engine_target(form.engine.as_deref()).0;
     let region = form.region.clone().filter(|r| !r.is_empty());
     let op = cp.promote_tenant(&s.actor, &slug, Some(engine), region).await?;
     Ok(see_other(&format!("/console/operations/{}", op.id)))
