@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use tenantry::dev::SUPERUSER;
-use tenantry_control_plane::service::NewTenant;
+use tenantry_control_plane::tenants::NewTenant;
 use tenantry_core::{TenantSlug, Tier};
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -55,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
             .await?;
         let op = created.operation.expect("an operation");
         let done = cp.wait_operation(op.id, Duration::from_secs(60)).await?;
-        anyhow::ensure!(done.state == "succeeded", "{:?}", done.error);
+        anyhow::ensure!(done.state == tenantry_control_plane::operation::OperationState::Succeeded, "{:?}", done.error);
         let key = cp.create_api_key("bench", created.tenant.id, "bench").await?.key;
         let asset: serde_json::Value = http
             .post(format!("{app}/v1/assets"))

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use sea_orm::ConnectionTrait;
 use tenantry::dev::SUPERUSER;
 use tenantry_control_plane::migrate::{Migration, TENANT};
-use tenantry_control_plane::service::NewTenant;
+use tenantry_control_plane::tenants::NewTenant;
 use tenantry_core::{BackendKind, TenantSlug, Tier};
 use tenantry_provisioner::LogicalProvisioner;
 
@@ -83,7 +83,11 @@ async fn main() -> anyhow::Result<()> {
             .await?;
         let op = created.operation.expect("dedicated tenants are provisioned by an operation");
         let done = cp.wait_operation(op.id, Duration::from_secs(60)).await?;
-        anyhow::ensure!(done.state == "succeeded", "provision {i}: {:?}", done.error);
+        anyhow::ensure!(
+            done.state == tenantry_control_plane::operation::OperationState::Succeeded,
+            "provision {i}: {:?}",
+            done.error
+        );
         times.push(t0.elapsed());
     }
     times.sort();

@@ -148,7 +148,11 @@ async fn main() -> anyhow::Result<()> {
             let t0 = Instant::now();
             let op = cp.move_tenant("bench", &mover.to_string(), target).await?;
             let done = cp.wait_operation(op.id, Duration::from_secs(3600)).await?;
-            anyhow::ensure!(done.state == "succeeded", "move {m} of {size}: {:?}", done.error);
+            anyhow::ensure!(
+                done.state == tenantry_control_plane::operation::OperationState::Succeeded,
+                "move {m} of {size}: {:?}",
+                done.error
+            );
             totals.push(t0.elapsed().as_secs_f64());
             let p = &done.progress;
             let rows = p["rows_total"].as_f64().unwrap_or(0.0);

@@ -100,7 +100,7 @@ async fn main() -> anyhow::Result<()> {
     let tenant = cp
         .create_tenant(
             "bench",
-            tenantry_control_plane::service::NewTenant {
+            tenantry_control_plane::tenants::NewTenant {
                 engine: None,
                 slug: TenantSlug::parse("bench")?,
                 name: "Bench".into(),
@@ -113,7 +113,7 @@ async fn main() -> anyhow::Result<()> {
     // A neighbour on the same pool, so the tenant filter has something to skip.
     cp.create_tenant(
         "bench",
-        tenantry_control_plane::service::NewTenant {
+        tenantry_control_plane::tenants::NewTenant {
             engine: None,
             slug: TenantSlug::parse("neighbour")?,
             name: "Neighbour".into(),

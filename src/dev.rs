@@ -217,7 +217,7 @@ async fn serve(
             let tenant = cp
                 .create_tenant(
                     "dev",
-                    tenantry_control_plane::service::NewTenant {
+                    tenantry_control_plane::tenants::NewTenant {
                         engine: None,
                         slug: TenantSlug::parse(slug).expect("demo slugs are valid"),
                         name: name.into(),
@@ -230,7 +230,7 @@ async fn serve(
                 println!("provisioning {slug}'s dedicated database (operation {})", op.id);
                 let done = cp.wait_operation(op.id, std::time::Duration::from_secs(120)).await?;
                 anyhow::ensure!(
-                    done.state == "succeeded",
+                    done.state == tenantry_control_plane::operation::OperationState::Succeeded,
                     "provisioning {slug} ended {}: {:?}",
                     done.state,
                     done.error

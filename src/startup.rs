@@ -8,6 +8,7 @@ use std::sync::Arc;
 use actix_web::dev::{Server, ServerHandle};
 use tenantry_app::Resolver;
 use tenantry_control_plane::ControlPlane;
+use tokio_util::sync::CancellationToken;
 
 use crate::Settings;
 
@@ -20,7 +21,17 @@ pub struct Stack {
     resolver: Resolver,
     /// Operation workers, the usage loop and the app's jobs; stopped with the stack.
     _workers: Vec<AbortOnDrop>,
+    /// Cancelled when the servers stop: operation workers hand back what they
+    /// hold at their next step boundary.
+    shutdown: CancellationToken,
+    /// Dropping the stack (a test's end) stops the workers the same way.
+    _stop_on_drop: tokio_util::sync::DropGuard,
+    /// The operation workers, awaited (bounded) after `shutdown`.
+    operation_workers: Vec<tokio::task::JoinHandle<()>>,
 }
+
+/// How long a stopping process waits for its operation workers to hand back.
+const WORKER_STOP: std::time::Duration = std::time::Duration::from_secs(10);
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -33,10 +44,11 @@ impl Drop for AbortOnDrop {
 impl Stack {
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
         let control_plane = Arc::new(ControlPlane::start(settings.control_plane.clone()).await?);
-        let mut workers: Vec<AbortOnDrop> = (0..settings.control_plane.operation_workers)
-            .map(|_| AbortOnDrop(tokio::spawn(control_plane.clone().run_worker())))
+        let shutdown = CancellationToken::new();
+        let operation_workers = (0..settings.control_plane.operation_workers)
+            .map(|_| tokio::spawn(control_plane.clone().run_worker(shutdown.clone())))
             .collect();
-        workers.push(AbortOnDrop(tokio::spawn(control_plane.clone().run_usage())));
+        let mut workers = vec![AbortOnDrop(tokio::spawn(control_plane.clone().run_usage()))];
         let resolver = Resolver::start(settings.app.clone()).await?;
         workers.push(AbortOnDrop(tokio::spawn(tenantry_app::jobs::run(
             resolver.clone(),
@@ -63,12 +75,23 @@ impl Stack {
             ))
         });
         let app = tenantry_app::http::server(resolver.clone(), app_listener, settings.app.workers, baseline)?;
-        let admin = tenantry_control_plane::http::server(
+        let admin = tenantry_control_plane::server::server(
             control_plane.clone(),
             admin_listener,
             settings.control_plane.workers,
         )?;
-        Ok(Self { app_port, admin_port, app, admin, control_plane, resolver, _workers: workers })
+        Ok(Self {
+            app_port,
+            admin_port,
+            app,
+            admin,
+            control_plane,
+            resolver,
+            _workers: workers,
+            _stop_on_drop: shutdown.clone().drop_guard(),
+            shutdown,
+            operation_workers,
+        })
     }
 
     pub fn app_port(&self) -> u16 {
@@ -94,8 +117,13 @@ impl Stack {
 
     /// Serves both listeners until both stop (Ctrl-C stops them).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let Stack { app, admin, _workers, .. } = self;
+        let Stack { app, admin, _workers, shutdown, operation_workers, .. } = self;
         let (a, b) = tokio::join!(app, admin);
+        shutdown.cancel();
+        let stopped = tokio::time::timeout(WORKER_STOP, futures::future::join_all(operation_workers)).await;
+        if stopped.is_err() {
+            tracing::warn!("operation workers did not stop in time; their leases lapse instead");
+        }
         a.and(b)
     }
 }

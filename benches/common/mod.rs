@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tenantry_control_plane::ControlPlane;
-use tenantry_control_plane::service::NewTenant;
+use tenantry_control_plane::tenants::NewTenant;
 use tenantry_core::{TenantSlug, Tier};
 use uuid::Uuid;
 

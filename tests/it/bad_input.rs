@@ -139,3 +139,22 @@ async fn unknown_routes_and_missing_keys_answer_in_json() {
     let (s, body) = app.get("whatever", "/v1/nothing-here").await;
     assert_eq!((s, code(&body)), (StatusCode::NOT_FOUND, "no_route"));
 }
+
+#[tokio::test]
+async fn a_nul_character_in_any_text_field_is_refused_with_422_not_500() {
+    let app = spawn_app().await;
+    let t = app.create_tenant("nul-acme", "shared").await;
+    let (asset, _, _) = app.seed(&t.key, "N-1").await;
+    let cases = [
+        ("/v1/assets".to_string(), json!({"name": "a\u{0}b", "tag": "N-2"})),
+        ("/v1/assets".to_string(), json!({"name": "a", "tag": "N-3", "attributes": {"k": "v\u{0}"}})),
+        ("/v1/assets".to_string(), json!({"name": "a", "tag": "N-4", "attributes": {"k\u{0}": 1}})),
+        (format!("/v1/assets/{asset}/issues"), json!({"title": "broken\u{0}"})),
+        (format!("/v1/assets/{asset}/maintenance-schedules"), json!({"title": "oil\u{0}", "interval_days": 7})),
+    ];
+    for (path, body) in cases {
+        let (s, answer) = app.post(&t.key, &path, body.clone()).await;
+        assert_eq!((s, code(&answer)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"), "{path} {body}");
+        assert!(answer["error"]["message"].as_str().unwrap().contains("NUL"), "{answer}");
+    }
+}

@@ -210,7 +210,7 @@ async fn promote_then_demote_round_trips_and_retires_the_dedicated_database() {
     assert_eq!(t.placement.as_ref().unwrap().backend_name, app.pool_name);
     assert_eq!(asset_count(&app, &a.key).await, 10 + ok as usize);
     assert_eq!(rows_in(&app.pool_name, &a.id).await, 30 + ok as i64);
-    assert_eq!(app.cp.backend(dedicated.id).await.unwrap().status, "retired");
+    assert_eq!(app.cp.backend(dedicated.id).await.unwrap().status, tenantry_core::BackendStatus::Retired);
     let postgres = connect("postgres", false);
     let gone = format!("SELECT count(*) FROM pg_database WHERE datname = '{}'", dedicated.database);
     assert_eq!(scalar(&postgres, &gone).await, 0, "the dedicated database was dropped");
@@ -269,7 +269,15 @@ async fn bad_move_requests_get_clear_4xx_errors() {
     let d = app.create_tenant("big", "dedicated").await;
     let (pool2, _) = second_pool(&app).await;
     let pool1 = app.cp.tenant(&a.id).await.unwrap().placement.unwrap().backend_id;
-    let template = app.cp.backends().await.unwrap().into_iter().find(|b| b.kind == "template").unwrap().id;
+    let template = app
+        .cp
+        .backends()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|b| b.kind == tenantry_core::BackendKind::Template)
+        .unwrap()
+        .id;
     let dedicated = app.cp.tenant(&d.id).await.unwrap().placement.unwrap().backend_id;
 
     let cases: Vec<(String, Value, StatusCode, &str)> = vec![
@@ -481,7 +489,7 @@ async fn a_promotion_to_rds_provisions_through_the_api_and_moves_the_tenant() {
     assert_eq!(done["state"], "succeeded", "{done}");
     let snapshot = done["params"]["final_snapshot"].as_str().expect("final snapshot").to_string();
     assert_eq!(snapshot, format!("{}-final", backend.name));
-    assert_eq!(app.cp.backend(backend.id).await.unwrap().status, "retired");
+    assert_eq!(app.cp.backend(backend.id).await.unwrap().status, tenantry_core::BackendStatus::Retired);
     assert_eq!(asset_count(&app, &a.key).await, 3);
 }
 
@@ -520,7 +528,7 @@ async fn a_move_killed_at_any_step_resumes_with_nothing_lost_or_duplicated() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && stderr.contains(&format!("failpoint {point}")), "{stderr}");
 
-        let worker = tokio::spawn(app.cp.clone().run_worker());
+        let worker = tokio::spawn(app.cp.clone().run_worker(tokio_util::sync::CancellationToken::new()));
         let done = app.wait_operation(&op).await;
         worker.abort();
         assert_eq!(done["state"], "succeeded", "crash at {point}: {done}");

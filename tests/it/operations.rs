@@ -43,7 +43,7 @@ async fn a_provisioning_tenant_answers_503_until_its_database_is_ready() {
     let key = key["key"].as_str().unwrap();
     let (s, body) = app.get(key, "/v1/assets").await;
     assert_eq!((s, body["error"]["code"].clone()), (StatusCode::SERVICE_UNAVAILABLE, json!("tenant_provisioning")));
-    tokio::spawn(app.cp.clone().run_worker());
+    tokio::spawn(app.cp.clone().run_worker(tokio_util::sync::CancellationToken::new()));
     assert_eq!(app.wait_operation(&op).await["state"], "succeeded");
     assert_eq!(app.get_until(key, "/v1/assets", StatusCode::OK).await, StatusCode::OK);
 }
@@ -54,7 +54,7 @@ async fn cancelling_a_pending_provision_leaves_no_tenant_backend_or_database() {
     let (tenant, op) = create_dedicated(&app, "short-lived").await;
     let (s, body) = app.admin_call(Method::POST, &format!("/v1/operations/{op}/cancel"), None).await;
     assert_eq!((s, body["state"].clone()), (StatusCode::ACCEPTED, json!("cancelling")));
-    tokio::spawn(app.cp.clone().run_worker());
+    tokio::spawn(app.cp.clone().run_worker(tokio_util::sync::CancellationToken::new()));
     let done = app.wait_operation(&op).await;
     assert_eq!(done["state"], "cancelled", "{done}");
     assert_eq!(app.admin_call(Method::GET, &format!("/v1/tenants/{tenant}"), None).await.0, StatusCode::NOT_FOUND);
@@ -112,9 +112,9 @@ async fn killed_after_every_step(engine: &str) {
     let registry = connect(&app.cp.config().registry_database, false);
     let postgres = connect("postgres", false);
     let steps = if rds {
-        tenantry_control_plane::operations::PROVISION_RDS_STEPS
+        tenantry_control_plane::provision::PROVISION_RDS_STEPS
     } else {
-        tenantry_control_plane::operations::PROVISION_STEPS
+        tenantry_control_plane::provision::PROVISION_STEPS
     };
     for (i, step) in steps.iter().enumerate() {
         let (s, created) = app
@@ -137,7 +137,7 @@ async fn killed_after_every_step(engine: &str) {
         assert_eq!(seen["state"], expected_state, "after a crash following {step}: {seen}");
 
         // A fresh worker resumes the interrupted operation once its lease lapses.
-        let worker = tokio::spawn(app.cp.clone().run_worker());
+        let worker = tokio::spawn(app.cp.clone().run_worker(tokio_util::sync::CancellationToken::new()));
         let done: Value = app.wait_operation(&op).await;
         worker.abort();
         assert_eq!(done["state"], "succeeded", "crash after {step}: {done}");

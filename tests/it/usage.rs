@@ -248,3 +248,24 @@ async fn both_listeners_export_prometheus_series_by_route_status_and_tier() {
     assert_eq!(sample(&text, "tenantry_backend_tenants", &[&pool]), Some(1.0));
     assert_eq!(sample(&text, "tenantry_backend_migration_failed", &[&pool]), Some(0.0));
 }
+
+#[tokio::test]
+async fn one_flush_writes_twenty_thousand_tenants_usage() {
+    // Arrange: the background flusher stays out of the way; 20,000 tenants
+    // have counts (five values each: 100,000 parameters as one VALUES list).
+    let app = spawn_app_with(|s| s.app.usage_flush_ms = 3_600_000).await;
+    let meter = app.resolver.usage().clone();
+    for _ in 0..20_000 {
+        meter.db_time(uuid::Uuid::now_v7(), Duration::from_micros(7_777));
+    }
+    let as_app = connect(&app.cp.config().registry_database, true);
+
+    // Act
+    let written = meter.flush(&as_app).await;
+
+    // Assert
+    assert_eq!(written.expect("the flush succeeds"), 20_000);
+    assert!(meter.pending().is_empty(), "nothing is left for a later flush");
+    let registry = connect(&app.cp.config().registry_database, false);
+    assert_eq!(scalar(&registry, "SELECT count(*) FROM usage_samples WHERE db_time_us = 7777").await, 20_000);
+}

@@ -12,21 +12,22 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Duration, Utc};
 use futures::future::LocalBoxFuture;
 use sea_orm::{DbErr, IntoActiveModel, Set};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tracing_actix_web::{RootSpanBuilder, TracingLogger};
 use utoipa::OpenApi;
 use uuid::Uuid;
 
+use tenantry_core::TenantStatus;
 use tenantry_core::db::{FOREIGN_KEY_VIOLATION, UNIQUE_VIOLATION, sqlstate};
 use tenantry_core::entities::{asset_issues, assets, maintenance_schedules};
 use tenantry_core::metrics::HttpMetrics;
 use tenantry_core::registry::KeyOwner;
 use tenantry_core::web::{ApiError, ErrorBody, bearer, configure_extractors, healthz, no_route};
-use tenantry_core::{TenantStatus, Tier};
 
 use crate::Resolver;
 use crate::data::{self, AssetFilter, NewAsset, NewIssue, NewSchedule};
 use crate::scope::TenantTx;
+use crate::wire::*;
 
 /// Default and largest page sizes of list routes.
 const DEFAULT_PAGE: u64 = 50;
@@ -109,7 +110,16 @@ fn db_error(e: DbErr) -> ApiError {
     }
 }
 
+/// PostgreSQL stores no NUL character in text or jsonb: refused up front.
+fn no_nul(field: &str, value: &str) -> Result<(), ApiError> {
+    match value.contains('\0') {
+        true => Err(ApiError::unprocessable("invalid_field", format!("`{field}` must not contain a NUL character"))),
+        false => Ok(()),
+    }
+}
+
 fn text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
+    no_nul(field, value)?;
     let v = value.trim();
     if v.is_empty() || v.chars().count() > max {
         return Err(ApiError::unprocessable("invalid_field", format!("`{field}` must be 1-{max} characters")));
@@ -118,6 +128,7 @@ fn text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
 }
 
 fn optional_text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
+    no_nul(field, value)?;
     if value.chars().count() > max {
         return Err(ApiError::unprocessable("invalid_field", format!("`{field}` must be at most {max} characters")));
     }
@@ -127,6 +138,18 @@ fn optional_text(field: &str, value: &str, max: usize) -> Result<String, ApiErro
 fn attributes(value: serde_json::Value) -> Result<serde_json::Value, ApiError> {
     if !value.is_object() {
         return Err(ApiError::unprocessable("invalid_field", "`attributes` must be a JSON object"));
+    }
+    // Keys and string values alike: jsonb refuses `\u0000` anywhere.
+    fn has_nul(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::String(s) => s.contains('\0'),
+            serde_json::Value::Array(a) => a.iter().any(has_nul),
+            serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+            _ => false,
+        }
+    }
+    if has_nul(&value) {
+        return Err(ApiError::unprocessable("invalid_field", "`attributes` must not contain a NUL character"));
     }
     Ok(value)
 }
@@ -156,143 +179,6 @@ fn decode_cursor(c: Option<&str>) -> Result<Option<Uuid>, ApiError> {
             .ok_or_else(|| ApiError::bad_request("invalid_cursor", "cursor is not one this API returned"))
     })
     .transpose()
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum AssetStatus {
-    Active,
-    InRepair,
-    Retired,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum IssueStatus {
-    Open,
-    InProgress,
-    Resolved,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Priority {
-    Low,
-    Medium,
-    High,
-    Critical,
-}
-
-fn wire<T: Serialize>(v: T) -> String {
-    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct Asset {
-    pub id: Uuid,
-    pub name: String,
-    pub tag: String,
-    pub category: String,
-    pub location: String,
-    pub status: String,
-    #[schema(value_type = Object)]
-    pub attributes: serde_json::Value,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-impl From<assets::Model> for Asset {
-    fn from(m: assets::Model) -> Self {
-        Asset {
-            id: m.id,
-            name: m.name,
-            tag: m.tag,
-            category: m.category,
-            location: m.location,
-            status: m.status,
-            attributes: m.attributes,
-            created_at: m.created_at,
-            updated_at: m.updated_at,
-        }
-    }
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct Schedule {
-    pub id: Uuid,
-    pub asset_id: Uuid,
-    pub title: String,
-    pub interval_days: i32,
-    pub next_due_at: DateTime<Utc>,
-    pub last_done_at: Option<DateTime<Utc>>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-impl From<maintenance_schedules::Model> for Schedule {
-    fn from(m: maintenance_schedules::Model) -> Self {
-        Schedule {
-            id: m.id,
-            asset_id: m.asset_id,
-            title: m.title,
-            interval_days: m.interval_days,
-            next_due_at: m.next_due_at,
-            last_done_at: m.last_done_at,
-            created_at: m.created_at,
-            updated_at: m.updated_at,
-        }
-    }
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct Issue {
-    pub id: Uuid,
-    pub asset_id: Uuid,
-    pub title: String,
-    pub description: String,
-    pub status: String,
-    pub priority: String,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-impl From<asset_issues::Model> for Issue {
-    fn from(m: asset_issues::Model) -> Self {
-        Issue {
-            id: m.id,
-            asset_id: m.asset_id,
-            title: m.title,
-            description: m.description,
-            status: m.status,
-            priority: m.priority,
-            created_at: m.created_at,
-            updated_at: m.updated_at,
-        }
-    }
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct AssetPage {
-    pub assets: Vec<Asset>,
-    pub next_cursor: Option<String>,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct IssuePage {
-    pub issues: Vec<Issue>,
-    pub next_cursor: Option<String>,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct ScheduleList {
-    pub maintenance_schedules: Vec<Schedule>,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct WhoAmI {
-    pub id: Uuid,
-    pub slug: String,
-    pub tier: Tier,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

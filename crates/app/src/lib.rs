@@ -2,6 +2,7 @@
 //! transaction entered as the tenant -> tenant-scoped queries. Never writes to
 //! the registry and links no cloud SDK.
 
+pub mod budget;
 pub mod config;
 pub mod data;
 pub mod http;
@@ -10,6 +11,7 @@ pub mod limits;
 pub mod resolver;
 pub mod scope;
 pub mod usage;
+pub mod wire;
 
 pub use config::AppConfig;
 pub use resolver::Resolver;

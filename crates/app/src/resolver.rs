@@ -25,6 +25,7 @@ use crate::config::AppConfig;
 use sea_orm::Select;
 use tenantry_core::entities::TenantScoped;
 
+use crate::budget::Slot;
 use crate::scope::{EnterError, TenantTx, read_once, scoped};
 use crate::usage::UsageMeter;
 
@@ -83,21 +84,6 @@ impl Drop for ListenerTask {
         for task in &self.0 {
             task.abort();
         }
-    }
-}
-
-/// A slot of the connection budget held by one request; when it is released
-/// the time it was held is metered as the tenant's database time.
-pub struct Slot {
-    _permit: OwnedSemaphorePermit,
-    tenant: Uuid,
-    started: std::time::Instant,
-    usage: Arc<UsageMeter>,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.usage.db_time(self.tenant, self.started.elapsed());
     }
 }
 
@@ -242,12 +228,7 @@ impl Resolver {
     async fn slot(&self, tenant: Uuid) -> Result<Slot, ApiError> {
         let wait = Duration::from_millis(self.inner.cfg.connection_wait_ms);
         match tokio::time::timeout(wait, self.inner.budget.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(Slot {
-                _permit: permit,
-                tenant,
-                started: std::time::Instant::now(),
-                usage: self.inner.usage.clone(),
-            }),
+            Ok(Ok(permit)) => Ok(Slot::new(permit, tenant, self.inner.usage.clone())),
             _ => {
                 tracing::warn!(budget = self.inner.cfg.max_connections_total, "connection budget exhausted");
                 Err(ApiError::unavailable(

@@ -135,7 +135,7 @@ pub struct TenantTx {
     conn: TxConn,
     tenant_id: Uuid,
     /// The connection-budget slot this transaction occupies.
-    _slot: Option<crate::resolver::Slot>,
+    _slot: Option<crate::budget::Slot>,
 }
 
 impl TenantTx {
@@ -159,7 +159,7 @@ impl TenantTx {
         }
     }
 
-    pub(crate) fn holding(mut self, slot: crate::resolver::Slot) -> Self {
+    pub(crate) fn holding(mut self, slot: crate::budget::Slot) -> Self {
         self._slot = Some(slot);
         self
     }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
+use sea_orm::{DatabaseConnection, DbErr};
 use uuid::Uuid;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -79,25 +79,31 @@ impl UsageMeter {
         if drained.is_empty() {
             return Ok(0);
         }
-        let mut sql = String::from(
-            "INSERT INTO usage_samples (tenant_id, at, requests, client_errors, server_errors, db_time_us) VALUES ",
-        );
-        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(drained.len() * 5);
-        for (i, (tenant, c)) in drained.iter().enumerate() {
-            let n = i * 5;
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!("(${}, now(), ${}, ${}, ${}, ${})", n + 1, n + 2, n + 3, n + 4, n + 5));
-            values.extend([
-                (*tenant).into(),
-                c.requests.into(),
-                c.client_errors.into(),
-                c.server_errors.into(),
-                c.db_time_us.into(),
-            ]);
+        // One statement with five arrays, whatever the number of tenants (one
+        // parameter per tenant and column would pass PostgreSQL's 65,535
+        // parameter limit at 13,108 tenants and fail every flush after).
+        let mut cols: (Vec<Uuid>, Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>) = Default::default();
+        for (tenant, c) in &drained {
+            cols.0.push(*tenant);
+            cols.1.push(c.requests);
+            cols.2.push(c.client_errors);
+            cols.3.push(c.server_errors);
+            cols.4.push(c.db_time_us);
         }
-        match registry.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await {
+        let insert = sea_orm::sqlx::query(
+            "INSERT INTO usage_samples (tenant_id, at, requests, client_errors, server_errors, db_time_us) \
+             SELECT t, now(), r, c, s, d FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) \
+             AS u(t, r, c, s, d)",
+        )
+        .bind(cols.0)
+        .bind(cols.1)
+        .bind(cols.2)
+        .bind(cols.3)
+        .bind(cols.4)
+        .execute(registry.get_postgres_connection_pool())
+        .await
+        .map_err(|e| DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e.into())));
+        match insert {
             Ok(_) => Ok(drained.len()),
             Err(e) => {
                 for (tenant, c) in drained {

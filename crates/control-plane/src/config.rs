@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use tenantry_core::db::Credentials;
 
@@ -265,4 +265,51 @@ fn default_lease() -> u64 {
 }
 fn default_workers() -> usize {
     2
+}
+
+impl ControlPlaneConfig {
+    /// Checks what serde cannot: ranges, names, and that test-only fields
+    /// come with what they modify. A clear message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let named = |v: &str, field: &str| {
+            if v.trim().is_empty() { Err(format!("control_plane.{field} must not be empty")) } else { Ok(()) }
+        };
+        named(self.admin_token.expose_secret(), "admin_token")?;
+        named(&self.registry_database, "registry_database")?;
+        named(&self.template_database, "template_database")?;
+        named(&self.owner.user, "owner.user")?;
+        named(&self.app_role, "app_role")?;
+        named(&self.cluster.admin_user, "cluster.admin_user")?;
+        named(&self.default_region, "default_region")?;
+        if self.registry_database == self.template_database {
+            return Err("control_plane.registry_database and template_database must differ".into());
+        }
+        if self.owner.user == self.app_role {
+            return Err("control_plane.app_role must not be the owner role: it would bypass row-level security".into());
+        }
+        if !(1..=3600).contains(&self.lease_secs) {
+            return Err("control_plane.lease_secs must be between 1 and 3600".into());
+        }
+        if self.workers == 0 {
+            return Err("control_plane.workers must be at least 1".into());
+        }
+        let m = &self.moves;
+        if m.cutover_tries == 0 || m.purge_batch <= 0 {
+            return Err("control_plane.moves: cutover_tries and purge_batch must be positive".into());
+        }
+        let u = &self.usage;
+        if u.rollup_interval_ms == 0 || u.storage_interval_secs == 0 || u.hourly_retention_days <= 0 {
+            return Err("control_plane.usage: intervals and hourly_retention_days must be positive".into());
+        }
+        if !(0.0..=1.0).contains(&u.recommend.share) {
+            return Err("control_plane.usage.recommend.share must be between 0 and 1".into());
+        }
+        if self.reports.concurrency == 0 {
+            return Err("control_plane.reports.concurrency must be at least 1".into());
+        }
+        if self.rds_bootstrap_override.is_some() && self.rds.is_none() {
+            return Err("control_plane.rds_bootstrap_override (test-only) needs control_plane.rds".into());
+        }
+        Ok(())
+    }
 }

@@ -17,8 +17,9 @@ use tokio::sync::mpsc;
 use tenantry_core::TenantStatus;
 use tenantry_provisioner::quote_ident;
 
-use crate::service::TenantView;
-use crate::{ControlPlane, Error};
+use crate::error::Error;
+use crate::plane::ControlPlane;
+use crate::tenants::TenantView;
 
 /// Bytes gathered before a chunk is sent.
 const CHUNK: usize = 64 * 1024;
@@ -41,7 +42,7 @@ impl ControlPlane {
         let side = self.side(placement.backend_id).await?;
         let mut conn = self.tenant_conn(&side, t.id).await?;
         sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut conn).await?;
-        let tables: Vec<String> = crate::moves::tenant_tables(&mut conn)
+        let tables: Vec<String> = crate::backend::tenant_tables(&mut conn)
             .await?
             .into_iter()
             .filter(|t| t != "tenantry_move_sentinels")
@@ -93,4 +94,21 @@ impl ControlPlane {
         });
         Ok((t, rx))
     }
+}
+
+/// The export as a streamed NDJSON download, audited under `actor`.
+pub(crate) async fn export_response(
+    cp: &ControlPlane,
+    actor: &str,
+    tenant: &str,
+) -> Result<actix_web::HttpResponse, tenantry_core::web::ApiError> {
+    let (t, body) = cp.export_tenant(tenant).await?;
+    crate::registry::audit(cp.registry(), actor, "tenant.export", Some(t.id), serde_json::json!({}))
+        .await
+        .map_err(|e| tenantry_core::web::ApiError::internal(&e))?;
+    let stream = futures::stream::unfold(body, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    Ok(actix_web::HttpResponse::Ok()
+        .content_type("application/x-ndjson")
+        .insert_header(("Content-Disposition", format!("attachment; filename=\"{}-export.ndjson\"", t.slug)))
+        .streaming(stream))
 }

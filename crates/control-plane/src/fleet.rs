@@ -14,7 +14,7 @@ use uuid::Uuid;
 use tenantry_core::BackendKind;
 use tenantry_provisioner::DatabaseAddress;
 
-use crate::service::audit;
+use crate::registry::audit;
 use crate::{ControlPlane, Error, migrate};
 
 /// What happened to one backend in a fan-out run.

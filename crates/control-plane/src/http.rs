@@ -1,54 +1,23 @@
 //! The admin API (its own listener): tenants, API keys, backends.
 //! `Authorization: Bearer <admin token>` on every `/v1` route.
 
-use std::future::{Ready, ready};
-use std::net::TcpListener;
-use std::sync::Arc;
-
-use actix_web::dev::{Payload, Server};
-use actix_web::{FromRequest, HttpRequest, HttpResponse, HttpServer, web};
-use secrecy::ExposeSecret;
+use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
-use tracing_actix_web::TracingLogger;
 use utoipa::OpenApi;
 use uuid::Uuid;
 
-use tenantry_core::web::{ApiError, ErrorBody, bearer, configure_extractors, healthz, no_route};
+use tenantry_core::web::{ApiError, ErrorBody, configure_extractors, healthz};
 use tenantry_core::{TenantSlug, Tier};
 
-use crate::ControlPlane;
+use crate::auth::Admin;
+use crate::backends::BackendView;
 use crate::fleet::{BackendRun, MigrationStatus, Outcome};
-use crate::operations::OperationView;
-use crate::service::{BackendView, Created, IssuedKey, NewTenant, TenantView};
+use crate::operation::OperationState;
+use crate::plane::ControlPlane;
+use crate::registry::OperationView;
+use crate::tenants::{Created, IssuedKey, NewTenant, TenantView};
 
 type Cp = web::Data<ControlPlane>;
-
-/// An authenticated administrator; `actor` is what the audit log records.
-pub struct Admin {
-    pub actor: String,
-}
-
-impl FromRequest for Admin {
-    type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
-
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let expected = req.app_data::<Cp>().map(|cp| cp.config().admin_token.expose_secret().as_bytes().to_vec());
-        let ok = match (bearer(req), expected) {
-            (Some(given), Some(expected)) => constant_time_eq(given.as_bytes(), &expected),
-            _ => false,
-        };
-        ready(if ok {
-            Ok(Admin { actor: "admin-token".into() })
-        } else {
-            Err(ApiError::unauthorized("missing or invalid admin token"))
-        })
-    }
-}
-
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -116,7 +85,7 @@ async fn create_tenant(cp: Cp, admin: Admin, body: web::Json<CreateTenant>) -> R
 #[utoipa::path(get, path = "/v1/tenants", params(ListTenants), responses((status = 200, body = TenantPage)))]
 async fn list_tenants(cp: Cp, _admin: Admin, q: web::Query<ListTenants>) -> Result<HttpResponse, ApiError> {
     let limit = q.limit.unwrap_or(100);
-    if !(1..=crate::service::MAX_PAGE).contains(&limit) {
+    if !(1..=crate::tenants::MAX_PAGE).contains(&limit) {
         return Err(ApiError::bad_request("invalid_limit", "limit must be between 1 and 1000"));
     }
     let tenants = cp.tenants(q.cursor, limit).await?;
@@ -241,14 +210,13 @@ async fn get_operation(cp: Cp, _admin: Admin, id: web::Path<Uuid>) -> Result<Htt
 /// Operations, newest first.
 #[utoipa::path(get, path = "/v1/operations", params(ListOperations), responses((status = 200, body = OperationList)))]
 async fn list_operations(cp: Cp, _admin: Admin, q: web::Query<ListOperations>) -> Result<HttpResponse, ApiError> {
-    const STATES: &[&str] = &["pending", "running", "succeeded", "failed", "cancelling", "cancelled"];
-    if let Some(state) = q.state.as_deref().filter(|s| !STATES.contains(s)) {
-        return Err(ApiError::bad_request(
-            "invalid_state",
-            format!("unknown state `{state}`; expected one of {}", STATES.join(", ")),
-        ));
-    }
-    let operations = cp.operations(q.tenant, q.state.as_deref(), q.limit.unwrap_or(100)).await?;
+    let state = q
+        .state
+        .as_deref()
+        .map(str::parse::<OperationState>)
+        .transpose()
+        .map_err(|e| ApiError::bad_request("invalid_state", e.0))?;
+    let operations = cp.operations(q.tenant, state, q.limit.unwrap_or(100)).await?;
     Ok(HttpResponse::Ok().json(OperationList { operations }))
 }
 
@@ -343,7 +311,7 @@ async fn demote(
 /// Dry run of a move: rows and bytes per table, schema versions, preflight
 /// checks, estimated copy time and the write-pause bound. Changes nothing.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/move-plan", params(("tenant" = String, Path, description = "id or slug"), PlanQuery),
-    responses((status = 200, body = crate::moves::MovePlan), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = crate::moves::plan::MovePlan), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn move_plan(
     cp: Cp,
     _admin: Admin,
@@ -369,25 +337,12 @@ async fn erase_tenant(cp: Cp, admin: Admin, tenant: web::Path<String>) -> Result
     responses((status = 200, content_type = "application/x-ndjson", body = String), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 async fn export_tenant(cp: Cp, admin: Admin, tenant: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    export_response(&cp, &admin.actor, &tenant).await
-}
-
-/// The export as a streamed NDJSON download, audited under `actor`.
-pub(crate) async fn export_response(cp: &ControlPlane, actor: &str, tenant: &str) -> Result<HttpResponse, ApiError> {
-    let (t, body) = cp.export_tenant(tenant).await?;
-    crate::service::audit(cp.registry(), actor, "tenant.export", Some(t.id), serde_json::json!({}))
-        .await
-        .map_err(|e| ApiError::internal(&e))?;
-    let stream = futures::stream::unfold(body, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-    Ok(HttpResponse::Ok()
-        .content_type("application/x-ndjson")
-        .insert_header(("Content-Disposition", format!("attachment; filename=\"{}-export.ndjson\"", t.slug)))
-        .streaming(stream))
+    crate::export::export_response(&cp, &admin.actor, &tenant).await
 }
 
 /// A tenant's settings overrides, the effective settings and the limits in force.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/settings", params(("tenant" = String, Path, description = "id or slug")),
-    responses((status = 200, body = crate::service::SettingsView), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = crate::tenants::SettingsView), (status = 404, body = ErrorBody)))]
 async fn get_settings(cp: Cp, _admin: Admin, tenant: web::Path<String>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(cp.tenant_settings(&tenant).await?))
 }
@@ -397,7 +352,7 @@ async fn get_settings(cp: Cp, _admin: Admin, tenant: web::Path<String>) -> Resul
 /// (`null` restores the tier default). Effective on every app process within
 /// moments; audited.
 #[utoipa::path(patch, path = "/v1/tenants/{tenant}/settings", params(("tenant" = String, Path, description = "id or slug")),
-    request_body = Object, responses((status = 200, body = crate::service::SettingsView), (status = 404, body = ErrorBody),
+    request_body = Object, responses((status = 200, body = crate::tenants::SettingsView), (status = 404, body = ErrorBody),
         (status = 422, body = ErrorBody)))]
 async fn patch_settings(
     cp: Cp,
@@ -440,7 +395,7 @@ pub struct AuditParams {
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct AuditPage {
-    pub entries: Vec<crate::service::AuditEntry>,
+    pub entries: Vec<crate::tenants::AuditEntry>,
     pub next_cursor: Option<i64>,
 }
 
@@ -450,7 +405,7 @@ pub struct AuditPage {
 async fn audit_log(cp: Cp, _admin: Admin, q: web::Query<AuditParams>) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
     let limit = q.limit.unwrap_or(100);
-    if !(1..=crate::service::MAX_PAGE).contains(&limit) {
+    if !(1..=crate::tenants::MAX_PAGE).contains(&limit) {
         return Err(ApiError::bad_request("invalid_limit", "limit must be between 1 and 1000"));
     }
     let since = match q.since.as_deref() {
@@ -469,7 +424,7 @@ async fn audit_log(cp: Cp, _admin: Admin, q: web::Query<AuditParams>) -> Result<
             Err(_) => Some(cp.tenant(t).await?.id),
         },
     };
-    let query = crate::service::AuditQuery { tenant, actor: q.actor, action: q.action, since, before: q.cursor, limit };
+    let query = crate::tenants::AuditQuery { tenant, actor: q.actor, action: q.action, since, before: q.cursor, limit };
     let entries = cp.audit_log(&query).await?;
     let next_cursor = (entries.len() as u64 == limit).then(|| entries.last().map(|e| e.id)).flatten();
     Ok(HttpResponse::Ok().json(AuditPage { entries, next_cursor }))
@@ -483,23 +438,24 @@ pub struct UsageParams {
     /// `1h`-`48h` or `1d`-`90d`. Default `24h`.
     pub window: Option<String>,
     /// `cost` (default), `requests`, `db_time`, `bytes`, `rows` or `errors`.
-    pub sort: Option<crate::usage::UsageSort>,
+    pub sort: Option<crate::usage::model::UsageSort>,
 }
 
-fn window(w: Option<&str>) -> Result<crate::usage::Window, ApiError> {
-    crate::usage::Window::parse(w.unwrap_or("24h")).map_err(|e| ApiError::bad_request("invalid_window", e.to_string()))
+fn window(w: Option<&str>) -> Result<crate::usage::model::Window, ApiError> {
+    crate::usage::model::Window::parse(w.unwrap_or("24h"))
+        .map_err(|e| ApiError::bad_request("invalid_window", e.to_string()))
 }
 
 /// The heaviest tenants over a window, with their cost.
 #[utoipa::path(get, path = "/v1/usage", params(UsageParams),
-    responses((status = 200, body = crate::usage::UsageReport), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = crate::usage::model::UsageReport), (status = 400, body = ErrorBody)))]
 async fn usage(cp: Cp, _admin: Admin, q: web::Query<UsageParams>) -> Result<HttpResponse, ApiError> {
     let top = q.top.unwrap_or(10);
-    if !(1..=crate::service::MAX_PAGE as usize).contains(&top) {
+    if !(1..=crate::tenants::MAX_PAGE as usize).contains(&top) {
         return Err(ApiError::bad_request("invalid_top", "top must be between 1 and 1000"));
     }
     let w = window(q.window.as_deref())?;
-    let report = cp.usage_top(w, top, q.sort.unwrap_or(crate::usage::UsageSort::Cost)).await?;
+    let report = cp.usage_top(w, top, q.sort.unwrap_or(crate::usage::model::UsageSort::Cost)).await?;
     Ok(HttpResponse::Ok().json(report))
 }
 
@@ -512,7 +468,7 @@ pub struct WindowParams {
 
 /// One tenant's usage, cost, storage per table and a point per period.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/usage", params(("tenant" = String, Path), WindowParams),
-    responses((status = 200, body = crate::usage::TenantUsageDetail), (status = 400, body = ErrorBody),
+    responses((status = 200, body = crate::usage::model::TenantUsageDetail), (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
 async fn tenant_usage(
     cp: Cp,
@@ -526,7 +482,7 @@ async fn tenant_usage(
 
 /// Shared tenants heavy enough to move out, each with its promotion dry run.
 #[utoipa::path(get, path = "/v1/recommendations",
-    responses((status = 200, body = crate::usage::Recommendations)))]
+    responses((status = 200, body = crate::usage::recommend::Recommendations)))]
 async fn recommendations(cp: Cp, _admin: Admin) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(cp.recommendations().await?))
 }
@@ -624,24 +580,4 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/operations/{id}", web::get().to(get_operation))
                 .route("/operations/{id}/cancel", web::post().to(cancel_operation)),
         );
-}
-
-/// Serves the admin API on `listener` until stopped.
-pub fn server(cp: Arc<ControlPlane>, listener: TcpListener, workers: usize) -> std::io::Result<Server> {
-    let cp = web::Data::from(cp);
-    let http_metrics = web::Data::from(tenantry_core::metrics::HttpMetrics::new("tenantry_admin"));
-    Ok(HttpServer::new(move || {
-        actix_web::App::new()
-            .wrap(actix_web::middleware::from_fn(tenantry_core::metrics::record))
-            .wrap(actix_web::middleware::from_fn(tenantry_core::web::request_id_header))
-            .wrap(TracingLogger::default())
-            .app_data(cp.clone())
-            .app_data(http_metrics.clone())
-            .configure(crate::console::routes)
-            .configure(routes)
-            .default_service(web::to(no_route))
-    })
-    .workers(workers.max(1))
-    .listen(listener)?
-    .run())
 }

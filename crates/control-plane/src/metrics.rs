@@ -7,8 +7,9 @@
 use sea_orm::{ConnectionTrait, FromQueryResult};
 use tenantry_core::metrics::{gauge_family, label};
 
-use crate::operations::stmt;
-use crate::{ControlPlane, Error};
+use crate::error::Error;
+use crate::plane::ControlPlane;
+use crate::registry::stmt;
 
 /// Tenants given their own series.
 pub const TOP_TENANTS: i64 = 10;

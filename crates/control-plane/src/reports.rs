@@ -13,10 +13,11 @@ use sea_orm::sqlx::{self, Connection};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::operations::stmt;
-use crate::service::BackendView;
-use crate::usage::enter;
-use crate::{ControlPlane, Error};
+use crate::backend::enter;
+use crate::backends::BackendView;
+use crate::error::Error;
+use crate::plane::ControlPlane;
+use crate::registry::stmt;
 
 /// Assets by status and open issues of one tenant.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -126,7 +127,7 @@ impl ControlPlane {
         };
         for (id, tenants, result, elapsed) in answers {
             let name = backends.get(&id).map_or_else(|| id.to_string(), |b| b.name.clone());
-            let kind = backends.get(&id).map_or_else(String::new, |b| b.kind.clone());
+            let kind = backends.get(&id).map_or_else(String::new, |b| b.kind.as_str().to_string());
             let (status, error) = match result {
                 Ok(rows) => {
                     for (p, (by_status, open_issues)) in tenants.iter().zip(rows) {

@@ -14,7 +14,9 @@ pub struct Limits {
     pub burst: Option<u32>,
     /// Requests of the tenant in flight at once on one app process.
     pub max_concurrent_requests: Option<u32>,
-    /// `SET LOCAL statement_timeout` for the tenant's transactions.
+    /// The tenant's statement timeout: `statement_timeout` in the startup packet of the
+    /// pools its requests use (pools are keyed by backend and timeout), so every
+    /// statement honours it, single reads included.
     pub statement_timeout_ms: Option<u32>,
     /// Largest `limit` a list request may ask for.
     pub max_page_size: Option<u32>,

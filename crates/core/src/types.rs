@@ -1,7 +1,6 @@
 //! Vocabulary types. Each parses from its wire string and can only hold a valid value.
 
 use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -10,12 +9,15 @@ use uuid::Uuid;
 #[error("{0}")]
 pub struct ParseError(pub String);
 
+/// An enum with one wire name per variant: `as_str`, `FromStr` (a clear
+/// message naming the choices), `Display`, serde and OpenAPI as that name.
+#[macro_export]
 macro_rules! wire_enum {
     ($(#[$m:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
         #[serde(rename_all = "snake_case")]
-        pub enum $name { $($variant),+ }
+        pub enum $name { $(#[serde(rename = $text)] $variant),+ }
 
         impl $name {
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
@@ -24,12 +26,12 @@ macro_rules! wire_enum {
             }
         }
 
-        impl FromStr for $name {
-            type Err = ParseError;
-            fn from_str(s: &str) -> Result<Self, ParseError> {
+        impl std::str::FromStr for $name {
+            type Err = $crate::ParseError;
+            fn from_str(s: &str) -> Result<Self, $crate::ParseError> {
                 match s {
                     $($text => Ok($name::$variant),)+
-                    other => Err(ParseError(format!(
+                    other => Err($crate::ParseError(format!(
                         concat!("unknown ", stringify!($name), " `{}`; expected one of: {}"),
                         other,
                         [$($text),+].join(", ")
@@ -38,8 +40,8 @@ macro_rules! wire_enum {
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str(self.as_str())
             }
         }

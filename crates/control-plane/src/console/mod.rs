@@ -21,12 +21,14 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use tenantry_core::web::ApiError;
-use tenantry_core::{Engine, TenantSlug, Tier};
+use tenantry_core::{BackendKind, BackendStatus, Engine, TenantSlug, Tier};
 
-use crate::service::NewTenant;
-use crate::{ControlPlane, Error};
-use session::{COOKIE, SESSION_HOURS, Session};
+use crate::operation::OperationKind;
+
+use crate::error::Error;
+use crate::plane::ControlPlane;
+use crate::tenants::NewTenant;
+use session::{COOKIE, ConsoleError, SESSION_HOURS, Session};
 
 type Cp = web::Data<ControlPlane>;
 type Page = Result<HttpResponse, ConsoleError>;
@@ -35,26 +37,6 @@ type Page = Result<HttpResponse, ConsoleError>;
 const PER_PAGE: u64 = 50;
 /// Longest a backend's health probe may take on the backends page.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Why a console request did not render its page.
-#[derive(Debug, thiserror::Error)]
-pub enum ConsoleError {
-    #[error("sign in first")]
-    SignIn { next: String },
-    #[error("this form has expired or did not come from the console: reload the page and try again")]
-    Csrf,
-    #[error("{1}")]
-    Status(StatusCode, String),
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl From<Error> for ConsoleError {
-    fn from(e: Error) -> Self {
-        let api = ApiError::from(e);
-        ConsoleError::Status(api.status, api.message)
-    }
-}
 
 impl ResponseError for ConsoleError {
     fn status_code(&self) -> StatusCode {
@@ -274,7 +256,7 @@ async fn render_tenant(
     new_key: Option<&str>,
 ) -> Page {
     let t = cp.tenant(slug).await?;
-    let usage = cp.tenant_usage_detail(&t.id.to_string(), crate::usage::Window::parse("30d")?).await?;
+    let usage = cp.tenant_usage_detail(&t.id.to_string(), crate::usage::model::Window::parse("30d")?).await?;
     let settings = cp.tenant_settings(&t.id.to_string()).await?;
     let keys = cp.api_keys(t.id).await?;
     let operations = cp.operations(Some(t.id), None, 20).await?;
@@ -453,8 +435,8 @@ async fn move_confirm(cp: Cp, s: Session, slug: web::Path<String>, q: web::Query
         .backends()
         .await?
         .into_iter()
-        .filter(|b| b.status == "ready" && b.kind != "template" && Some(b.id) != current)
-        .filter(|b| b.kind == "shared_pool" || b.tenants == 0)
+        .filter(|b| b.status == BackendStatus::Ready && b.kind != BackendKind::Template && Some(b.id) != current)
+        .filter(|b| b.kind == BackendKind::SharedPool || b.tenants == 0)
         .collect();
     let target = q.target.or_else(|| targets.first().map(|b| b.id));
     let chooser = maud::html! {
@@ -520,7 +502,7 @@ async fn demote(cp: Cp, s: Session, slug: web::Path<String>, form: web::Form<Act
 }
 
 async fn export(cp: Cp, s: Session, slug: web::Path<String>) -> Result<HttpResponse, ConsoleError> {
-    crate::http::export_response(&cp, &s.actor, &slug).await.map_err(|e| ConsoleError::Status(e.status, e.message))
+    crate::export::export_response(&cp, &s.actor, &slug).await.map_err(|e| ConsoleError::Status(e.status, e.message))
 }
 
 async fn erase_confirm(cp: Cp, s: Session, slug: web::Path<String>) -> Page {
@@ -529,8 +511,8 @@ async fn erase_confirm(cp: Cp, s: Session, slug: web::Path<String>) -> Page {
 }
 
 /// The erase confirmation, with the rows last measured; 422 with `error`.
-async fn erase_page(cp: &ControlPlane, s: &Session, t: &crate::service::TenantView, error: Option<&str>) -> Page {
-    let rows = cp.tenant_usage_detail(&t.id.to_string(), crate::usage::Window { hours: 1 }).await?.usage.rows;
+async fn erase_page(cp: &ControlPlane, s: &Session, t: &crate::tenants::TenantView, error: Option<&str>) -> Page {
+    let rows = cp.tenant_usage_detail(&t.id.to_string(), crate::usage::model::Window { hours: 1 }).await?.usage.rows;
     let status = if error.is_some() { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::OK };
     Ok(html(status, views::erase(s, t, rows, error)))
 }
@@ -547,7 +529,7 @@ async fn erase(cp: Cp, s: Session, slug: web::Path<String>, form: web::Form<Acti
     Ok(see_other(&format!("/console/operations/{}", op.id)))
 }
 
-async fn operation_slug(cp: &ControlPlane, o: &crate::operations::OperationView) -> Option<String> {
+async fn operation_slug(cp: &ControlPlane, o: &crate::registry::OperationView) -> Option<String> {
     match o.tenant_id {
         Some(id) => cp.tenant(&id.to_string()).await.ok().map(|t| t.slug),
         None => o.params["slug"].as_str().map(str::to_string),
@@ -571,7 +553,7 @@ async fn operation_progress(cp: Cp, _s: Session, id: web::Path<Uuid>) -> Result<
         "attempts": o.attempts,
         "finished": matches!(o.state.as_str(), "succeeded" | "failed" | "cancelled"),
         "cancellable": !matches!(o.state.as_str(), "succeeded" | "failed" | "cancelled" | "cancelling")
-            && o.kind != "erase" && o.progress["cutover_done"] != true,
+            && o.kind != OperationKind::Erase && o.progress["cutover_done"] != true,
     })))
 }
 
@@ -582,7 +564,7 @@ async fn cancel(cp: Cp, s: Session, id: web::Path<Uuid>, form: web::Form<CsrfOnl
 }
 
 async fn backends(cp: Cp, s: Session) -> Page {
-    let list: Vec<_> = cp.backends().await?.into_iter().filter(|b| b.status != "retired").collect();
+    let list: Vec<_> = cp.backends().await?.into_iter().filter(|b| b.status != BackendStatus::Retired).collect();
     let migrations = cp.migration_status().await?;
     let health: Vec<Result<(i64, i64), String>> = futures::stream::iter(list.iter())
         .map(|b| {
@@ -661,7 +643,7 @@ async fn audit(cp: Cp, s: Session, q: web::Query<AuditParams>) -> Page {
             Err(_) => cp.tenant(&t).await?.id,
         }),
     };
-    let query = crate::service::AuditQuery {
+    let query = crate::tenants::AuditQuery {
         tenant,
         actor: trimmed(&q.actor),
         action: trimmed(&q.action),

@@ -15,10 +15,33 @@ use secrecy::ExposeSecret;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::ConsoleError;
-use crate::operations::stmt;
-use crate::service::audit;
-use crate::{ControlPlane, Error};
+use crate::error::Error;
+use crate::plane::ControlPlane;
+use crate::registry::audit;
+use crate::registry::stmt;
+
+use actix_web::http::StatusCode;
+use tenantry_core::web::ApiError;
+
+/// Why a console request did not render its page.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    #[error("sign in first")]
+    SignIn { next: String },
+    #[error("this form has expired or did not come from the console: reload the page and try again")]
+    Csrf,
+    #[error("{1}")]
+    Status(StatusCode, String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<Error> for ConsoleError {
+    fn from(e: Error) -> Self {
+        let api = ApiError::from(e);
+        ConsoleError::Status(api.status, api.message)
+    }
+}
 
 pub const COOKIE: &str = "tenantry_session";
 /// A session lasts this long from sign-in.
@@ -35,7 +58,7 @@ pub struct Session {
 impl Session {
     /// The CSRF token of a submitted form must be this session's.
     pub fn check(&self, presented: &str) -> Result<(), ConsoleError> {
-        if crate::http::constant_time_eq(presented.as_bytes(), self.csrf.as_bytes()) {
+        if crate::auth::constant_time_eq(presented.as_bytes(), self.csrf.as_bytes()) {
             Ok(())
         } else {
             Err(ConsoleError::Csrf)
@@ -72,7 +95,7 @@ impl ControlPlane {
         }
         let actor = format!("console:{name}");
         let expected = self.config().admin_token.expose_secret().as_bytes().to_vec();
-        if !crate::http::constant_time_eq(token.trim().as_bytes(), &expected) {
+        if !crate::auth::constant_time_eq(token.trim().as_bytes(), &expected) {
             audit(self.registry(), &actor, "console.sign_in_refused", None, json!({})).await?;
             // Slows guessing down; the token's entropy does the rest.
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;

@@ -7,11 +7,12 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::session::Session;
+use crate::backends::BackendView;
 use crate::fleet::{BackendRun, MigrationStatus, Outcome};
-use crate::moves::MovePlan;
-use crate::operations::OperationView;
-use crate::service::{AuditEntry, BackendView, KeyView, SettingsView, TenantView};
-use crate::usage::{TenantUsage, TenantUsageDetail};
+use crate::moves::plan::MovePlan;
+use crate::registry::OperationView;
+use crate::tenants::{AuditEntry, KeyView, SettingsView, TenantView};
+use crate::usage::model::{TenantUsage, TenantUsageDetail};
 
 /// Which tab of the navigation is current.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -419,7 +420,7 @@ fn operations_table(ops: &[OperationView]) -> Markup {
                 @for o in ops {
                     tr {
                         td { a href={ "/console/operations/" (o.id) } { (o.kind) } }
-                        td { (badge(&o.state)) }
+                        td { (badge(o.state.as_str())) }
                         td { (o.step) }
                         td { (o.actor) }
                         td { (when(o.created_at)) }
@@ -538,7 +539,7 @@ pub fn operation(s: &Session, o: &OperationView, slug: Option<&str>) -> Markup {
         html! {
             div.titlebar {
                 h1 { (o.kind) " " @if let Some(slug) = slug { a href={ "/console/tenants/" (slug) } { (slug) } } }
-                span #op-state data-finished=(finished) { (badge(&o.state)) }
+                span #op-state data-finished=(finished) { (badge(o.state.as_str())) }
             }
             section.card #op data-progress-url={ "/console/operations/" (o.id) "/progress" } {
                 progress #op-bar max="100" value=(pct) aria-labelledby="op-step-label" { (pct) "%" }
@@ -551,7 +552,7 @@ pub fn operation(s: &Session, o: &OperationView, slug: Option<&str>) -> Markup {
                     dt { "Attempts" } dd #op-attempts { (o.attempts) }
                 }
                 p.error #op-error role="alert" hidden[o.error.is_none()] { (o.error.as_deref().unwrap_or("")) }
-                @if !finished && o.kind != "erase" && p["cutover_done"] != true {
+                @if !finished && o.kind != crate::operation::OperationKind::Erase && p["cutover_done"] != true {
                     form #op-cancel method="post" action={ "/console/operations/" (o.id) "/cancel" } {
                         (csrf(s))
                         button.danger type="submit" { "Cancel operation" }
@@ -588,7 +589,7 @@ pub fn backends(s: &Session, rows: &[BackendRow]) -> Markup {
                         @let b = r.backend;
                         tr {
                             td { (b.name) br; span.muted { (b.host) ":" (b.port) "/" (b.database) } }
-                            td { (b.kind) } td { (b.engine) } td { (b.region) } td { (badge(&b.status)) }
+                            td { (b.kind) } td { (b.engine) } td { (b.region) } td { (badge(b.status.as_str())) }
                             td.num { (b.tenants) }
                             @match &r.health {
                                 Ok((size, conns)) => { td.num { (bytes(*size)) } td.num { (conns) } }

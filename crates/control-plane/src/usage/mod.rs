@@ -8,6 +8,9 @@
 //! database's size, on a shared pool the tenant's share of each table by rows.
 //! Costs come from unit prices per tier and engine in the configuration.
 
+pub mod model;
+pub mod recommend;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,195 +20,24 @@ use futures::StreamExt;
 use sea_orm::sqlx::postgres::PgConnection;
 use sea_orm::sqlx::{self, AssertSqlSafe, Connection, Row};
 use sea_orm::{ConnectionTrait, FromQueryResult};
-use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use tenantry_core::{BackendKind, BackendStatus};
 use tenantry_provisioner::quote_ident;
 
+use crate::backend::{enter, tenant_tables};
+use crate::backends::BackendView;
 use crate::config::Price;
-use crate::moves::{MovePlan, connect_options, tenant_tables};
-use crate::operations::stmt;
-use crate::service::BackendView;
-use crate::{ControlPlane, Error};
+use crate::error::Error;
+use crate::plane::ControlPlane;
+use crate::registry::stmt;
+use crate::usage::model::{
+    Cost, HOURS_PER_MONTH, TenantUsage, TenantUsageDetail, UsagePoint, UsageReport, UsageSort, Window,
+};
 
-/// Hours in an average month, for prorating monthly prices.
-const HOURS_PER_MONTH: f64 = 730.0;
-const GIB: f64 = (1u64 << 30) as f64;
 /// Backends measured at once.
 const MEASURE_CONCURRENCY: usize = 4;
-
-/// A window of usage: `1h`..`48h` in hours (hourly rollups), `1d`..`90d` in days.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Window {
-    pub hours: i64,
-}
-
-impl Window {
-    pub fn parse(s: &str) -> Result<Self, Error> {
-        let bad = || {
-            Error::invalid(
-                "invalid_window",
-                format!("window `{s}` is not a number of hours (1h-48h) or days (1d-90d), e.g. `24h` or `7d`"),
-            )
-        };
-        let (n, unit) = s.split_at(s.len().saturating_sub(1));
-        let n: i64 = n.parse().map_err(|_| bad())?;
-        let hours = match unit {
-            "h" if (1..=48).contains(&n) => n,
-            "d" if (1..=90).contains(&n) => n * 24,
-            _ => return Err(bad()),
-        };
-        Ok(Self { hours })
-    }
-
-    /// Hourly rollups cover short windows, daily ones the rest.
-    fn granularity(self) -> &'static str {
-        if self.hours <= 48 { "hour" } else { "day" }
-    }
-
-    /// First period start inside the window (the current period counts as one).
-    fn since(self, now: DateTime<Utc>) -> DateTime<Utc> {
-        use chrono::{DurationRound, TimeDelta};
-        if self.granularity() == "hour" {
-            let this = now.duration_trunc(TimeDelta::hours(1)).unwrap_or(now);
-            this - TimeDelta::hours(self.hours - 1)
-        } else {
-            let this = now.duration_trunc(TimeDelta::days(1)).unwrap_or(now);
-            this - TimeDelta::days(self.hours / 24 - 1)
-        }
-    }
-
-    pub fn label(self) -> String {
-        if self.hours <= 48 { format!("{}h", self.hours) } else { format!("{}d", self.hours / 24) }
-    }
-}
-
-/// Money for one tenant over a window, by component.
-#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
-pub struct Cost {
-    pub base: f64,
-    pub requests: f64,
-    pub db_time: f64,
-    pub storage: f64,
-    pub total: f64,
-}
-
-impl Cost {
-    fn new(price: &Price, hours: f64, requests: i64, db_time_us: i64, bytes: i64) -> Self {
-        let round = |v: f64| (v * 10_000.0).round() / 10_000.0;
-        let base = price.base_per_month * hours / HOURS_PER_MONTH;
-        let req = requests as f64 / 1e6 * price.per_million_requests;
-        let db = db_time_us as f64 / 3.6e9 * price.per_db_hour;
-        let storage = bytes as f64 / GIB * price.per_gb_month * hours / HOURS_PER_MONTH;
-        Cost {
-            base: round(base),
-            requests: round(req),
-            db_time: round(db),
-            storage: round(storage),
-            total: round(base + req + db + storage),
-        }
-    }
-}
-
-/// One tenant's usage over a window.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct TenantUsage {
-    pub tenant_id: Uuid,
-    pub slug: String,
-    pub name: String,
-    pub region: String,
-    pub tier: String,
-    pub status: String,
-    pub backend: Option<String>,
-    pub engine: Option<String>,
-    pub requests: i64,
-    pub client_errors: i64,
-    pub server_errors: i64,
-    /// Time requests held a database connection.
-    pub db_time_ms: f64,
-    /// Latest measurement (see `storage_measured_at`).
-    pub rows: i64,
-    pub bytes: i64,
-    pub storage_measured_at: Option<DateTime<Utc>>,
-    /// Over the window.
-    pub cost: Cost,
-    /// A month at the window's rate: base + storage for a month, requests and
-    /// database time extrapolated.
-    pub monthly_estimate: f64,
-}
-
-/// `GET /v1/usage`.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct UsageReport {
-    pub window: String,
-    pub since: DateTime<Utc>,
-    pub sort: String,
-    pub tenants: Vec<TenantUsage>,
-}
-
-/// One period of a tenant's usage.
-#[derive(Debug, Clone, Serialize, FromQueryResult, utoipa::ToSchema)]
-pub struct UsagePoint {
-    pub period_start: DateTime<Utc>,
-    pub requests: i64,
-    pub client_errors: i64,
-    pub server_errors: i64,
-    pub db_time_ms: f64,
-    pub rows: Option<i64>,
-    pub storage_bytes: Option<i64>,
-}
-
-/// `GET /v1/tenants/{id}/usage`.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct TenantUsageDetail {
-    pub window: String,
-    pub granularity: String,
-    pub since: DateTime<Utc>,
-    #[serde(flatten)]
-    pub usage: TenantUsage,
-    pub price: Option<Price>,
-    /// Rows and bytes per table at the latest measurement.
-    #[schema(value_type = Object)]
-    pub tables: Value,
-    pub series: Vec<UsagePoint>,
-}
-
-/// What `GET /v1/usage` sorts by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum UsageSort {
-    Cost,
-    Requests,
-    DbTime,
-    Bytes,
-    Rows,
-    Errors,
-}
-
-impl UsageSort {
-    fn key(self, u: &TenantUsage) -> f64 {
-        match self {
-            UsageSort::Cost => u.cost.total,
-            UsageSort::Requests => u.requests as f64,
-            UsageSort::DbTime => u.db_time_ms,
-            UsageSort::Bytes => u.bytes as f64,
-            UsageSort::Rows => u.rows as f64,
-            UsageSort::Errors => (u.client_errors + u.server_errors) as f64,
-        }
-    }
-
-    fn as_str(self) -> &'static str {
-        match self {
-            UsageSort::Cost => "cost",
-            UsageSort::Requests => "requests",
-            UsageSort::DbTime => "db_time",
-            UsageSort::Bytes => "bytes",
-            UsageSort::Rows => "rows",
-            UsageSort::Errors => "errors",
-        }
-    }
-}
 
 #[derive(FromQueryResult)]
 struct UsageRow {
@@ -242,76 +74,12 @@ const USAGE_SELECT: &str = "SELECT t.id AS tenant_id, t.slug, t.name, t.region, 
     LEFT JOIN usage_storage s ON s.tenant_id = t.id \
     ORDER BY t.slug";
 
-/// The recommendation window and the tenants over a threshold in it: usage,
-/// shares and the reasons in words, heaviest first.
-pub type HeavyTenants = (Window, Vec<(TenantUsage, Shares, Vec<String>)>);
-
-/// How stale the console's "heavy" badges may be.
-pub const HEAVY_TTL: Duration = Duration::from_secs(15);
-
-/// Each active shared tenant's share (0-1) of its pool's rows, bytes and
-/// database time over the window, for the tenants where one share reaches
-/// `$3` above its absolute floor (`$4` rows, `$5` bytes, `$6` microseconds).
-/// A pool's total counts at least 1, like an empty pool.
-const HEAVY_SQL: &str = "WITH u AS (SELECT tenant_id, sum(db_time_us) AS db FROM usage_rollups \
-        WHERE granularity = $1 AND period_start >= $2 GROUP BY tenant_id), \
-    x AS (SELECT t.id, p.backend_id, coalesce(s.rows, 0)::float8 AS rows, coalesce(s.bytes, 0)::float8 AS bytes, \
-            coalesce(u.db, 0)::float8 AS db \
-        FROM tenants t JOIN placements p ON p.tenant_id = t.id LEFT JOIN usage_storage s ON s.tenant_id = t.id \
-        LEFT JOIN u ON u.tenant_id = t.id WHERE t.status = 'active' AND t.tier = 'shared'), \
-    y AS (SELECT id, rows AS n_rows, bytes AS n_bytes, db AS n_db, \
-            rows / greatest(sum(rows) OVER w, 1) AS rows, bytes / greatest(sum(bytes) OVER w, 1) AS bytes, \
-            db / greatest(sum(db) OVER w, 1000) AS db_time FROM x WINDOW w AS (PARTITION BY backend_id)) \
-    SELECT id, rows, bytes, db_time FROM y \
-    WHERE (round(rows::numeric, 3) >= $3 AND n_rows >= $4) OR (round(bytes::numeric, 3) >= $3 AND n_bytes >= $5) \
-       OR (round(db_time::numeric, 3) >= $3 AND n_db >= $6)";
-
-#[derive(FromQueryResult)]
-struct HeavyRow {
-    id: Uuid,
-    rows: f64,
-    bytes: f64,
-    db_time: f64,
-}
-
 /// Rows and bytes one tenant holds on one backend.
 #[derive(Debug, Default)]
 struct Holding {
     rows: i64,
     bytes: i64,
     tables: BTreeMap<String, (i64, i64)>,
-}
-
-/// One shared-pool tenant worth moving out.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Recommendation {
-    pub tenant_id: Uuid,
-    pub slug: String,
-    pub backend: String,
-    /// The tenant's share (0-1) of its pool's rows, bytes and database time.
-    pub share: Shares,
-    /// Why, in words.
-    pub reasons: Vec<String>,
-    pub usage: TenantUsage,
-    /// The dry run of promoting it to a dedicated database; null with
-    /// `plan_error` when the dry run could not be made.
-    pub plan: Option<MovePlan>,
-    pub plan_error: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct Shares {
-    pub rows: f64,
-    pub bytes: f64,
-    pub db_time: f64,
-}
-
-/// `GET /v1/recommendations`.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Recommendations {
-    pub window: String,
-    pub threshold: f64,
-    pub recommendations: Vec<Recommendation>,
 }
 
 impl ControlPlane {
@@ -464,7 +232,7 @@ impl ControlPlane {
             .backends()
             .await?
             .into_iter()
-            .filter(|b| b.status == "ready" && b.kind != "template" && b.tenants > 0)
+            .filter(|b| b.status == BackendStatus::Ready && b.kind != BackendKind::Template && b.tenants > 0)
             .collect();
         let results: Vec<_> = futures::stream::iter(backends)
             .map(|b| async move {
@@ -540,7 +308,7 @@ impl ControlPlane {
             out.push((tenant, h));
         }
         let _ = conn.close().await;
-        if b.kind == "dedicated" {
+        if b.kind == BackendKind::Dedicated {
             let db_bytes = sizes.get("").copied().unwrap_or(0);
             for (_, h) in &mut out {
                 h.bytes = db_bytes;
@@ -573,107 +341,6 @@ impl ControlPlane {
             ))
             .await?;
         Ok(rows.iter().map(|r| r.try_get::<Uuid>("", "tenant_id")).collect::<Result<_, _>>()?)
-    }
-
-    /// A session on a backend as the owner role (subject to RLS).
-    pub(crate) async fn owner_conn(&self, b: &BackendView, application: &str) -> Result<PgConnection, Error> {
-        Ok(PgConnection::connect_with(&connect_options(b, &self.config().owner, application)).await?)
-    }
-
-    /// Shared-pool tenants whose share of their pool crosses the configured
-    /// threshold, heaviest first, each with its promotion dry run.
-    pub async fn recommendations(&self) -> Result<Recommendations, Error> {
-        let (window, heavy) = self.heavy_tenants().await?;
-        let mut out = Vec::with_capacity(heavy.len());
-        for (usage, share, reasons) in heavy {
-            let (plan, plan_error) = match self.move_plan(&usage.tenant_id.to_string(), "dedicated").await {
-                Ok(p) => (Some(p), None),
-                Err(e) => (None, Some(e.to_string())),
-            };
-            out.push(Recommendation {
-                tenant_id: usage.tenant_id,
-                slug: usage.slug.clone(),
-                backend: usage.backend.clone().unwrap_or_default(),
-                share,
-                reasons,
-                usage,
-                plan,
-                plan_error,
-            });
-        }
-        Ok(Recommendations {
-            window: window.label(),
-            threshold: self.config().usage.recommend.share,
-            recommendations: out,
-        })
-    }
-
-    /// The heavy shared tenants (no dry runs: cheap enough for every page view).
-    /// [`Self::heavy_tenants`] as of at most [`HEAVY_TTL`] ago: the console
-    /// shows the badges on every page view, and at 10,000 tenants one
-    /// computation is worth sharing (the rollups change once a minute anyway).
-    pub async fn heavy_tenants_cached(&self) -> Result<Arc<HeavyTenants>, Error> {
-        if let Some(hit) = self.heavy.get(&()).await {
-            return Ok(hit);
-        }
-        let fresh = Arc::new(self.heavy_tenants().await?);
-        self.heavy.insert((), fresh.clone()).await;
-        Ok(fresh)
-    }
-
-    pub async fn heavy_tenants(&self) -> Result<HeavyTenants, Error> {
-        let cfg = self.config().usage.recommend.clone();
-        let window = Window { hours: cfg.window_hours.clamp(1, 90 * 24) };
-        // Shares within each pool are computed in the registry, in one pass over
-        // the window's rollups; only the tenants over a threshold come back.
-        let over = HeavyRow::find_by_statement(stmt(
-            HEAVY_SQL,
-            vec![
-                window.granularity().into(),
-                window.since(Utc::now()).into(),
-                cfg.share.into(),
-                cfg.min_rows.into(),
-                cfg.min_bytes.into(),
-                cfg.min_db_time_ms.saturating_mul(1000).into(),
-            ],
-        ))
-        .all(self.registry())
-        .await?;
-        if over.is_empty() {
-            return Ok((window, Vec::new()));
-        }
-        let ids = format!("{{{}}}", over.iter().map(|h| h.id.to_string()).collect::<Vec<_>>().join(","));
-        let mut shares: BTreeMap<Uuid, Shares> = over
-            .into_iter()
-            .map(|h| (h.id, Shares { rows: round3(h.rows), bytes: round3(h.bytes), db_time: round3(h.db_time) }))
-            .collect();
-        let rows = self.usage_rows(window, "WHERE t.id = ANY($3::uuid[])", vec![ids.into()]).await?;
-        let mut out = Vec::new();
-        for r in rows {
-            let u = self.tenant_usage(r, window);
-            let Some(share) = shares.remove(&u.tenant_id) else { continue };
-            let mut reasons = Vec::new();
-            if share.rows >= cfg.share && u.rows >= cfg.min_rows {
-                reasons.push(format!("{:.0}% of the pool's rows ({} rows)", share.rows * 100.0, u.rows));
-            }
-            if share.bytes >= cfg.share && u.bytes >= cfg.min_bytes {
-                reasons.push(format!("{:.0}% of the pool's bytes ({} bytes)", share.bytes * 100.0, u.bytes));
-            }
-            if share.db_time >= cfg.share && u.db_time_ms >= cfg.min_db_time_ms as f64 {
-                reasons.push(format!(
-                    "{:.0}% of the pool's database time ({:.0} ms in {})",
-                    share.db_time * 100.0,
-                    u.db_time_ms,
-                    window.label()
-                ));
-            }
-            if !reasons.is_empty() {
-                out.push((u, share, reasons));
-            }
-        }
-        let top = |s: &Shares| s.rows.max(s.bytes).max(s.db_time);
-        out.sort_by(|a, b| top(&b.1).total_cmp(&top(&a.1)));
-        Ok((window, out))
     }
 
     /// One page of tenants for the console: `query` matches slug or name,
@@ -739,16 +406,6 @@ impl ControlPlane {
     }
 }
 
-fn round3(v: f64) -> f64 {
-    (v * 1000.0).round() / 1000.0
-}
-
-/// Scopes an owner session to one tenant (RLS then shows only its rows).
-pub(crate) async fn enter(conn: &mut PgConnection, tenant: Uuid) -> Result<(), Error> {
-    sqlx::query("SELECT set_config('app.tenant_id', $1, false)").bind(tenant.to_string()).execute(conn).await?;
-    Ok(())
-}
-
 /// Total bytes (with indexes and TOAST) of each table, and of the database
 /// under the key "".
 async fn table_sizes(conn: &mut PgConnection, tables: &[String]) -> Result<BTreeMap<String, i64>, Error> {
@@ -764,35 +421,4 @@ async fn table_sizes(conn: &mut PgConnection, tables: &[String]) -> Result<BTree
     let db: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())").fetch_one(&mut *conn).await?;
     out.insert(String::new(), db);
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn windows_parse_and_bound() {
-        assert_eq!(Window::parse("24h").unwrap().hours, 24);
-        assert_eq!(Window::parse("7d").unwrap().hours, 168);
-        assert_eq!(Window::parse("7d").unwrap().granularity(), "day");
-        assert_eq!(Window::parse("48h").unwrap().granularity(), "hour");
-        for bad in ["", "h", "0h", "49h", "91d", "7w", "-1d", "1.5h"] {
-            assert!(Window::parse(bad).is_err(), "{bad} accepted");
-        }
-    }
-
-    #[test]
-    fn cost_prorates_base_and_storage() {
-        let p = Price {
-            tier: "dedicated".into(),
-            engine: "*".into(),
-            base_per_month: 73.0,
-            per_million_requests: 1.0,
-            per_db_hour: 2.0,
-            per_gb_month: 0.73,
-        };
-        // 10 hours: base 1.0, 2M requests 2.0, 1.5 h db 3.0, 10 GiB for 10 h 0.1.
-        let c = Cost::new(&p, 10.0, 2_000_000, 5_400_000_000, 10 << 30);
-        assert_eq!((c.base, c.requests, c.db_time, c.storage, c.total), (1.0, 2.0, 3.0, 0.1, 6.1));
-    }
 }

@@ -1,39 +1,25 @@
-//! The control plane's actions on the registry and the backends: register
-//! backends, create tenants on either tier, issue and revoke API keys. Every
-//! action is written to the audit log with its actor.
-
-use std::sync::Arc;
-use std::time::Duration;
+//! Tenants in the registry: created on either tier, read, listed; their API
+//! keys, settings and the audit log. Every change is audited with its actor.
 
 use chrono::{DateTime, Utc};
-use moka::future::Cache;
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, FromQueryResult, Statement, TransactionTrait};
+use sea_orm::{ConnectionTrait, DbErr, FromQueryResult, TransactionTrait};
 use serde::Serialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use tenantry_core::db::{PoolSizing, UNIQUE_VIOLATION, lazy_pool, sqlstate};
-use tenantry_core::{BackendKind, Engine, TenantSlug, TenantStatus, Tier, api_key, new_id};
-use tenantry_provisioner::{DatabaseAddress, LogicalProvisioner};
+use tenantry_core::db::{UNIQUE_VIOLATION, sqlstate};
+use tenantry_core::{Engine, TenantSlug, TenantStatus, Tier, api_key, new_id};
 
-use crate::config::ControlPlaneConfig;
-use crate::operations::OperationKind;
-use crate::{Error, migrate};
+use crate::backends::dedicated_db_name;
+use crate::error::Error;
+use crate::kind::enqueue;
+use crate::operation::OperationKind;
+use crate::plane::ControlPlane;
+use crate::provision::{NewDatabase, Provision};
+use crate::registry::{OperationView, audit, stmt};
 
-/// Owner-role pools to backends serve migrations and residency writes, one
-/// statement at a time per backend: one connection each.
-const BACKEND_POOL_CONNECTIONS: u32 = 1;
-/// Owner pools idle this long are dropped (and their connection closed).
-const BACKEND_POOL_IDLE: Duration = Duration::from_secs(30);
-/// At most this many owner pools (so connections) at once: 64 stays well under a
-/// cluster's max_connections even with hundreds of dedicated databases on it.
-const MAX_BACKEND_POOLS: u64 = 64;
 /// Longest tenant page an admin list returns.
 pub const MAX_PAGE: u64 = 1000;
-
-fn stmt(sql: &str, values: Vec<sea_orm::Value>) -> Statement {
-    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
-}
 
 /// A tenant as the admin API shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -102,23 +88,6 @@ impl TryFrom<TenantRow> for TenantView {
     }
 }
 
-/// A backend as the admin API shows it.
-#[derive(Debug, Clone, Serialize, FromQueryResult, utoipa::ToSchema)]
-pub struct BackendView {
-    pub id: Uuid,
-    pub name: String,
-    pub kind: String,
-    pub engine: String,
-    pub host: String,
-    pub port: i32,
-    pub database: String,
-    pub region: String,
-    pub status: String,
-    pub schema_version: i32,
-    pub tenants: i64,
-    pub created_at: DateTime<Utc>,
-}
-
 /// An API key as listed (never the secret).
 #[derive(Debug, Clone, Serialize, FromQueryResult, utoipa::ToSchema)]
 pub struct KeyView {
@@ -141,7 +110,7 @@ pub struct IssuedKey {
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Created {
     pub tenant: TenantView,
-    pub operation: Option<crate::operations::OperationView>,
+    pub operation: Option<OperationView>,
 }
 
 /// A request to create a tenant, already parsed.
@@ -154,190 +123,7 @@ pub struct NewTenant {
     pub region: Option<String>,
 }
 
-pub struct ControlPlane {
-    pub(crate) worker_wakeup: tokio::sync::Notify,
-    pub(crate) rds: Option<tenantry_provisioner::RdsProvisioner>,
-    registry: DatabaseConnection,
-    cfg: ControlPlaneConfig,
-    provisioner: LogicalProvisioner,
-    backend_pools: Cache<Uuid, DatabaseConnection>,
-    /// The console's heavy-tenant badges (see `heavy_tenants_cached`).
-    pub(crate) heavy: Cache<(), Arc<crate::usage::HeavyTenants>>,
-}
-
 impl ControlPlane {
-    /// Connects to the registry as the owner and migrates it.
-    pub async fn start(cfg: ControlPlaneConfig) -> Result<Self, Error> {
-        let c = &cfg.cluster;
-        let registry = lazy_pool(
-            &c.host,
-            c.port,
-            &cfg.registry_database,
-            &cfg.owner,
-            "tenantry-control-plane",
-            PoolSizing { max_connections: 8, ..PoolSizing::default() },
-        );
-        migrate::apply(&registry, migrate::REGISTRY, &cfg.app_role).await?;
-        let provisioner = LogicalProvisioner::connect(&c.host, c.port, &c.admin_user, &c.admin_password).await?;
-        let backend_pools = Cache::builder()
-            .max_capacity(MAX_BACKEND_POOLS)
-            .time_to_idle(BACKEND_POOL_IDLE)
-            // No explicit close on eviction: a migration may still hold the pool;
-            // it closes when its last handle drops.
-            .build();
-        let rds = match &cfg.rds {
-            Some(r) => Some(tenantry_provisioner::RdsProvisioner::new(r.clone()).await),
-            None => None,
-        };
-        let heavy = Cache::builder().max_capacity(1).time_to_live(crate::usage::HEAVY_TTL).build();
-        let cp =
-            Self { worker_wakeup: tokio::sync::Notify::new(), rds, registry, cfg, provisioner, backend_pools, heavy };
-        let template = cp.cfg.template_database.clone();
-        cp.register_backend("control-plane", &template, BackendKind::Template).await?;
-        Ok(cp)
-    }
-
-    pub(crate) fn provisioner(&self) -> &LogicalProvisioner {
-        &self.provisioner
-    }
-
-    pub fn registry(&self) -> &DatabaseConnection {
-        &self.registry
-    }
-
-    pub fn config(&self) -> &ControlPlaneConfig {
-        &self.cfg
-    }
-
-    pub(crate) async fn owner_pool(&self, id: Uuid, addr: &DatabaseAddress) -> DatabaseConnection {
-        self.backend_pools
-            .get_with(id, async {
-                lazy_pool(
-                    &addr.host,
-                    addr.port,
-                    &addr.database,
-                    &self.cfg.owner,
-                    "tenantry-control-plane",
-                    PoolSizing {
-                        max_connections: BACKEND_POOL_CONNECTIONS,
-                        idle_timeout: BACKEND_POOL_IDLE,
-                        ..PoolSizing::default()
-                    },
-                )
-            })
-            .await
-    }
-
-    /// Registers a backend (a logical database on the managed cluster, created
-    /// when absent, as a copy of the template for dedicated backends), migrates
-    /// it to the latest tenant schema and marks it ready. Safe to repeat: an
-    /// existing backend of that name is brought up to date.
-    pub async fn register_backend(&self, actor: &str, name: &str, kind: BackendKind) -> Result<BackendView, Error> {
-        let template = (kind == BackendKind::Dedicated).then_some(self.cfg.template_database.as_str());
-        let addr = self.provisioner.create_database(name, &self.cfg.owner.user, template).await?;
-        if kind != BackendKind::Template {
-            self.provisioner.grant_connect(name, &self.cfg.app_role).await?;
-        }
-        self.register_database(actor, name, kind, Engine::Logical, &addr).await
-    }
-
-    /// Records an existing database as a backend (`ON CONFLICT` on its name,
-    /// so safe to repeat), migrates it and marks it ready.
-    pub(crate) async fn register_database(
-        &self,
-        actor: &str,
-        name: &str,
-        kind: BackendKind,
-        engine: Engine,
-        addr: &DatabaseAddress,
-    ) -> Result<BackendView, Error> {
-        let id = new_id();
-        let row = self
-            .registry
-            .query_one_raw(stmt(
-                "INSERT INTO backends (id, name, kind, engine, host, port, database, region, status) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'provisioning') \
-                 ON CONFLICT (name) DO UPDATE SET updated_at = now() RETURNING id",
-                vec![
-                    id.into(),
-                    name.into(),
-                    kind.as_str().into(),
-                    engine.as_str().into(),
-                    addr.host.clone().into(),
-                    i32::from(addr.port).into(),
-                    addr.database.clone().into(),
-                    self.cfg.cluster.region.clone().into(),
-                ],
-            ))
-            .await?
-            .ok_or(Error::NotFound("backend"))?;
-        let id: Uuid = row.try_get("", "id")?;
-        let version = self.migrate_database(id, kind, addr, migrate::TENANT).await?;
-        let txn = self.registry.begin().await?;
-        txn.execute_raw(stmt(
-            "UPDATE backends SET status = 'ready', schema_version = $2, updated_at = now() WHERE id = $1",
-            vec![id.into(), version.into()],
-        ))
-        .await?;
-        audit(
-            &txn,
-            actor,
-            "backend.register",
-            None,
-            json!({"backend_id": id, "name": name, "kind": kind, "engine": engine}),
-        )
-        .await?;
-        txn.commit().await?;
-        self.backend(id).await
-    }
-
-    /// Applies the tenant migrations to one backend database. The template gets
-    /// a pool of its own that is closed at once: `CREATE DATABASE ... TEMPLATE`
-    /// refuses while anyone is connected to it.
-    pub(crate) async fn migrate_database(
-        &self,
-        id: Uuid,
-        kind: BackendKind,
-        addr: &DatabaseAddress,
-        set: &[migrate::Migration],
-    ) -> Result<i32, sea_orm::DbErr> {
-        if kind == BackendKind::Template {
-            let pool = lazy_pool(
-                &addr.host,
-                addr.port,
-                &addr.database,
-                &self.cfg.owner,
-                "tenantry-control-plane",
-                PoolSizing { max_connections: 1, ..PoolSizing::default() },
-            );
-            let result = migrate::apply(&pool, set, &self.cfg.app_role).await;
-            pool.close().await?;
-            result
-        } else {
-            let pool = self.owner_pool(id, addr).await;
-            migrate::apply(&pool, set, &self.cfg.app_role).await
-        }
-    }
-
-    pub async fn backend(&self, id: Uuid) -> Result<BackendView, Error> {
-        BackendView::find_by_statement(stmt(
-            &format!("{BACKEND_SELECT} WHERE b.id = $1 GROUP BY b.id"),
-            vec![id.into()],
-        ))
-        .one(&self.registry)
-        .await?
-        .ok_or(Error::NotFound("backend"))
-    }
-
-    pub async fn backends(&self) -> Result<Vec<BackendView>, Error> {
-        Ok(BackendView::find_by_statement(stmt(
-            &format!("{BACKEND_SELECT} GROUP BY b.id ORDER BY b.created_at"),
-            vec![],
-        ))
-        .all(&self.registry)
-        .await?)
-    }
-
     /// Creates a tenant. Shared: placed at once on the least-loaded ready
     /// shared pool of its region. Dedicated: a `provision` operation is queued
     /// and returned; the tenant serves once it succeeds.
@@ -346,13 +132,13 @@ impl ControlPlane {
         if name.is_empty() || name.chars().count() > 200 {
             return Err(Error::invalid("invalid_name", "name must be 1-200 characters"));
         }
-        let region = req.region.unwrap_or_else(|| self.cfg.default_region.clone());
+        let region = req.region.unwrap_or_else(|| self.config().default_region.clone());
         if region.is_empty() || region.len() > 64 || !region.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             return Err(Error::invalid("invalid_region", format!("invalid region `{region}`")));
         }
         let pool = match req.tier {
             Tier::Shared => Some(self.pick_shared_pool(&region).await?),
-            Tier::Dedicated if region != self.cfg.cluster.region => {
+            Tier::Dedicated if region != self.config().cluster.region => {
                 return Err(Error::invalid(
                     "region_unavailable",
                     format!("no cluster for dedicated databases in region `{region}`"),
@@ -368,7 +154,7 @@ impl ControlPlane {
             (Tier::Dedicated, engine) => Some(self.dedicated_engine(engine)?),
         };
         let id = new_id();
-        let txn = self.registry.begin().await?;
+        let txn = self.registry().begin().await?;
         let inserted = txn
             .execute_raw(stmt(
                 "INSERT INTO tenants (id, slug, name, tier, status, region) VALUES ($1, $2, $3, $4, 'provisioning', $5)",
@@ -389,16 +175,16 @@ impl ControlPlane {
         let operation = match pool {
             Some(_) => None,
             None => Some(
-                crate::operations::enqueue(
+                enqueue::<Provision>(
                     &txn,
                     OperationKind::Provision,
                     Some(id),
-                    json!({
-                        "database": dedicated_db_name(id),
-                        "slug": req.slug,
-                        "engine": engine.unwrap_or(Engine::Logical),
-                        "instance": tenantry_provisioner::rds::instance_id(&id.simple().to_string()),
-                    }),
+                    &NewDatabase {
+                        database: dedicated_db_name(id),
+                        slug: req.slug.to_string(),
+                        engine: engine.unwrap_or(Engine::Logical),
+                        instance: tenantry_provisioner::rds::instance_id(&id.simple().to_string()),
+                    },
                     actor,
                 )
                 .await?,
@@ -408,7 +194,7 @@ impl ControlPlane {
         if let Some(pool) = pool {
             if let Err(e) = self.place_tenant(actor, id, &pool, None).await {
                 tracing::warn!(tenant_id = %id, error = %e, "placing a shared tenant failed; removing it");
-                let _ = self.registry.execute_raw(stmt("DELETE FROM tenants WHERE id = $1", vec![id.into()])).await;
+                let _ = self.registry().execute_raw(stmt("DELETE FROM tenants WHERE id = $1", vec![id.into()])).await;
                 return Err(e);
             }
         } else {
@@ -422,75 +208,6 @@ impl ControlPlane {
         Ok(Created { tenant, operation })
     }
 
-    /// The engine a new dedicated backend gets (`logical` unless asked), if
-    /// this control plane can provision it.
-    pub(crate) fn dedicated_engine(&self, engine: Option<Engine>) -> Result<Engine, Error> {
-        match engine.unwrap_or(Engine::Logical) {
-            Engine::Logical => Ok(Engine::Logical),
-            Engine::Rds if self.rds.is_some() => Ok(Engine::Rds),
-            Engine::Rds => {
-                Err(Error::invalid("engine_unavailable", "the rds engine is not configured on this control plane"))
-            }
-            Engine::External => {
-                Err(Error::invalid("engine_unavailable", "external backends are registered by hand, not provisioned"))
-            }
-        }
-    }
-
-    /// Makes `backend` the tenant's home at epoch 1: residency on the backend,
-    /// then placement, status and (for an operation) its completion in one
-    /// registry transaction. Safe to repeat.
-    pub(crate) async fn place_tenant(
-        &self,
-        actor: &str,
-        id: Uuid,
-        backend: &BackendView,
-        operation: Option<(Uuid, &str)>,
-    ) -> Result<(), Error> {
-        let addr = DatabaseAddress {
-            host: backend.host.clone(),
-            port: u16::try_from(backend.port).unwrap_or(5432),
-            database: backend.database.clone(),
-        };
-        let pool = self.owner_pool(backend.id, &addr).await;
-        pool.execute_raw(stmt(
-            "INSERT INTO tenant_residency (tenant_id, epoch, state) VALUES ($1, 1, 'active') \
-             ON CONFLICT (tenant_id) DO NOTHING",
-            vec![id.into()],
-        ))
-        .await?;
-        let txn = self.registry.begin().await?;
-        txn.execute_raw(stmt(
-            "INSERT INTO placements (tenant_id, backend_id, epoch) VALUES ($1, $2, 1) ON CONFLICT (tenant_id) DO NOTHING",
-            vec![id.into(), backend.id.into()],
-        ))
-        .await?;
-        txn.execute_raw(stmt(
-            "UPDATE tenants SET status = 'active', updated_at = now() WHERE id = $1 AND status = 'provisioning'",
-            vec![id.into()],
-        ))
-        .await?;
-        audit(&txn, actor, "tenant.place", Some(id), json!({"backend_id": backend.id, "epoch": 1})).await?;
-        if let Some((op, owner)) = operation {
-            crate::operations::finish(&txn, op, owner, "succeeded", None).await?;
-        }
-        txn.commit().await?;
-        Ok(())
-    }
-
-    pub(crate) async fn pick_shared_pool(&self, region: &str) -> Result<BackendView, Error> {
-        BackendView::find_by_statement(stmt(
-            &format!(
-                "{BACKEND_SELECT} WHERE b.kind = 'shared_pool' AND b.status = 'ready' AND b.region = $1 \
-                 GROUP BY b.id ORDER BY count(p.tenant_id), b.created_at LIMIT 1"
-            ),
-            vec![region.into()],
-        ))
-        .one(&self.registry)
-        .await?
-        .ok_or_else(|| Error::invalid("region_unavailable", format!("no ready shared pool in region `{region}`")))
-    }
-
     /// A tenant by id or slug.
     pub async fn tenant(&self, id_or_slug: &str) -> Result<TenantView, Error> {
         let (clause, value): (&str, sea_orm::Value) = match Uuid::parse_str(id_or_slug) {
@@ -498,7 +215,7 @@ impl ControlPlane {
             Err(_) => ("t.slug = $1", id_or_slug.into()),
         };
         TenantRow::find_by_statement(stmt(&format!("{TENANT_SELECT} WHERE {clause}"), vec![value]))
-            .one(&self.registry)
+            .one(self.registry())
             .await?
             .ok_or(Error::NotFound("tenant"))?
             .try_into()
@@ -511,7 +228,7 @@ impl ControlPlane {
             &format!("{TENANT_SELECT} WHERE ($1::uuid IS NULL OR t.id > $1) ORDER BY t.id LIMIT $2"),
             vec![after.into(), limit.into()],
         ))
-        .all(&self.registry)
+        .all(self.registry())
         .await?
         .into_iter()
         .map(TenantView::try_from)
@@ -525,7 +242,7 @@ impl ControlPlane {
         }
         let key = api_key::generate();
         let id = new_id();
-        let txn = self.registry.begin().await?;
+        let txn = self.registry().begin().await?;
         let res = txn
             .execute_raw(stmt(
                 "INSERT INTO api_keys (id, tenant_id, key_hash, prefix, name) \
@@ -555,12 +272,12 @@ impl ControlPlane {
             "SELECT id, prefix, name, created_at, revoked_at FROM api_keys WHERE tenant_id = $1 ORDER BY created_at DESC",
             vec![tenant_id.into()],
         ))
-        .all(&self.registry)
+        .all(self.registry())
         .await?)
     }
 
     pub async fn revoke_api_key(&self, actor: &str, tenant_id: Uuid, key_id: Uuid) -> Result<(), Error> {
-        let txn = self.registry.begin().await?;
+        let txn = self.registry().begin().await?;
         let res = txn
             .execute_raw(stmt(
                 "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND tenant_id = $2 AND revoked_at IS NULL",
@@ -574,16 +291,6 @@ impl ControlPlane {
         txn.commit().await?;
         Ok(())
     }
-}
-
-const BACKEND_SELECT: &str = "SELECT b.id, b.name, b.kind, b.engine, b.host, b.port, b.database, b.region, \
-    b.status, b.schema_version, count(p.tenant_id) AS tenants, b.created_at \
-    FROM backends b LEFT JOIN placements p ON p.backend_id = b.id";
-
-/// The logical database of a dedicated tenant: derived from its id, so a retry
-/// finds the database it made before.
-pub fn dedicated_db_name(tenant_id: Uuid) -> String {
-    format!("tenant_{}", tenant_id.simple())
 }
 
 /// A tenant's own settings (overrides) and what is in effect with its tier's
@@ -600,7 +307,7 @@ pub struct SettingsView {
 impl ControlPlane {
     async fn tier_defaults(&self, tier: &str) -> Result<serde_json::Value, Error> {
         let row = self
-            .registry
+            .registry()
             .query_one_raw(stmt("SELECT settings FROM tier_settings WHERE tier = $1", vec![tier.into()]))
             .await?;
         Ok(match row {
@@ -627,7 +334,7 @@ impl ControlPlane {
     ) -> Result<SettingsView, Error> {
         tenantry_core::settings::validate_patch(patch).map_err(|m| Error::invalid("invalid_settings", m))?;
         let t = self.tenant(tenant).await?;
-        let txn = self.registry.begin().await?;
+        let txn = self.registry().begin().await?;
         let row = txn
             .query_one_raw(stmt("SELECT settings FROM tenants WHERE id = $1 FOR UPDATE", vec![t.id.into()]))
             .await?
@@ -653,7 +360,7 @@ impl ControlPlane {
         patch: &serde_json::Value,
     ) -> Result<serde_json::Value, Error> {
         tenantry_core::settings::validate_patch(patch).map_err(|m| Error::invalid("invalid_settings", m))?;
-        let txn = self.registry.begin().await?;
+        let txn = self.registry().begin().await?;
         let before = self.tier_defaults(tier.as_str()).await?;
         // Unlike a tenant's override, `null` in a default means "no limit": keep it.
         let mut after = before.clone();
@@ -718,23 +425,7 @@ impl ControlPlane {
                 (q.limit.clamp(1, MAX_PAGE) as i64).into(),
             ],
         ))
-        .all(&self.registry)
+        .all(self.registry())
         .await?)
     }
-}
-
-/// Appends to the audit log inside the caller's transaction.
-pub async fn audit(
-    db: &impl ConnectionTrait,
-    actor: &str,
-    action: &str,
-    tenant_id: Option<Uuid>,
-    details: serde_json::Value,
-) -> Result<(), DbErr> {
-    db.execute_raw(stmt(
-        "INSERT INTO audit_log (actor, action, tenant_id, details) VALUES ($1, $2, $3, $4)",
-        vec![actor.into(), action.into(), tenant_id.into(), details.into()],
-    ))
-    .await?;
-    Ok(())
 }

@@ -1,0 +1,175 @@
+//! The replication a move runs on: a publication with a row filter on the
+//! source, a slot made beside it, a subscription on the target; dropped
+//! again at `cleanup`, at a rollback and by the orphan sweep.
+
+use std::time::Duration;
+
+use sea_orm::ConnectionTrait;
+use sea_orm::sqlx::postgres::PgConnection;
+use sea_orm::sqlx::{self, AssertSqlSafe, Connection, Row};
+use secrecy::ExposeSecret;
+
+use tenantry_provisioner::quote_ident;
+
+use crate::backend::Side;
+use crate::error::Error;
+use crate::kind::{Run, Stop};
+use crate::moves::facts::{Facts, MoveParams};
+use crate::registry::stmt;
+
+/// `CONNECTION` string for a subscription reading from `side`.
+fn conninfo(side: &Side) -> String {
+    let v = |s: &str| format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"));
+    format!(
+        "host={} port={} dbname={} user={} password={}",
+        v(&side.backend.host),
+        side.backend.port,
+        v(&side.backend.database),
+        v(&side.admin.user),
+        v(side.admin.password.expose_secret())
+    )
+}
+
+pub(crate) async fn subscribe(run: &Run<'_, MoveParams>, f: &Facts) -> Result<(), Stop> {
+    if f.tables.is_empty() {
+        return Err(Stop::Failed(Error::invalid("no_tables", "the source has no tenant tables")));
+    }
+    let mut src = f.source.admin().await?;
+    // Publication before slot: pgoutput looks the publication up as of each
+    // change it decodes, so it must predate the slot's starting point.
+    if !exists(&mut src, "SELECT 1 FROM pg_publication WHERE pubname = $1", &f.name).await? {
+        let filter = format!("WHERE (tenant_id = '{}'::uuid)", f.tenant);
+        let list: Vec<String> = f.tables.iter().map(|t| format!("public.{} {filter}", quote_ident(t))).collect();
+        let sql = format!(
+            "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert, update, delete')",
+            quote_ident(&f.name),
+            list.join(", ")
+        );
+        sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut src).await?;
+    }
+    if !exists(&mut src, "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &f.name).await? {
+        // Made here, not by the subscription: creating it waits for running
+        // transactions, which on a shared cluster include the CREATE SUBSCRIPTION.
+        sqlx::query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')")
+            .bind(&f.name)
+            .execute(&mut src)
+            .await?;
+    }
+    src.close().await?;
+    let mut dst = f.target.admin().await?;
+    if !exists(&mut dst, "SELECT 1 FROM pg_subscription WHERE subname = $1", &f.name).await? {
+        // The initial copy starts with the subscription: time it from here.
+        run.cp
+            .registry()
+            .execute_raw(stmt(
+                "UPDATE operations SET progress = progress || jsonb_build_object('copy_started_at', now()) \
+                 WHERE id = $1",
+                vec![f.op.id.into()],
+            ))
+            .await?;
+        let sql = format!(
+            "CREATE SUBSCRIPTION {n} CONNECTION {c} PUBLICATION {n} \
+             WITH (create_slot = false, slot_name = {s}, copy_data = true)",
+            n = quote_ident(&f.name),
+            c = tenantry_provisioner::quote_literal(&conninfo(&f.source)),
+            s = tenantry_provisioner::quote_literal(&f.name),
+        );
+        sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut dst).await?;
+    }
+    dst.close().await?;
+    Ok(())
+}
+
+/// Drops the subscription, the slots and the publication, and the move's
+/// sentinels on the target.
+pub(crate) async fn cleanup(run: &Run<'_, MoveParams>, f: &Facts) -> Result<(), Stop> {
+    let mut tadmin = f.target.admin().await?;
+    let oid = drop_subscription(&mut tadmin, &f.name).await?;
+    tadmin.close().await?;
+    let mut sadmin = f.source.admin().await?;
+    drop_slots(&mut sadmin, &f.name, oid).await?;
+    drop_publication(&mut sadmin, &f.name).await?;
+    sadmin.close().await?;
+    let mut t = run.cp.tenant_conn(&f.target, f.tenant).await?;
+    sqlx::query("DELETE FROM tenantry_move_sentinels WHERE tenant_id = $1").bind(f.tenant).execute(&mut t).await?;
+    t.close().await?;
+    Ok(())
+}
+
+async fn exists(conn: &mut PgConnection, sql: &'static str, name: &str) -> Result<bool, Error> {
+    Ok(sqlx::query(sql).bind(name).fetch_optional(conn).await?.is_some())
+}
+
+/// Drops a subscription (and, through it, its slots on the publisher). When the
+/// publisher cannot be reached the subscription is detached from its slot
+/// first; the slots are then dropped on the source by [`drop_slots`].
+/// Returns the subscription's oid, whose table-sync slots are named after it.
+pub(crate) async fn drop_subscription(target: &mut PgConnection, name: &str) -> Result<Option<i64>, Error> {
+    let oid: Option<i64> = sqlx::query_scalar("SELECT oid::bigint FROM pg_subscription WHERE subname = $1")
+        .bind(name)
+        .fetch_optional(&mut *target)
+        .await?;
+    if oid.is_none() {
+        return Ok(None);
+    }
+    let ident = quote_ident(name);
+    if sqlx::raw_sql(AssertSqlSafe(format!("DROP SUBSCRIPTION IF EXISTS {ident}"))).execute(&mut *target).await.is_err()
+    {
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "ALTER SUBSCRIPTION {ident} DISABLE; ALTER SUBSCRIPTION {ident} SET (slot_name = NONE); \
+             DROP SUBSCRIPTION IF EXISTS {ident}"
+        )))
+        .execute(&mut *target)
+        .await?;
+    }
+    Ok(oid)
+}
+
+/// Drops the move's slot and its subscription's table-sync slots on the
+/// source, ending any walsender still attached. Safe to repeat.
+pub(crate) async fn drop_slots(source: &mut PgConnection, name: &str, sub_oid: Option<i64>) -> Result<(), Error> {
+    let sync = sub_oid.map(|o| format!("pg_{o}_sync_%")).unwrap_or_else(|| "-".into());
+    for _ in 0..100 {
+        let rows = sqlx::query(
+            "SELECT slot_name::text, active_pid FROM pg_replication_slots WHERE slot_name = $1 OR slot_name LIKE $2",
+        )
+        .bind(name)
+        .bind(&sync)
+        .fetch_all(&mut *source)
+        .await?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        for r in rows {
+            let slot: String = r.try_get(0)?;
+            match r.try_get::<Option<i32>, _>(1)? {
+                Some(pid) => {
+                    sqlx::query("SELECT pg_terminate_backend($1)").bind(pid).execute(&mut *source).await?;
+                }
+                None => {
+                    // Lost a race with a walsender attaching, or someone dropped it: look again.
+                    let _ = sqlx::query("SELECT pg_drop_replication_slot($1)").bind(&slot).execute(&mut *source).await;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(Error::Busy { code: "slot_busy", message: format!("replication slot `{name}` stays in use") })
+}
+
+pub(crate) async fn drop_publication(source: &mut PgConnection, name: &str) -> Result<(), Error> {
+    sqlx::raw_sql(AssertSqlSafe(format!("DROP PUBLICATION IF EXISTS {}", quote_ident(name)))).execute(source).await?;
+    Ok(())
+}
+
+pub(crate) async fn slot_lag(admin: &mut PgConnection, name: &str) -> Result<i64, Error> {
+    let lag: Option<i64> = sqlx::query_scalar(
+        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), coalesce(confirmed_flush_lsn, restart_lsn))::bigint \
+         FROM pg_replication_slots WHERE slot_name = $1",
+    )
+    .bind(name)
+    .fetch_optional(admin)
+    .await?
+    .flatten();
+    lag.ok_or_else(|| Error::Conflict { code: "slot_missing", message: format!("replication slot `{name}` is gone") })
+}

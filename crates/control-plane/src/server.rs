@@ -1,0 +1,33 @@
+//! The admin listener: the admin API (`http.rs`) and the console
+//! (`console/`) mounted in one server, with request ids, tracing and metrics.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::{HttpServer, web};
+use tracing_actix_web::TracingLogger;
+
+use tenantry_core::web::no_route;
+
+use crate::plane::ControlPlane;
+
+/// Serves the admin API on `listener` until stopped.
+pub fn server(cp: Arc<ControlPlane>, listener: TcpListener, workers: usize) -> std::io::Result<Server> {
+    let cp = web::Data::from(cp);
+    let http_metrics = web::Data::from(tenantry_core::metrics::HttpMetrics::new("tenantry_admin"));
+    Ok(HttpServer::new(move || {
+        actix_web::App::new()
+            .wrap(actix_web::middleware::from_fn(tenantry_core::metrics::record))
+            .wrap(actix_web::middleware::from_fn(tenantry_core::web::request_id_header))
+            .wrap(TracingLogger::default())
+            .app_data(cp.clone())
+            .app_data(http_metrics.clone())
+            .configure(crate::console::routes)
+            .configure(crate::http::routes)
+            .default_service(web::to(no_route))
+    })
+    .workers(workers.max(1))
+    .listen(listener)?
+    .run())
+}
