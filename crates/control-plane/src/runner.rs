@@ -64,20 +64,6 @@ pub(crate) fn policy(kind: OperationKind) -> Policy {
     }
 }
 
-/// The steps an operation of `kind` with these stored parameters runs.
-pub fn steps(kind: OperationKind, params: &serde_json::Value) -> Result<&'static [Step], String> {
-    fn of<K: Kind>(kind: OperationKind, params: &serde_json::Value) -> Result<&'static [Step], String> {
-        let p: K::Params = serde_json::from_value(params.clone()).map_err(|e| e.to_string())?;
-        Ok(K::steps(kind, &p))
-    }
-    match kind {
-        OperationKind::Provision => of::<Provision>(kind, params),
-        OperationKind::Retire => of::<Retire>(kind, params),
-        OperationKind::Promote | OperationKind::Move | OperationKind::Demote => of::<Move>(kind, params),
-        OperationKind::Erase => of::<Erase>(kind, params),
-    }
-}
-
 /// Whether the operation is past its point of no return at `step` (which
 /// has `started` or is about to).
 pub(crate) fn committed(
