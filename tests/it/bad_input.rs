@@ -141,20 +141,48 @@ async fn unknown_routes_and_missing_keys_answer_in_json() {
 }
 
 #[tokio::test]
-async fn a_nul_character_in_any_text_field_is_refused_with_422_not_500() {
+async fn a_nul_character_anywhere_is_refused_with_422_not_500() {
     let app = spawn_app().await;
     let t = app.create_tenant("nul-acme", "shared").await;
     let (asset, _, _) = app.seed(&t.key, "N-1").await;
-    let cases = [
+    let refused = |s: StatusCode, answer: &Value, what: &str| {
+        assert_eq!((s, code(answer)), (StatusCode::UNPROCESSABLE_ENTITY, "nul_character"), "{what}");
+        assert!(answer["error"]["message"].as_str().unwrap().contains("NUL"), "{answer}");
+    };
+    let app_cases = [
         ("/v1/assets".to_string(), json!({"name": "a\u{0}b", "tag": "N-2"})),
         ("/v1/assets".to_string(), json!({"name": "a", "tag": "N-3", "attributes": {"k": "v\u{0}"}})),
         ("/v1/assets".to_string(), json!({"name": "a", "tag": "N-4", "attributes": {"k\u{0}": 1}})),
         (format!("/v1/assets/{asset}/issues"), json!({"title": "broken\u{0}"})),
         (format!("/v1/assets/{asset}/maintenance-schedules"), json!({"title": "oil\u{0}", "interval_days": 7})),
     ];
-    for (path, body) in cases {
+    for (path, body) in app_cases {
         let (s, answer) = app.post(&t.key, &path, body.clone()).await;
-        assert_eq!((s, code(&answer)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"), "{path} {body}");
-        assert!(answer["error"]["message"].as_str().unwrap().contains("NUL"), "{answer}");
+        refused(s, &answer, &format!("{path} {body}"));
     }
+    let (s, answer) = app.get(&t.key, "/v1/assets/by-tag/N%00-1").await;
+    refused(s, &answer, "a NUL in an app path");
+
+    let admin_cases = [
+        (Method::POST, "/v1/tenants".to_string(), Some(json!({"slug": "nul-b", "name": "B\u{0}", "tier": "shared"}))),
+        (Method::POST, format!("/v1/tenants/{}/api-keys", t.id), Some(json!({"name": "ci\u{0}"}))),
+        (Method::PATCH, format!("/v1/tenants/{}/settings", t.id), Some(json!({"flags": {"beta\u{0}": true}}))),
+        (Method::GET, "/v1/tenants/nul%00acme".to_string(), None),
+        (Method::GET, "/v1/audit?actor=a%00".to_string(), None),
+    ];
+    for (method, path, body) in admin_cases {
+        let (s, answer) = app.admin_call(method.clone(), &path, body.clone()).await;
+        refused(s, &answer, &format!("{method} {path} {body:?}"));
+    }
+    let (_, list) = app.admin_call(Method::GET, "/v1/tenants", None).await;
+    assert_eq!(list["tenants"].as_array().unwrap().len(), 1, "no tenant was made of a refused request");
+    let form = app
+        .http
+        .post(format!("{}/console/login", app.admin))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("token=a%00b&csrf=x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), StatusCode::UNPROCESSABLE_ENTITY, "a NUL in a console form");
 }

@@ -132,7 +132,12 @@ async fn sales_ops_creates_a_tenant_and_promotes_it_after_the_dry_run() {
     let created = app.cp.tenant("acme-console").await.expect("created in the registry");
     assert_eq!(created.tier, tenantry_core::Tier::Shared);
 
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The list shows usage figures once the seeds' requests are rolled up.
+    let measured = |u: &serde_json::Value| {
+        u["tenants"].as_array().is_some_and(|ts| ts.iter().filter(|t| t["requests"].as_i64() > Some(0)).count() >= 2)
+    };
+    let usage = app.admin_until("/v1/usage?window=24h", measured).await;
+    assert!(measured(&usage), "both seeded tenants' requests are rolled up: {usage}");
     c.goto(&format!("{}/console/tenants", app.admin)).await.unwrap();
     let list = text(&c, "table").await;
     for slug in ["acme-console", "northwind", "initech"] {

@@ -240,6 +240,30 @@ impl TestApp {
         status
     }
 
+    /// Polls `path` on the admin API until `done` holds (20 s at most); the last body.
+    pub async fn admin_until(&self, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let (s, body) = self.admin_call(Method::GET, path, None).await;
+            assert_eq!(s, StatusCode::OK, "{path}: {body}");
+            if done(&body) || std::time::Instant::now() > deadline {
+                return body;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A counter or gauge from the Prometheus text at `{base}/metrics`.
+    pub async fn metric(&self, base: &str, name: &str) -> f64 {
+        let text = self.http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("no {name} in {base}/metrics"))
+            .trim()
+            .parse()
+            .expect("a number")
+    }
+
     /// Polls an operation until it ends (30 s at most).
     pub async fn wait_operation(&self, id: &str) -> Value {
         for _ in 0..600 {

@@ -8,6 +8,7 @@ mod admin;
 mod app_api;
 mod bad_input;
 mod console;
+mod contract;
 mod fleet;
 mod isolation;
 mod migrations;

@@ -104,6 +104,15 @@ fn start_writer(app: &TestApp, key: &str, prefix: &str) -> Writer {
 }
 
 impl Writer {
+    /// Waits until `n` writes in all have succeeded (20 s at most).
+    async fn wrote(&self, n: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while self.ok.load(Ordering::Relaxed) < n {
+            assert!(std::time::Instant::now() < deadline, "only {} writes in 20 s", self.ok.load(Ordering::Relaxed));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     async fn finish(self) -> (u64, u64, u64) {
         self.stop.store(true, Ordering::Relaxed);
         self.task.await.unwrap();
@@ -146,10 +155,12 @@ async fn a_tenant_moves_between_shared_pools_while_writing_and_loses_nothing() {
 
     let writer = start_writer(&app, &a.key, "W");
     let neighbour = start_writer(&app, &b.key, "NW");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    writer.wrote(10).await;
+    neighbour.wrote(10).await;
     let op = start(&app, &format!("/v1/tenants/{}/move", a.id), json!({"target_backend_id": pool2})).await;
     let done = app.wait_operation(&op).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Writes go on landing after the move, on the new home.
+    writer.wrote(writer.ok.load(Ordering::Relaxed) + 10).await;
     let (ok, errors, worst) = writer.finish().await;
     let (n_ok, n_errors, _) = neighbour.finish().await;
 

@@ -104,7 +104,13 @@ async fn the_overdue_job_opens_one_issue_per_lapsed_schedule_from_two_processes_
     let list = issues_until(&app, &a.key, 2).await;
     assert_eq!(list.len(), 2, "{list:?}");
     // Several passes of both processes later, still exactly one per lapse.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let runs = "tenantry_app_job_runs_total";
+    let (first_from, second_from) = (app.metric(&app.app, runs).await, app.metric(&second, runs).await);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while app.metric(&app.app, runs).await < first_from + 2.0 || app.metric(&second, runs).await < second_from + 2.0 {
+        assert!(std::time::Instant::now() < deadline, "both processes' jobs ran twice more within 20 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let list = issues(&app, &a.key).await;
     assert_eq!(list.len(), 2, "never a duplicate: {list:?}");
     let opened: Vec<&Value> = list.iter().filter(|i| i["title"] == "Maintenance overdue: Oil").collect();
@@ -143,13 +149,7 @@ async fn the_overdue_job_opens_one_issue_per_lapsed_schedule_from_two_processes_
     loop {
         let mut total = 0.0;
         for base in [&app.app, &second] {
-            let text = app.http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
-            total += text
-                .lines()
-                .find(|l| l.starts_with("tenantry_app_job_issues_opened_total "))
-                .and_then(|l| l.rsplit(' ').next())
-                .and_then(|v| v.parse::<f64>().ok())
-                .expect("the job counter");
+            total += app.metric(base, "tenantry_app_job_issues_opened_total").await;
         }
         if total == 3.0 || std::time::Instant::now() > deadline {
             assert_eq!(total, 3.0, "issues opened across both processes");

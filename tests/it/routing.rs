@@ -61,8 +61,10 @@ async fn a_placement_change_is_announced_to_the_app_cache() {
     let app = spawn_app().await;
     let t = app.create_tenant("acme", "shared").await;
     let (asset, _, _) = app.seed(&t.key, "N-1").await;
-    // Move residency to epoch 5 first (requests now fail the check), then
-    // update the placement with triggers on: the NOTIFY drops the cached route.
+    let before = app.resolver.cache_stats();
+    // Move residency to epoch 5 first (a request on the cached route would now
+    // fail the check), then update the placement with triggers on: the NOTIFY
+    // must drop the cached route before the next request.
     let pool = connect(&app.pool_name, false);
     pool.execute_unprepared(&format!("UPDATE tenant_residency SET epoch = 5 WHERE tenant_id = '{}'", t.id))
         .await
@@ -72,8 +74,16 @@ async fn a_placement_change_is_announced_to_the_app_cache() {
         .execute_unprepared(&format!("UPDATE placements SET epoch = 5 WHERE tenant_id = '{}'", t.id))
         .await
         .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app.resolver.cache_stats().notifications == before.notifications {
+        assert!(std::time::Instant::now() < deadline, "no registry notification reached the app");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     let (s, _) = app.get(&t.key, &format!("/v1/assets/{asset}")).await;
     assert_eq!(s, StatusCode::OK);
+    let after = app.resolver.cache_stats();
+    assert_eq!(after.stale_routes, before.stale_routes, "the route was dropped by NOTIFY, not found stale");
+    assert_eq!(after.route_misses, before.route_misses + 1, "the request re-read the placement once");
 }
 
 #[tokio::test]

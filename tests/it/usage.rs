@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
-use serde_json::Value;
 
 use crate::helpers::*;
 
@@ -13,19 +12,6 @@ fn fast_usage(s: &mut tenantry::Settings) {
     s.app.usage_flush_ms = 100;
     s.control_plane.usage.rollup_interval_ms = 100;
     s.control_plane.usage.storage_interval_secs = 1;
-}
-
-/// Polls `path` on the admin API until `done` holds; the last body.
-async fn admin_until(app: &TestApp, path: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (s, body) = app.admin_call(Method::GET, path, None).await;
-        assert_eq!(s, StatusCode::OK, "{path}: {body}");
-        if done(&body) || std::time::Instant::now() > deadline {
-            return body;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test]
@@ -45,7 +31,7 @@ async fn requests_errors_db_time_and_storage_are_metered_per_tenant_and_priced_p
     app.seed(&d.key, "D-2").await; // 3 requests
 
     let path = format!("/v1/tenants/{}/usage?window=24h", a.id);
-    let u = admin_until(&app, &path, |u| u["requests"] == 10 && u["rows"] == 3).await;
+    let u = app.admin_until(&path, |u| u["requests"] == 10 && u["rows"] == 3).await;
     assert_eq!(u["requests"], 10, "{u}");
     assert_eq!(u["client_errors"], 2, "{u}");
     assert_eq!(u["server_errors"], 0, "{u}");
@@ -61,7 +47,7 @@ async fn requests_errors_db_time_and_storage_are_metered_per_tenant_and_priced_p
     assert_eq!(series, 10, "the hourly points add up to the total: {u}");
 
     let path = format!("/v1/tenants/{}/usage?window=24h", d.id);
-    let du = admin_until(&app, &path, |u| u["requests"] == 6 && u["rows"] == 6).await;
+    let du = app.admin_until(&path, |u| u["requests"] == 6 && u["rows"] == 6).await;
     assert_eq!(du["requests"], 6, "{du}");
     assert_eq!(du["tier"], "dedicated");
     let dedicated_bytes = du["bytes"].as_i64().unwrap();
@@ -145,12 +131,13 @@ async fn recommendations_name_the_tenant_that_dominates_its_pool_with_a_move_pla
     }
     // Storage is measured in passes that may straddle the seeding above: wait
     // for a pass that saw every seeded row of both shared tenants.
-    let body = admin_until(&app, "/v1/recommendations", |b| {
-        b["recommendations"]
-            .as_array()
-            .is_some_and(|r| r.iter().any(|r| r["usage"]["rows"] == 30 && r["share"]["rows"] == 0.909))
-    })
-    .await;
+    let body = app
+        .admin_until("/v1/recommendations", |b| {
+            b["recommendations"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|r| r["usage"]["rows"] == 30 && r["share"]["rows"] == 0.909))
+        })
+        .await;
     let recs = body["recommendations"].as_array().unwrap();
     assert_eq!(recs.len(), 1, "only the heavy shared tenant: {body}");
     let r = &recs[0];

@@ -110,16 +110,7 @@ fn db_error(e: DbErr) -> ApiError {
     }
 }
 
-/// PostgreSQL stores no NUL character in text or jsonb: refused up front.
-fn no_nul(field: &str, value: &str) -> Result<(), ApiError> {
-    match value.contains('\0') {
-        true => Err(ApiError::unprocessable("invalid_field", format!("`{field}` must not contain a NUL character"))),
-        false => Ok(()),
-    }
-}
-
 fn text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
-    no_nul(field, value)?;
     let v = value.trim();
     if v.is_empty() || v.chars().count() > max {
         return Err(ApiError::unprocessable("invalid_field", format!("`{field}` must be 1-{max} characters")));
@@ -128,7 +119,6 @@ fn text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
 }
 
 fn optional_text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
-    no_nul(field, value)?;
     if value.chars().count() > max {
         return Err(ApiError::unprocessable("invalid_field", format!("`{field}` must be at most {max} characters")));
     }
@@ -138,18 +128,6 @@ fn optional_text(field: &str, value: &str, max: usize) -> Result<String, ApiErro
 fn attributes(value: serde_json::Value) -> Result<serde_json::Value, ApiError> {
     if !value.is_object() {
         return Err(ApiError::unprocessable("invalid_field", "`attributes` must be a JSON object"));
-    }
-    // Keys and string values alike: jsonb refuses `\u0000` anywhere.
-    fn has_nul(v: &serde_json::Value) -> bool {
-        match v {
-            serde_json::Value::String(s) => s.contains('\0'),
-            serde_json::Value::Array(a) => a.iter().any(has_nul),
-            serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-            _ => false,
-        }
-    }
-    if has_nul(&value) {
-        return Err(ApiError::unprocessable("invalid_field", "`attributes` must not contain a NUL character"));
     }
     Ok(value)
 }
@@ -366,7 +344,7 @@ async fn update_asset(
         m.attributes = Set(attributes(v)?);
     }
     m.updated_at = Set(Utc::now());
-    let asset = tx.update(m).await.map_err(db_error)?;
+    let asset = tx.update(m).await.map_err(db_error)?.ok_or_else(|| ApiError::not_found("asset"))?;
     tx.commit().await?;
     Ok(HttpResponse::Ok().json(Asset::from(asset)))
 }
@@ -449,7 +427,7 @@ async fn update_schedule(
         m.last_done_at = Set(Some(v));
     }
     m.updated_at = Set(Utc::now());
-    let s = tx.update(m).await.map_err(db_error)?;
+    let s = tx.update(m).await.map_err(db_error)?.ok_or_else(|| ApiError::not_found("maintenance schedule"))?;
     tx.commit().await?;
     Ok(HttpResponse::Ok().json(Schedule::from(s)))
 }
@@ -531,7 +509,7 @@ async fn update_issue(
         m.priority = Set(wire(v));
     }
     m.updated_at = Set(Utc::now());
-    let i = tx.update(m).await.map_err(db_error)?;
+    let i = tx.update(m).await.map_err(db_error)?.ok_or_else(|| ApiError::not_found("issue"))?;
     tx.commit().await?;
     Ok(HttpResponse::Ok().json(Issue::from(i)))
 }
@@ -546,6 +524,9 @@ async fn delete_issue(r: R, t: Tenant, id: web::Path<Uuid>) -> Result<HttpRespon
     tx.commit().await?;
     Ok(HttpResponse::NoContent().finish())
 }
+
+/// The error statuses every operation documents (see [`ErrorStatuses`](tenantry_core::web::ErrorStatuses)).
+const APP_ERRORS: tenantry_core::web::ErrorStatuses = tenantry_core::web::ErrorStatuses { rate_limited: true };
 
 #[derive(OpenApi)]
 #[openapi(
@@ -569,7 +550,8 @@ async fn delete_issue(r: R, t: Tenant, id: web::Path<Uuid>) -> Result<HttpRespon
         update_issue,
         delete_issue
     ),
-    components(schemas(ErrorBody))
+    components(schemas(ErrorBody)),
+    modifiers(&APP_ERRORS)
 )]
 pub struct AppApiDoc;
 
@@ -672,6 +654,7 @@ pub fn server(
     let http_metrics = web::Data::from(HttpMetrics::new("tenantry_app"));
     Ok(HttpServer::new(move || {
         let app = actix_web::App::new()
+            .wrap(actix_web::middleware::from_fn(tenantry_core::web::refuse_nul))
             .wrap(actix_web::middleware::from_fn(crate::usage::record))
             .wrap(actix_web::middleware::from_fn(tenantry_core::metrics::record))
             .wrap(actix_web::middleware::from_fn(tenantry_core::web::request_id_header))

@@ -38,6 +38,14 @@ const MAX_CACHED_ROUTES: u64 = 100_000;
 /// Seconds a client is told to wait when a backend is unreachable.
 const RETRY_AFTER_SECS: u64 = 1;
 
+/// Route cache counters, for `/metrics` and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStats {
+    pub route_misses: u64,
+    pub notifications: u64,
+    pub stale_routes: u64,
+}
+
 struct Inner {
     gates: crate::limits::Gates,
     usage: Arc<UsageMeter>,
@@ -47,6 +55,11 @@ struct Inner {
     key_misses: AtomicU64,
     route_hits: AtomicU64,
     route_misses: AtomicU64,
+    /// Registry notifications applied (each drops cached keys or routes).
+    notifications: AtomicU64,
+    /// Requests that found their cached route stale at the backend (TR001)
+    /// and re-resolved: what NOTIFY exists to keep at zero.
+    stale_routes: AtomicU64,
     registry: RegistryReader,
     cfg: AppConfig,
     keys: Cache<[u8; 32], Arc<KeyOwner>>,
@@ -134,6 +147,8 @@ impl Resolver {
             key_misses: AtomicU64::new(0),
             route_hits: AtomicU64::new(0),
             route_misses: AtomicU64::new(0),
+            notifications: AtomicU64::new(0),
+            stale_routes: AtomicU64::new(0),
             cfg,
         });
         let mut tasks = vec![tokio::spawn(crate::usage::run_flusher(
@@ -241,6 +256,16 @@ impl Resolver {
     }
 
     /// Prometheus text for the resolver's pools, connections and budget.
+    /// The route cache's counters (also in `/metrics`).
+    pub fn cache_stats(&self) -> CacheStats {
+        let inner = &self.inner;
+        CacheStats {
+            route_misses: inner.route_misses.load(Ordering::Relaxed),
+            notifications: inner.notifications.load(Ordering::Relaxed),
+            stale_routes: inner.stale_routes.load(Ordering::Relaxed),
+        }
+    }
+
     pub fn metrics(&self) -> String {
         use std::fmt::Write;
         let mut out = String::new();
@@ -288,6 +313,19 @@ impl Resolver {
         let _ = writeln!(out, "# TYPE tenantry_app_cache_requests_total counter");
         out.push_str(&cache("api_key", &inner.key_hits, &inner.key_misses));
         out.push_str(&cache("route", &inner.route_hits, &inner.route_misses));
+        let stats = self.cache_stats();
+        let _ = writeln!(
+            out,
+            "# HELP tenantry_app_registry_notifications_total Registry notifications applied to the caches."
+        );
+        let _ = writeln!(out, "# TYPE tenantry_app_registry_notifications_total counter");
+        let _ = writeln!(out, "tenantry_app_registry_notifications_total {}", stats.notifications);
+        let _ = writeln!(
+            out,
+            "# HELP tenantry_app_stale_routes_total Requests whose cached route the backend refused as stale."
+        );
+        let _ = writeln!(out, "# TYPE tenantry_app_stale_routes_total counter");
+        let _ = writeln!(out, "tenantry_app_stale_routes_total {}", stats.stale_routes);
         let _ = writeln!(
             out,
             "# HELP tenantry_app_usage_tenants_pending Tenants with usage not yet flushed to the registry."
@@ -404,6 +442,7 @@ impl Resolver {
                     if not_resident {
                         tokio::time::sleep(FENCE_POLL).await;
                     } else {
+                        self.inner.stale_routes.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(tenant_id = %tenant.tenant_id, epoch = route.placement.epoch, "stale placement; re-resolving");
                     }
                     not_resident = true;
@@ -481,6 +520,7 @@ fn forget_all(inner: &Inner) {
 }
 
 fn apply(inner: &Inner, payload: &str) {
+    inner.notifications.fetch_add(1, Ordering::Relaxed);
     match payload.split_once(':') {
         Some(("placement", id)) => {
             if let Ok(id) = Uuid::parse_str(id) {

@@ -214,7 +214,9 @@ impl TenantTx {
 
     /// Saves changes to a row previously read through this transaction (so it
     /// belongs to this tenant: its primary key starts with our tenant id).
-    pub async fn update<E, A>(&self, model: A) -> Result<E::Model, DbErr>
+    /// `None` when the row is gone (deleted by a concurrent request since it
+    /// was read).
+    pub async fn update<E, A>(&self, model: A) -> Result<Option<E::Model>, DbErr>
     where
         E: TenantScoped,
         A: sea_orm::ActiveModelTrait<Entity = E> + sea_orm::ActiveModelBehavior + Send,
@@ -225,7 +227,11 @@ impl TenantTx {
             Some(sea_orm::Value::from(self.tenant_id)),
             "update of a row that is not this tenant's"
         );
-        model.update(&self.conn).await
+        match model.update(&self.conn).await {
+            Ok(row) => Ok(Some(row)),
+            Err(DbErr::RecordNotUpdated) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     pub async fn commit(mut self) -> Result<(), DbErr> {

@@ -307,8 +307,18 @@ impl ControlPlaneConfig {
         if self.reports.concurrency == 0 {
             return Err("control_plane.reports.concurrency must be at least 1".into());
         }
-        if self.rds_bootstrap_override.is_some() && self.rds.is_none() {
-            return Err("control_plane.rds_bootstrap_override (test-only) needs control_plane.rds".into());
+        // Test-only: it maps an emulator's unreachable endpoints onto a local
+        // cluster, so it is refused unless the RDS API itself is on loopback.
+        if self.rds_bootstrap_override.is_some() {
+            let emulated = self.rds.as_ref().and_then(|r| r.endpoint_url.as_deref()).is_some_and(|u| {
+                let host = u.split("://").nth(1).unwrap_or(u);
+                ["127.0.0.1", "localhost", "[::1]"].iter().any(|h| host.starts_with(h))
+            });
+            if !emulated {
+                return Err("control_plane.rds_bootstrap_override is test-only: it is accepted only with \
+                    control_plane.rds.endpoint_url on loopback (an RDS emulator); remove it"
+                    .into());
+            }
         }
         Ok(())
     }

@@ -83,6 +83,7 @@ async fn create_tenant(cp: Cp, admin: Admin, body: web::Json<CreateTenant>) -> R
 
 /// List tenants in creation order.
 #[utoipa::path(get, path = "/v1/tenants", params(ListTenants), responses((status = 200, body = TenantPage)))]
+#[tracing::instrument(skip_all)]
 async fn list_tenants(cp: Cp, _admin: Admin, q: web::Query<ListTenants>) -> Result<HttpResponse, ApiError> {
     let limit = q.limit.unwrap_or(100);
     if !(1..=crate::tenants::MAX_PAGE).contains(&limit) {
@@ -96,6 +97,7 @@ async fn list_tenants(cp: Cp, _admin: Admin, q: web::Query<ListTenants>) -> Resu
 /// One tenant, by id or slug, with its placement.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}", params(("tenant" = String, Path, description = "id or slug")),
     responses((status = 200, body = TenantView), (status = 404, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(tenant = %tenant))]
 async fn get_tenant(cp: Cp, _admin: Admin, tenant: web::Path<String>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(cp.tenant(&tenant).await?))
 }
@@ -103,6 +105,7 @@ async fn get_tenant(cp: Cp, _admin: Admin, tenant: web::Path<String>) -> Result<
 /// Issue an API key; the key is in this response only.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/api-keys", params(("tenant" = String, Path, description = "id or slug")),
     request_body = CreateKey, responses((status = 201, body = IssuedKey), (status = 404, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(tenant = %tenant))]
 async fn create_key(
     cp: Cp,
     admin: Admin,
@@ -118,6 +121,7 @@ async fn create_key(
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}/api-keys/{key_id}",
     params(("tenant" = String, Path, description = "id or slug"), ("key_id" = Uuid, Path)),
     responses((status = 204), (status = 404, body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
 async fn revoke_key(cp: Cp, admin: Admin, path: web::Path<(String, Uuid)>) -> Result<HttpResponse, ApiError> {
     let (tenant, key_id) = path.into_inner();
     let tenant = cp.tenant(&tenant).await?;
@@ -127,6 +131,7 @@ async fn revoke_key(cp: Cp, admin: Admin, path: web::Path<(String, Uuid)>) -> Re
 
 /// Every backend with its tenant count and schema version.
 #[utoipa::path(get, path = "/v1/backends", responses((status = 200, body = BackendList)))]
+#[tracing::instrument(skip_all)]
 async fn list_backends(cp: Cp, _admin: Admin) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(BackendList { backends: cp.backends().await? }))
 }
@@ -156,6 +161,7 @@ pub struct MigrationReport {
 
 /// Every backend's tenant-schema version and last migration outcome.
 #[utoipa::path(get, path = "/v1/migrations", responses((status = 200, body = MigrationList)))]
+#[tracing::instrument(skip_all)]
 async fn list_migrations(cp: Cp, _admin: Admin) -> Result<HttpResponse, ApiError> {
     let latest = crate::migrate::latest(crate::migrate::TENANT);
     Ok(HttpResponse::Ok().json(MigrationList { latest, backends: cp.migration_status().await? }))
@@ -165,6 +171,7 @@ async fn list_migrations(cp: Cp, _admin: Admin) -> Result<HttpResponse, ApiError
 /// time; a failing backend is reported and skipped.
 #[utoipa::path(post, path = "/v1/migrations/apply", request_body = ApplyMigrations,
     responses((status = 200, body = MigrationReport), (status = 400, body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
 async fn apply_migrations(
     cp: Cp,
     admin: Admin,
@@ -203,12 +210,14 @@ pub struct OperationList {
 /// One operation: state, current step, progress, attempts, error.
 #[utoipa::path(get, path = "/v1/operations/{id}", params(("id" = Uuid, Path)),
     responses((status = 200, body = OperationView), (status = 404, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(id = %id))]
 async fn get_operation(cp: Cp, _admin: Admin, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(cp.operation(*id).await?))
 }
 
 /// Operations, newest first.
 #[utoipa::path(get, path = "/v1/operations", params(ListOperations), responses((status = 200, body = OperationList)))]
+#[tracing::instrument(skip_all)]
 async fn list_operations(cp: Cp, _admin: Admin, q: web::Query<ListOperations>) -> Result<HttpResponse, ApiError> {
     let state = q
         .state
@@ -225,6 +234,7 @@ async fn list_operations(cp: Cp, _admin: Admin, q: web::Query<ListOperations>) -
 /// snapshot with a deterministic name.
 #[utoipa::path(post, path = "/v1/backends/{id}/retire", params(("id" = Uuid, Path)),
     responses((status = 202, body = OperationView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(id = %id))]
 async fn retire_backend(cp: Cp, admin: Admin, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Accepted().json(cp.retire_backend(&admin.actor, *id).await?))
 }
@@ -232,6 +242,7 @@ async fn retire_backend(cp: Cp, admin: Admin, id: web::Path<Uuid>) -> Result<Htt
 /// Cancel a pending or running operation: what it created so far is rolled back.
 #[utoipa::path(post, path = "/v1/operations/{id}/cancel", params(("id" = Uuid, Path)),
     responses((status = 202, body = OperationView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(id = %id))]
 async fn cancel_operation(cp: Cp, admin: Admin, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Accepted().json(cp.cancel_operation(&admin.actor, *id).await?))
 }
@@ -270,6 +281,7 @@ pub struct PlanQuery {
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/promote", params(("tenant" = String, Path, description = "id or slug")),
     request_body = Promote, responses((status = 202, body = OperationView), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(tenant = %tenant))]
 async fn promote(
     cp: Cp,
     admin: Admin,
@@ -284,6 +296,7 @@ async fn promote(
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/move", params(("tenant" = String, Path, description = "id or slug")),
     request_body = MoveTo, responses((status = 202, body = OperationView), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(tenant = %tenant))]
 async fn move_tenant(
     cp: Cp,
     admin: Admin,
@@ -298,6 +311,7 @@ async fn move_tenant(
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/demote", params(("tenant" = String, Path, description = "id or slug")),
     request_body = Demote, responses((status = 202, body = OperationView), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(tenant = %tenant))]
 async fn demote(
     cp: Cp,
     admin: Admin,
@@ -312,6 +326,7 @@ async fn demote(
 /// checks, estimated copy time and the write-pause bound. Changes nothing.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/move-plan", params(("tenant" = String, Path, description = "id or slug"), PlanQuery),
     responses((status = 200, body = crate::moves::plan::MovePlan), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(tenant = %tenant))]
 async fn move_plan(
     cp: Cp,
     _admin: Admin,
@@ -327,6 +342,7 @@ async fn move_plan(
 /// resumes a failed erasure.
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}", params(("tenant" = String, Path, description = "id or slug")),
     responses((status = 202, body = OperationView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(tenant = %tenant))]
 async fn erase_tenant(cp: Cp, admin: Admin, tenant: web::Path<String>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Accepted().json(cp.erase_tenant(&admin.actor, &tenant).await?))
 }
@@ -336,6 +352,7 @@ async fn erase_tenant(cp: Cp, admin: Admin, tenant: web::Path<String>) -> Result
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/export", params(("tenant" = String, Path, description = "id or slug")),
     responses((status = 200, content_type = "application/x-ndjson", body = String), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(tenant = %tenant))]
 async fn export_tenant(cp: Cp, admin: Admin, tenant: web::Path<String>) -> Result<HttpResponse, ApiError> {
     crate::export::export_response(&cp, &admin.actor, &tenant).await
 }
@@ -343,6 +360,7 @@ async fn export_tenant(cp: Cp, admin: Admin, tenant: web::Path<String>) -> Resul
 /// A tenant's settings overrides, the effective settings and the limits in force.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/settings", params(("tenant" = String, Path, description = "id or slug")),
     responses((status = 200, body = crate::tenants::SettingsView), (status = 404, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(tenant = %tenant))]
 async fn get_settings(cp: Cp, _admin: Admin, tenant: web::Path<String>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(cp.tenant_settings(&tenant).await?))
 }
@@ -352,8 +370,9 @@ async fn get_settings(cp: Cp, _admin: Admin, tenant: web::Path<String>) -> Resul
 /// (`null` restores the tier default). Effective on every app process within
 /// moments; audited.
 #[utoipa::path(patch, path = "/v1/tenants/{tenant}/settings", params(("tenant" = String, Path, description = "id or slug")),
-    request_body = Object, responses((status = 200, body = crate::tenants::SettingsView), (status = 404, body = ErrorBody),
+    request_body = tenantry_core::settings::SettingsPatch, responses((status = 200, body = crate::tenants::SettingsView), (status = 404, body = ErrorBody),
         (status = 422, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(tenant = %tenant))]
 async fn patch_settings(
     cp: Cp,
     admin: Admin,
@@ -365,7 +384,8 @@ async fn patch_settings(
 
 /// Change a tier's default limits and flags (`null` = no limit).
 #[utoipa::path(patch, path = "/v1/tiers/{tier}/settings", params(("tier" = String, Path, description = "shared or dedicated")),
-    request_body = Object, responses((status = 200, body = Object), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    request_body = tenantry_core::settings::SettingsPatch, responses((status = 200, body = Object), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(tier = %tier))]
 async fn patch_tier_settings(
     cp: Cp,
     admin: Admin,
@@ -402,6 +422,7 @@ pub struct AuditPage {
 /// The audit log, newest first: every admin action and operation transition.
 #[utoipa::path(get, path = "/v1/audit", params(AuditParams),
     responses((status = 200, body = AuditPage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
 async fn audit_log(cp: Cp, _admin: Admin, q: web::Query<AuditParams>) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
     let limit = q.limit.unwrap_or(100);
@@ -449,6 +470,7 @@ fn window(w: Option<&str>) -> Result<crate::usage::model::Window, ApiError> {
 /// The heaviest tenants over a window, with their cost.
 #[utoipa::path(get, path = "/v1/usage", params(UsageParams),
     responses((status = 200, body = crate::usage::model::UsageReport), (status = 400, body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
 async fn usage(cp: Cp, _admin: Admin, q: web::Query<UsageParams>) -> Result<HttpResponse, ApiError> {
     let top = q.top.unwrap_or(10);
     if !(1..=crate::tenants::MAX_PAGE as usize).contains(&top) {
@@ -470,6 +492,7 @@ pub struct WindowParams {
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/usage", params(("tenant" = String, Path), WindowParams),
     responses((status = 200, body = crate::usage::model::TenantUsageDetail), (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(tenant = %tenant))]
 async fn tenant_usage(
     cp: Cp,
     _admin: Admin,
@@ -483,6 +506,7 @@ async fn tenant_usage(
 /// Shared tenants heavy enough to move out, each with its promotion dry run.
 #[utoipa::path(get, path = "/v1/recommendations",
     responses((status = 200, body = crate::usage::recommend::Recommendations)))]
+#[tracing::instrument(skip_all)]
 async fn recommendations(cp: Cp, _admin: Admin) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(cp.recommendations().await?))
 }
@@ -491,6 +515,7 @@ async fn recommendations(cp: Cp, _admin: Admin) -> Result<HttpResponse, ApiError
 /// backend that does not answer in time is listed as missing.
 #[utoipa::path(get, path = "/v1/reports/assets",
     responses((status = 200, body = crate::reports::AssetReport)))]
+#[tracing::instrument(skip_all)]
 async fn asset_report(cp: Cp, _admin: Admin) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(cp.asset_report().await?))
 }
@@ -505,6 +530,9 @@ async fn metrics(
     body.push_str(&cp.registry_metrics().await?);
     Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(body))
 }
+
+/// The error statuses every operation documents (see [`ErrorStatuses`](tenantry_core::web::ErrorStatuses)).
+const ADMIN_ERRORS: tenantry_core::web::ErrorStatuses = tenantry_core::web::ErrorStatuses { rate_limited: false };
 
 #[derive(OpenApi)]
 #[openapi(
@@ -537,7 +565,8 @@ async fn metrics(
         recommendations,
         asset_report
     ),
-    components(schemas(ErrorBody))
+    components(schemas(ErrorBody)),
+    modifiers(&ADMIN_ERRORS)
 )]
 pub struct AdminApiDoc;
 

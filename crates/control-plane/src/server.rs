@@ -18,6 +18,7 @@ pub fn server(cp: Arc<ControlPlane>, listener: TcpListener, workers: usize) -> s
     let http_metrics = web::Data::from(tenantry_core::metrics::HttpMetrics::new("tenantry_admin"));
     Ok(HttpServer::new(move || {
         actix_web::App::new()
+            .wrap(actix_web::middleware::from_fn(tenantry_core::web::refuse_nul))
             .wrap(actix_web::middleware::from_fn(tenantry_core::metrics::record))
             .wrap(actix_web::middleware::from_fn(tenantry_core::web::request_id_header))
             .wrap(TracingLogger::default())

@@ -26,6 +26,38 @@ pub struct Limits {
 pub const LIMIT_KEYS: &[&str] =
     &["requests_per_second", "burst", "max_concurrent_requests", "statement_timeout_ms", "max_page_size"];
 
+/// The body of a settings PATCH (tenant or tier), as documented in the admin
+/// API's OpenAPI: both sections optional, unknown keys refused. The handlers
+/// check a body with [`validate_patch`], which accepts exactly this shape
+/// (and keeps `null`, which this type's `Option` cannot tell from absent).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct SettingsPatch {
+    /// Limits to change; `null` restores the tier default (for a tier: no limit).
+    limits: Option<LimitsPatch>,
+    /// Feature flags to set: a name of 1-64 characters to a boolean, number or
+    /// string; `null` removes the flag.
+    flags: Option<std::collections::BTreeMap<String, Value>>,
+}
+
+/// The `limits` of a [`SettingsPatch`]: positive integers or `null`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct LimitsPatch {
+    #[schema(minimum = 1, maximum = 4294967295_u64, nullable)]
+    requests_per_second: Option<u32>,
+    #[schema(minimum = 1, maximum = 4294967295_u64, nullable)]
+    burst: Option<u32>,
+    #[schema(minimum = 1, maximum = 4294967295_u64, nullable)]
+    max_concurrent_requests: Option<u32>,
+    #[schema(minimum = 1, maximum = 4294967295_u64, nullable)]
+    statement_timeout_ms: Option<u32>,
+    #[schema(minimum = 1, maximum = 4294967295_u64, nullable)]
+    max_page_size: Option<u32>,
+}
+
 /// Tier defaults overridden by the tenant's settings: `limits` key by key,
 /// `flags` key by key.
 pub fn effective(tier: &Value, tenant: &Value) -> Value {

@@ -158,3 +158,134 @@ pub async fn request_id_header(
     }
     Ok(res)
 }
+
+/// Middleware: PostgreSQL stores no NUL character in text or jsonb, so a
+/// request carrying one (`%00` in its path or query, `\u0000` in a JSON body,
+/// `%00` in a form body) is refused with 422 before any handler runs, on every
+/// endpoint of both listeners. Register it innermost (first `wrap`).
+pub async fn refuse_nul(
+    mut req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let nul = |place: &str| {
+        ApiError::unprocessable("nul_character", format!("{place} contains a NUL character, which cannot be stored"))
+    };
+    let uri = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("");
+    if has_percent_nul(uri.as_bytes()) {
+        return Err(nul("the URL").into());
+    }
+    let kind = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+    let json = kind.starts_with("application/json");
+    let form = kind.starts_with("application/x-www-form-urlencoded");
+    if json || form {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("request body is larger than {MAX_JSON_BODY} bytes"),
+            )
+        };
+        if declared.is_some_and(|n| n > MAX_JSON_BODY) {
+            return Err(too_large().into());
+        }
+        let body = req.extract::<web::Bytes>().await.map_err(|_| too_large())?;
+        if body.len() > MAX_JSON_BODY {
+            return Err(too_large().into());
+        }
+        let found = if json { has_json_nul(&body) } else { has_percent_nul(&body) };
+        if found {
+            return Err(nul("the request body").into());
+        }
+        req.set_payload(actix_web::dev::Payload::from(body));
+    }
+    next.call(req).await
+}
+
+/// `%00` (or a raw NUL byte) in URL-encoded text.
+fn has_percent_nul(s: &[u8]) -> bool {
+    s.contains(&0) || s.windows(3).any(|w| w == b"%00")
+}
+
+/// `\u0000` as a JSON escape (not an escaped backslash followed by `u0000`),
+/// or a raw NUL byte.
+fn has_json_nul(body: &[u8]) -> bool {
+    let mut i = 0;
+    while i < body.len() {
+        match body[i] {
+            0 => return true,
+            b'\\' if body[i + 1..].starts_with(b"u0000") => return true,
+            b'\\' => i += 2,
+            _ => i += 1,
+        }
+    }
+    false
+}
+
+/// The error statuses every operation of a listener can answer, added to its
+/// OpenAPI document so the contract lists them: 400 (malformed JSON, path or
+/// query), 401 (no or a bad credential), 404 (for paths with a parameter),
+/// 413 and 415 (for bodies), 422 (a value that does not validate, a NUL
+/// character anywhere), 429 (the tenant's rate limit, app only) and 503 (a
+/// backend, the registry or the tenant's placement unavailable; retry).
+/// Statuses an operation already documents keep their own description.
+pub struct ErrorStatuses {
+    /// The listener rate-limits (429).
+    pub rate_limited: bool,
+}
+
+impl utoipa::Modify for ErrorStatuses {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{Content, Ref, ResponseBuilder};
+        for (path, item) in doc.paths.paths.iter_mut() {
+            let has_param = path.contains('{');
+            let ops = [&mut item.get, &mut item.post, &mut item.put, &mut item.patch, &mut item.delete];
+            for op in ops.into_iter().flatten() {
+                let body = op.request_body.is_some();
+                let statuses = [
+                    (true, "400", "Malformed request: JSON, a path or a query parameter that does not parse"),
+                    (true, "401", "No credential, or one that is not valid"),
+                    (has_param, "404", "Not found"),
+                    (body, "413", "Request body too large"),
+                    (body, "415", "Request body is not application/json"),
+                    (true, "422", "A value that does not validate, or a NUL character anywhere in the request"),
+                    (self.rate_limited, "429", "Over the tenant's rate or concurrency limit; see Retry-After"),
+                    (
+                        true,
+                        "503",
+                        "Unavailable for now (backend, registry, or the tenant's placement); see Retry-After",
+                    ),
+                ];
+                for (applies, status, description) in statuses {
+                    if applies && !op.responses.responses.contains_key(status) {
+                        let response = ResponseBuilder::new()
+                            .description(description)
+                            .content("application/json", Content::new(Some(Ref::from_schema_name("ErrorBody"))))
+                            .build();
+                        op.responses.responses.insert(status.to_string(), response.into());
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nul_escape_is_found_and_an_escaped_backslash_is_not() {
+        assert!(has_json_nul(br#"{"name": "a\u0000b"}"#));
+        assert!(has_json_nul(br#"{"a\u0000": 1}"#));
+        assert!(has_json_nul(br#"{"name": "\\\u0000"}"#));
+        assert!(!has_json_nul(br#"{"name": "\\u0000"}"#));
+        assert!(!has_json_nul(br#"{"name": "a\u0001\"\\"}"#));
+        assert!(has_percent_nul(b"/v1/tenants/a%00b"));
+        assert!(!has_percent_nul(b"/v1/tenants/a%2500b"));
+    }
+}

@@ -29,7 +29,11 @@ impl Window {
                 format!("window `{s}` is not a number of hours (1h-48h) or days (1d-90d), e.g. `24h` or `7d`"),
             )
         };
-        let (n, unit) = s.split_at(s.len().saturating_sub(1));
+        let (n, unit) = match (s.strip_suffix('h'), s.strip_suffix('d')) {
+            (Some(n), _) => (n, "h"),
+            (_, Some(n)) => (n, "d"),
+            _ => return Err(bad()),
+        };
         let n: i64 = n.parse().map_err(|_| bad())?;
         let hours = match unit {
             "h" if (1..=48).contains(&n) => n,
