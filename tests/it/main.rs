@@ -9,6 +9,7 @@ mod app_api;
 mod bad_input;
 mod console;
 mod contract;
+mod cutover;
 mod fleet;
 mod isolation;
 mod migrations;

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::helpers::{TestApp, connect, scalar, spawn_app, spawn_app_with};
 
 /// A second shared pool on the test cluster; returns its backend id.
-async fn second_pool(app: &TestApp) -> (String, String) {
+pub(crate) async fn second_pool(app: &TestApp) -> (String, String) {
     let name = tenantry::testkit::unique("pool");
     let b = app
         .cp
@@ -22,14 +22,14 @@ async fn second_pool(app: &TestApp) -> (String, String) {
 }
 
 /// `n` assets, each with a schedule and an issue.
-async fn seed_many(app: &TestApp, key: &str, prefix: &str, n: usize) {
+pub(crate) async fn seed_many(app: &TestApp, key: &str, prefix: &str, n: usize) {
     for i in 0..n {
         app.seed(key, &format!("{prefix}-{i}")).await;
     }
 }
 
 /// Rows of `tenant` per tenant table in database `db` (as the superuser).
-async fn rows_in(db: &str, tenant: &str) -> i64 {
+pub(crate) async fn rows_in(db: &str, tenant: &str) -> i64 {
     let conn = connect(db, false);
     let mut total = 0;
     for t in tenantry_core::entities::TENANT_TABLES {
@@ -39,7 +39,7 @@ async fn rows_in(db: &str, tenant: &str) -> i64 {
 }
 
 /// Replication objects of moves (and table-sync slots) in these databases.
-async fn leftovers(dbs: &[&str]) -> i64 {
+pub(crate) async fn leftovers(dbs: &[&str]) -> i64 {
     let postgres = connect("postgres", false);
     let list = dbs.iter().map(|d| format!("'{d}'")).collect::<Vec<_>>().join(", ");
     let mut n = scalar(
@@ -60,15 +60,15 @@ async fn leftovers(dbs: &[&str]) -> i64 {
 }
 
 /// Writes assets through the app API until stopped; counts outcomes.
-struct Writer {
+pub(crate) struct Writer {
     stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
+    pub(crate) ok: Arc<AtomicU64>,
     errors: Arc<AtomicU64>,
-    worst_ms: Arc<AtomicU64>,
+    pub(crate) worst_ms: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
-fn start_writer(app: &TestApp, key: &str, prefix: &str) -> Writer {
+pub(crate) fn start_writer(app: &TestApp, key: &str, prefix: &str) -> Writer {
     let (stop, ok, errors, worst_ms) = Default::default();
     let (stop2, ok2, errors2, worst2): (Arc<AtomicBool>, Arc<AtomicU64>, Arc<AtomicU64>, Arc<AtomicU64>) =
         (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&errors), Arc::clone(&worst_ms));
@@ -105,7 +105,7 @@ fn start_writer(app: &TestApp, key: &str, prefix: &str) -> Writer {
 
 impl Writer {
     /// Waits until `n` writes in all have succeeded (20 s at most).
-    async fn wrote(&self, n: u64) {
+    pub(crate) async fn wrote(&self, n: u64) {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while self.ok.load(Ordering::Relaxed) < n {
             assert!(std::time::Instant::now() < deadline, "only {} writes in 20 s", self.ok.load(Ordering::Relaxed));
@@ -113,14 +113,14 @@ impl Writer {
         }
     }
 
-    async fn finish(self) -> (u64, u64, u64) {
+    pub(crate) async fn finish(self) -> (u64, u64, u64) {
         self.stop.store(true, Ordering::Relaxed);
         self.task.await.unwrap();
         (self.ok.load(Ordering::Relaxed), self.errors.load(Ordering::Relaxed), self.worst_ms.load(Ordering::Relaxed))
     }
 }
 
-async fn asset_count(app: &TestApp, key: &str) -> usize {
+pub(crate) async fn asset_count(app: &TestApp, key: &str) -> usize {
     let mut n = 0;
     let mut cursor: Option<String> = None;
     loop {
@@ -138,7 +138,7 @@ async fn asset_count(app: &TestApp, key: &str) -> usize {
     }
 }
 
-async fn start(app: &TestApp, path: &str, body: Value) -> String {
+pub(crate) async fn start(app: &TestApp, path: &str, body: Value) -> String {
     let (s, op) = app.admin_call(Method::POST, path, Some(body)).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{op}");
     op["id"].as_str().expect("operation id").to_string()

@@ -397,6 +397,7 @@ impl Resolver {
         let deadline = tokio::time::Instant::now() + FENCE_WAIT;
         let mut not_resident = false;
         let mut evicted = 0;
+        let mut redirects = 0;
         let mut failed: Option<(Uuid, String)> = None;
         loop {
             let route = self.route(tenant.tenant_id).await?;
@@ -446,6 +447,24 @@ impl Resolver {
                         tracing::info!(tenant_id = %tenant.tenant_id, epoch = route.placement.epoch, "stale placement; re-resolving");
                     }
                     not_resident = true;
+                }
+                // A sealed source names the tenant's new home: go there at once,
+                // even before the registry's flip says so (the control plane may
+                // have died between the seal and the flip).
+                Err(EnterError::Moved { backend, epoch }) => {
+                    drop(slot);
+                    self.inner.stale_routes.fetch_add(1, Ordering::Relaxed);
+                    if tokio::time::Instant::now() >= deadline || redirects >= 3 {
+                        break;
+                    }
+                    redirects += 1;
+                    match self.inner.registry.route_to(tenant.tenant_id, backend, epoch).await? {
+                        Some(next) if next.placement.epoch > route.placement.epoch => {
+                            tracing::info!(tenant_id = %tenant.tenant_id, %backend, epoch, "tenant moved; following the sealed source");
+                            self.inner.routes.insert(tenant.tenant_id, Arc::new(next));
+                        }
+                        _ => self.inner.routes.invalidate(&tenant.tenant_id),
+                    }
                 }
                 // Evicted (so removed from the cache) between lookup and use: the
                 // next lookup makes a new pool.

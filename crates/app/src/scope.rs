@@ -22,13 +22,15 @@ use uuid::Uuid;
 
 use sea_orm::DatabaseConnection;
 use sea_orm::sea_query::Expr;
-use tenantry_core::db::{NOT_RESIDENT, sqlstate};
+use tenantry_core::db::{MOVED, NOT_RESIDENT, moved_to, moved_to_db, sqlstate};
 use tenantry_core::entities::TenantScoped;
 
 /// Why a tenant could not be entered (or a one-shot read failed).
 pub enum EnterError {
     /// The backend says the tenant is not resident at this epoch (moved or fenced).
     NotResident,
+    /// The backend's sealed fence says the tenant moved to `backend` at `epoch`.
+    Moved { backend: Uuid, epoch: i64 },
     /// The backend could not be reached or failed.
     Backend(String),
     /// The pool was evicted (and closed) after it was looked up: look again.
@@ -41,7 +43,10 @@ fn classify(e: sqlx::Error) -> EnterError {
     match &e {
         sqlx::Error::PoolClosed => EnterError::PoolClosed,
         sqlx::Error::Database(db) if db.code().as_deref() == Some(NOT_RESIDENT) => EnterError::NotResident,
-        _ => EnterError::Backend(e.to_string()),
+        _ => match moved_to(&e) {
+            Some((backend, epoch)) => EnterError::Moved { backend, epoch },
+            None => EnterError::Backend(e.to_string()),
+        },
     }
 }
 
@@ -70,6 +75,10 @@ pub(crate) async fn read_once<E: TenantScoped>(
     );
     select.filter(gate).all(db).await.map_err(|e| match (sqlstate(&e).as_deref(), &e) {
         (Some(NOT_RESIDENT), _) => EnterError::NotResident,
+        (Some(MOVED), _) => match moved_to_db(&e) {
+            Some((backend, epoch)) => EnterError::Moved { backend, epoch },
+            None => EnterError::NotResident,
+        },
         (_, DbErr::ConnectionAcquire(sea_orm::ConnAcquireErr::ConnectionClosed)) => EnterError::PoolClosed,
         (_, DbErr::ConnectionAcquire(_) | DbErr::Conn(_)) => EnterError::Backend(e.to_string()),
         _ => EnterError::Query(e),

@@ -142,10 +142,14 @@ impl ControlPlane {
                 .execute(&mut *tx)
                 .await?;
             sqlx::query("SELECT pg_advisory_xact_lock(tenantry_lock_key($1))").bind(tenant).execute(&mut *tx).await?;
-            sqlx::query("UPDATE tenant_residency SET state = 'fenced', updated_at = now() WHERE tenant_id = $1")
-                .bind(tenant)
-                .execute(&mut *tx)
-                .await?;
+            // No deadline: an erasure's fence holds until the rows are gone.
+            sqlx::query(
+                "UPDATE tenant_residency SET state = 'fenced', fenced_by = NULL, fenced_until = NULL, \
+                 moved_to = NULL, moved_epoch = NULL, updated_at = now() WHERE tenant_id = $1",
+            )
+            .bind(tenant)
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
             conn.close().await?;
             Ok(())

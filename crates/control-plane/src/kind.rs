@@ -24,9 +24,9 @@ pub(crate) enum Policy {
     /// Rolled back until this step starts; forward only from there (a
     /// retirement: once the storage goes, it is gone).
     RollBackUntil(Step),
-    /// Rolled back until the placement flipped (a move: the progress's
-    /// `cutover_done`); forward only after it.
-    RollBackUntilFlip,
+    /// Rolled back until the cutover seals the source (a move: the progress's
+    /// `sealing`, recorded before the seal); forward only after it.
+    RollBackUntilSeal,
     /// Never rolled back or cancelled (an erasure).
     ForwardOnly,
 }

@@ -49,6 +49,11 @@ pub const TENANT: &[Migration] = &[
         name: "maintenance_overdue",
         sql: include_str!("../../../migrations/tenant/0003_maintenance_overdue.sql"),
     },
+    Migration {
+        version: 4,
+        name: "crash_safe_fence",
+        sql: include_str!("../../../migrations/tenant/0004_crash_safe_fence.sql"),
+    },
 ];
 
 /// The version a fully migrated database of this set reports.

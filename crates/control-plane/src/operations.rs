@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::kind::Policy;
 use crate::operation::OperationState;
 use crate::plane::ControlPlane;
-use crate::registry::{self, OperationView, audit, stmt};
+use crate::registry::{self, OperationView, PAST_SEAL_SQL, audit, stmt};
 use crate::runner;
 
 impl ControlPlane {
@@ -59,15 +59,17 @@ impl ControlPlane {
         let res = self
             .registry()
             .execute_raw(stmt(
-                "UPDATE operations SET state = 'cancelling', updated_at = now(), \
+                &format!(
+                    "UPDATE operations SET state = 'cancelling', updated_at = now(), \
                  lease_expires_at = CASE WHEN state = 'pending' THEN NULL ELSE lease_expires_at END \
                  WHERE id = $1 AND state IN ('pending', 'running') \
-                 AND NOT coalesce((progress->>'cutover_done')::boolean, false)",
+                 AND NOT {PAST_SEAL_SQL}"
+                ),
                 vec![id.into()],
             ))
             .await?;
         let op = self.operation(id).await?;
-        if res.rows_affected() == 0 && registry::cutover_done(&op.progress) && op.state == OperationState::Running {
+        if res.rows_affected() == 0 && registry::past_seal(&op.progress) && op.state == OperationState::Running {
             return Err(Error::Conflict {
                 code: "not_cancellable",
                 message: "the tenant already serves from the target; move it back with another move".into(),

@@ -386,7 +386,13 @@ pub(crate) async fn release(db: &impl ConnectionTrait, id: Uuid, owner: &str) ->
     Ok(())
 }
 
-/// Whether an operation's move has flipped the placement.
-pub(crate) fn cutover_done(progress: &serde_json::Value) -> bool {
-    progress["cutover_done"] == true
+/// Whether a move is past its point of no return: it is about to seal (or
+/// has sealed) its source, or has flipped the placement. From here it only
+/// goes forward.
+pub(crate) fn past_seal(progress: &serde_json::Value) -> bool {
+    progress["cutover_done"] == true || progress["sealing"] == true
 }
+
+/// The SQL twin of [`past_seal`], for statements that must not race it.
+pub(crate) const PAST_SEAL_SQL: &str =
+    "(coalesce((progress->>'cutover_done')::boolean, false) OR coalesce((progress->>'sealing')::boolean, false))";

@@ -82,7 +82,7 @@ pub(crate) fn committed(
                 _ => step == Step::Done,
             }
         }
-        Policy::RollBackUntilFlip => registry::cutover_done(progress),
+        Policy::RollBackUntilSeal => registry::past_seal(progress),
         Policy::ForwardOnly => true,
     }
 }

@@ -82,6 +82,30 @@ pub fn sqlstate(err: &sea_orm::DbErr) -> Option<String> {
 /// SQLSTATE raised by `tenantry_enter` when the tenant is not resident at the
 /// caller's epoch (moved away, fenced, or never here).
 pub const NOT_RESIDENT: &str = "TR001";
+/// SQLSTATE raised by `tenantry_enter` on a sealed source: the tenant moved;
+/// the error's DETAIL is `<backend id>:<epoch>` of its new home.
+pub const MOVED: &str = "TR002";
+
+/// Where a sealed source says the tenant went (a `MOVED` error's backend and epoch).
+pub fn moved_to(err: &sea_orm::sqlx::Error) -> Option<(uuid::Uuid, i64)> {
+    let sea_orm::sqlx::Error::Database(db) = err else { return None };
+    if db.code().as_deref() != Some(MOVED) {
+        return None;
+    }
+    let pg = db.try_downcast_ref::<sea_orm::sqlx::postgres::PgDatabaseError>()?;
+    let (backend, epoch) = pg.detail()?.split_once(':')?;
+    Some((backend.parse().ok()?, epoch.parse().ok()?))
+}
+
+/// [`moved_to`] for a sea-orm error.
+pub fn moved_to_db(err: &sea_orm::DbErr) -> Option<(uuid::Uuid, i64)> {
+    use sea_orm::{DbErr, RuntimeErr};
+    match err {
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => moved_to(e),
+        _ => None,
+    }
+}
+
 /// query_canceled (a statement timeout fired)
 pub const QUERY_CANCELED: &str = "57014";
 /// unique_violation

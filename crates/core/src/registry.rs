@@ -148,15 +148,30 @@ impl RegistryReader {
     }
 
     pub async fn route(&self, tenant_id: Uuid) -> Result<Option<Route>, DbErr> {
-        let row = RouteRow::find_by_statement(Statement::from_sql_and_values(
+        self.route_by(Statement::from_sql_and_values(
             DbBackend::Postgres,
             "SELECT p.backend_id, p.epoch, b.kind, b.host, b.port, b.database, b.schema_version, t.status \
              FROM placements p JOIN backends b ON b.id = p.backend_id JOIN tenants t ON t.id = p.tenant_id \
              WHERE p.tenant_id = $1",
             [tenant_id.into()],
         ))
-        .one(&self.db)
-        .await?;
+        .await
+    }
+
+    /// The route a sealed source names (a move's new home, `backend` at
+    /// `epoch`), before the registry's placement may say so.
+    pub async fn route_to(&self, tenant_id: Uuid, backend: Uuid, epoch: i64) -> Result<Option<Route>, DbErr> {
+        self.route_by(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT b.id AS backend_id, $3::bigint AS epoch, b.kind, b.host, b.port, b.database, b.schema_version, t.status \
+             FROM backends b JOIN tenants t ON t.id = $1 WHERE b.id = $2",
+            [tenant_id.into(), backend.into(), epoch.into()],
+        ))
+        .await
+    }
+
+    async fn route_by(&self, statement: Statement) -> Result<Option<Route>, DbErr> {
+        let row = RouteRow::find_by_statement(statement).one(&self.db).await?;
         row.map(|r| {
             Ok(Route {
                 placement: Placement { backend_id: r.backend_id, epoch: r.epoch },

@@ -553,7 +553,7 @@ async fn operation_progress(cp: Cp, _s: Session, id: web::Path<Uuid>) -> Result<
         "attempts": o.attempts,
         "finished": matches!(o.state.as_str(), "succeeded" | "failed" | "cancelled"),
         "cancellable": !matches!(o.state.as_str(), "succeeded" | "failed" | "cancelled" | "cancelling")
-            && o.kind != OperationKind::Erase && o.progress["cutover_done"] != true,
+            && o.kind != OperationKind::Erase && !crate::registry::past_seal(&o.progress),
     })))
 }
 

@@ -552,7 +552,7 @@ pub fn operation(s: &Session, o: &OperationView, slug: Option<&str>) -> Markup {
                     dt { "Attempts" } dd #op-attempts { (o.attempts) }
                 }
                 p.error #op-error role="alert" hidden[o.error.is_none()] { (o.error.as_deref().unwrap_or("")) }
-                @if !finished && o.kind != crate::operation::OperationKind::Erase && p["cutover_done"] != true {
+                @if !finished && o.kind != crate::operation::OperationKind::Erase && !crate::registry::past_seal(p) {
                     form #op-cancel method="post" action={ "/console/operations/" (o.id) "/cancel" } {
                         (csrf(s))
                         button.danger type="submit" { "Cancel operation" }

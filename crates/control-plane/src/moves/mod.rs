@@ -94,7 +94,7 @@ impl Kind for Move {
     type Params = MoveParams;
     type State = MoveRun;
     const FAILPOINTS: &'static str = "move";
-    const POLICY: Policy = Policy::RollBackUntilFlip;
+    const POLICY: Policy = Policy::RollBackUntilSeal;
     const TIMED: bool = true;
 
     fn steps(kind: OperationKind, params: &MoveParams) -> &'static [Step] {

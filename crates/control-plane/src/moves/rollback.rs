@@ -14,7 +14,7 @@ use crate::moves::facts::{MoveParams, replication_name};
 use crate::moves::release::purge;
 use crate::moves::replication::{drop_publication, drop_slots, drop_subscription};
 use crate::operation::{OperationKind, OperationState};
-use crate::registry::{audit, cutover_done};
+use crate::registry::{audit, past_seal};
 
 pub(crate) async fn roll_back(
     run: &Run<'_, MoveParams>,
@@ -23,8 +23,8 @@ pub(crate) async fn roll_back(
 ) -> Result<(), Error> {
     let cp = run.cp;
     let view = run.view().await?;
-    if cutover_done(&view.progress) {
-        let error = error.or(Some("failed after the cutover".into()));
+    if past_seal(&view.progress) {
+        let error = error.or(Some("failed after the cutover's seal".into()));
         run.finish(cp.registry(), OperationState::Failed, error).await?;
         return Ok(());
     }
@@ -60,8 +60,8 @@ pub(crate) async fn roll_back(
     admin.close().await?;
     let mut s = cp.tenant_conn(&source, tenant).await?;
     sqlx::query(
-        "UPDATE tenant_residency SET state = 'active', updated_at = now() \
-         WHERE tenant_id = $1 AND epoch = $2 AND state = 'fenced'",
+        "UPDATE tenant_residency SET state = 'active', fenced_by = NULL, fenced_until = NULL, updated_at = now() \
+         WHERE tenant_id = $1 AND epoch = $2 AND state = 'fenced' AND fenced_by IS NOT NULL",
     )
     .bind(tenant)
     .bind(epoch)
