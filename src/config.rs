@@ -53,19 +53,122 @@ fn env() -> Env {
         .split("__")
 }
 
+/// What a `tenantry serve` process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// The app API only: needs `[app]` (registry address, app-role
+    /// credentials); never connects as the owner or a superuser, runs no
+    /// operation worker.
+    App,
+    /// The admin API, the console, operation workers and usage rollups:
+    /// needs `[control_plane]`.
+    ControlPlane,
+    /// Both, in one process (small installations).
+    All,
+}
+
+impl Role {
+    pub fn runs_app(self) -> bool {
+        matches!(self, Role::App | Role::All)
+    }
+    pub fn runs_control_plane(self) -> bool {
+        matches!(self, Role::ControlPlane | Role::All)
+    }
+}
+
+/// The configuration of one process of a given [`Role`]: only the sections
+/// the role uses are read (and validated).
+#[derive(Debug, Clone)]
+pub struct ProcessSettings {
+    pub role: Role,
+    pub app: Option<AppConfig>,
+    pub control_plane: Option<ControlPlaneConfig>,
+    pub log: LogConfig,
+    /// Sections present but not used by this role (their secrets are never
+    /// read); said once at start.
+    pub ignored: Vec<&'static str>,
+}
+
+/// Which sections a configuration has, without reading them.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Present {
+    app: Option<serde::de::IgnoredAny>,
+    control_plane: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    log: LogConfig,
+}
+
+fn figment(file: Option<&Path>) -> Result<Figment, String> {
+    let mut fig = Figment::new();
+    if let Some(file) = file {
+        if !file.exists() {
+            return Err(format!("configuration file {} does not exist", file.display()));
+        }
+        fig = fig.merge(Toml::file(file));
+    }
+    Ok(fig.merge(env()))
+}
+
 impl Settings {
     /// Reads `file` (when given) and the environment; explains what is wrong.
     pub fn load(file: Option<&Path>) -> Result<Self, String> {
-        let mut fig = Figment::new();
-        if let Some(file) = file {
-            if !file.exists() {
-                return Err(format!("configuration file {} does not exist", file.display()));
-            }
-            fig = fig.merge(Toml::file(file));
-        }
-        let settings: Settings = fig.merge(env()).extract().map_err(|e| format!("configuration: {e}"))?;
+        let settings: Settings = figment(file)?.extract().map_err(|e| format!("configuration: {e}"))?;
         settings.app.validate().map_err(|e| format!("configuration: {e}"))?;
         Ok(settings)
+    }
+
+    /// Reads the sections `role` needs; a missing one is an error, a
+    /// superfluous one is left unread and reported in `ignored`.
+    pub fn load_for(file: Option<&Path>, role: Role) -> Result<ProcessSettings, String> {
+        let fig = figment(file)?;
+        let present: Present = fig.extract().map_err(|e| format!("configuration: {e}"))?;
+        let mut out = ProcessSettings { role, app: None, control_plane: None, log: present.log, ignored: Vec::new() };
+        let flag = match role {
+            Role::App => "--role app",
+            Role::ControlPlane => "--role control-plane",
+            Role::All => "--role all",
+        };
+        if role.runs_app() {
+            if present.app.is_none() {
+                return Err(format!(
+                    "configuration: {flag} needs an [app] section (the registry's address and the app role's \
+                     credentials); none was found in the file or TENANTRY_APP__* variables"
+                ));
+            }
+            let app: AppConfig = fig.extract_inner("app").map_err(|e| format!("configuration: {e}"))?;
+            app.validate().map_err(|e| format!("configuration: {e}"))?;
+            out.app = Some(app);
+        } else if present.app.is_some() {
+            out.ignored.push("app");
+        }
+        if role.runs_control_plane() {
+            if present.control_plane.is_none() {
+                return Err(format!(
+                    "configuration: {flag} needs a [control_plane] section (admin token, owner and cluster \
+                     credentials); none was found in the file or TENANTRY_CONTROL_PLANE__* variables"
+                ));
+            }
+            let cp: ControlPlaneConfig =
+                fig.extract_inner("control_plane").map_err(|e| format!("configuration: {e}"))?;
+            cp.validate().map_err(|e| format!("configuration: {e}"))?;
+            out.control_plane = Some(cp);
+        } else if present.control_plane.is_some() {
+            out.ignored.push("control_plane");
+        }
+        Ok(out)
+    }
+}
+
+impl From<&Settings> for ProcessSettings {
+    fn from(s: &Settings) -> Self {
+        ProcessSettings {
+            role: Role::All,
+            app: Some(s.app.clone()),
+            control_plane: Some(s.control_plane.clone()),
+            log: s.log.clone(),
+            ignored: Vec::new(),
+        }
     }
 }
 
@@ -158,5 +261,30 @@ mod tests {
         assert!(err.contains("connections_per_pool"), "{err}");
         let err = Settings::load(Some(std::path::Path::new("/nonexistent/tenantry.toml"))).unwrap_err();
         assert!(err.contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn each_role_reads_only_its_sections_and_names_what_is_missing() {
+        let app_only = MINIMAL.split("[control_plane]").next().unwrap().to_string();
+        let path = write(&app_only);
+        let s = Settings::load_for(Some(&path), Role::App).expect("an app needs only [app]");
+        assert!(s.app.is_some() && s.control_plane.is_none() && s.ignored.is_empty());
+        let err = Settings::load_for(Some(&path), Role::ControlPlane).unwrap_err();
+        assert!(err.contains("--role control-plane needs a [control_plane] section"), "{err}");
+        let err = Settings::load_for(Some(&path), Role::All).unwrap_err();
+        assert!(err.contains("[control_plane]"), "{err}");
+
+        // The full file for an app: the control plane's section is not even read
+        // (a broken one does not matter) and is reported as superfluous.
+        let path = write(&MINIMAL.replace("admin_token = \"token\"", "admin_token = 42"));
+        let s = Settings::load_for(Some(&path), Role::App).expect("unused sections are not read");
+        assert_eq!(s.ignored, vec!["control_plane"]);
+        assert!(Settings::load_for(Some(&path), Role::ControlPlane).unwrap_err().contains("admin_token"));
+
+        let cp_only = format!("[control_plane]{}", MINIMAL.split("[control_plane]").nth(1).unwrap());
+        let path = write(&cp_only);
+        let s = Settings::load_for(Some(&path), Role::ControlPlane).expect("a control plane needs no [app]");
+        assert!(s.app.is_none() && s.control_plane.is_some());
+        assert!(Settings::load_for(Some(&path), Role::App).unwrap_err().contains("--role app needs an [app] section"));
     }
 }

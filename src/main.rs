@@ -31,10 +31,15 @@ enum Command {
         #[arg(long, env = "TENANTRY_DEV_ADMIN_TOKEN")]
         admin_token: Option<String>,
     },
-    /// Serve the app and admin APIs from configuration (file + TENANTRY_* env).
+    /// Serve from configuration (file + TENANTRY_* env): the app API, the
+    /// control plane (admin API, console, operation workers), or both.
     Serve {
         #[arg(long, env = "TENANTRY_CONFIG")]
         config: Option<PathBuf>,
+        /// What this process runs. `app` needs only `[app]` and never holds the
+        /// owner's, the cluster's or cloud credentials.
+        #[arg(long, env = "TENANTRY_ROLE", value_enum, default_value = "all")]
+        role: tenantry::config::Role,
     },
     /// Tenants, through the admin API.
     Tenants {
@@ -77,11 +82,12 @@ fn main() -> std::process::ExitCode {
                 tenantry::dev::run(tenantry::dev::DevOptions { data_dir, pg_port, app_port, admin_port, admin_token })
                     .await
             }
-            Command::Serve { config } => {
-                let settings = tenantry::Settings::load(config.as_deref()).map_err(anyhow::Error::msg)?;
+            Command::Serve { config, role } => {
+                let settings = tenantry::Settings::load_for(config.as_deref(), role).map_err(anyhow::Error::msg)?;
                 tenantry::telemetry::init(&settings.log);
-                let stack = tenantry::Stack::build(&settings).await?;
-                tracing::info!(app_port = stack.app_port(), admin_port = stack.admin_port(), "serving");
+                let stack = tenantry::Stack::start(&settings).await?;
+                let (app_port, admin_port) = stack.ports();
+                tracing::info!(?role, ?app_port, ?admin_port, "serving");
                 stack.run_until_stopped().await.map_err(Into::into)
             }
             Command::Tenants { admin, command } => tenantry::cli::tenants(&admin, command).await,

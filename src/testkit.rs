@@ -17,7 +17,7 @@ pub struct TestCluster {
 static CLUSTER: OnceLock<TestCluster> = OnceLock::new();
 static ROLES: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 

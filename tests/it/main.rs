@@ -18,4 +18,5 @@ mod operations;
 mod rds;
 mod reports;
 mod routing;
+mod topology;
 mod usage;

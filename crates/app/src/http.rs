@@ -563,6 +563,11 @@ async fn metrics(r: R, http: Option<web::Data<HttpMetrics>>) -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(body)
 }
 
+/// Ready to serve: the registry answers and its LISTEN connection is up.
+async fn readyz(r: R) -> HttpResponse {
+    tenantry_core::web::readiness(r.readiness().await)
+}
+
 async fn openapi() -> HttpResponse {
     HttpResponse::Ok().json(AppApiDoc::openapi())
 }
@@ -571,6 +576,7 @@ async fn openapi() -> HttpResponse {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     configure_extractors(cfg);
     cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))
         .route("/openapi.json", web::get().to(openapi))
         .service(
@@ -648,6 +654,7 @@ pub fn server(
     listener: TcpListener,
     workers: usize,
     baseline: Option<BaselinePool>,
+    drain_secs: u64,
 ) -> std::io::Result<Server> {
     let resolver = web::Data::new(resolver);
     let baseline = baseline.map(web::Data::new);
@@ -671,6 +678,7 @@ pub fn server(
         }
     })
     .workers(workers.max(1))
+    .shutdown_timeout(drain_secs)
     .listen(listener)?
     .run())
 }

@@ -57,6 +57,8 @@ struct Inner {
     route_misses: AtomicU64,
     /// Registry notifications applied (each drops cached keys or routes).
     notifications: AtomicU64,
+    /// The registry LISTEN connection is up (or being re-established now).
+    listening: std::sync::atomic::AtomicBool,
     /// Requests that found their cached route stale at the backend (TR001)
     /// and re-resolved: what NOTIFY exists to keep at zero.
     stale_routes: AtomicU64,
@@ -149,6 +151,7 @@ impl Resolver {
             route_misses: AtomicU64::new(0),
             notifications: AtomicU64::new(0),
             stale_routes: AtomicU64::new(0),
+            listening: std::sync::atomic::AtomicBool::new(false),
             cfg,
         });
         let mut tasks = vec![tokio::spawn(crate::usage::run_flusher(
@@ -164,6 +167,7 @@ impl Resolver {
                 .listen(CHANNEL)
                 .await
                 .map_err(|e| sea_orm::DbErr::Custom(format!("LISTEN on the registry: {e}")))?;
+            inner.listening.store(true, Ordering::SeqCst);
             tasks.push(tokio::spawn(listen(listener, inner.clone())));
         }
         Ok(Self { inner, _listener: Arc::new(ListenerTask(tasks)) })
@@ -256,6 +260,16 @@ impl Resolver {
     }
 
     /// Prometheus text for the resolver's pools, connections and budget.
+    /// Ready when the registry answers and (with `listen_for_changes`) the
+    /// LISTEN connection is up; otherwise why not.
+    pub async fn readiness(&self) -> Result<(), String> {
+        self.inner.registry.ping().await?;
+        if self.inner.cfg.listen_for_changes && !self.inner.listening.load(Ordering::SeqCst) {
+            return Err("the registry's LISTEN connection is down (reconnecting)".into());
+        }
+        Ok(())
+    }
+
     /// The route cache's counters (also in `/metrics`).
     pub fn cache_stats(&self) -> CacheStats {
         let inner = &self.inner;
@@ -518,7 +532,11 @@ fn backend_down(route: &Route, e: &dyn std::fmt::Display) -> ApiError {
 
 async fn listen(mut listener: PgListener, inner: Arc<Inner>) {
     loop {
-        match listener.try_recv().await {
+        let received = listener.try_recv().await;
+        // Ok: connected (a dropped connection is re-established, and LISTEN
+        // re-issued, by the next try_recv); Err: reconnecting failed.
+        inner.listening.store(received.is_ok(), Ordering::SeqCst);
+        match received {
             Ok(Some(n)) => apply(&inner, n.payload()),
             // The connection dropped; the next try_recv reconnects. Anything
             // announced meanwhile is lost, so forget everything.

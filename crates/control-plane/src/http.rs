@@ -534,6 +534,11 @@ async fn metrics(
 /// The error statuses every operation documents (see [`ErrorStatuses`](tenantry_core::web::ErrorStatuses)).
 const ADMIN_ERRORS: tenantry_core::web::ErrorStatuses = tenantry_core::web::ErrorStatuses { rate_limited: false };
 
+/// Ready to serve: the registry answers and the operation workers run.
+async fn readyz(cp: Cp) -> HttpResponse {
+    tenantry_core::web::readiness(cp.readiness().await)
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Tenantry admin API"),
@@ -578,6 +583,7 @@ async fn openapi() -> HttpResponse {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     configure_extractors(cfg);
     cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))
         .route("/openapi.json", web::get().to(openapi))
         .service(

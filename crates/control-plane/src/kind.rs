@@ -161,6 +161,9 @@ pub(crate) async fn enqueue<K: Kind>(
 
 /// Test hook: `TENANTRY_FAILPOINTS=provision.after.create_database,...` makes
 /// the process abort right after that step is recorded, as a crash would.
+/// `name@/path/marker` fires once across processes: only for the process that
+/// creates the marker file first (so replicas sharing one list each crash at
+/// most once, wherever the operation happens to run).
 pub(crate) fn failpoint(name: &str) {
     static POINTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     let points = POINTS.get_or_init(|| {
@@ -168,7 +171,13 @@ pub(crate) fn failpoint(name: &str) {
             .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
             .unwrap_or_default()
     });
-    if points.iter().any(|p| p == name) {
+    let fires = |p: &String| match p.split_once('@') {
+        Some((point, marker)) => {
+            point == name && std::fs::OpenOptions::new().write(true).create_new(true).open(marker).is_ok()
+        }
+        None => p == name,
+    };
+    if points.iter().any(fires) {
         eprintln!("failpoint {name}: aborting");
         std::process::abort();
     }

@@ -30,6 +30,8 @@ const REGISTRY_CONNECTIONS: u32 = 8;
 
 pub struct ControlPlane {
     pub(crate) worker_wakeup: tokio::sync::Notify,
+    /// Operation worker loops running in this process (for `/readyz`).
+    pub(crate) workers_running: std::sync::atomic::AtomicUsize,
     pub(crate) rds: Option<RdsProvisioner>,
     registry: DatabaseConnection,
     cfg: ControlPlaneConfig,
@@ -63,7 +65,16 @@ impl ControlPlane {
             None => None,
         };
         let heavy = Cache::builder().max_capacity(1).time_to_live(crate::usage::model::HEAVY_TTL).build();
-        Ok(Self { worker_wakeup: tokio::sync::Notify::new(), rds, registry, cfg, provisioner, backend_pools, heavy })
+        Ok(Self {
+            worker_wakeup: tokio::sync::Notify::new(),
+            workers_running: Default::default(),
+            rds,
+            registry,
+            cfg,
+            provisioner,
+            backend_pools,
+            heavy,
+        })
     }
 
     pub(crate) fn provisioner(&self) -> &LogicalProvisioner {

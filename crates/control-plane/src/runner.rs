@@ -92,6 +92,8 @@ impl ControlPlane {
     /// is handed back at its next step boundary (or heartbeat).
     pub async fn run_worker(self: Arc<Self>, shutdown: CancellationToken) {
         let owner = format!("worker-{}-{}", std::process::id(), new_id().simple());
+        self.workers_running.fetch_add(1, Ordering::SeqCst);
+        let _running = Running(&self.workers_running);
         static SWEPT: AtomicBool = AtomicBool::new(false);
         if !SWEPT.swap(true, Ordering::SeqCst)
             && let Err(e) = self.sweep_move_orphans().await
@@ -136,6 +138,34 @@ impl ControlPlane {
                 let _ = registry::finish(self.registry(), id, owner, OperationState::Failed, Some(error)).await;
             }
         }
+    }
+}
+
+/// Counts a worker loop as running until it ends (or its task is aborted).
+struct Running<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl ControlPlane {
+    /// Ready when the registry answers and, with operation workers
+    /// configured, every worker loop runs; otherwise why not.
+    pub async fn readiness(&self) -> Result<(), String> {
+        use sea_orm::ConnectionTrait;
+        let ping = tokio::time::timeout(Duration::from_secs(2), self.registry().execute_unprepared("SELECT 1"));
+        match ping.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("the registry does not answer: {e}")),
+            Err(_) => return Err("the registry did not answer within 2 s".into()),
+        }
+        let (running, wanted) = (self.workers_running.load(Ordering::SeqCst), self.config().operation_workers);
+        if running < wanted {
+            return Err(format!("{running} of {wanted} operation workers running"));
+        }
+        Ok(())
     }
 }
 
@@ -188,7 +218,8 @@ async fn drive<K: Kind>(
         }
         tracing::Span::current().record("step", step.as_str());
         let started = Instant::now();
-        let result = K::step(&run, &mut kept, step).instrument(tracing::info_span!("step", %step)).await;
+        let work = K::step(&run, &mut kept, step).instrument(tracing::info_span!("step", %step));
+        let result = keep_lease(&run, work).await;
         match result {
             Ok(()) if K::TIMED => {
                 let ms = started.elapsed().as_millis() as i64;
@@ -204,6 +235,34 @@ async fn drive<K: Kind>(
             Err(Stop::Failed(e)) => return failed::<K>(&run, steps, step, e).await,
         }
         failpoint(&format!("{}.after.{step}", K::FAILPOINTS));
+    }
+}
+
+/// Runs a step while renewing the operation's lease every third of it, so a
+/// step that reports no progress for a while (a copy, an instance coming up)
+/// keeps its claim. Taken over meanwhile: the step is dropped where it stands,
+/// as a crash would leave it (every step is safe to resume).
+async fn keep_lease<P>(run: &Run<'_, P>, work: impl Future<Output = Result<(), Stop>>) -> Result<(), Stop> {
+    let lease = run.cp.config().lease_secs;
+    let every = Duration::from_millis(lease * 1000 / 3).max(Duration::from_millis(100));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            _ = tick.tick() => {
+                match registry::heartbeat(run.cp.registry(), run.id, run.owner, serde_json::json!({}), lease).await {
+                    Ok(Lease::Lost) => {
+                        tracing::warn!("lease lost while a step ran; another worker holds the operation");
+                        return Err(Stop::Lost);
+                    }
+                    // A cancel is seen by the step's own heartbeats; a failed
+                    // renewal is tried again at the next tick.
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "renewing the lease failed"),
+                }
+            }
+        }
     }
 }
 

@@ -12,8 +12,14 @@ use tenantry_core::web::no_route;
 
 use crate::plane::ControlPlane;
 
-/// Serves the admin API on `listener` until stopped.
-pub fn server(cp: Arc<ControlPlane>, listener: TcpListener, workers: usize) -> std::io::Result<Server> {
+/// Serves the admin API on `listener` until stopped; a stop (SIGTERM) lets
+/// in-flight requests finish for at most `drain_secs`.
+pub fn server(
+    cp: Arc<ControlPlane>,
+    listener: TcpListener,
+    workers: usize,
+    drain_secs: u64,
+) -> std::io::Result<Server> {
     let cp = web::Data::from(cp);
     let http_metrics = web::Data::from(tenantry_core::metrics::HttpMetrics::new("tenantry_admin"));
     Ok(HttpServer::new(move || {
@@ -29,6 +35,7 @@ pub fn server(cp: Arc<ControlPlane>, listener: TcpListener, workers: usize) -> s
             .default_service(web::to(no_route))
     })
     .workers(workers.max(1))
+    .shutdown_timeout(drain_secs)
     .listen(listener)?
     .run())
 }

@@ -147,6 +147,16 @@ impl RegistryReader {
         Ok(row.map(|r| r.try_get::<bool>("", "gone")).transpose()?.unwrap_or(true))
     }
 
+    /// `SELECT 1` within 2 s; why not otherwise.
+    pub async fn ping(&self) -> Result<(), String> {
+        use sea_orm::ConnectionTrait;
+        match tokio::time::timeout(std::time::Duration::from_secs(2), self.db.execute_unprepared("SELECT 1")).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("the registry does not answer: {e}")),
+            Err(_) => Err("the registry did not answer within 2 s".into()),
+        }
+    }
+
     pub async fn route(&self, tenant_id: Uuid) -> Result<Option<Route>, DbErr> {
         self.route_by(Statement::from_sql_and_values(
             DbBackend::Postgres,

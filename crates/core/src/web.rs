@@ -143,6 +143,15 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
+/// `GET /readyz`: 200 `{"status": "ready"}`, or 503 `not_ready` saying why
+/// (a load balancer or Kubernetes then sends no traffic here).
+pub fn readiness(state: Result<(), String>) -> HttpResponse {
+    match state {
+        Ok(()) => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
+        Err(why) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", why).error_response(),
+    }
+}
+
 /// Middleware: every response carries its request's id (the one in the request's
 /// tracing span and so in every log line of it) as `X-Request-Id`. Register it
 /// before `TracingLogger`, which then wraps it.
