@@ -2,7 +2,10 @@
 //! BEGIN; tenantry_enter; query; COMMIT, under forced RLS) against a baseline
 //! handler in the same binary that runs the same tenant-filtered query on one
 //! static pool with no routing, no RLS and no transaction. Same process, same
-//! run, alternating rounds so drift hits both sides alike.
+//! run, alternating rounds so drift hits both sides alike. A third path is
+//! the same routed request for a tenant on a second shared pool that the app
+//! reaches through a real PgBouncer 1.18 in transaction mode (unnamed
+//! statements, the read inside a transaction).
 //!
 //! cargo bench --bench routing            (BENCH_SECS, BENCH_ROUNDS, BENCH_CONCURRENCY)
 
@@ -78,6 +81,22 @@ fn pct(sorted: &[u64], p: f64) -> f64 {
     sorted[idx] as f64 / 1000.0
 }
 
+/// A shared-tier tenant (on the emptiest shared pool).
+async fn shared_tenant(
+    cp: &tenantry_control_plane::ControlPlane,
+    slug: &str,
+    name: &str,
+) -> anyhow::Result<tenantry_control_plane::tenants::Created> {
+    let tenant = tenantry_control_plane::tenants::NewTenant {
+        engine: None,
+        slug: TenantSlug::parse(slug)?,
+        name: name.into(),
+        tier: Tier::Shared,
+        region: None,
+    };
+    Ok(cp.create_tenant("bench", tenant).await?)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let secs = env_or("BENCH_SECS", 5);
@@ -97,114 +116,104 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let stack = spawned.stack;
     let cp = stack.control_plane();
-    let tenant = cp
-        .create_tenant(
-            "bench",
-            tenantry_control_plane::tenants::NewTenant {
-                engine: None,
-                slug: TenantSlug::parse("bench")?,
-                name: "Bench".into(),
-                tier: Tier::Shared,
-                region: None,
-            },
-        )
-        .await?
-        .tenant;
+    let tenant = shared_tenant(&cp, "bench", "Bench").await?.tenant;
     // A neighbour on the same pool, so the tenant filter has something to skip.
-    cp.create_tenant(
+    shared_tenant(&cp, "neighbour", "Neighbour").await?;
+    let limits = serde_json::json!({"limits": {"requests_per_second": 10_000_000, "burst": 10_000_000, "max_concurrent_requests": 100_000}});
+    // The pooled tenant lives on a second pool (the emptiest pool gets the
+    // next tenant), which the app reaches through PgBouncer.
+    let pool2 = tenantry::testkit::unique("pool");
+    let pooled_backend = cp.register_backend("bench", &pool2, tenantry_core::BackendKind::SharedPool).await?;
+    let pgbouncer = tokio::task::spawn_blocking(tenantry::testkit::pgbouncer).await?;
+    cp.set_pooler(
         "bench",
-        tenantry_control_plane::tenants::NewTenant {
-            engine: None,
-            slug: TenantSlug::parse("neighbour")?,
-            name: "Neighbour".into(),
-            tier: Tier::Shared,
-            region: None,
-        },
+        pooled_backend.id,
+        Some(tenantry_control_plane::backends::Pooler {
+            host: "127.0.0.1".into(),
+            port: pgbouncer.port,
+            mode: tenantry_control_plane::backends::PoolerMode::Transaction,
+        }),
     )
     .await?;
-    let key = cp.create_api_key("bench", tenant.id, "bench").await?.key;
-    // Measure the request path, not the tier's default rate limit.
-    cp.update_settings(
-        "bench",
-        "bench",
-        &serde_json::json!({"limits": {"requests_per_second": 10_000_000, "burst": 10_000_000, "max_concurrent_requests": 100_000}}),
-    )
-    .await?;
+    let pooled = shared_tenant(&cp, "bench-pooled", "Bench through PgBouncer").await?.tenant;
+    anyhow::ensure!(
+        pooled.placement.as_ref().map(|p| p.backend_id) == Some(pooled_backend.id),
+        "the pooled tenant landed on the pooled pool"
+    );
     let resolver = stack.resolver();
-    let owner = resolver.authenticate(&key).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let tx = resolver.enter(&owner).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut ids = Vec::new();
-    for i in 0..rows {
-        let a = tenantry_app::data::create_asset(
-            &tx,
-            tenantry_app::data::NewAsset {
-                name: format!("Asset {i}"),
-                tag: format!("B-{i:06}"),
-                category: "bench".into(),
-                location: "rack".into(),
-                status: "active".into(),
-                attributes: serde_json::json!({"i": i}),
-            },
-        )
-        .await?;
-        ids.push(a.id);
+    let mut seeded = Vec::new();
+    for (slug, id) in [("bench", tenant.id), ("bench-pooled", pooled.id)] {
+        let key = cp.create_api_key("bench", id, "bench").await?.key;
+        // Measure the request path, not the tier's default rate limit.
+        cp.update_settings("bench", slug, &limits).await?;
+        let owner = resolver.authenticate(&key).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let tx = resolver.enter(&owner).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut ids = Vec::new();
+        for i in 0..rows {
+            let a = tenantry_app::data::create_asset(
+                &tx,
+                tenantry_app::data::NewAsset {
+                    name: format!("Asset {i}"),
+                    tag: format!("B-{i:06}"),
+                    category: "bench".into(),
+                    location: "rack".into(),
+                    status: "active".into(),
+                    attributes: serde_json::json!({"i": i}),
+                },
+            )
+            .await?;
+            ids.push(a.id);
+        }
+        tx.commit().await?;
+        seeded.push((key, ids));
     }
-    tx.commit().await?;
+    let (key, ids) = seeded.remove(0);
+    let (pooled_key, pooled_ids) = seeded.remove(0);
     let app = format!("http://127.0.0.1:{}", stack.app_port());
     tokio::spawn(stack.run_until_stopped());
 
     let routed: Arc<Vec<String>> = Arc::new(ids.iter().map(|id| format!("{app}/v1/assets/{id}")).collect());
+    let through: Arc<Vec<String>> = Arc::new(pooled_ids.iter().map(|id| format!("{app}/v1/assets/{id}")).collect());
     let baseline: Arc<Vec<String>> =
         Arc::new(ids.iter().map(|id| format!("{app}/bench/baseline/assets/{id}?tenant={}", tenant.id)).collect());
     let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency as usize).build()?;
+    let paths: [(&str, Arc<Vec<String>>, Option<&str>); 3] = [
+        ("baseline (static pool, no RLS, no txn)", baseline, None),
+        ("routed (full request path), direct", routed, Some(&key)),
+        ("routed, through PgBouncer (transaction mode)", through, Some(&pooled_key)),
+    ];
 
-    // Warm up caches and pools on both paths.
-    run_load(&client, routed.clone(), Some(&key), concurrency, 1).await;
-    run_load(&client, baseline.clone(), None, concurrency, 1).await;
-
-    let (mut r_lat, mut b_lat) = (Vec::new(), Vec::new());
-    let (mut r_time, mut b_time) = (Duration::ZERO, Duration::ZERO);
-    let (mut r_err, mut b_err) = (0, 0);
+    // Warm up caches and pools on every path.
+    for (_, urls, key) in &paths {
+        run_load(&client, urls.clone(), *key, concurrency, 1).await;
+    }
+    let mut totals: Vec<(Vec<u64>, Duration, u64)> = vec![(Vec::new(), Duration::ZERO, 0); paths.len()];
     for round in 0..rounds {
-        let order: [bool; 2] = if round % 2 == 0 { [true, false] } else { [false, true] };
-        for is_routed in order {
-            let s = if is_routed {
-                run_load(&client, routed.clone(), Some(&key), concurrency, secs).await
-            } else {
-                run_load(&client, baseline.clone(), None, concurrency, secs).await
-            };
+        // Rotate the order so drift hits every path alike.
+        for k in 0..paths.len() {
+            let i = (k + round as usize) % paths.len();
+            let (name, urls, key) = &paths[i];
+            let s = run_load(&client, urls.clone(), *key, concurrency, secs).await;
             let rps = s.latencies_us.len() as f64 / s.elapsed.as_secs_f64();
-            eprintln!("round {round} {}: {rps:.0} req/s", if is_routed { "routed" } else { "baseline" });
-            if is_routed {
-                r_lat.extend(s.latencies_us);
-                r_time += s.elapsed;
-                r_err += s.errors;
-            } else {
-                b_lat.extend(s.latencies_us);
-                b_time += s.elapsed;
-                b_err += s.errors;
-            }
+            eprintln!("round {round} {name}: {rps:.0} req/s");
+            totals[i].0.extend(s.latencies_us);
+            totals[i].1 += s.elapsed;
+            totals[i].2 += s.errors;
         }
     }
-    r_lat.sort_unstable();
-    b_lat.sort_unstable();
-    let r_rps = r_lat.len() as f64 / r_time.as_secs_f64();
-    let b_rps = b_lat.len() as f64 / b_time.as_secs_f64();
     println!("| path | req/s | p50 ms | p99 ms | errors |");
     println!("|---|---:|---:|---:|---:|");
+    let mut rps = Vec::new();
+    for ((name, _, _), (lat, time, errors)) in paths.iter().zip(totals.iter_mut()) {
+        lat.sort_unstable();
+        let r = lat.len() as f64 / time.as_secs_f64();
+        rps.push(r);
+        println!("| {name} | {r:.0} | {:.2} | {:.2} | {errors} |", pct(lat, 0.5), pct(lat, 0.99));
+    }
     println!(
-        "| baseline (static pool, no RLS, no txn) | {b_rps:.0} | {:.2} | {:.2} | {b_err} |",
-        pct(&b_lat, 0.5),
-        pct(&b_lat, 0.99)
-    );
-    println!(
-        "| routed (full request path) | {r_rps:.0} | {:.2} | {:.2} | {r_err} |",
-        pct(&r_lat, 0.5),
-        pct(&r_lat, 0.99)
-    );
-    println!(
-        "\nrouted/baseline throughput = {:.3}  ({} rounds x {secs} s, concurrency {concurrency}, {rows} rows)",
-        r_rps / b_rps,
+        "\nrouted/baseline throughput = {:.3}, through PgBouncer/direct = {:.3}  ({} rounds x {secs} s, concurrency {concurrency}, {rows} rows)",
+        rps[1] / rps[0],
+        rps[2] / rps[1],
         rounds,
     );
     Ok(())

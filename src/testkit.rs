@@ -158,6 +158,58 @@ fn keep_running(bin: &std::path::Path, args: &[String], port: u16, hint: &str) {
     }
 }
 
+/// A real PgBouncer (Debian's `pgbouncer`, 1.18, installed by scripts/test)
+/// in transaction mode in front of the test cluster, started on first use and
+/// killed with the process. Its `stats_users` may read `SHOW STATS`.
+pub struct PgBouncer {
+    pub port: u16,
+}
+
+static PGBOUNCER: OnceLock<PgBouncer> = OnceLock::new();
+
+pub fn pgbouncer() -> &'static PgBouncer {
+    PGBOUNCER.get_or_init(|| {
+        let tc = cluster();
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("tenantry-pgbouncer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a pgbouncer folder");
+        let users = format!(
+            "\"{}\" \"{}\"\n\"{}\" \"{}\"\n",
+            crate::dev::APP_ROLE,
+            tc.secrets.app_password,
+            crate::dev::SUPERUSER,
+            tc.secrets.superuser_password
+        );
+        std::fs::write(dir.join("userlist.txt"), users).expect("userlist");
+        let ini = format!(
+            "[databases]\n* = host=127.0.0.1 port={pg}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
+             unix_socket_dir =\nauth_type = scram-sha-256\nauth_file = {auth}\npool_mode = transaction\n\
+             max_client_conn = 1000\ndefault_pool_size = 20\n\
+             ignore_startup_parameters = extra_float_digits\nstats_users = {app}\nlogfile =\npidfile =\n",
+            pg = tc.cluster.port(),
+            auth = dir.join("userlist.txt").display(),
+            app = crate::dev::APP_ROLE,
+        );
+        let ini_path = dir.join("pgbouncer.ini");
+        std::fs::write(&ini_path, ini).expect("pgbouncer.ini");
+        let bin =
+            std::env::var_os("TENANTRY_PGBOUNCER").map_or_else(|| PathBuf::from("/usr/sbin/pgbouncer"), PathBuf::from);
+        let mut args = Vec::new();
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            // PgBouncer refuses to run as root; it drops to `postgres` itself.
+            args.extend(["-u".to_string(), "postgres".to_string()]);
+            for f in ["userlist.txt", "pgbouncer.ini"] {
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o644));
+            }
+        }
+        args.push(ini_path.display().to_string());
+        keep_running(&bin, &args, port, "run scripts/test, which installs pgbouncer");
+        PgBouncer { port }
+    })
+}
+
 static CHROMEDRIVER: OnceLock<String> = OnceLock::new();
 
 /// A chromedriver (Debian's `chromium-driver`, installed by scripts/test) on

@@ -240,6 +240,53 @@ impl TestApp {
         status
     }
 
+    /// Puts the harness's real PgBouncer (transaction mode) in front of every
+    /// backend for the app's requests, through the admin API.
+    pub async fn through_pgbouncer(&self) {
+        let port = tenantry::testkit::pgbouncer().port;
+        let (_, list) = self.admin_call(Method::GET, "/v1/backends", None).await;
+        let backends = list["backends"].as_array().expect("backends");
+        let before = self.resolver.cache_stats().notifications;
+        for b in backends {
+            let path = format!("/v1/backends/{}/pooler", b["id"].as_str().unwrap());
+            let body = serde_json::json!({"host": "127.0.0.1", "port": port, "mode": "transaction"});
+            let (s, view) = self.admin_call(Method::PUT, &path, Some(body)).await;
+            assert_eq!(s, StatusCode::OK, "{view}");
+            assert_eq!(view["pooler"]["port"], port);
+        }
+        // Every app cache has dropped the direct routes (NOTIFY) once a fresh
+        // read of the registry would give the pooled ones.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.resolver.cache_stats().notifications < before + backends.len() as u64 {
+            assert!(std::time::Instant::now() < deadline, "the pooler change reached the app");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Transactions PgBouncer has carried so far, over every database.
+    pub async fn pgbouncer_transactions(&self) -> i64 {
+        let tc = cluster();
+        let opts = PgConnectOptions::new()
+            .host("127.0.0.1")
+            .port(tenantry::testkit::pgbouncer().port)
+            .database("pgbouncer")
+            .username(APP_ROLE)
+            .password(&tc.secrets.app_password)
+            .statement_cache_capacity(0)
+            .extra_float_digits(None);
+        use sea_orm::sqlx::{Connection, Row};
+        let mut conn = sea_orm::sqlx::postgres::PgConnection::connect_with(&opts).await.expect("the pgbouncer console");
+        let rows = sea_orm::sqlx::raw_sql("SHOW STATS").fetch_all(&mut conn).await.expect("SHOW STATS");
+        rows.iter()
+            .filter(|r| r.try_get::<String, _>("database").is_ok_and(|d| d != "pgbouncer"))
+            // NUMERIC, in text (the console speaks the simple protocol only).
+            .map(|r| {
+                let raw = r.try_get_raw("total_xact_count").expect("total_xact_count");
+                raw.as_str().ok().and_then(|v| v.parse::<i64>().ok()).unwrap_or(0)
+            })
+            .sum()
+    }
+
     /// Polls `path` on the admin API until `done` holds (20 s at most); the last body.
     pub async fn admin_until(&self, path: &str, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);

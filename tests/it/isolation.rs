@@ -8,9 +8,21 @@ use serde_json::json;
 use crate::helpers::{TestApp, connect, scalar, spawn_app};
 
 async fn b_cannot_reach_a(a_tier: &str, b_tier: &str) {
+    b_cannot_reach_a_via(a_tier, b_tier, false).await;
+}
+
+/// With `pooled`, every backend is reached through a real PgBouncer in
+/// transaction mode, and the test checks that it carried the requests.
+async fn b_cannot_reach_a_via(a_tier: &str, b_tier: &str, pooled: bool) {
     let app: TestApp = spawn_app().await;
     let a = app.create_tenant("tenant-a", a_tier).await;
     let b = app.create_tenant("tenant-b", b_tier).await;
+    let carried = if pooled {
+        app.through_pgbouncer().await;
+        app.pgbouncer_transactions().await
+    } else {
+        0
+    };
     let (asset, sched, issue) = app.seed(&a.key, "SHARED-TAG").await;
     let k = &b.key;
 
@@ -71,6 +83,16 @@ async fn b_cannot_reach_a(a_tier: &str, b_tier: &str) {
     assert_eq!(s, StatusCode::CREATED);
     let (_, mine) = app.get(k, "/v1/assets/by-tag/SHARED-TAG").await;
     assert_eq!(mine["name"], "Mine");
+    if pooled {
+        let through = app.pgbouncer_transactions().await - carried;
+        assert!(through >= 30, "the requests went through PgBouncer ({through} transactions)");
+    }
+}
+
+#[tokio::test]
+async fn through_pgbouncer_tenant_b_cannot_read_change_or_learn_of_tenant_a_rows() {
+    b_cannot_reach_a_via("shared", "shared", true).await;
+    b_cannot_reach_a_via("shared", "dedicated", true).await;
 }
 
 #[tokio::test]

@@ -26,7 +26,7 @@ use sea_orm::Select;
 use tenantry_core::entities::TenantScoped;
 
 use crate::budget::Slot;
-use crate::scope::{EnterError, TenantTx, read_once, scoped};
+use crate::scope::{EnterError, Pooled, TenantTx, read_once, scoped};
 use crate::usage::UsageMeter;
 
 /// Registry notifications channel (see migrations/registry).
@@ -77,9 +77,11 @@ struct Inner {
 /// packet), so every statement a tenant runs, single-statement reads
 /// included, runs under its own timeout at no extra round trip. Tenants on a
 /// tier default share one pool per backend; an override gets its own.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct PoolKey {
     backend: Uuid,
+    /// The pooler in front of it, if any (a change of pooler is a new pool).
+    pooler: Option<(String, u16)>,
     statement_timeout_ms: Option<u32>,
 }
 
@@ -212,14 +214,21 @@ impl Resolver {
 
     fn pool(&self, backend: &BackendAddress, statement_timeout_ms: Option<u32>) -> DatabaseConnection {
         let cfg = &self.inner.cfg;
-        self.inner.pools.get_with(PoolKey { backend: backend.id, statement_timeout_ms }, || {
+        let key = PoolKey { backend: backend.id, pooler: backend.pooler.clone(), statement_timeout_ms };
+        self.inner.pools.get_with(key, || {
+            let (host, port) = backend.pooler.clone().unwrap_or_else(|| (backend.host.clone(), backend.port));
             lazy_pool(
-                &backend.host,
-                backend.port,
+                &host,
+                port,
                 &backend.database,
                 &cfg.credentials,
                 "tenantry-app",
-                PoolSizing { max_connections: cfg.connections_per_pool, statement_timeout_ms, ..PoolSizing::default() },
+                PoolSizing {
+                    max_connections: cfg.connections_per_pool,
+                    statement_timeout_ms,
+                    pooled: backend.pooler.is_some(),
+                    ..PoolSizing::default()
+                },
             )
         })
     }
@@ -230,8 +239,8 @@ impl Resolver {
     pub async fn enter(&self, tenant: &KeyOwner) -> Result<TenantTx, ApiError> {
         let tenant_id = tenant.tenant_id;
         let (tx, slot) = self
-            .on_backend(tenant, move |db, epoch| async move {
-                TenantTx::begin(db.get_postgres_connection_pool(), tenant_id, epoch).await
+            .on_backend(tenant, move |db, epoch, pooled| async move {
+                TenantTx::begin(db.get_postgres_connection_pool(), tenant_id, epoch, pooled).await
             })
             .await?;
         Ok(tx.holding(slot))
@@ -384,9 +393,23 @@ impl Resolver {
     ) -> Result<Vec<E::Model>, ApiError> {
         let tenant_id = tenant.tenant_id;
         let (rows, _slot) = self
-            .on_backend(tenant, |db, epoch| {
+            .on_backend(tenant, |db, epoch, pooled| {
                 let select = shape(scoped::<E>(tenant_id));
-                async move { read_once(&db, tenant_id, epoch, select).await }
+                async move {
+                    match pooled {
+                        // Through a pooler a single statement outside a
+                        // transaction may reach another server between its
+                        // parse and its execution: read inside one.
+                        Some(_) => {
+                            let tx =
+                                TenantTx::begin(db.get_postgres_connection_pool(), tenant_id, epoch, pooled).await?;
+                            let rows = tx.all(select).await.map_err(EnterError::Query)?;
+                            tx.commit().await.map_err(EnterError::Query)?;
+                            Ok(rows)
+                        }
+                        None => read_once(&db, tenant_id, epoch, select).await,
+                    }
+                }
             })
             .await?;
         Ok(rows)
@@ -403,7 +426,7 @@ impl Resolver {
     async fn on_backend<T, F>(
         &self,
         tenant: &KeyOwner,
-        work: impl Fn(DatabaseConnection, i64) -> F,
+        work: impl Fn(DatabaseConnection, i64, Option<Pooled>) -> F,
     ) -> Result<(T, Slot), ApiError>
     where
         F: std::future::Future<Output = Result<T, EnterError>>,
@@ -441,7 +464,12 @@ impl Resolver {
             }
             let slot = self.slot(tenant.tenant_id).await?;
             let pool = self.pool(&route.backend, tenant.limits.statement_timeout_ms);
-            match work(pool, route.placement.epoch).await {
+            let pooled = route
+                .backend
+                .pooler
+                .as_ref()
+                .map(|_| Pooled { statement_timeout_ms: tenant.limits.statement_timeout_ms });
+            match work(pool, route.placement.epoch, pooled).await {
                 Ok(t) => {
                     tracing::Span::current().record("backend", tracing::field::display(route.backend.id));
                     return Ok((t, slot));

@@ -85,16 +85,26 @@ pub(crate) async fn read_once<E: TenantScoped>(
     })
 }
 
+/// How a transaction goes through a connection pooler (PgBouncer in
+/// transaction mode): the tenant's statement timeout is set transaction-locally
+/// (a pooler drops startup options) and statements are unnamed (PgBouncer 1.18
+/// keeps no named prepared statement across transactions).
+#[derive(Debug, Clone, Copy)]
+pub struct Pooled {
+    pub statement_timeout_ms: Option<u32>,
+}
+
 /// A pooled connection inside an open transaction; usable by sea-orm.
-pub struct TxConn(Mutex<Option<PoolConnection<Postgres>>>);
+/// `unnamed`: every statement is parsed unnamed (through a pooler).
+pub struct TxConn(Mutex<Option<PoolConnection<Postgres>>>, bool);
 
 fn gone() -> DbErr {
     DbErr::Custom("tenant transaction already finished".into())
 }
 
-fn query(stmt: &Statement) -> sqlx::query::Query<'_, Postgres, SqlxValues> {
+fn query(stmt: &Statement, unnamed: bool) -> sqlx::query::Query<'_, Postgres, SqlxValues> {
     let values = stmt.values.clone().unwrap_or(sea_orm::sea_query::Values(Vec::new()));
-    sqlx::query_with(AssertSqlSafe(stmt.sql.as_str()), SqlxValues(values))
+    sqlx::query_with(AssertSqlSafe(stmt.sql.as_str()), SqlxValues(values)).persistent(!unnamed)
 }
 
 fn exec_err(e: sqlx::Error) -> DbErr {
@@ -114,7 +124,7 @@ impl ConnectionTrait for TxConn {
     async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
         let mut guard = self.0.lock().await;
         let conn = guard.as_mut().ok_or_else(gone)?;
-        query(&stmt).execute(&mut **conn).await.map(Into::into).map_err(exec_err)
+        query(&stmt, self.1).execute(&mut **conn).await.map(Into::into).map_err(exec_err)
     }
 
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
@@ -126,13 +136,13 @@ impl ConnectionTrait for TxConn {
     async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
         let mut guard = self.0.lock().await;
         let conn = guard.as_mut().ok_or_else(gone)?;
-        query(&stmt).fetch_optional(&mut **conn).await.map(|r| r.map(Into::into)).map_err(query_err)
+        query(&stmt, self.1).fetch_optional(&mut **conn).await.map(|r| r.map(Into::into)).map_err(query_err)
     }
 
     async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
         let mut guard = self.0.lock().await;
         let conn = guard.as_mut().ok_or_else(gone)?;
-        query(&stmt)
+        query(&stmt, self.1)
             .fetch_all(&mut **conn)
             .await
             .map(|rows| rows.into_iter().map(Into::into).collect())
@@ -151,13 +161,23 @@ impl TenantTx {
     /// Takes a connection from `pool`, begins a transaction and enters the
     /// tenant at `epoch`, in one round trip. On failure the connection is
     /// rolled back before it returns to the pool.
-    pub(crate) async fn begin(pool: &sqlx::PgPool, tenant_id: Uuid, epoch: i64) -> Result<Self, EnterError> {
+    pub(crate) async fn begin(
+        pool: &sqlx::PgPool,
+        tenant_id: Uuid,
+        epoch: i64,
+        pooled: Option<Pooled>,
+    ) -> Result<Self, EnterError> {
         let mut conn = pool.acquire().await.map_err(classify)?;
         // One message: BEGIN and the enter gate. (The tenant's statement timeout
-        // is the session default of the pool the resolver chose.)
-        let sql = format!("BEGIN; SELECT tenantry_enter('{tenant_id}'::uuid, {epoch}::bigint)");
+        // is the session default of the pool the resolver chose; through a
+        // pooler it is set for this transaction only.)
+        let timeout = match pooled.and_then(|p| p.statement_timeout_ms) {
+            Some(ms) => format!("SET LOCAL statement_timeout = {ms}; "),
+            None => String::new(),
+        };
+        let sql = format!("BEGIN; {timeout}SELECT tenantry_enter('{tenant_id}'::uuid, {epoch}::bigint)");
         match sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await {
-            Ok(_) => Ok(Self { conn: TxConn(Mutex::new(Some(conn))), tenant_id, _slot: None }),
+            Ok(_) => Ok(Self { conn: TxConn(Mutex::new(Some(conn)), pooled.is_some()), tenant_id, _slot: None }),
             Err(e) => {
                 if sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.is_err() {
                     // Never hand a connection in an unknown state back to the pool.

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, FromQueryResult, TransactionTrait};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -31,6 +31,36 @@ pub struct BackendView {
     pub schema_version: i32,
     pub tenants: i64,
     pub created_at: DateTime<Utc>,
+    /// The pooler apps reach this backend through, if any.
+    pub pooler: Option<Pooler>,
+}
+
+/// A connection pooler in front of a backend (PgBouncer). Apps use unnamed
+/// statements through it and keep the tenant context transaction-local.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Pooler {
+    pub host: String,
+    #[schema(minimum = 1, maximum = 65535)]
+    pub port: u16,
+    /// `transaction` (PgBouncer's `pool_mode = transaction`) or `session`.
+    pub mode: PoolerMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolerMode {
+    Transaction,
+    Session,
+}
+
+impl PoolerMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolerMode::Transaction => "transaction",
+            PoolerMode::Session => "session",
+        }
+    }
 }
 
 impl BackendView {
@@ -58,6 +88,9 @@ struct BackendRow {
     schema_version: i32,
     tenants: i64,
     created_at: DateTime<Utc>,
+    pooler_host: Option<String>,
+    pooler_port: Option<i32>,
+    pooler_mode: Option<String>,
 }
 
 impl TryFrom<BackendRow> for BackendView {
@@ -77,12 +110,21 @@ impl TryFrom<BackendRow> for BackendView {
             schema_version: r.schema_version,
             tenants: r.tenants,
             created_at: r.created_at,
+            pooler: match (r.pooler_host, r.pooler_port, r.pooler_mode.as_deref()) {
+                (Some(host), Some(port), Some(mode)) => Some(Pooler {
+                    host,
+                    port: u16::try_from(port).unwrap_or(6432),
+                    mode: if mode == "session" { PoolerMode::Session } else { PoolerMode::Transaction },
+                }),
+                _ => None,
+            },
         })
     }
 }
 
 const BACKEND_SELECT: &str = "SELECT b.id, b.name, b.kind, b.engine, b.host, b.port, b.database, b.region, \
-    b.status, b.schema_version, count(p.tenant_id) AS tenants, b.created_at \
+    b.status, b.schema_version, count(p.tenant_id) AS tenants, b.created_at, \
+    b.pooler_host, b.pooler_port, b.pooler_mode \
     FROM backends b LEFT JOIN placements p ON p.backend_id = b.id";
 
 /// The logical database of a dedicated tenant: derived from its id, so a retry
@@ -99,6 +141,38 @@ impl ControlPlane {
             .into_iter()
             .map(BackendView::try_from)
             .collect()
+    }
+
+    /// Puts a pooler in front of a backend for the app's requests (or, with
+    /// `None`, takes it away); apps follow within moments (NOTIFY). Audited.
+    pub async fn set_pooler(&self, actor: &str, id: Uuid, pooler: Option<Pooler>) -> Result<BackendView, Error> {
+        if let Some(p) = &pooler {
+            let host_ok = !p.host.is_empty()
+                && p.host.len() <= 253
+                && p.host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '_'));
+            if !host_ok {
+                return Err(Error::invalid("invalid_pooler", "pooler host must be a host name or an IP address"));
+            }
+            if p.port == 0 {
+                return Err(Error::invalid("invalid_pooler", "pooler port must be 1-65535"));
+            }
+        }
+        let before = self.backend(id).await?;
+        let txn = self.registry().begin().await?;
+        txn.execute_raw(stmt(
+            "UPDATE backends SET pooler_host = $2, pooler_port = $3, pooler_mode = $4, updated_at = now() WHERE id = $1",
+            vec![
+                id.into(),
+                pooler.as_ref().map(|p| p.host.clone()).into(),
+                pooler.as_ref().map(|p| i32::from(p.port)).into(),
+                pooler.as_ref().map(|p| p.mode.as_str().to_string()).into(),
+            ],
+        ))
+        .await?;
+        audit(&txn, actor, "backend.pooler", None, json!({"backend_id": id, "before": before.pooler, "after": pooler}))
+            .await?;
+        txn.commit().await?;
+        self.backend(id).await
     }
 
     pub async fn backend(&self, id: Uuid) -> Result<BackendView, Error> {

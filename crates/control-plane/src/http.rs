@@ -239,6 +239,30 @@ async fn retire_backend(cp: Cp, admin: Admin, id: web::Path<Uuid>) -> Result<Htt
     Ok(HttpResponse::Accepted().json(cp.retire_backend(&admin.actor, *id).await?))
 }
 
+/// Reach a backend through a connection pooler (PgBouncer in transaction
+/// mode): apps then use unnamed statements for it and keep the tenant context
+/// transaction-local. Moves, migrations and every owner or replication
+/// connection still go straight to PostgreSQL.
+#[utoipa::path(put, path = "/v1/backends/{id}/pooler", params(("id" = Uuid, Path)),
+    request_body = crate::backends::Pooler, responses((status = 200, body = BackendView), (status = 404, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(id = %id))]
+async fn set_pooler(
+    cp: Cp,
+    admin: Admin,
+    id: web::Path<Uuid>,
+    body: web::Json<crate::backends::Pooler>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(cp.set_pooler(&admin.actor, *id, Some(body.into_inner())).await?))
+}
+
+/// Apps reach the backend directly again.
+#[utoipa::path(delete, path = "/v1/backends/{id}/pooler", params(("id" = Uuid, Path)),
+    responses((status = 200, body = BackendView), (status = 404, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(id = %id))]
+async fn remove_pooler(cp: Cp, admin: Admin, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(cp.set_pooler(&admin.actor, *id, None).await?))
+}
+
 /// Cancel a pending or running operation: what it created so far is rolled back.
 #[utoipa::path(post, path = "/v1/operations/{id}/cancel", params(("id" = Uuid, Path)),
     responses((status = 202, body = OperationView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
@@ -555,6 +579,8 @@ async fn readyz(cp: Cp) -> HttpResponse {
         get_operation,
         cancel_operation,
         retire_backend,
+        set_pooler,
+        remove_pooler,
         promote,
         move_tenant,
         demote,
@@ -608,6 +634,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/tenants/{tenant}/api-keys/{key_id}", web::delete().to(revoke_key))
                 .route("/backends", web::get().to(list_backends))
                 .route("/backends/{id}/retire", web::post().to(retire_backend))
+                .route("/backends/{id}/pooler", web::put().to(set_pooler))
+                .route("/backends/{id}/pooler", web::delete().to(remove_pooler))
                 .route("/migrations", web::get().to(list_migrations))
                 .route("/migrations/apply", web::post().to(apply_migrations))
                 .route("/audit", web::get().to(audit_log))

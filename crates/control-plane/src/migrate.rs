@@ -34,6 +34,11 @@ pub const REGISTRY: &[Migration] = &[
         name: "console_sessions",
         sql: include_str!("../../../migrations/registry/0005_console_sessions.sql"),
     },
+    Migration {
+        version: 6,
+        name: "backend_pooler",
+        sql: include_str!("../../../migrations/registry/0006_backend_pooler.sql"),
+    },
 ];
 
 /// The tenant-data schema's migrations, in order.

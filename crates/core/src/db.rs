@@ -24,8 +24,12 @@ pub struct PoolSizing {
     pub acquire_timeout: Duration,
     /// The session's `statement_timeout` on every connection of the pool, set
     /// in the startup packet (so it costs no round trip); `None` keeps the
-    /// role's own.
+    /// role's own. Not sent through a pooler (see `pooled`).
     pub statement_timeout_ms: Option<u32>,
+    /// Through a transaction-mode pooler (PgBouncer 1.18): no statement cache
+    /// (callers use unnamed statements inside transactions) and no startup
+    /// options a pooler would refuse or drop.
+    pub pooled: bool,
 }
 
 impl Default for PoolSizing {
@@ -35,6 +39,7 @@ impl Default for PoolSizing {
             idle_timeout: Duration::from_secs(300),
             acquire_timeout: Duration::from_secs(5),
             statement_timeout_ms: None,
+            pooled: false,
         }
     }
 }
@@ -55,7 +60,9 @@ pub fn lazy_pool(
         .username(&creds.user)
         .password(creds.password.expose_secret())
         .application_name(application_name);
-    if let Some(ms) = sizing.statement_timeout_ms {
+    if sizing.pooled {
+        opts = opts.statement_cache_capacity(0).extra_float_digits(None);
+    } else if let Some(ms) = sizing.statement_timeout_ms {
         opts = opts.options([("statement_timeout", ms)]);
     }
     let pool = PgPoolOptions::new()

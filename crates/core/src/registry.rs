@@ -40,6 +40,9 @@ pub struct BackendAddress {
     pub host: String,
     pub port: u16,
     pub database: String,
+    /// A connection pooler (PgBouncer, transaction mode) the app goes through
+    /// instead: host and port.
+    pub pooler: Option<(String, u16)>,
 }
 
 #[derive(FromQueryResult)]
@@ -62,6 +65,8 @@ struct RouteRow {
     database: String,
     schema_version: i32,
     status: String,
+    pooler_host: Option<String>,
+    pooler_port: Option<i32>,
 }
 
 const OWNER_SELECT: &str = "SELECT t.id AS tenant_id, t.slug, t.tier, t.status, t.settings, \
@@ -160,7 +165,7 @@ impl RegistryReader {
     pub async fn route(&self, tenant_id: Uuid) -> Result<Option<Route>, DbErr> {
         self.route_by(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "SELECT p.backend_id, p.epoch, b.kind, b.host, b.port, b.database, b.schema_version, t.status \
+            "SELECT p.backend_id, p.epoch, b.kind, b.host, b.port, b.database, b.schema_version, t.status, b.pooler_host, b.pooler_port \
              FROM placements p JOIN backends b ON b.id = p.backend_id JOIN tenants t ON t.id = p.tenant_id \
              WHERE p.tenant_id = $1",
             [tenant_id.into()],
@@ -173,7 +178,7 @@ impl RegistryReader {
     pub async fn route_to(&self, tenant_id: Uuid, backend: Uuid, epoch: i64) -> Result<Option<Route>, DbErr> {
         self.route_by(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "SELECT b.id AS backend_id, $3::bigint AS epoch, b.kind, b.host, b.port, b.database, b.schema_version, t.status \
+            "SELECT b.id AS backend_id, $3::bigint AS epoch, b.kind, b.host, b.port, b.database, b.schema_version, t.status, b.pooler_host, b.pooler_port \
              FROM backends b JOIN tenants t ON t.id = $1 WHERE b.id = $2",
             [tenant_id.into(), backend.into(), epoch.into()],
         ))
@@ -191,6 +196,10 @@ impl RegistryReader {
                     host: r.host,
                     port: u16::try_from(r.port).map_err(corrupt)?,
                     database: r.database,
+                    pooler: match (r.pooler_host, r.pooler_port) {
+                        (Some(host), Some(port)) => Some((host, u16::try_from(port).map_err(corrupt)?)),
+                        _ => None,
+                    },
                 },
                 schema_version: r.schema_version,
                 tenant_status: r.status.parse().map_err(corrupt)?,
