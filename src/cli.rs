@@ -4,8 +4,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tenantry_control_plane::ControlPlane;
 use tenantry_control_plane::fleet::Outcome;
 
-use crate::Settings;
-
 fn bar(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
     bar.set_style(
@@ -18,8 +16,8 @@ fn bar(len: u64, what: &str) -> ProgressBar {
 }
 
 /// `tenantry migrate`: registry first (on start), then the fleet.
-pub async fn migrate(settings: &Settings, concurrency: usize) -> anyhow::Result<()> {
-    let cp = ControlPlane::start(settings.control_plane.clone()).await?;
+pub async fn migrate(config: &tenantry_control_plane::ControlPlaneConfig, concurrency: usize) -> anyhow::Result<()> {
+    let cp = ControlPlane::start(config.clone()).await?;
     let total = cp.migration_status().await?.len() as u64;
     let progress = bar(total, "backends");
     let runs = cp

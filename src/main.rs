@@ -93,9 +93,12 @@ fn main() -> std::process::ExitCode {
             Command::Tenants { admin, command } => tenantry::cli::tenants(&admin, command).await,
             Command::Operations { admin, command } => tenantry::cli::operations(&admin, command).await,
             Command::Migrate { config, concurrency } => {
-                let settings = tenantry::Settings::load(config.as_deref()).map_err(anyhow::Error::msg)?;
+                // Needs only [control_plane] (a Job with the control plane's configuration).
+                let role = tenantry::config::Role::ControlPlane;
+                let settings = tenantry::Settings::load_for(config.as_deref(), role).map_err(anyhow::Error::msg)?;
                 tenantry::telemetry::init(&settings.log);
-                tenantry::cli::migrate(&settings, concurrency).await
+                let cp = settings.control_plane.as_ref().expect("the control-plane role has its section");
+                tenantry::cli::migrate(cp, concurrency).await
             }
         }
     });

@@ -183,47 +183,8 @@ impl TestApp {
     /// A configuration file for a `tenantry` child process on this app's
     /// registry (listeners on port 0); `extra` is appended to `[control_plane]`.
     pub fn config_file(&self, extra: &str) -> std::path::PathBuf {
-        let tc = cluster();
-        let path = std::env::temp_dir().join(format!("tenantry-child-{}.toml", uuid::Uuid::new_v4()));
-        let registry = &self.cp.config().registry_database;
-        std::fs::write(
-            &path,
-            format!(
-                r#"
-                [app]
-                listen = "127.0.0.1:0"
-                [app.registry]
-                port = {port}
-                database = "{registry}"
-                [app.credentials]
-                user = "tenantry_app"
-                password = "{app_pw}"
-                [app.jobs]
-                overdue_interval_secs = 0
-                [control_plane]
-                listen = "127.0.0.1:0"
-                admin_token = "unused"
-                app_role = "tenantry_app"
-                registry_database = "{registry}"
-                template_database = "{template}"
-                {extra}
-                [control_plane.owner]
-                user = "tenantry_owner"
-                password = "{owner_pw}"
-                [control_plane.cluster]
-                port = {port}
-                admin_user = "postgres"
-                admin_password = "{su_pw}"
-                "#,
-                port = tc.cluster.port(),
-                template = self.cp.config().template_database,
-                app_pw = tc.secrets.app_password,
-                owner_pw = tc.secrets.owner_password,
-                su_pw = tc.secrets.superuser_password,
-            ),
-        )
-        .expect("write a child configuration");
-        path
+        let cfg = self.cp.config();
+        tenantry::testkit::procs::child_config(&cfg.registry_database, &cfg.template_database, extra)
     }
 
     /// GETs `path` until it answers `want` (caches learn of registry changes

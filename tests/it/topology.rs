@@ -7,8 +7,8 @@
 //! way a supervisor would. Then an app and a control plane get SIGTERM under
 //! load. Every move succeeds and every acknowledged write is there, once.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,126 +16,13 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+use tenantry::testkit::procs::{Fleet, Proc, pid_of, ready, write_anywhere};
+
 use crate::helpers::{TestApp, cluster, connect, spawn_app_with};
 use crate::moves::{asset_count, second_pool, seed_many};
 
 const FENCE_MS: u64 = 2000;
 const LEASE_SECS: u64 = 5;
-
-/// One `tenantry serve` child: its role, port and how to start it again.
-struct Proc {
-    role: &'static str,
-    config: PathBuf,
-    port: u16,
-    env: Vec<(String, String)>,
-    log: PathBuf,
-    child: Child,
-    restarts: u32,
-}
-
-impl Proc {
-    fn start(role: &'static str, config: &Path, env: Vec<(String, String)>, log: PathBuf) -> Self {
-        let port = tenantry::testkit::free_port();
-        let child = spawn(role, config, port, &env, &log);
-        Proc { role, config: config.to_path_buf(), port, env, log, child, restarts: 0 }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Restarted when it exited (a crash hook fired, or SIGTERM): `true` then.
-    fn supervise(&mut self) -> bool {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            self.child = spawn(self.role, &self.config, self.port, &self.env, &self.log);
-            self.restarts += 1;
-            return true;
-        }
-        false
-    }
-}
-
-fn spawn(role: &str, config: &Path, port: u16, env: &[(String, String)], log: &Path) -> Child {
-    let listen = if role == "app" { "TENANTRY_APP__LISTEN" } else { "TENANTRY_CONTROL_PLANE__LISTEN" };
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("a log file");
-    Command::new(env!("CARGO_BIN_EXE_tenantry"))
-        .args(["serve", "--role", role, "--config"])
-        .arg(config)
-        .env(listen, format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn,tenantry_control_plane::runner=info")
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdout(out.try_clone().expect("log"))
-        .stderr(out)
-        .spawn()
-        .expect("start tenantry serve")
-}
-
-/// Every child, killed when the test ends (whatever the outcome).
-struct Fleet(Arc<Mutex<Vec<Proc>>>);
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        for p in self.0.lock().unwrap().iter_mut() {
-            let _ = p.child.kill();
-            let _ = p.child.wait();
-        }
-    }
-}
-
-async fn ready(http: &reqwest::Client, url: &str, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = http.get(format!("{url}/readyz")).send().await
-            && r.status() == StatusCode::OK
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{url} not ready in 30 s:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// One write through whichever app answers: a refused connection goes to the
-/// other, a 503 is retried, for at most 10 s. A write whose answer was lost
-/// and whose retry finds its tag taken (409) did land: acknowledged.
-async fn write(http: &reqwest::Client, apps: &[String], key: &str, tag: &str, start: usize) -> Result<u64, String> {
-    let t0 = Instant::now();
-    let mut i = start;
-    let mut sent = false;
-    loop {
-        let r = http
-            .post(format!("{}/v1/assets", apps[i % apps.len()]))
-            .bearer_auth(key)
-            .json(&json!({"name": "topology", "tag": tag}))
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await;
-        match r {
-            Ok(r) if r.status() == StatusCode::CREATED => return Ok(t0.elapsed().as_millis() as u64),
-            Ok(r) if r.status() == StatusCode::CONFLICT && sent => return Ok(t0.elapsed().as_millis() as u64),
-            Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => {}
-            Ok(r) => return Err(format!("{tag}: {} {}", r.status(), r.text().await.unwrap_or_default())),
-            Err(e) if e.is_connect() => i += 1,
-            Err(e) => {
-                sent = true;
-                i += 1;
-                eprintln!("{tag}: {e}; retrying on the other app");
-            }
-        }
-        if t0.elapsed() > Duration::from_secs(10) {
-            return Err(format!("{tag}: no success in 10 s"));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 struct Load {
     stop: Arc<AtomicBool>,
@@ -151,7 +38,7 @@ fn load(http: reqwest::Client, apps: Vec<String>, key: String) -> Load {
         let mut failures = Vec::new();
         let mut n = 0usize;
         while !s.load(Ordering::Relaxed) {
-            match write(&http, &apps, &key, &format!("topo-{n}"), n).await {
+            match write_anywhere(&http, &apps, &key, &format!("topo-{n}"), n).await {
                 Ok(ms) => {
                     o.fetch_add(1, Ordering::Relaxed);
                     w.fetch_max(ms, Ordering::Relaxed);
@@ -216,11 +103,12 @@ async fn two_apps_and_two_control_planes_move_a_tenant_through_crashes_and_sigte
     let failpoints: Vec<String> = hooks.iter().map(|h| format!("{h}@{}", dir.join(h).display())).collect::<Vec<_>>();
     let fp = vec![("TENANTRY_FAILPOINTS".to_string(), failpoints.join(","))];
 
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_tenantry"));
     let procs = Arc::new(Mutex::new(vec![
-        Proc::start("app", &app_only, vec![], dir.join("app-1.log")),
-        Proc::start("app", &wrong, vec![], dir.join("app-2.log")),
-        Proc::start("control-plane", &full, fp.clone(), dir.join("cp-1.log")),
-        Proc::start("control-plane", &full, fp.clone(), dir.join("cp-2.log")),
+        Proc::start(bin, "app", &app_only, vec![], dir.join("app-1.log")),
+        Proc::start(bin, "app", &wrong, vec![], dir.join("app-2.log")),
+        Proc::start(bin, "control-plane", &full, fp.clone(), dir.join("cp-1.log")),
+        Proc::start(bin, "control-plane", &full, fp.clone(), dir.join("cp-2.log")),
     ]));
     let _fleet = Fleet(procs.clone());
     let urls: Vec<(String, PathBuf)> = procs.lock().unwrap().iter().map(|p| (p.url(), p.log.clone())).collect();
@@ -328,9 +216,4 @@ async fn registry_owner(registry: &sea_orm::DatabaseConnection, op: &str) -> Opt
         .await
         .unwrap()?;
     row.try_get::<Option<String>>("", "lease_owner").unwrap()
-}
-
-/// `worker-<pid>-<id>` -> pid.
-fn pid_of(owner: &str) -> Option<u32> {
-    owner.strip_prefix("worker-")?.split('-').next()?.parse().ok()
 }

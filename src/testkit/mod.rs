@@ -9,6 +9,8 @@ use tenantry_provisioner::{ClusterSpec, LocalCluster};
 
 use crate::dev::{DevSecrets, SUPERUSER};
 
+pub mod procs;
+
 pub struct TestCluster {
     pub cluster: LocalCluster,
     pub secrets: DevSecrets,
