@@ -68,6 +68,17 @@ pub struct Spawned {
     pub pool_name: String,
 }
 
+/// A database of the test cluster as its superuser (a small lazy pool).
+pub fn connect_as_superuser(database: &str) -> sea_orm::DatabaseConnection {
+    let tc = cluster();
+    let creds = tenantry_core::db::Credentials {
+        user: SUPERUSER.into(),
+        password: tc.secrets.superuser_password.clone().into(),
+    };
+    let sizing = tenantry_core::db::PoolSizing { max_connections: 2, ..Default::default() };
+    tenantry_core::db::lazy_pool("127.0.0.1", tc.cluster.port(), database, &creds, "tenantry-testkit", sizing)
+}
+
 /// A database name unique to this run.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())

@@ -128,6 +128,19 @@ impl Drop for Fleet {
     }
 }
 
+/// A supervisor, as systemd or Kubernetes would be: every 100 ms, restarts
+/// each control-plane process that exited, until `on` turns false.
+pub fn supervise(procs: Arc<Mutex<Vec<Proc>>>, on: Arc<std::sync::atomic::AtomicBool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while on.load(std::sync::atomic::Ordering::Relaxed) {
+            for p in procs.lock().unwrap().iter_mut().filter(|p| p.role == "control-plane") {
+                p.supervise();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
 /// Waits (30 s at most) until `url/readyz` answers 200; panics with the log.
 pub async fn ready(http: &reqwest::Client, url: &str, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -4,7 +4,7 @@
 use reqwest::StatusCode;
 use sea_orm::ConnectionTrait;
 
-use crate::helpers::{connect, spawn_app};
+use crate::helpers::{connect, scalar, spawn_app};
 
 #[tokio::test]
 async fn a_stale_cached_epoch_is_re_resolved_and_the_request_succeeds() {
@@ -138,4 +138,52 @@ async fn requests_wait_for_a_connection_slot_instead_of_exceeding_the_budget() {
         .and_then(|v| v.parse().ok())
         .expect("a pools gauge");
     assert!((1..=2).contains(&pools), "{metrics}");
+}
+
+/// The app's registry LISTEN connection is cut: the app re-listens, drops
+/// its caches (announcements may have been missed meanwhile), and hears the
+/// next change again.
+#[tokio::test]
+async fn an_app_whose_listen_connection_drops_relistens_and_drops_its_caches() {
+    let app = spawn_app().await;
+    let t = app.create_tenant("relisten", "shared").await;
+    let (asset, _, _) = app.seed(&t.key, "R-1").await;
+    let postgres = connect("postgres", false);
+    let registry = &app.cp.config().registry_database;
+    let cut = format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = '{registry}' AND application_name = 'tenantry-app-registry' AND query LIKE 'LISTEN%'"
+    );
+    assert_eq!(scalar(&postgres, &cut).await, 1, "one LISTEN connection to cut");
+    // Cached routes are dropped: the next request reads the placement again.
+    let before = app.resolver.cache_stats();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        assert_eq!(app.get(&t.key, &format!("/v1/assets/{asset}")).await.0, StatusCode::OK);
+        if app.resolver.cache_stats().route_misses > before.route_misses {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the caches were not dropped after the LISTEN connection died");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Listening again: a registry change reaches the app.
+    let relistened = format!(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE datname = '{registry}' AND application_name = 'tenantry-app-registry' AND query LIKE 'LISTEN%'"
+    );
+    while scalar(&postgres, &relistened).await != 1 {
+        assert!(std::time::Instant::now() < deadline, "the app did not LISTEN again");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let heard = app.resolver.cache_stats().notifications;
+    let reg = connect(registry, false);
+    reg.execute_unprepared(&format!("UPDATE placements SET updated_at = now() WHERE tenant_id = '{}'", t.id))
+        .await
+        .unwrap();
+    while app.resolver.cache_stats().notifications == heard {
+        assert!(std::time::Instant::now() < deadline, "no notification after re-listening");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let ready = app.http.get(format!("{}/readyz", app.app)).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK, "ready again");
 }

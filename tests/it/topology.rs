@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use tenantry::testkit::procs::{Fleet, Proc, pid_of, ready, write_anywhere};
+use tenantry::testkit::procs::{Fleet, Proc, pid_of, ready, supervise, write_anywhere};
 
 use crate::helpers::{TestApp, cluster, connect, spawn_app_with};
 use crate::moves::{asset_count, second_pool, seed_many};
@@ -118,17 +118,7 @@ async fn two_apps_and_two_control_planes_move_a_tenant_through_crashes_and_sigte
     let apps = vec![urls[0].0.clone(), urls[1].0.clone()];
     // A supervisor restarts whatever exits, as systemd or Kubernetes would.
     let supervising = Arc::new(AtomicBool::new(true));
-    let supervisor = {
-        let (procs, on) = (procs.clone(), supervising.clone());
-        tokio::spawn(async move {
-            while on.load(Ordering::Relaxed) {
-                for p in procs.lock().unwrap().iter_mut().filter(|p| p.role == "control-plane") {
-                    p.supervise();
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
+    let supervisor = supervise(procs.clone(), supervising.clone());
 
     let writer = load(app.http.clone(), apps.clone(), a.key.clone());
     // 1. A move whose holder is killed three times.
