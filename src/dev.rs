@@ -127,6 +127,8 @@ pub fn settings_for(
         control_plane: ControlPlaneConfig {
             listen: admin_listen,
             admin_token: secrets.admin_token.clone().into(),
+            // Derived from a generated secret of this data folder, never printed.
+            secrets_key: Some(format!("estates:{}", secrets.owner_password).into()),
             registry_database: registry_db.into(),
             template_database: format!("{registry_db}_template"),
             lease_secs: 30,

@@ -10,6 +10,7 @@ mod bad_input;
 mod console;
 mod contract;
 mod cutover;
+mod estates;
 mod fleet;
 mod isolation;
 mod migrations;

@@ -45,6 +45,11 @@ pub struct ControlPlaneConfig {
     pub listen: SocketAddr,
     /// Bearer token for the admin API.
     pub admin_token: SecretString,
+    /// Key (any length; hashed to 256 bits) encrypting secrets the registry
+    /// keeps, such as a legacy estate's password. Without it estates cannot be
+    /// added. Default: none.
+    #[serde(default)]
+    pub secrets_key: Option<SecretString>,
     /// Registry database name on `cluster`. Default `tenantry`.
     #[serde(default = "default_registry_db")]
     pub registry_database: String,

@@ -17,6 +17,7 @@ pub mod config;
 pub mod console;
 pub mod erase;
 pub mod error;
+pub mod estates;
 pub mod export;
 pub mod fleet;
 pub mod http;

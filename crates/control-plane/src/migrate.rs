@@ -39,6 +39,7 @@ pub const REGISTRY: &[Migration] = &[
         name: "backend_pooler",
         sql: include_str!("../../../migrations/registry/0006_backend_pooler.sql"),
     },
+    Migration { version: 7, name: "estates", sql: include_str!("../../../migrations/registry/0007_estates.sql") },
 ];
 
 /// The tenant-data schema's migrations, in order.

@@ -1,0 +1,494 @@
+//! The tenants of a legacy estate (its sources: schemas or databases matching
+//! the estate's pattern), how each legacy table maps onto Tenantry's tables,
+//! what would stop an adoption, and the dry run of one.
+//!
+//! Ids: a uuid legacy id is kept; an integer id becomes the UUID v5 of
+//! `"<target table>:<legacy id>"` in the namespace of the tenant's id (so
+//! `assets:42`), and foreign keys map the same way: re-running an adoption
+//! yields the same ids, and integrations can compute them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sea_orm::FromQueryResult;
+use sea_orm::sqlx::postgres::PgConnection;
+use sea_orm::sqlx::{self, AssertSqlSafe, Connection};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use tenantry_provisioner::quote_ident;
+
+use super::{Estate, Layout, requirements};
+use crate::error::Error;
+use crate::moves::plan::Check;
+use crate::plane::ControlPlane;
+use crate::registry::stmt;
+
+/// A target table's columns (without `tenant_id`): name, and whether a row
+/// needs a value for it (no default in the tenant schema).
+const TARGETS: &[(&str, &[(&str, bool)])] = &[
+    (
+        "assets",
+        &[
+            ("id", true),
+            ("name", true),
+            ("tag", true),
+            ("category", false),
+            ("location", false),
+            ("status", true),
+            ("attributes", false),
+            ("created_at", false),
+            ("updated_at", false),
+        ],
+    ),
+    (
+        "maintenance_schedules",
+        &[
+            ("id", true),
+            ("asset_id", true),
+            ("title", true),
+            ("interval_days", true),
+            ("next_due_at", true),
+            ("last_done_at", false),
+            ("created_at", false),
+            ("updated_at", false),
+        ],
+    ),
+    (
+        "asset_issues",
+        &[
+            ("id", true),
+            ("asset_id", true),
+            ("title", true),
+            ("description", false),
+            ("status", true),
+            ("priority", true),
+            ("created_at", false),
+            ("updated_at", false),
+        ],
+    ),
+];
+
+fn target_columns(table: &str) -> Option<&'static [(&'static str, bool)]> {
+    TARGETS.iter().find(|(t, _)| *t == table).map(|(_, c)| *c)
+}
+
+/// How one Tenantry table is filled from the legacy source.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TableMapping {
+    /// The legacy table's name (default: the target's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Target column -> legacy column, where the names differ.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub columns: BTreeMap<String, String>,
+    /// Target column -> value, for target columns the legacy table lacks.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(value_type = Object)]
+    pub values: BTreeMap<String, serde_json::Value>,
+}
+
+/// An estate's mapping onto Tenantry's tables. Default: the legacy tables use
+/// the product's table and column names.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Mapping {
+    /// Per target table (`assets`, `maintenance_schedules`, `asset_issues`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tables: BTreeMap<String, TableMapping>,
+    /// Legacy tables left behind.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignore: Vec<String>,
+}
+
+impl Mapping {
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        for (table, m) in &self.tables {
+            let Some(cols) = target_columns(table) else {
+                return Err(Error::invalid(
+                    "invalid_mapping",
+                    format!(
+                        "`{table}` is not a Tenantry table; expected assets, maintenance_schedules or asset_issues"
+                    ),
+                ));
+            };
+            for col in m.columns.keys().chain(m.values.keys()) {
+                if !cols.iter().any(|(c, _)| c == col) {
+                    return Err(Error::invalid("invalid_mapping", format!("`{table}` has no column `{col}`")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn legacy_table<'a>(&'a self, target: &'a str) -> &'a str {
+        self.tables.get(target).and_then(|m| m.from.as_deref()).unwrap_or(target)
+    }
+}
+
+/// Where a source stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceState {
+    NotAdopted,
+    Adopting,
+    Adopted,
+    Released,
+    Reverted,
+    Failed,
+}
+
+/// One legacy column and where it goes.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ColumnMap {
+    pub legacy: String,
+    /// `name`, or `attributes.<legacy>` for an asset column with no target.
+    pub target: Option<String>,
+}
+
+/// One legacy table and how it maps.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SourceTable {
+    pub legacy: String,
+    /// The Tenantry table, or none (ignored or unmapped).
+    pub target: Option<String>,
+    pub rows: i64,
+    pub bytes: i64,
+    /// `id integer -> uuid v5`, `id uuid (kept)`, or none.
+    pub primary_key: Option<String>,
+    pub columns: Vec<ColumnMap>,
+}
+
+/// `GET /v1/estates/{id}/sources`: one schema (or database) of the estate.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Source {
+    pub name: String,
+    pub state: SourceState,
+    pub tenant_id: Option<Uuid>,
+    pub tables: Vec<SourceTable>,
+    /// What would stop (or lose data in) an adoption of this source.
+    pub problems: Vec<String>,
+}
+
+#[derive(FromQueryResult)]
+struct SourceRow {
+    name: String,
+    state: String,
+    tenant_id: Option<Uuid>,
+}
+
+/// A table of a legacy source, read from the catalog.
+struct LegacyTable {
+    name: String,
+    columns: Vec<(String, String)>,
+    primary_key: Vec<(String, String)>,
+}
+
+async fn legacy_tables(conn: &mut PgConnection, schema: &str) -> Result<Vec<LegacyTable>, Error> {
+    let rows: Vec<(String, String, String, bool)> = sqlx::query_as(
+        "SELECT c.relname::text, a.attname::text, format_type(a.atttypid, a.atttypmod), \
+                coalesce(a.attnum = ANY (i.indkey), false) \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+         LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary \
+         WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') ORDER BY c.relname, a.attnum",
+    )
+    .bind(schema)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut tables: Vec<LegacyTable> = Vec::new();
+    for (table, column, ty, in_pk) in rows {
+        if tables.last().is_none_or(|t| t.name != table) {
+            tables.push(LegacyTable { name: table, columns: Vec::new(), primary_key: Vec::new() });
+        }
+        let t = tables.last_mut().expect("pushed");
+        if in_pk {
+            t.primary_key.push((column.clone(), ty.clone()));
+        }
+        t.columns.push((column, ty));
+    }
+    Ok(tables)
+}
+
+async fn scalar(conn: &mut PgConnection, sql: String) -> Result<i64, Error> {
+    Ok(sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql)).fetch_one(&mut *conn).await?)
+}
+
+/// Inspects one source (`schema` on `conn`): tables, mapping, sizes, problems.
+async fn inspect(
+    conn: &mut PgConnection,
+    schema: &str,
+    mapping: &Mapping,
+) -> Result<(Vec<SourceTable>, Vec<String>), Error> {
+    let found = legacy_tables(conn, schema).await?;
+    let mut tables = Vec::new();
+    let mut problems = Vec::new();
+    let q = |t: &str| format!("{}.{}", quote_ident(schema), quote_ident(t));
+    let assets = mapping.legacy_table("assets");
+    if !found.iter().any(|t| t.name == assets) {
+        problems.push(format!("no `{assets}` table: nothing to adopt as assets"));
+    }
+    for t in &found {
+        let target = TARGETS.iter().map(|(n, _)| *n).find(|n| mapping.legacy_table(n) == t.name);
+        let rows = scalar(conn, format!("SELECT count(*) FROM {}", q(&t.name))).await?;
+        let bytes =
+            scalar(conn, format!("SELECT pg_total_relation_size('{}')::bigint", q(&t.name).replace('\'', "''")))
+                .await?;
+        let Some(target) = target else {
+            if !mapping.ignore.contains(&t.name) {
+                problems.push(format!(
+                    "table `{}` does not map to a Tenantry table: rename it in the mapping or list it in `ignore`",
+                    t.name
+                ));
+            }
+            tables.push(SourceTable {
+                legacy: t.name.clone(),
+                target: None,
+                rows,
+                bytes,
+                primary_key: None,
+                columns: vec![],
+            });
+            continue;
+        };
+        let m = mapping.tables.get(target).cloned().unwrap_or_default();
+        let primary_key = match t.primary_key.as_slice() {
+            [] => {
+                problems.push(format!("table `{}` has no primary key", t.name));
+                None
+            }
+            [(col, ty)] if ty == "integer" || ty == "bigint" || ty == "smallint" => {
+                Some(format!("{col} {ty} -> uuid v5 of \"{target}:<id>\""))
+            }
+            [(col, ty)] if ty == "uuid" => Some(format!("{col} uuid (kept)")),
+            other => {
+                problems.push(format!(
+                    "table `{}`: primary key ({}) is not one integer or uuid column",
+                    t.name,
+                    other.iter().map(|(c, ty)| format!("{c} {ty}")).collect::<Vec<_>>().join(", ")
+                ));
+                None
+            }
+        };
+        let legacy_of =
+            |target_col: &str| m.columns.get(target_col).map(String::as_str).unwrap_or(target_col).to_string();
+        let mut used = BTreeSet::new();
+        let mut columns = Vec::new();
+        for (col, required) in target_columns(target).unwrap_or(&[]) {
+            let legacy = legacy_of(col);
+            if t.columns.iter().any(|(c, _)| *c == legacy) {
+                used.insert(legacy.clone());
+                columns.push(ColumnMap { legacy, target: Some(col.to_string()) });
+            } else if *required && !m.values.contains_key(*col) {
+                problems.push(format!(
+                    "`{}` has no column for `{target}.{col}`: rename one in the mapping or give a value",
+                    t.name
+                ));
+            }
+        }
+        for (col, _) in &t.columns {
+            if used.contains(col) {
+                continue;
+            }
+            if target == "assets" {
+                columns.push(ColumnMap { legacy: col.clone(), target: Some(format!("attributes.{col}")) });
+            } else {
+                problems.push(format!("`{}.{col}` has no place in `{target}` and would be lost", t.name));
+                columns.push(ColumnMap { legacy: col.clone(), target: None });
+            }
+        }
+        // Rows the target would refuse.
+        if target == "assets" && used.contains(&legacy_of("tag")) {
+            let tag = quote_ident(&legacy_of("tag"));
+            let dups = scalar(
+                conn,
+                format!("SELECT count(*) FROM (SELECT 1 FROM {} GROUP BY {tag} HAVING count(*) > 1) d", q(&t.name)),
+            )
+            .await?;
+            if dups > 0 {
+                problems.push(format!(
+                    "`{}`: {dups} tag(s) used by more than one row (tags are unique per tenant)",
+                    t.name
+                ));
+            }
+        }
+        if target != "assets" && used.contains(&legacy_of("asset_id")) && found.iter().any(|f| f.name == assets) {
+            let parent_pk = found
+                .iter()
+                .find(|f| f.name == assets)
+                .and_then(|f| f.primary_key.first().map(|(c, _)| c.clone()))
+                .unwrap_or_else(|| "id".into());
+            let orphans = scalar(
+                conn,
+                format!(
+                    "SELECT count(*) FROM {} c WHERE NOT EXISTS (SELECT 1 FROM {} p WHERE p.{} = c.{})",
+                    q(&t.name),
+                    q(assets),
+                    quote_ident(&parent_pk),
+                    quote_ident(&legacy_of("asset_id"))
+                ),
+            )
+            .await?;
+            if orphans > 0 {
+                problems.push(format!("`{}`: {orphans} row(s) whose asset does not exist", t.name));
+            }
+        }
+        tables.push(SourceTable {
+            legacy: t.name.clone(),
+            target: Some(target.to_string()),
+            rows,
+            bytes,
+            primary_key,
+            columns,
+        });
+    }
+    Ok((tables, problems))
+}
+
+/// `GET /v1/estates/{id}/adoption-plan`: the dry run of adopting one source.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct AdoptionPlan {
+    pub estate_id: Uuid,
+    pub source: String,
+    pub tier: tenantry_core::Tier,
+    /// The shared pool it would land on, or `new dedicated database`.
+    pub target: String,
+    pub tables: Vec<SourceTable>,
+    pub checks: Vec<Check>,
+    pub estimated_copy_secs: f64,
+    /// The legacy source's write pause at the cutover (a fence trigger, the
+    /// slot drained to its LSN, counts): independent of the tenant's size.
+    pub expected_pause_ms: u64,
+    pub ready: bool,
+}
+
+impl ControlPlane {
+    /// The estate's sources with their mapping, sizes, problems and state.
+    pub async fn estate_sources(&self, estate: Uuid) -> Result<Vec<Source>, Error> {
+        let estate = self.estate(estate).await?;
+        let states: BTreeMap<String, SourceRow> = SourceRow::find_by_statement(stmt(
+            "SELECT name, state, tenant_id FROM estate_sources WHERE estate_id = $1",
+            vec![estate.view.id.into()],
+        ))
+        .all(self.registry())
+        .await?
+        .into_iter()
+        .map(|r| (r.name.clone(), r))
+        .collect();
+        let mut out = Vec::new();
+        for name in source_names(&estate).await? {
+            let (tables, problems) = inspect_source(&estate, &name).await?;
+            let (state, tenant_id) = match states.get(&name) {
+                Some(r) => (parse_state(&r.state), r.tenant_id),
+                None => (SourceState::NotAdopted, None),
+            };
+            out.push(Source { name, state, tenant_id, tables, problems });
+        }
+        Ok(out)
+    }
+
+    /// The dry run of adopting `source` onto `tier` (optionally a given shared pool).
+    pub async fn adoption_plan(
+        &self,
+        estate: Uuid,
+        source: &str,
+        tier: tenantry_core::Tier,
+        target: Option<Uuid>,
+    ) -> Result<AdoptionPlan, Error> {
+        let estate = self.estate(estate).await?;
+        if !source_names(&estate).await?.iter().any(|n| n == source) {
+            return Err(Error::NotFound("source"));
+        }
+        let (tables, problems) = inspect_source(&estate, source).await?;
+        let mut conn = estate.connect(None).await?;
+        let missing = requirements(&mut conn).await?;
+        let _ = conn.close().await;
+        let mut checks = vec![Check {
+            name: "estate_grants_adoption".into(),
+            ok: missing.is_empty(),
+            detail: if missing.is_empty() {
+                "logical WAL, replication, publication, a free slot".into()
+            } else {
+                missing.join("; ")
+            },
+        }];
+        checks.push(Check {
+            name: "source_maps".into(),
+            ok: problems.is_empty(),
+            detail: if problems.is_empty() { "every table and column has a place".into() } else { problems.join("; ") },
+        });
+        let target_name = match (tier, target) {
+            (tenantry_core::Tier::Dedicated, _) => "new dedicated database".to_string(),
+            (tenantry_core::Tier::Shared, Some(id)) => {
+                let b = self.backend(id).await?;
+                let ok = b.kind == tenantry_core::BackendKind::SharedPool
+                    && b.status == tenantry_core::BackendStatus::Ready
+                    && b.schema_version == tenantry_core::TENANT_SCHEMA_LATEST;
+                checks.push(Check {
+                    name: "target_ready".into(),
+                    ok,
+                    detail: format!("{} ({:?}, {:?}, schema {})", b.name, b.kind, b.status, b.schema_version),
+                });
+                b.name
+            }
+            (tenantry_core::Tier::Shared, None) => {
+                let region = self.config().default_region.clone();
+                self.pick_shared_pool(&region).await?.name
+            }
+        };
+        let rows: i64 = tables.iter().filter(|t| t.target.is_some()).map(|t| t.rows).sum();
+        let rate = self.config().moves.copy_rows_per_sec.max(1) as f64;
+        let ready = checks.iter().all(|c| c.ok);
+        Ok(AdoptionPlan {
+            estate_id: estate.view.id,
+            source: source.to_string(),
+            tier,
+            target: target_name,
+            tables,
+            checks,
+            estimated_copy_secs: (rows as f64 / rate * 10.0).round() / 10.0,
+            expected_pause_ms: 500,
+            ready,
+        })
+    }
+}
+
+fn parse_state(s: &str) -> SourceState {
+    match s {
+        "adopting" => SourceState::Adopting,
+        "adopted" => SourceState::Adopted,
+        "released" => SourceState::Released,
+        "reverted" => SourceState::Reverted,
+        "failed" => SourceState::Failed,
+        _ => SourceState::NotAdopted,
+    }
+}
+
+/// The schemas (or databases) of the estate matching its pattern.
+async fn source_names(estate: &Estate) -> Result<Vec<String>, Error> {
+    let mut conn = estate.connect(None).await?;
+    let sql = match estate.view.layout {
+        Layout::SchemaPerTenant => "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE $1 ORDER BY 1",
+        Layout::DatabasePerTenant => {
+            "SELECT datname::text FROM pg_database WHERE datname LIKE $1 AND datallowconn AND NOT datistemplate ORDER BY 1"
+        }
+    };
+    let names = sqlx::query_scalar::<_, String>(sql).bind(&estate.view.pattern).fetch_all(&mut conn).await?;
+    let _ = conn.close().await;
+    Ok(names)
+}
+
+async fn inspect_source(estate: &Estate, name: &str) -> Result<(Vec<SourceTable>, Vec<String>), Error> {
+    let (mut conn, schema) = match estate.view.layout {
+        Layout::SchemaPerTenant => (estate.connect(None).await?, name),
+        Layout::DatabasePerTenant => (estate.connect(Some(name)).await?, "public"),
+    };
+    let result = inspect(&mut conn, schema, &estate.view.mapping).await;
+    let _ = conn.close().await;
+    result
+}
+
+/// The id a legacy integer id becomes (see the module docs).
+pub fn adopted_id(tenant: Uuid, table: &str, legacy: i64) -> Uuid {
+    Uuid::new_v5(&tenant, format!("{table}:{legacy}").as_bytes())
+}

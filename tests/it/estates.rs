@@ -1,0 +1,179 @@
+//! Legacy estates (issue 13, first part): registering a schema-per-tenant
+//! estate the harness builds, with its connection and what adoption needs
+//! checked at once; its sources found, mapped and sized, with the problems
+//! that would stop an adoption; the dry run of adopting one.
+
+use reqwest::{Method, StatusCode};
+use sea_orm::ConnectionTrait;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, cluster, connect, scalar, spawn_app};
+
+/// A legacy schema-per-tenant database: integer ids, the product's tables, no
+/// `tenant_id`. `tenant_acme` is clean (with an extra `color` column on
+/// assets); `tenant_broken` has a table without a primary key, a duplicate
+/// tag, an issue whose asset is gone, and a table that maps nowhere.
+async fn legacy_estate() -> String {
+    let db = tenantry::testkit::unique("legacy");
+    let postgres = connect("postgres", false);
+    postgres.execute_unprepared(&format!("CREATE DATABASE {db}")).await.unwrap();
+    let legacy = connect(&db, false);
+    for schema in ["tenant_acme", "tenant_broken", "other_stuff"] {
+        legacy
+            .execute_unprepared(&format!(
+                "CREATE SCHEMA {schema};
+                 CREATE TABLE {schema}.assets (id serial PRIMARY KEY, name text NOT NULL, tag text NOT NULL,
+                     status text NOT NULL DEFAULT 'active', color text);
+                 CREATE TABLE {schema}.maintenance_schedules (id serial PRIMARY KEY, asset_id integer NOT NULL,
+                     title text NOT NULL, interval_days integer NOT NULL, next_due_at timestamptz NOT NULL);
+                 CREATE TABLE {schema}.asset_issues (id serial PRIMARY KEY, asset_id integer NOT NULL,
+                     title text NOT NULL, status text NOT NULL DEFAULT 'open', priority text NOT NULL DEFAULT 'low');
+                 INSERT INTO {schema}.assets (name, tag, color) VALUES ('Pump', 'P-1', 'red'), ('Valve', 'V-1', NULL);
+                 INSERT INTO {schema}.maintenance_schedules (asset_id, title, interval_days, next_due_at)
+                     VALUES (1, 'Oil', 30, '2027-01-01');
+                 INSERT INTO {schema}.asset_issues (asset_id, title) VALUES (1, 'Leak');"
+            ))
+            .await
+            .unwrap();
+    }
+    legacy
+        .execute_unprepared(
+            "ALTER TABLE tenant_broken.asset_issues DROP CONSTRAINT asset_issues_pkey;
+             INSERT INTO tenant_broken.assets (name, tag) VALUES ('Twin', 'P-1');
+             INSERT INTO tenant_broken.asset_issues (asset_id, title) VALUES (99, 'Orphan');
+             CREATE TABLE tenant_broken.invoices (id serial PRIMARY KEY, total numeric);",
+        )
+        .await
+        .unwrap();
+    db
+}
+
+fn estate_body(name: &str, db: &str, user: &str, password: &str) -> Value {
+    json!({"name": name, "host": "127.0.0.1", "port": cluster().cluster.port(), "database": db,
+           "user": user, "password": password, "layout": "schema_per_tenant", "pattern": "tenant\\_%"})
+}
+
+async fn add(app: &TestApp, body: Value) -> (StatusCode, Value) {
+    app.admin_call(Method::POST, "/v1/estates", Some(body)).await
+}
+
+#[tokio::test]
+async fn an_estate_is_registered_checked_and_its_sources_mapped_with_their_problems() {
+    let app = spawn_app().await;
+    let db = legacy_estate().await;
+    let su = &cluster().secrets.superuser_password;
+    let (s, estate) = add(&app, estate_body("legacy-one", &db, "postgres", su)).await;
+    assert_eq!(s, StatusCode::CREATED, "{estate}");
+    assert!(!estate.to_string().contains(su.as_str()), "the password is never returned: {estate}");
+    assert_eq!(estate["layout"], "schema_per_tenant");
+    let id = estate["id"].as_str().unwrap().to_string();
+    let registry = connect(&app.cp.config().registry_database, false);
+    let stored = scalar(
+        &registry,
+        &format!("SELECT count(*) FROM estates WHERE position(convert_to('{su}', 'UTF8') in password_enc) > 0"),
+    )
+    .await;
+    assert_eq!(stored, 0, "the password is not kept in the clear");
+    let audited = scalar(
+        &registry,
+        &format!("SELECT count(*) FROM audit_log WHERE action = 'estate.add' AND details::text NOT LIKE '%{su}%'"),
+    )
+    .await;
+    assert_eq!(audited, 1, "the addition is audited, without the password");
+    let (s, list) = app.admin_call(Method::GET, "/v1/estates", None).await;
+    assert_eq!((s, list["estates"].as_array().unwrap().len()), (StatusCode::OK, 1));
+
+    let (s, body) = app.admin_call(Method::GET, &format!("/v1/estates/{id}/sources"), None).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let sources = body["sources"].as_array().unwrap();
+    let names: Vec<&str> = sources.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["tenant_acme", "tenant_broken"], "the pattern selects the tenants' schemas only");
+    let acme = &sources[0];
+    assert_eq!(acme["state"], "not_adopted");
+    assert_eq!(acme["problems"], json!([]), "{acme}");
+    let assets = acme["tables"].as_array().unwrap().iter().find(|t| t["legacy"] == "assets").unwrap();
+    assert_eq!((assets["target"].clone(), assets["rows"].clone()), (json!("assets"), json!(2)));
+    assert!(assets["bytes"].as_i64().unwrap() > 0);
+    assert!(assets["primary_key"].as_str().unwrap().contains("uuid v5"), "{assets}");
+    assert!(
+        assets["columns"].as_array().unwrap().contains(&json!({"legacy": "color", "target": "attributes.color"})),
+        "a legacy column with no target is kept in attributes: {assets}"
+    );
+    let problems = sources[1]["problems"].to_string();
+    for expected in [
+        "`asset_issues` has no primary key",
+        "tag(s) used by more than one row",
+        "whose asset does not exist",
+        "table `invoices` does not map",
+    ] {
+        assert!(problems.contains(expected), "{expected}: {problems}");
+    }
+
+    let (s, plan) = app
+        .admin_call(Method::GET, &format!("/v1/estates/{id}/adoption-plan?source=tenant_acme&tier=shared"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{plan}");
+    assert_eq!(plan["ready"], true, "{plan}");
+    assert_eq!(plan["target"], app.pool_name.as_str());
+    assert!(plan["estimated_copy_secs"].as_f64().is_some() && plan["expected_pause_ms"].as_u64().unwrap() < 1000);
+    let (s, plan) = app
+        .admin_call(Method::GET, &format!("/v1/estates/{id}/adoption-plan?source=tenant_broken&tier=dedicated"), None)
+        .await;
+    assert_eq!((s, plan["ready"].clone()), (StatusCode::OK, json!(false)), "{plan}");
+    assert_eq!(plan["target"], "new dedicated database");
+    let (s, _) = app
+        .admin_call(Method::GET, &format!("/v1/estates/{id}/adoption-plan?source=tenant_nobody&tier=shared"), None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "a source that does not exist");
+
+    let (s, _) = app.admin_call(Method::DELETE, &format!("/v1/estates/{id}"), None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = app.admin_call(Method::GET, &format!("/v1/estates/{id}"), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_bad_estate_is_refused_with_a_422_naming_what_is_wrong() {
+    let app = spawn_app().await;
+    let db = legacy_estate().await;
+    let su = &cluster().secrets.superuser_password;
+    // A role that may log in but neither replicate nor create a publication.
+    let postgres = connect("postgres", false);
+    let reader = tenantry::testkit::unique("reader");
+    postgres.execute_unprepared(&format!("CREATE ROLE {reader} LOGIN PASSWORD 'reader-pw'")).await.unwrap();
+    let dead_port = tenantry::testkit::free_port();
+    let cases = [
+        (json!({"port": dead_port}), "estate_unreachable", "127.0.0.1"),
+        (json!({"password": "wrong"}), "estate_unreachable", "password authentication failed"),
+        (json!({"database": "no_such_database"}), "estate_unreachable", "does not exist"),
+        (json!({"user": reader, "password": "reader-pw"}), "estate_not_ready", "may not replicate"),
+        (json!({"user": reader, "password": "reader-pw"}), "estate_not_ready", "may not create a publication"),
+        (json!({"mapping": {"tables": {"invoices": {}}}}), "invalid_mapping", "not a Tenantry table"),
+        (json!({"name": ""}), "invalid_estate", "`name`"),
+    ];
+    for (i, (change, code, words)) in cases.into_iter().enumerate() {
+        let mut body = estate_body(&format!("bad-{i}"), &db, "postgres", su);
+        for (k, v) in change.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (s, answer) = add(&app, body.clone()).await;
+        assert_eq!(
+            (s, answer["error"]["code"].as_str().unwrap_or("")),
+            (StatusCode::UNPROCESSABLE_ENTITY, code),
+            "{change}: {answer}"
+        );
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(words), "{change}: {message}");
+        assert!(!message.contains("reader-pw") && !message.contains(su.as_str()), "no secret echoed: {message}");
+    }
+    let (s, _) = add(&app, estate_body("twice", &db, "postgres", su)).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, answer) = add(&app, estate_body("twice", &db, "postgres", su)).await;
+    assert_eq!((s, answer["error"]["code"].clone()), (StatusCode::CONFLICT, json!("estate_exists")));
+    let missing = uuid::Uuid::now_v7();
+    for path in [format!("/v1/estates/{missing}"), format!("/v1/estates/{missing}/sources")] {
+        assert_eq!(app.admin_call(Method::GET, &path, None).await.0, StatusCode::NOT_FOUND, "{path}");
+    }
+    let (_, list) = app.admin_call(Method::GET, "/v1/estates", None).await;
+    assert_eq!(list["estates"].as_array().unwrap().len(), 1, "no half-made estate remains");
+}
