@@ -5,6 +5,7 @@
 //! it; `sources.rs` finds the tenants in it, maps their tables and dry-runs an
 //! adoption.
 
+pub mod mapping;
 pub mod sources;
 
 use chrono::{DateTime, Utc};
@@ -62,9 +63,9 @@ pub struct NewEstate {
     /// Schemas (or databases) holding tenants, in SQL `LIKE` syntax: `tenant\_%`.
     pub pattern: String,
     /// Table and column renames, values for target columns the legacy source
-    /// lacks, tables to ignore (see `sources::Mapping`).
+    /// lacks, tables to ignore (see `mapping::Mapping`).
     #[serde(default)]
-    pub mapping: Option<sources::Mapping>,
+    pub mapping: Option<mapping::Mapping>,
 }
 
 /// An estate as the API shows it (never its password).
@@ -78,7 +79,7 @@ pub struct EstateView {
     pub user: String,
     pub layout: Layout,
     pub pattern: String,
-    pub mapping: sources::Mapping,
+    pub mapping: mapping::Mapping,
     pub created_at: DateTime<Utc>,
 }
 

@@ -12,119 +12,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use sea_orm::FromQueryResult;
 use sea_orm::sqlx::postgres::PgConnection;
 use sea_orm::sqlx::{self, AssertSqlSafe, Connection};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use uuid::Uuid;
 
 use tenantry_provisioner::quote_ident;
 
+use super::mapping::{Mapping, TARGETS, target_columns};
 use super::{Estate, Layout, requirements};
 use crate::error::Error;
 use crate::moves::plan::Check;
 use crate::plane::ControlPlane;
 use crate::registry::stmt;
-
-/// A target table's columns (without `tenant_id`): name, and whether a row
-/// needs a value for it (no default in the tenant schema).
-const TARGETS: &[(&str, &[(&str, bool)])] = &[
-    (
-        "assets",
-        &[
-            ("id", true),
-            ("name", true),
-            ("tag", true),
-            ("category", false),
-            ("location", false),
-            ("status", true),
-            ("attributes", false),
-            ("created_at", false),
-            ("updated_at", false),
-        ],
-    ),
-    (
-        "maintenance_schedules",
-        &[
-            ("id", true),
-            ("asset_id", true),
-            ("title", true),
-            ("interval_days", true),
-            ("next_due_at", true),
-            ("last_done_at", false),
-            ("created_at", false),
-            ("updated_at", false),
-        ],
-    ),
-    (
-        "asset_issues",
-        &[
-            ("id", true),
-            ("asset_id", true),
-            ("title", true),
-            ("description", false),
-            ("status", true),
-            ("priority", true),
-            ("created_at", false),
-            ("updated_at", false),
-        ],
-    ),
-];
-
-fn target_columns(table: &str) -> Option<&'static [(&'static str, bool)]> {
-    TARGETS.iter().find(|(t, _)| *t == table).map(|(_, c)| *c)
-}
-
-/// How one Tenantry table is filled from the legacy source.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TableMapping {
-    /// The legacy table's name (default: the target's).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from: Option<String>,
-    /// Target column -> legacy column, where the names differ.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub columns: BTreeMap<String, String>,
-    /// Target column -> value, for target columns the legacy table lacks.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schema(value_type = Object)]
-    pub values: BTreeMap<String, serde_json::Value>,
-}
-
-/// An estate's mapping onto Tenantry's tables. Default: the legacy tables use
-/// the product's table and column names.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Mapping {
-    /// Per target table (`assets`, `maintenance_schedules`, `asset_issues`).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub tables: BTreeMap<String, TableMapping>,
-    /// Legacy tables left behind.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ignore: Vec<String>,
-}
-
-impl Mapping {
-    pub(crate) fn validate(&self) -> Result<(), Error> {
-        for (table, m) in &self.tables {
-            let Some(cols) = target_columns(table) else {
-                return Err(Error::invalid(
-                    "invalid_mapping",
-                    format!(
-                        "`{table}` is not a Tenantry table; expected assets, maintenance_schedules or asset_issues"
-                    ),
-                ));
-            };
-            for col in m.columns.keys().chain(m.values.keys()) {
-                if !cols.iter().any(|(c, _)| c == col) {
-                    return Err(Error::invalid("invalid_mapping", format!("`{table}` has no column `{col}`")));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn legacy_table<'a>(&'a self, target: &'a str) -> &'a str {
-        self.tables.get(target).and_then(|m| m.from.as_deref()).unwrap_or(target)
-    }
-}
 
 /// Where a source stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
