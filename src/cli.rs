@@ -169,6 +169,120 @@ fn print_json(v: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
+#[derive(clap::Subcommand, Debug)]
+pub enum EstateCommand {
+    /// Register a legacy estate; the password is read from
+    /// TENANTRY_ESTATE_PASSWORD (never from the command line).
+    Add {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        host: String,
+        #[arg(long, default_value_t = 5432)]
+        port: u16,
+        #[arg(long)]
+        database: String,
+        #[arg(long)]
+        user: String,
+        /// schema_per_tenant | database_per_tenant
+        #[arg(long, default_value = "schema_per_tenant")]
+        layout: String,
+        /// Schemas (or databases) holding tenants, SQL LIKE: 'tenant\_%'
+        #[arg(long)]
+        pattern: String,
+        /// A mapping as JSON (see GET /openapi.json, Mapping).
+        #[arg(long)]
+        mapping: Option<String>,
+    },
+    /// List estates.
+    List,
+    /// The estate's sources: tables, mapping, sizes, problems, state.
+    Sources { estate: String },
+    /// The dry run of adopting one source.
+    Plan {
+        estate: String,
+        #[arg(long)]
+        source: String,
+        /// shared | dedicated
+        #[arg(long, default_value = "shared")]
+        tier: String,
+    },
+    /// Forget an estate.
+    Remove { estate: String },
+}
+
+/// `tenantry estates ...`
+pub async fn estates(args: &AdminArgs, command: EstateCommand) -> anyhow::Result<()> {
+    let admin = Admin::new(args)?;
+    use reqwest::Method;
+    match command {
+        EstateCommand::Add { name, host, port, database, user, layout, pattern, mapping } => {
+            let password = std::env::var("TENANTRY_ESTATE_PASSWORD")
+                .map_err(|_| anyhow::anyhow!("set TENANTRY_ESTATE_PASSWORD to the estate user's password"))?;
+            let mapping: Option<serde_json::Value> = mapping
+                .map(|m| serde_json::from_str(&m))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--mapping is not JSON: {e}"))?;
+            let body = serde_json::json!({"name": name, "host": host, "port": port, "database": database,
+                "user": user, "password": password, "layout": layout, "pattern": pattern, "mapping": mapping});
+            let estate = admin.call(Method::POST, "/v1/estates", Some(body)).await?;
+            println!("added estate {} ({})", estate["name"], estate["id"]);
+        }
+        EstateCommand::List => {
+            let list = admin.call(Method::GET, "/v1/estates", None).await?;
+            println!("{:<38} {:<20} {:<22} {:<20} pattern", "id", "name", "host", "layout");
+            for e in list["estates"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<38} {:<20} {:<22} {:<20} {}",
+                    e["id"].as_str().unwrap_or(""),
+                    e["name"].as_str().unwrap_or(""),
+                    format!("{}:{}", e["host"].as_str().unwrap_or(""), e["port"]),
+                    e["layout"].as_str().unwrap_or(""),
+                    e["pattern"].as_str().unwrap_or("")
+                );
+            }
+        }
+        EstateCommand::Sources { estate } => {
+            let body = admin.call(Method::GET, &format!("/v1/estates/{estate}/sources"), None).await?;
+            for s in body["sources"].as_array().into_iter().flatten() {
+                println!("{} [{}]", s["name"].as_str().unwrap_or(""), s["state"].as_str().unwrap_or(""));
+                for t in s["tables"].as_array().into_iter().flatten() {
+                    println!(
+                        "  {:<28} -> {:<24} {:>10} rows {:>12} bytes",
+                        t["legacy"].as_str().unwrap_or(""),
+                        t["target"].as_str().unwrap_or("(none)"),
+                        t["rows"],
+                        t["bytes"]
+                    );
+                }
+                for p in s["problems"].as_array().into_iter().flatten() {
+                    println!("  problem: {}", p.as_str().unwrap_or(""));
+                }
+            }
+        }
+        EstateCommand::Plan { estate, source, tier } => {
+            let path = format!("/v1/estates/{estate}/adoption-plan?source={source}&tier={tier}");
+            let plan = admin.call(Method::GET, &path, None).await?;
+            println!("adopt {} -> {} ({})", plan["source"], plan["target"], plan["tier"]);
+            for c in plan["checks"].as_array().into_iter().flatten() {
+                let mark = if c["ok"] == true { "ok  " } else { "FAIL" };
+                println!("  [{mark}] {:<26} {}", c["name"].as_str().unwrap_or(""), c["detail"].as_str().unwrap_or(""));
+            }
+            println!(
+                "  copy ~{:.1} s, pause ~{} ms: {}",
+                plan["estimated_copy_secs"].as_f64().unwrap_or(0.0),
+                plan["expected_pause_ms"],
+                if plan["ready"] == true { "ready" } else { "not ready" }
+            );
+        }
+        EstateCommand::Remove { estate } => {
+            admin.call(Method::DELETE, &format!("/v1/estates/{estate}"), None).await?;
+            println!("removed estate {estate}");
+        }
+    }
+    Ok(())
+}
+
 /// `tenantry tenants ...`
 pub async fn tenants(args: &AdminArgs, command: TenantCommand) -> anyhow::Result<()> {
     let admin = Admin::new(args)?;

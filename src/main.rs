@@ -48,6 +48,13 @@ enum Command {
         #[command(subcommand)]
         command: tenantry::cli::TenantCommand,
     },
+    /// Legacy estates to adopt tenants from, through the admin API.
+    Estates {
+        #[command(flatten)]
+        admin: tenantry::cli::AdminArgs,
+        #[command(subcommand)]
+        command: tenantry::cli::EstateCommand,
+    },
     /// Operations, through the admin API.
     Operations {
         #[command(flatten)]
@@ -92,6 +99,7 @@ fn main() -> std::process::ExitCode {
             }
             Command::Tenants { admin, command } => tenantry::cli::tenants(&admin, command).await,
             Command::Operations { admin, command } => tenantry::cli::operations(&admin, command).await,
+            Command::Estates { admin, command } => tenantry::cli::estates(&admin, command).await,
             Command::Migrate { config, concurrency } => {
                 // Needs only [control_plane] (a Job with the control plane's configuration).
                 let role = tenantry::config::Role::ControlPlane;

@@ -126,6 +126,27 @@ async fn an_estate_is_registered_checked_and_its_sources_mapped_with_their_probl
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND, "a source that does not exist");
 
+    // The same through the CLI.
+    let cli = |args: Vec<String>| {
+        let (admin, token) = (app.admin.clone(), app.token.clone());
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_tenantry"))
+                .arg("estates")
+                .args(&args)
+                .env("TENANTRY_ADMIN_URL", admin)
+                .env("TENANTRY_ADMIN_TOKEN", token)
+                .output()
+                .expect("run the CLI")
+        })
+    };
+    let out = cli(vec!["sources".into(), id.clone()]).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("tenant_acme [not_adopted]") && stdout.contains("problem: table `invoices`"), "{stdout}");
+    let out = cli(vec!["plan".into(), id.clone(), "--source".into(), "tenant_acme".into()]).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("[ok  ] source_maps") && stdout.contains("ready"), "{stdout}");
+
     let (s, _) = app.admin_call(Method::DELETE, &format!("/v1/estates/{id}"), None).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, _) = app.admin_call(Method::GET, &format!("/v1/estates/{id}"), None).await;
