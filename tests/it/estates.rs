@@ -198,3 +198,70 @@ async fn a_bad_estate_is_refused_with_a_422_naming_what_is_wrong() {
     let (_, list) = app.admin_call(Method::GET, "/v1/estates", None).await;
     assert_eq!(list["estates"].as_array().unwrap().len(), 1, "no half-made estate remains");
 }
+
+/// The control plane reads a legacy source's changes as their subscriber:
+/// a pgoutput slot peeked over an ordinary connection, decoded here.
+#[tokio::test]
+async fn a_legacy_sources_changes_are_read_from_a_pgoutput_slot_and_decoded() {
+    use tenantry_control_plane::estates::pgoutput::{Message, Value, decode};
+    let db = legacy_estate().await;
+    let legacy = connect(&db, false);
+    let slot = tenantry::testkit::unique("adopt");
+    legacy.execute_unprepared(&format!("CREATE PUBLICATION {slot} FOR TABLE tenant_acme.assets")).await.unwrap();
+    // Its own statement: a slot cannot be made in a transaction that wrote.
+    legacy
+        .execute_unprepared(&format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"))
+        .await
+        .unwrap();
+    legacy
+        .execute_unprepared(
+            "INSERT INTO tenant_acme.assets (name, tag) VALUES ('Fan', 'F-1');
+             UPDATE tenant_acme.assets SET name = 'Big pump' WHERE id = 1;
+             DELETE FROM tenant_acme.assets WHERE id = 2;",
+        )
+        .await
+        .unwrap();
+    // The SQL interface decodes up to the flushed WAL (the test cluster
+    // commits asynchronously): wait until the transaction is there.
+    let peek = format!(
+        "SELECT data FROM pg_logical_slot_peek_binary_changes('{slot}', NULL, NULL, \
+         'proto_version', '1', 'publication_names', '{slot}')"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let rows = loop {
+        let rows = legacy
+            .query_all_raw(sea_orm::Statement::from_string(sea_orm::DbBackend::Postgres, peek.clone()))
+            .await
+            .unwrap();
+        if rows.len() >= 6 || std::time::Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let messages: Vec<Message> =
+        rows.iter().map(|r| decode(&r.try_get::<Vec<u8>>("", "data").unwrap()).expect("decodes")).collect();
+    let relation = messages.iter().find_map(|m| match m {
+        Message::Relation(r) => Some(r.clone()),
+        _ => None,
+    });
+    let relation = relation.unwrap_or_else(|| panic!("the relation is described: {messages:?}"));
+    assert_eq!((relation.schema.as_str(), relation.name.as_str()), ("tenant_acme", "assets"));
+    let names: Vec<&str> = relation.columns.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["id", "name", "tag", "status", "color"]);
+    assert!(relation.columns[0].key, "the primary key is the identity");
+    let changes: Vec<&Message> = messages
+        .iter()
+        .filter(|m| matches!(m, Message::Insert { .. } | Message::Update { .. } | Message::Delete { .. }))
+        .collect();
+    assert_eq!(changes.len(), 3, "{messages:?}");
+    let Message::Insert { new, .. } = changes[0] else { panic!("{:?}", changes[0]) };
+    assert_eq!((&new[1], &new[2]), (&Value::Text("Fan".into()), &Value::Text("F-1".into())));
+    let Message::Update { old, new, .. } = changes[1] else { panic!("{:?}", changes[1]) };
+    assert_eq!((old, &new[0], &new[1]), (&None, &Value::Text("1".into()), &Value::Text("Big pump".into())));
+    let Message::Delete { old, .. } = changes[2] else { panic!("{:?}", changes[2]) };
+    assert_eq!(old[0], Value::Text("2".into()), "a delete names the key");
+    // One simple-protocol message, so one transaction: begin, relation, three changes, commit.
+    assert!(matches!(messages.first(), Some(Message::Begin { .. })), "{messages:?}");
+    assert!(matches!(messages.last(), Some(Message::Commit { .. })), "{messages:?}");
+    legacy.execute_unprepared(&format!("SELECT pg_drop_replication_slot('{slot}')")).await.unwrap();
+}

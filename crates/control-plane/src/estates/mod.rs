@@ -6,6 +6,7 @@
 //! adoption.
 
 pub mod mapping;
+pub mod pgoutput;
 pub mod sources;
 
 use chrono::{DateTime, Utc};
