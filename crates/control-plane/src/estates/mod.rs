@@ -7,6 +7,7 @@
 
 pub mod mapping;
 pub mod pgoutput;
+pub mod rows;
 pub mod sources;
 
 use chrono::{DateTime, Utc};

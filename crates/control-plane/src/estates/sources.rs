@@ -385,8 +385,3 @@ async fn inspect_source(estate: &Estate, name: &str) -> Result<(Vec<SourceTable>
     let _ = conn.close().await;
     result
 }
-
-/// The id a legacy integer id becomes (see the module docs).
-pub fn adopted_id(tenant: Uuid, table: &str, legacy: i64) -> Uuid {
-    Uuid::new_v5(&tenant, format!("{table}:{legacy}").as_bytes())
-}
