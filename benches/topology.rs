@@ -148,6 +148,10 @@ async fn main() -> anyhow::Result<()> {
     let hooks = ["move.cutover.fenced", "move.cutover.sealed"];
     let failpoints = hooks.iter().map(|h| format!("{h}@{}", dir.join(h).display())).collect::<Vec<_>>().join(",");
     let fp = vec![("TENANTRY_FAILPOINTS".to_string(), failpoints)];
+    // A hook whose marker exists is disarmed: each move below arms only its own.
+    for h in hooks {
+        std::fs::write(dir.join(h), "")?;
+    }
     let procs = Arc::new(Mutex::new(vec![
         Proc::start(bin, "app", &config, vec![], dir.join("app-1.log")),
         Proc::start(bin, "app", &config, vec![], dir.join("app-2.log")),
@@ -224,6 +228,7 @@ async fn main() -> anyhow::Result<()> {
     for hook in hooks {
         let target = if home == pool1 { pool2 } else { pool1 };
         worst.store(0, Ordering::Relaxed);
+        std::fs::remove_file(dir.join(hook))?;
         let started = Instant::now();
         let op = move_to(&cp, &t, target).await?;
         let done = cp.wait_operation(op, Duration::from_secs(180)).await?;
