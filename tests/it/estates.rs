@@ -265,3 +265,46 @@ async fn a_legacy_sources_changes_are_read_from_a_pgoutput_slot_and_decoded() {
     assert!(matches!(messages.last(), Some(Message::Commit { .. })), "{messages:?}");
     legacy.execute_unprepared(&format!("SELECT pg_drop_replication_slot('{slot}')")).await.unwrap();
 }
+
+/// Database per tenant: every database matching the pattern is a source,
+/// its `public` tables mapped the same way.
+#[tokio::test]
+async fn a_database_per_tenant_estate_lists_each_database_as_a_source() {
+    let app = spawn_app().await;
+    let prefix = tenantry::testkit::unique("legacydb");
+    let postgres = connect("postgres", false);
+    for t in ["acme", "globex"] {
+        let db = format!("{prefix}_{t}");
+        postgres.execute_unprepared(&format!("CREATE DATABASE {db}")).await.unwrap();
+        connect(&db, false)
+            .execute_unprepared(
+                "CREATE TABLE assets (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), label text NOT NULL,
+                     tag text NOT NULL, status text NOT NULL DEFAULT 'active');
+                 INSERT INTO assets (label, tag) VALUES ('Pump', 'P-1'), ('Valve', 'V-1'), ('Fan', 'F-1');",
+            )
+            .await
+            .unwrap();
+    }
+    let mut body = estate_body("per-db", "postgres", "postgres", &cluster().secrets.superuser_password);
+    body["layout"] = json!("database_per_tenant");
+    body["pattern"] = json!(format!("{prefix}\\_%"));
+    body["mapping"] = json!({"tables": {"assets": {"columns": {"name": "label"}}}});
+    let (s, estate) = add(&app, body).await;
+    assert_eq!(s, StatusCode::CREATED, "{estate}");
+    let (s, body) =
+        app.admin_call(Method::GET, &format!("/v1/estates/{}/sources", estate["id"].as_str().unwrap()), None).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let sources = body["sources"].as_array().unwrap();
+    let names: Vec<String> = sources.iter().map(|s| s["name"].as_str().unwrap().to_string()).collect();
+    assert_eq!(names, [format!("{prefix}_acme"), format!("{prefix}_globex")]);
+    for s in sources {
+        assert_eq!(s["problems"], json!([]), "{s}");
+        let assets = &s["tables"][0];
+        assert_eq!((assets["target"].clone(), assets["rows"].clone()), (json!("assets"), json!(3)));
+        assert_eq!(assets["primary_key"], "id uuid (kept)");
+        assert!(
+            assets["columns"].as_array().unwrap().contains(&json!({"legacy": "label", "target": "name"})),
+            "the renamed column maps: {assets}"
+        );
+    }
+}
