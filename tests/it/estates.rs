@@ -308,3 +308,93 @@ async fn a_database_per_tenant_estate_lists_each_database_as_a_source() {
         );
     }
 }
+
+/// A transaction scoped to `tenant` (RLS is forced on the owner too).
+async fn in_scope(
+    conn: &mut sea_orm::sqlx::postgres::PgConnection,
+    tenant: uuid::Uuid,
+) -> sea_orm::sqlx::Transaction<'_, sea_orm::sqlx::Postgres> {
+    use sea_orm::sqlx::Connection;
+    let mut tx = conn.begin().await.unwrap();
+    sea_orm::sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+        .bind(tenant.to_string())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx
+}
+
+/// Legacy rows mapped and applied to a tenant on the shared pool: ids become
+/// UUID v5 of "<table>:<id>", foreign keys follow, a column with no target
+/// lands in attributes; applying again changes nothing; updates and deletes
+/// go by the mapped id. The app API then serves them to the tenant.
+#[tokio::test]
+async fn mapped_legacy_rows_apply_idempotently_and_the_tenant_serves_them() {
+    use sea_orm::sqlx::{Connection, postgres::PgConnectOptions};
+    use tenantry_control_plane::estates::{apply, mapping::TableMapping, pgoutput::Value, rows::map_row};
+    let app = spawn_app().await;
+    let t = app.create_tenant("adopted", "shared").await;
+    let tenant: uuid::Uuid = t.id.parse().unwrap();
+    let tc = cluster();
+    let opts = PgConnectOptions::new()
+        .host("127.0.0.1")
+        .port(tc.cluster.port())
+        .database(&app.pool_name)
+        .username("tenantry_owner")
+        .password(&tc.secrets.owner_password);
+    let mut conn = sea_orm::sqlx::postgres::PgConnection::connect_with(&opts).await.unwrap();
+    let text = |v: &str| Value::Text(v.into());
+    let asset_cols: Vec<String> = ["id", "name", "tag", "status", "color"].map(String::from).into();
+    let sched_cols: Vec<String> = ["id", "asset_id", "title", "interval_days", "next_due_at"].map(String::from).into();
+    let pump = |name: &str| {
+        map_row(
+            tenant,
+            "assets",
+            &TableMapping::default(),
+            &asset_cols,
+            &[text("42"), text(name), text("P-1"), text("active"), text("red")],
+        )
+        .unwrap()
+    };
+    let oil = map_row(
+        tenant,
+        "maintenance_schedules",
+        &TableMapping::default(),
+        &sched_cols,
+        &[text("7"), text("42"), text("Oil"), text("30"), text("2027-01-01 00:00:00+00")],
+    )
+    .unwrap();
+    // As the owner, in the tenant's scope: RLS is forced on the owner too.
+    let apply_in_scope = async |conn: &mut sea_orm::sqlx::postgres::PgConnection,
+                                table: &str,
+                                rows: Vec<serde_json::Map<String, serde_json::Value>>| {
+        let mut tx = in_scope(conn, tenant).await;
+        let n = apply::upsert(&mut tx, table, &rows).await.unwrap();
+        tx.commit().await.unwrap();
+        n
+    };
+    assert_eq!(apply_in_scope(&mut conn, "assets", vec![pump("Pump")]).await, 1);
+    assert_eq!(apply_in_scope(&mut conn, "maintenance_schedules", vec![oil.clone()]).await, 1);
+    assert_eq!(apply_in_scope(&mut conn, "assets", vec![pump("Pump")]).await, 1, "a repeat lands on the same row");
+
+    let id = uuid::Uuid::new_v5(&tenant, b"assets:42");
+    let (s, asset) = app.get(&t.key, "/v1/assets/by-tag/P-1").await;
+    assert_eq!(s, StatusCode::OK, "{asset}");
+    assert_eq!(asset["id"], id.to_string(), "integer ids become UUID v5 of \"assets:42\"");
+    assert_eq!(asset["attributes"], json!({"color": "red"}));
+    assert_eq!(
+        (asset["category"].clone(), asset["name"].clone()),
+        (json!(""), json!("Pump")),
+        "defaults where the legacy row says nothing"
+    );
+    let (_, scheds) = app.get(&t.key, &format!("/v1/assets/{id}/maintenance-schedules")).await;
+    assert_eq!(scheds["maintenance_schedules"][0]["title"], "Oil", "the foreign key followed: {scheds}");
+    assert_eq!(app.get(&t.key, "/v1/assets").await.1["assets"].as_array().unwrap().len(), 1);
+
+    apply_in_scope(&mut conn, "assets", vec![pump("Big pump")]).await;
+    assert_eq!(app.get(&t.key, "/v1/assets/by-tag/P-1").await.1["name"], "Big pump", "an update by the mapped id");
+    let mut tx = in_scope(&mut conn, tenant).await;
+    assert_eq!(apply::delete(&mut tx, "assets", tenant, &[id]).await.unwrap(), 1);
+    tx.commit().await.unwrap();
+    assert_eq!(app.get(&t.key, "/v1/assets/by-tag/P-1").await.0, StatusCode::NOT_FOUND, "a delete by the mapped id");
+}

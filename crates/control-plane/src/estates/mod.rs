@@ -5,6 +5,7 @@
 //! it; `sources.rs` finds the tenants in it, maps their tables and dry-runs an
 //! adoption.
 
+pub mod apply;
 pub mod mapping;
 pub mod pgoutput;
 pub mod rows;
