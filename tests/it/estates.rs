@@ -398,3 +398,70 @@ async fn mapped_legacy_rows_apply_idempotently_and_the_tenant_serves_them() {
     tx.commit().await.unwrap();
     assert_eq!(app.get(&t.key, "/v1/assets/by-tag/P-1").await.0, StatusCode::NOT_FOUND, "a delete by the mapped id");
 }
+
+/// The legacy fence: a trigger refuses every write to the source's tables
+/// with an error naming the adoption (the tables' owner included), waits for
+/// in-flight writes (bounded), leaves other sources alone, and lifts cleanly.
+#[tokio::test]
+async fn the_legacy_fence_refuses_writes_naming_the_adoption_and_lifts() {
+    use sea_orm::sqlx::postgres::{PgConnectOptions, PgConnection};
+    use sea_orm::sqlx::{self, Connection};
+    use tenantry_control_plane::estates::fence;
+    let db = legacy_estate().await;
+    let tc = cluster();
+    let opts = PgConnectOptions::new()
+        .host("127.0.0.1")
+        .port(tc.cluster.port())
+        .database(&db)
+        .username("postgres")
+        .password(&tc.secrets.superuser_password);
+    let mut control = PgConnection::connect_with(&opts).await.unwrap();
+    let mut legacy_app = PgConnection::connect_with(&opts).await.unwrap();
+    let tables: Vec<String> = ["assets", "maintenance_schedules", "asset_issues"].map(String::from).into();
+    let op = uuid::Uuid::now_v7();
+
+    // An in-flight legacy write holds the fence back, within its bound.
+    let mut writing = legacy_app.begin().await.unwrap();
+    sqlx::query("INSERT INTO tenant_acme.assets (name, tag) VALUES ('Late', 'L-1')")
+        .execute(&mut *writing)
+        .await
+        .unwrap();
+    let waited = fence::fence(&mut control, "tenant_acme", &tables, op, 200).await.unwrap_err();
+    assert_eq!(
+        waited.as_database_error().and_then(|e| e.code()).as_deref(),
+        Some("55P03"),
+        "the fence waits for in-flight writes: {waited}"
+    );
+    writing.commit().await.unwrap();
+    fence::fence(&mut control, "tenant_acme", &tables, op, 2000).await.unwrap();
+    fence::fence(&mut control, "tenant_acme", &tables, op, 2000).await.expect("repeatable");
+
+    for sql in [
+        "INSERT INTO tenant_acme.assets (name, tag) VALUES ('New', 'N-1')",
+        "UPDATE tenant_acme.asset_issues SET title = 'x'",
+        "DELETE FROM tenant_acme.maintenance_schedules",
+        "TRUNCATE tenant_acme.asset_issues",
+    ] {
+        let err = sqlx::raw_sql(sql).execute(&mut legacy_app).await.unwrap_err();
+        let db_err = err.as_database_error().expect("a database error");
+        assert_eq!(db_err.code().as_deref(), Some(fence::FENCED), "{sql}");
+        assert!(
+            db_err.message().contains(&op.to_string()) && db_err.message().contains("adopted"),
+            "{}",
+            db_err.message()
+        );
+    }
+    let rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM tenant_acme.assets").fetch_one(&mut legacy_app).await.unwrap();
+    assert_eq!(rows, 3, "reads go on; the write acknowledged before the fence is there");
+    sqlx::raw_sql("INSERT INTO tenant_broken.assets (name, tag) VALUES ('Other', 'O-1')")
+        .execute(&mut legacy_app)
+        .await
+        .expect("another source is not fenced");
+
+    fence::lift(&mut control, "tenant_acme", op).await.unwrap();
+    sqlx::raw_sql("INSERT INTO tenant_acme.assets (name, tag) VALUES ('After', 'A-1')")
+        .execute(&mut legacy_app)
+        .await
+        .expect("writes again once lifted");
+}

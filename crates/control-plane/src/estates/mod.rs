@@ -6,6 +6,7 @@
 //! adoption.
 
 pub mod apply;
+pub mod fence;
 pub mod mapping;
 pub mod pgoutput;
 pub mod rows;
