@@ -213,3 +213,33 @@ async fn an_empty_logical_backend_is_retired_and_a_busy_one_is_refused() {
     let (s, body) = app.admin_call(Method::POST, &format!("/v1/backends/{}/retire", spare.id), None).await;
     assert_eq!((s, body["error"]["code"].clone()), (StatusCode::CONFLICT, json!("already_retired")));
 }
+
+/// `/readyz`: a control plane is ready when the registry answers and every
+/// operation worker loop it is configured for runs; one whose workers do not
+/// run says so (a load balancer then sends it nothing).
+#[tokio::test]
+async fn readiness_requires_the_registry_and_every_worker_loop() {
+    let app = spawn_app().await;
+    for base in [&app.admin, &app.app] {
+        let r = app.http.get(format!("{base}/readyz")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{base}");
+        assert_eq!(r.json::<Value>().await.unwrap()["status"], "ready");
+    }
+    let mut cfg = app.cp.config().clone();
+    cfg.operation_workers = 2;
+    let idle = std::sync::Arc::new(tenantry_control_plane::ControlPlane::start(cfg).await.unwrap());
+    let why = idle.readiness().await.unwrap_err();
+    assert!(why.contains("0 of 2 operation workers running"), "{why}");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let workers: Vec<_> = (0..2).map(|_| tokio::spawn(idle.clone().run_worker(stop.clone()))).collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while idle.readiness().await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "ready once both loops run");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert!(idle.readiness().await.unwrap_err().contains("0 of 2"), "not ready once the loops stopped");
+}
