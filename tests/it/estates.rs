@@ -126,6 +126,32 @@ async fn an_estate_is_registered_checked_and_its_sources_mapped_with_their_probl
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND, "a source that does not exist");
 
+    // The console shows the estate, its sources and the dry run.
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let signed = http
+        .post(format!("{}/console/login", app.admin))
+        .form(&[("name", "ops"), ("token", app.token.as_str()), ("next", "/console/estates")])
+        .send()
+        .await
+        .unwrap();
+    let cookie = signed.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let page = |path: String| {
+        let (http, cookie, base) = (http.clone(), cookie.clone(), app.admin.clone());
+        async move {
+            let r = http.get(format!("{base}{path}")).header("cookie", cookie).send().await.unwrap();
+            (r.status(), r.text().await.unwrap())
+        }
+    };
+    let (s, list) = page("/console/estates".into()).await;
+    assert!(s == StatusCode::OK && list.contains("legacy-one"), "{list}");
+    let (s, one) = page(format!("/console/estates/{id}")).await;
+    assert_eq!(s, StatusCode::OK);
+    for expected in ["tenant_acme", "tenant_broken", "has no primary key", "Dry run"] {
+        assert!(one.contains(expected), "{expected} on the estate page");
+    }
+    let (s, dry) = page(format!("/console/estates/{id}/plan?source=tenant_acme")).await;
+    assert!(s == StatusCode::OK && dry.contains("Preflight checks") && dry.contains("Ready."), "{dry}");
+
     // The same through the CLI.
     let cli = |args: Vec<String>| {
         let (admin, token) = (app.admin.clone(), app.token.clone());

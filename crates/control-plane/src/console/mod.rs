@@ -6,6 +6,7 @@
 //! (`console:<name>`). Actions call the same control-plane methods as the API;
 //! each move or erasure first shows its dry run and asks for confirmation.
 
+mod estates;
 pub mod session;
 mod views;
 
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::http::StatusCode;
-use actix_web::http::header::{self, ContentType};
+use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use futures::StreamExt;
 use serde::Deserialize;
@@ -29,6 +30,7 @@ use crate::error::Error;
 use crate::plane::ControlPlane;
 use crate::tenants::NewTenant;
 use session::{COOKIE, ConsoleError, SESSION_HOURS, Session};
+use views::html;
 
 type Cp = web::Data<ControlPlane>;
 type Page = Result<HttpResponse, ConsoleError>;
@@ -61,19 +63,6 @@ impl ResponseError for ConsoleError {
             other => html(other.status_code(), views::error(None, other.status_code().as_u16(), &other.to_string())),
         }
     }
-}
-
-fn html(status: StatusCode, markup: maud::Markup) -> HttpResponse {
-    HttpResponse::build(status)
-        .content_type(ContentType::html())
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .insert_header((
-            "Content-Security-Policy",
-            "default-src 'self'; img-src 'self' data:; style-src 'self'; frame-ancestors 'none'",
-        ))
-        .insert_header(("X-Frame-Options", "DENY"))
-        .insert_header(("Referrer-Policy", "same-origin"))
-        .body(markup.into_string())
 }
 
 fn ok(markup: maud::Markup) -> Page {
@@ -711,6 +700,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/operations/{id}/progress", web::get().to(operation_progress))
             .route("/operations/{id}/cancel", web::post().to(cancel))
             .route("/backends", web::get().to(backends))
+            .route("/estates", web::get().to(estates::list))
+            .route("/estates/{id}", web::get().to(estates::one))
+            .route("/estates/{id}/plan", web::get().to(estates::plan))
             .route("/migrations", web::get().to(migrations))
             .route("/migrations/apply", web::post().to(apply_migrations))
             .route("/audit", web::get().to(audit))

@@ -14,11 +14,26 @@ use crate::registry::OperationView;
 use crate::tenants::{AuditEntry, KeyView, SettingsView, TenantView};
 use crate::usage::model::{TenantUsage, TenantUsageDetail};
 
+/// A console page as a response, with the console's security headers.
+pub fn html(status: actix_web::http::StatusCode, markup: maud::Markup) -> actix_web::HttpResponse {
+    actix_web::HttpResponse::build(status)
+        .content_type(actix_web::http::header::ContentType::html())
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
+        .insert_header((
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; frame-ancestors 'none'",
+        ))
+        .insert_header(("X-Frame-Options", "DENY"))
+        .insert_header(("Referrer-Policy", "same-origin"))
+        .body(markup.into_string())
+}
+
 /// Which tab of the navigation is current.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Nav {
     Tenants,
     Backends,
+    Estates,
     Migrations,
     Audit,
     None,
@@ -44,6 +59,7 @@ pub fn page(title: &str, session: Option<&Session>, nav: Nav, body: Markup) -> M
                         nav aria-label="Main" {
                             @for (n, href, label) in [(Nav::Tenants, "/console/tenants", "Tenants"),
                                 (Nav::Backends, "/console/backends", "Backends"),
+                                (Nav::Estates, "/console/estates", "Estates"),
                                 (Nav::Migrations, "/console/migrations", "Migrations"),
                                 (Nav::Audit, "/console/audit", "Audit")] {
                                 a href=(href) aria-current=[(n == nav).then_some("page")] { (label) }
