@@ -255,7 +255,7 @@ async fn a_change_without_the_sessions_csrf_token_is_refused() {
 }
 
 /// The console's session cookie, signed in over plain HTTP (no browser).
-async fn http_session(app: &TestApp) -> (reqwest::Client, String) {
+pub(crate) async fn http_session(app: &TestApp) -> (reqwest::Client, String) {
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let res = http
         .post(format!("{}/console/login", app.admin))

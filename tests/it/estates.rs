@@ -127,14 +127,7 @@ async fn an_estate_is_registered_checked_and_its_sources_mapped_with_their_probl
     assert_eq!(s, StatusCode::NOT_FOUND, "a source that does not exist");
 
     // The console shows the estate, its sources and the dry run.
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let signed = http
-        .post(format!("{}/console/login", app.admin))
-        .form(&[("name", "ops"), ("token", app.token.as_str()), ("next", "/console/estates")])
-        .send()
-        .await
-        .unwrap();
-    let cookie = signed.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let (http, cookie) = crate::console::http_session(&app).await;
     let page = |path: String| {
         let (http, cookie, base) = (http.clone(), cookie.clone(), app.admin.clone());
         async move {
