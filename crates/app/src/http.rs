@@ -526,7 +526,8 @@ async fn delete_issue(r: R, t: Tenant, id: web::Path<Uuid>) -> Result<HttpRespon
 }
 
 /// The error statuses every operation documents (see [`ErrorStatuses`](tenantry_core::web::ErrorStatuses)).
-const APP_ERRORS: tenantry_core::web::ErrorStatuses = tenantry_core::web::ErrorStatuses { rate_limited: true };
+const APP_ERRORS: tenantry_core::web::ErrorStatuses =
+    tenantry_core::web::ErrorStatuses { rate_limited: true, relays_backends: false };
 
 #[derive(OpenApi)]
 #[openapi(

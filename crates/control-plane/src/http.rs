@@ -639,7 +639,8 @@ async fn metrics(
 }
 
 /// The error statuses every operation documents (see [`ErrorStatuses`](tenantry_core::web::ErrorStatuses)).
-const ADMIN_ERRORS: tenantry_core::web::ErrorStatuses = tenantry_core::web::ErrorStatuses { rate_limited: false };
+const ADMIN_ERRORS: tenantry_core::web::ErrorStatuses =
+    tenantry_core::web::ErrorStatuses { rate_limited: false, relays_backends: true };
 
 /// Ready to serve: the registry answers and the operation workers run.
 async fn readyz(cp: Cp) -> HttpResponse {

@@ -239,12 +239,15 @@ fn has_json_nul(body: &[u8]) -> bool {
 /// OpenAPI document so the contract lists them: 400 (malformed JSON, path or
 /// query), 401 (no or a bad credential), 404 (for paths with a parameter),
 /// 413 and 415 (for bodies), 422 (a value that does not validate, a NUL
-/// character anywhere), 429 (the tenant's rate limit, app only) and 503 (a
-/// backend, the registry or the tenant's placement unavailable; retry).
+/// character anywhere), 429 (the tenant's rate limit, app only), 502 (a
+/// backend's or the cloud API's failure, admin only) and 503 (a backend, the
+/// registry or the tenant's placement unavailable; retry).
 /// Statuses an operation already documents keep their own description.
 pub struct ErrorStatuses {
     /// The listener rate-limits (429).
     pub rate_limited: bool,
+    /// The listener relays a backend's or a cloud API's failure (502).
+    pub relays_backends: bool,
 }
 
 impl utoipa::Modify for ErrorStatuses {
@@ -263,6 +266,11 @@ impl utoipa::Modify for ErrorStatuses {
                     (body, "415", "Request body is not application/json"),
                     (true, "422", "A value that does not validate, or a NUL character anywhere in the request"),
                     (self.rate_limited, "429", "Over the tenant's rate or concurrency limit; see Retry-After"),
+                    (
+                        self.relays_backends,
+                        "502",
+                        "A backend database or the cloud API failed (provisioning_failed, backend_unavailable)",
+                    ),
                     (
                         true,
                         "503",
