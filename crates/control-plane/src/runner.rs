@@ -154,13 +154,7 @@ impl ControlPlane {
     /// Ready when the registry answers and, with operation workers
     /// configured, every worker loop runs; otherwise why not.
     pub async fn readiness(&self) -> Result<(), String> {
-        use sea_orm::ConnectionTrait;
-        let ping = tokio::time::timeout(Duration::from_secs(2), self.registry().execute_unprepared("SELECT 1"));
-        match ping.await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(format!("the registry does not answer: {e}")),
-            Err(_) => return Err("the registry did not answer within 2 s".into()),
-        }
+        tenantry_core::registry::RegistryReader::new(self.registry().clone()).ping().await?;
         let (running, wanted) = (self.workers_running.load(Ordering::SeqCst), self.config().operation_workers);
         if running < wanted {
             return Err(format!("{running} of {wanted} operation workers running"));

@@ -178,7 +178,6 @@ async fn try_cutover(run: &Run<'_, MoveParams>, f: &Facts, state: &mut MoveRun) 
         return Err(e.into());
     }
     failpoint("move.cutover.target_active");
-    let abandon = |why: String| Ok(Cutover::Deferred(why));
     // The point of no return is recorded before it is passed: from here a
     // cancel is refused and a failure never rolls the move back.
     if !mark_sealing(run, f, true).await? {
@@ -194,7 +193,7 @@ async fn try_cutover(run: &Run<'_, MoveParams>, f: &Facts, state: &mut MoveRun) 
             unfence(&mut s, f).await;
             deactivate_target(&mut t, f, new_epoch).await;
             mark_sealing(run, f, false).await?;
-            return abandon(format!("the fence lapsed ({} ms) before the seal", timeout.as_millis()));
+            return Ok(Cutover::Deferred(format!("the fence lapsed ({} ms) before the seal", timeout.as_millis())));
         }
         // Unknown whether it committed: the resumed step finds out (`sealed`).
         Err(e) => return Err(e.into()),
