@@ -207,6 +207,38 @@ pub enum EstateCommand {
         #[arg(long, default_value = "shared")]
         tier: String,
     },
+    /// Adopt one source as a new tenant (progress until it serves).
+    Adopt {
+        estate: String,
+        #[arg(long)]
+        source: String,
+        #[arg(long)]
+        slug: String,
+        /// shared | dedicated
+        #[arg(long, default_value = "shared")]
+        tier: String,
+        /// Return once queued.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Adopt every source not adopted yet, `concurrency` at once.
+    AdoptAll {
+        estate: String,
+        #[arg(long, default_value = "shared")]
+        tier: String,
+        #[arg(long, default_value_t = 4)]
+        concurrency: i32,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// End the way back for an adopted source (`--drop`: drop its legacy schema or database).
+    Release {
+        estate: String,
+        #[arg(long)]
+        source: String,
+        #[arg(long)]
+        drop: bool,
+    },
     /// Forget an estate.
     Remove { estate: String },
 }
@@ -274,6 +306,37 @@ pub async fn estates(args: &AdminArgs, command: EstateCommand) -> anyhow::Result
                 plan["expected_pause_ms"],
                 if plan["ready"] == true { "ready" } else { "not ready" }
             );
+        }
+        EstateCommand::Adopt { estate, source, slug, tier, no_wait } => {
+            let body = serde_json::json!({"source": source, "slug": slug, "tier": tier});
+            let op = admin.call(Method::POST, &format!("/v1/estates/{estate}/adopt"), Some(body)).await?;
+            let id = op["id"].as_str().unwrap_or_default().to_string();
+            println!("adopt {source} as {slug}: operation {id}");
+            if !no_wait {
+                watch(&admin, &id).await?;
+                let op = admin.call(Method::GET, &format!("/v1/operations/{id}"), None).await?;
+                let p = &op["progress"];
+                println!("write pause {} ms, {} rows copied, counts {}", p["pause_ms"], p["rows_copied"], p["counts"]);
+            }
+        }
+        EstateCommand::AdoptAll { estate, tier, concurrency, no_wait } => {
+            let body = serde_json::json!({"tier": tier, "concurrency": concurrency});
+            let all = admin.call(Method::POST, &format!("/v1/estates/{estate}/adopt-all"), Some(body)).await?;
+            let queued = all["queued"].as_array().cloned().unwrap_or_default();
+            let ids: Vec<String> =
+                queued.iter().filter_map(|q| q["operation"]["id"].as_str().map(String::from)).collect();
+            for q in queued.iter().filter(|q| q["error"].is_string()) {
+                println!("  {} not queued: {}", q["source"].as_str().unwrap_or(""), q["error"].as_str().unwrap_or(""));
+            }
+            println!("{} adoptions queued (batch {})", ids.len(), all["batch"].as_str().unwrap_or(""));
+            if !no_wait {
+                watch_all(&admin, &ids).await?;
+            }
+        }
+        EstateCommand::Release { estate, source, drop } => {
+            let body = serde_json::json!({"source": source, "drop": drop});
+            admin.call(Method::POST, &format!("/v1/estates/{estate}/release"), Some(body)).await?;
+            println!("released {source}{}", if drop { " (legacy data dropped)" } else { "" });
         }
         EstateCommand::Remove { estate } => {
             admin.call(Method::DELETE, &format!("/v1/estates/{estate}"), None).await?;
@@ -407,6 +470,37 @@ pub async fn operations(args: &AdminArgs, command: OperationCommand) -> anyhow::
     }
 }
 
+/// One bar over many operations: how many have ended; the failures listed.
+async fn watch_all(admin: &Admin, ids: &[String]) -> anyhow::Result<()> {
+    let progress = bar(ids.len() as u64, "adoptions");
+    let mut failed = Vec::new();
+    let mut open: Vec<&String> = ids.iter().collect();
+    while !open.is_empty() {
+        let mut still = Vec::new();
+        for id in open {
+            let op = admin.call(reqwest::Method::GET, &format!("/v1/operations/{id}"), None).await?;
+            match op["state"].as_str().unwrap_or("") {
+                "succeeded" => progress.inc(1),
+                "failed" | "cancelled" => {
+                    progress.inc(1);
+                    failed.push(format!("{id}: {}", op["error"].as_str().unwrap_or("no error recorded")));
+                }
+                _ => still.push(id),
+            }
+        }
+        open = still;
+        if !open.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
+    progress.finish();
+    for f in &failed {
+        println!("  failed {f}");
+    }
+    println!("{} adopted, {} failed", ids.len() - failed.len(), failed.len());
+    Ok(())
+}
+
 async fn watch(admin: &Admin, id: &str) -> anyhow::Result<()> {
     let progress = bar(1, "starting");
     progress.set_style(
@@ -426,6 +520,7 @@ async fn watch(admin: &Admin, id: &str) -> anyhow::Result<()> {
                 p["rows_total"].as_i64().unwrap_or(0)
             ),
             "catch_up" => format!("catch up, lag {} B", p["lag_bytes"].as_i64().unwrap_or(0)),
+            "cutover" if p["rows_compared"].is_i64() => format!("verify {} rows", p["rows_compared"]),
             "release_source" if p["rows_purged"].is_i64() => format!("purge {} rows", p["rows_purged"]),
             step => step.to_string(),
         };

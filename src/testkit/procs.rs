@@ -35,6 +35,7 @@ admin_token = "unused"
 app_role = "tenantry_app"
 registry_database = "{registry}"
 template_database = "{template}"
+secrets_key = "estates:{owner_pw}"
 {extra}
 [control_plane.owner]
 user = "tenantry_owner"

@@ -13,7 +13,7 @@ use crate::helpers::{TestApp, cluster, connect, scalar, spawn_app};
 /// `tenant_id`. `tenant_acme` is clean (with an extra `color` column on
 /// assets); `tenant_broken` has a table without a primary key, a duplicate
 /// tag, an issue whose asset is gone, and a table that maps nowhere.
-async fn legacy_estate() -> String {
+pub(crate) async fn legacy_estate() -> String {
     let db = tenantry::testkit::unique("legacy");
     let postgres = connect("postgres", false);
     postgres.execute_unprepared(&format!("CREATE DATABASE {db}")).await.unwrap();
@@ -48,12 +48,12 @@ async fn legacy_estate() -> String {
     db
 }
 
-fn estate_body(name: &str, db: &str, user: &str, password: &str) -> Value {
+pub(crate) fn estate_body(name: &str, db: &str, user: &str, password: &str) -> Value {
     json!({"name": name, "host": "127.0.0.1", "port": cluster().cluster.port(), "database": db,
            "user": user, "password": password, "layout": "schema_per_tenant", "pattern": "tenant\\_%"})
 }
 
-async fn add(app: &TestApp, body: Value) -> (StatusCode, Value) {
+pub(crate) async fn add(app: &TestApp, body: Value) -> (StatusCode, Value) {
     app.admin_call(Method::POST, "/v1/estates", Some(body)).await
 }
 

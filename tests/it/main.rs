@@ -5,6 +5,7 @@
 mod helpers;
 
 mod admin;
+mod adoption;
 mod app_api;
 mod bad_input;
 mod console;

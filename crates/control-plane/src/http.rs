@@ -263,89 +263,6 @@ async fn remove_pooler(cp: Cp, admin: Admin, id: web::Path<Uuid>) -> Result<Http
     Ok(HttpResponse::Ok().json(cp.set_pooler(&admin.actor, *id, None).await?))
 }
 
-/// Register a legacy estate (schema- or database-per-tenant) to adopt tenants
-/// from. Its connection and what adoption needs from it (logical WAL, the
-/// right to replicate, to create a publication and a slot) are checked at
-/// once: 422 names what is missing. The password is never returned.
-#[utoipa::path(post, path = "/v1/estates", request_body = crate::estates::NewEstate,
-    responses((status = 201, body = crate::estates::EstateView), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
-#[tracing::instrument(skip_all, fields(name = %body.name))]
-async fn add_estate(
-    cp: Cp,
-    admin: Admin,
-    body: web::Json<crate::estates::NewEstate>,
-) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Created().json(cp.add_estate(&admin.actor, body.into_inner()).await?))
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct EstateList {
-    pub estates: Vec<crate::estates::EstateView>,
-}
-
-/// Every registered estate.
-#[utoipa::path(get, path = "/v1/estates", responses((status = 200, body = EstateList)))]
-#[tracing::instrument(skip_all)]
-async fn list_estates(cp: Cp, _admin: Admin) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(EstateList { estates: cp.estates().await? }))
-}
-
-/// One estate.
-#[utoipa::path(get, path = "/v1/estates/{id}", params(("id" = Uuid, Path)),
-    responses((status = 200, body = crate::estates::EstateView), (status = 404, body = ErrorBody)))]
-#[tracing::instrument(skip_all, fields(id = %id))]
-async fn get_estate(cp: Cp, _admin: Admin, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(cp.estate(*id).await?.view))
-}
-
-/// Forget an estate (refused while one of its adoptions is in flight).
-#[utoipa::path(delete, path = "/v1/estates/{id}", params(("id" = Uuid, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-#[tracing::instrument(skip_all, fields(id = %id))]
-async fn remove_estate(cp: Cp, admin: Admin, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
-    cp.remove_estate(&admin.actor, *id).await?;
-    Ok(HttpResponse::NoContent().finish())
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct SourceList {
-    pub sources: Vec<crate::estates::sources::Source>,
-}
-
-/// The estate's sources (schemas or databases matching its pattern): tables
-/// and how each maps, rows and bytes, problems, state.
-#[utoipa::path(get, path = "/v1/estates/{id}/sources", params(("id" = Uuid, Path)),
-    responses((status = 200, body = SourceList), (status = 404, body = ErrorBody)))]
-#[tracing::instrument(skip_all, fields(id = %id))]
-async fn estate_sources(cp: Cp, _admin: Admin, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(SourceList { sources: cp.estate_sources(*id).await? }))
-}
-
-#[derive(Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct PlanParams {
-    /// The schema (or database) to adopt.
-    pub source: String,
-    /// `shared` or `dedicated`.
-    pub tier: Tier,
-    /// A shared pool to land on (default: the emptiest).
-    pub target: Option<Uuid>,
-}
-
-/// The dry run of adopting one source: rows and bytes per table, checks,
-/// expected copy time and write pause.
-#[utoipa::path(get, path = "/v1/estates/{id}/adoption-plan", params(("id" = Uuid, Path), PlanParams),
-    responses((status = 200, body = crate::estates::sources::AdoptionPlan), (status = 404, body = ErrorBody)))]
-#[tracing::instrument(skip_all, fields(id = %id))]
-async fn adoption_plan(
-    cp: Cp,
-    _admin: Admin,
-    id: web::Path<Uuid>,
-    q: web::Query<PlanParams>,
-) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(cp.adoption_plan(*id, &q.source, q.tier, q.target).await?))
-}
-
 /// Cancel a pending or running operation: what it created so far is rolled back.
 #[utoipa::path(post, path = "/v1/operations/{id}/cancel", params(("id" = Uuid, Path)),
     responses((status = 202, body = OperationView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
@@ -665,12 +582,15 @@ async fn readyz(cp: Cp) -> HttpResponse {
         retire_backend,
         set_pooler,
         remove_pooler,
-        add_estate,
-        list_estates,
-        get_estate,
-        remove_estate,
-        estate_sources,
-        adoption_plan,
+        crate::http_estates::add_estate,
+        crate::http_estates::list_estates,
+        crate::http_estates::get_estate,
+        crate::http_estates::remove_estate,
+        crate::http_estates::estate_sources,
+        crate::http_estates::adoption_plan,
+        crate::http_estates::adopt,
+        crate::http_estates::adopt_all,
+        crate::http_estates::release,
         promote,
         move_tenant,
         demote,
@@ -725,18 +645,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/backends", web::get().to(list_backends))
                 .route("/backends/{id}/retire", web::post().to(retire_backend))
                 .route("/backends/{id}/pooler", web::put().to(set_pooler))
-                .route("/estates", web::post().to(add_estate))
-                .route("/estates", web::get().to(list_estates))
-                .route("/estates/{id}", web::get().to(get_estate))
-                .route("/estates/{id}", web::delete().to(remove_estate))
-                .route("/estates/{id}/sources", web::get().to(estate_sources))
-                .route("/estates/{id}/adoption-plan", web::get().to(adoption_plan))
                 .route("/backends/{id}/pooler", web::delete().to(remove_pooler))
                 .route("/migrations", web::get().to(list_migrations))
                 .route("/migrations/apply", web::post().to(apply_migrations))
                 .route("/audit", web::get().to(audit_log))
                 .route("/operations", web::get().to(list_operations))
                 .route("/operations/{id}", web::get().to(get_operation))
-                .route("/operations/{id}/cancel", web::post().to(cancel_operation)),
+                .route("/operations/{id}/cancel", web::post().to(cancel_operation))
+                .configure(crate::http_estates::routes),
         );
 }

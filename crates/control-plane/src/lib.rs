@@ -21,6 +21,7 @@ pub mod estates;
 pub mod export;
 pub mod fleet;
 pub mod http;
+pub mod http_estates;
 pub mod kind;
 pub mod metrics;
 pub mod migrate;

@@ -40,6 +40,7 @@ pub const REGISTRY: &[Migration] = &[
         sql: include_str!("../../../migrations/registry/0006_backend_pooler.sql"),
     },
     Migration { version: 7, name: "estates", sql: include_str!("../../../migrations/registry/0007_estates.sql") },
+    Migration { version: 8, name: "adoption", sql: include_str!("../../../migrations/registry/0008_adoption.sql") },
 ];
 
 /// The tenant-data schema's migrations, in order.

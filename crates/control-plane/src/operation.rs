@@ -12,6 +12,7 @@ wire_enum!(
         Move => "move",
         Demote => "demote",
         Erase => "erase",
+        Adopt => "adopt",
     }
 );
 

@@ -21,7 +21,7 @@ use crate::error::Error;
 use crate::kind::{Kind, Policy, Run, Stop};
 use crate::operation::{OperationKind, OperationState, Step};
 use crate::plane::ControlPlane;
-use crate::registry::{audit, stmt};
+use crate::registry::stmt;
 
 /// The steps of a logical provision, in order.
 pub const PROVISION_STEPS: &[Step] = &[Step::CreateDatabase, Step::RegisterBackend, Step::Place];
@@ -76,21 +76,10 @@ impl Kind for Provision {
         outcome: OperationState,
         error: Option<String>,
     ) -> Result<(), Error> {
-        let tenant = run.tenant()?;
+        run.tenant()?;
         run.params.destroy(run.cp).await?;
         let txn = run.cp.registry().begin().await?;
-        txn.execute_raw(stmt("DELETE FROM placements WHERE tenant_id = $1", vec![tenant.into()])).await?;
-        txn.execute_raw(stmt("DELETE FROM api_keys WHERE tenant_id = $1", vec![tenant.into()])).await?;
-        txn.execute_raw(stmt("DELETE FROM tenants WHERE id = $1 AND status <> 'active'", vec![tenant.into()])).await?;
-        run.finish(&txn, outcome, error).await?;
-        audit(
-            &txn,
-            "operation",
-            "operation.rollback",
-            None,
-            json!({"operation_id": run.id, "tenant_id": tenant, "state": outcome}),
-        )
-        .await?;
+        run.rolled_back(&txn, outcome, error, json!({})).await?;
         txn.commit().await?;
         Ok(())
     }

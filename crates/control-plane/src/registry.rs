@@ -21,7 +21,7 @@
 //! tables are written by the module named after them.
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, DbBackend, DbErr, FromQueryResult, Statement};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, FromQueryResult, Statement, TransactionTrait};
 use serde::Serialize;
 use serde_json::json;
 use uuid::Uuid;
@@ -261,23 +261,32 @@ pub(crate) struct ClaimedRow {
 
 /// Claims the oldest operation that is pending or whose lease lapsed.
 pub(crate) async fn claim(
-    db: &impl ConnectionTrait,
+    db: &sea_orm::DatabaseConnection,
     owner: &str,
     lease_secs: u64,
 ) -> Result<Option<ClaimedRow>, DbErr> {
-    ClaimedRow::find_by_statement(stmt(
+    // Claims are serialized (a transaction-scoped advisory lock) so that the
+    // count of a batch's running operations cannot race another claim.
+    let txn = db.begin().await?;
+    txn.execute_raw(stmt("SELECT pg_advisory_xact_lock(7291001)", vec![])).await?;
+    let row = ClaimedRow::find_by_statement(stmt(
         "UPDATE operations SET state = CASE WHEN state = 'pending' THEN 'running' ELSE state END, \
          lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2), attempts = attempts + 1, \
          updated_at = now() \
-         WHERE id = (SELECT id FROM operations \
-            WHERE state = 'pending' \
-               OR (state IN ('running', 'cancelling') AND (lease_expires_at IS NULL OR lease_expires_at < now())) \
-            ORDER BY created_at FOR UPDATE SKIP LOCKED LIMIT 1) \
+         WHERE id = (SELECT o.id FROM operations o \
+            WHERE (o.state = 'pending' AND (NOT o.params ? 'batch' OR ( \
+                    SELECT count(*) FROM operations b WHERE b.params->>'batch' = o.params->>'batch' \
+                    AND b.params ? 'batch' AND b.state IN ('running', 'cancelling')) \
+                  < coalesce((o.params->>'concurrency')::int, 1))) \
+               OR (o.state IN ('running', 'cancelling') AND (o.lease_expires_at IS NULL OR o.lease_expires_at < now())) \
+            ORDER BY o.created_at FOR UPDATE SKIP LOCKED LIMIT 1) \
          RETURNING id, kind, tenant_id, state, step, params, attempts",
         vec![owner.into(), (lease_secs as f64).into()],
     ))
-    .one(db)
-    .await
+    .one(&txn)
+    .await?;
+    txn.commit().await?;
+    Ok(row)
 }
 
 /// What a worker learns when it renews its lease.

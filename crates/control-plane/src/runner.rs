@@ -27,6 +27,7 @@ use tenantry_core::new_id;
 
 use crate::erase::Erase;
 use crate::error::Error;
+use crate::estates::adopt::Adopt;
 use crate::kind::{Kind, Policy, Run, Stop, failpoint};
 use crate::moves::Move;
 use crate::operation::{OperationKind, OperationState, Step};
@@ -51,6 +52,7 @@ async fn dispatch(cp: &ControlPlane, owner: &str, row: ClaimedRow, kind: Operati
             drive::<Move>(cp, owner, row, kind, stop).await
         }
         OperationKind::Erase => drive::<Erase>(cp, owner, row, kind, stop).await,
+        OperationKind::Adopt => drive::<Adopt>(cp, owner, row, kind, stop).await,
     }
 }
 
@@ -61,6 +63,7 @@ pub(crate) fn policy(kind: OperationKind) -> Policy {
         OperationKind::Retire => Retire::POLICY,
         OperationKind::Promote | OperationKind::Move | OperationKind::Demote => Move::POLICY,
         OperationKind::Erase => Erase::POLICY,
+        OperationKind::Adopt => Adopt::POLICY,
     }
 }
 

@@ -33,9 +33,15 @@ pub async fn fence(
     let (function, trigger) = names(operation);
     let f = format!("{}.{}", quote_ident(schema), quote_ident(&function));
     let mut tx = conn.begin().await?;
-    sqlx::raw_sql(AssertSqlSafe(format!("SET LOCAL lock_timeout = '{}ms'", lock_timeout_ms.max(1))))
-        .execute(&mut *tx)
-        .await?;
+    // Flushed at commit whatever the estate's setting: the drain that follows
+    // reads the slot up to the flushed WAL, which then holds every write
+    // acknowledged before the fence.
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "SET LOCAL lock_timeout = '{}ms'; SET LOCAL synchronous_commit = on",
+        lock_timeout_ms.max(1)
+    )))
+    .execute(&mut *tx)
+    .await?;
     sqlx::raw_sql(AssertSqlSafe(format!(
         "CREATE OR REPLACE FUNCTION {f}() RETURNS trigger LANGUAGE plpgsql AS $fence$ \
          BEGIN RAISE EXCEPTION 'tenant data in %.% is being adopted by Tenantry (operation {operation}); \
@@ -57,6 +63,19 @@ pub async fn fence(
         .await?;
     }
     tx.commit().await
+}
+
+/// Whether `operation`'s fence is on `schema`.
+pub async fn is_fenced(conn: &mut PgConnection, schema: &str, operation: Uuid) -> Result<bool, sqlx::Error> {
+    let (function, _) = names(operation);
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+         WHERE n.nspname = $1 AND p.proname = $2)",
+    )
+    .bind(schema)
+    .bind(function)
+    .fetch_one(&mut *conn)
+    .await
 }
 
 /// Removes `operation`'s fence from `schema` (its triggers go with the function).

@@ -5,12 +5,16 @@
 //! it; `sources.rs` finds the tenants in it, maps their tables and dry-runs an
 //! adoption.
 
+pub mod adopt;
 pub mod apply;
 pub mod fence;
+pub mod legacy;
 pub mod mapping;
 pub mod pgoutput;
+pub mod request;
 pub mod rows;
 pub mod sources;
+pub mod stream;
 
 use chrono::{DateTime, Utc};
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};

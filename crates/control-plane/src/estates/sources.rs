@@ -76,13 +76,13 @@ struct SourceRow {
 }
 
 /// A table of a legacy source, read from the catalog.
-struct LegacyTable {
-    name: String,
-    columns: Vec<(String, String)>,
-    primary_key: Vec<(String, String)>,
+pub(super) struct LegacyTable {
+    pub(super) name: String,
+    pub(super) columns: Vec<(String, String)>,
+    pub(super) primary_key: Vec<(String, String)>,
 }
 
-async fn legacy_tables(conn: &mut PgConnection, schema: &str) -> Result<Vec<LegacyTable>, Error> {
+pub(super) async fn legacy_tables(conn: &mut PgConnection, schema: &str) -> Result<Vec<LegacyTable>, Error> {
     let rows: Vec<(String, String, String, bool)> = sqlx::query_as(
         "SELECT c.relname::text, a.attname::text, format_type(a.atttypid, a.atttypmod), \
                 coalesce(a.attnum = ANY (i.indkey), false) \
@@ -351,7 +351,7 @@ impl ControlPlane {
     }
 }
 
-fn parse_state(s: &str) -> SourceState {
+pub(super) fn parse_state(s: &str) -> SourceState {
     match s {
         "adopting" => SourceState::Adopting,
         "adopted" => SourceState::Adopted,
@@ -363,7 +363,7 @@ fn parse_state(s: &str) -> SourceState {
 }
 
 /// The schemas (or databases) of the estate matching its pattern.
-async fn source_names(estate: &Estate) -> Result<Vec<String>, Error> {
+pub(super) async fn source_names(estate: &Estate) -> Result<Vec<String>, Error> {
     let mut conn = estate.connect(None).await?;
     let sql = match estate.view.layout {
         Layout::SchemaPerTenant => "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE $1 ORDER BY 1",

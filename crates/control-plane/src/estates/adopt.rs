@@ -1,0 +1,546 @@
+//! The `adopt` kind: one legacy source becomes a Tenantry tenant, online.
+//!
+//! ```text
+//! [create_database register_backend | create_instance ... register_backend]   (dedicated only)
+//! subscribe  legacy: publication for the source's tables, then a pgoutput slot
+//! copy       every table in key order, page by page, mapped (ids -> UUID v5) and
+//!            upserted into the target; the cursor per table is in the progress
+//! catch_up   the slot's changes decoded, mapped and applied until its lag is small
+//! cutover    outside the pause: every legacy row compared with the target (md5
+//!            of the mapped row in the target's types); rows that differ, and rows
+//!            changed since, are looked at again in the pause.
+//!            pause: legacy fence (a trigger: writes fail with TA001 naming the
+//!            adoption; waits for in-flight writes) -> slot drained to the fence
+//!            -> those rows compared again, counts compared -> `sealing` -> the
+//!            tenant placed (residency, placement, active) -> source `adopted`
+//! cleanup    slot and publication dropped; the fence stays until revert or release
+//! ```
+//!
+//! Policy: rolled back until `sealing` (a mismatch fails the adoption before
+//! the tenant serves: fence lifted, slot and publication dropped, target rows
+//! and the never-served tenant removed, the legacy source as it was).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use sea_orm::sqlx::postgres::PgConnection;
+use sea_orm::sqlx::{self, AssertSqlSafe, Connection};
+use sea_orm::{ConnectionTrait, TransactionTrait};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value as Json, json};
+use uuid::Uuid;
+
+use tenantry_core::Engine;
+use tenantry_provisioner::quote_ident;
+
+use super::Estate;
+use super::fence;
+use super::legacy::{self, Source, Table};
+use super::rows::{adopted_id, map_row};
+use super::stream::{self, Applier, Dirty};
+use crate::backend::{Side, enter, table_list, tenant_tables};
+use crate::error::Error;
+use crate::kind::{Kind, Policy, Run, Stop, failpoint};
+use crate::operation::{OperationKind, OperationState, Step};
+use crate::provision::NewDatabase;
+use crate::registry::{audit, past_seal, stmt};
+
+/// Rows per page of the copy and of the comparison.
+const PAGE: i64 = 5000;
+
+pub const ADOPT_STEPS: &[Step] = &[Step::Subscribe, Step::Copy, Step::CatchUp, Step::Cutover, Step::Cleanup];
+pub const ADOPT_DEDICATED_STEPS: &[Step] = &[
+    Step::CreateDatabase,
+    Step::RegisterBackend,
+    Step::Subscribe,
+    Step::Copy,
+    Step::CatchUp,
+    Step::Cutover,
+    Step::Cleanup,
+];
+pub const ADOPT_RDS_STEPS: &[Step] = &[
+    Step::CreateInstance,
+    Step::WaitAvailable,
+    Step::Bootstrap,
+    Step::RegisterBackend,
+    Step::Subscribe,
+    Step::Copy,
+    Step::CatchUp,
+    Step::Cutover,
+    Step::Cleanup,
+];
+
+/// An adoption's parameters, as queued.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct AdoptParams {
+    pub(crate) estate_id: Uuid,
+    pub(crate) source: String,
+    pub(crate) slug: String,
+    /// The shared pool it lands on; a dedicated adoption makes its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) backend_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) new_database: Option<NewDatabase>,
+    /// Operations of one `adopt-all` share a batch; at most `concurrency` of
+    /// them run at once (the runner's claim sees to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) batch: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) concurrency: Option<i32>,
+}
+
+/// The `adopt` kind.
+pub(crate) struct Adopt;
+
+/// What every step of an adoption reads.
+struct Facts {
+    tenant: Uuid,
+    estate: Estate,
+    source: Source,
+    name: String,
+}
+
+impl Facts {
+    async fn read(run: &Run<'_, AdoptParams>) -> Result<Facts, Error> {
+        let estate = run.cp.estate(run.params.estate_id).await?;
+        let source = Source::read(&estate, &run.params.source).await?;
+        Ok(Facts { tenant: run.tenant()?, estate, source, name: Source::replication_name(run.id) })
+    }
+
+    async fn legacy(&self) -> Result<PgConnection, Error> {
+        self.source.connect(&self.estate).await
+    }
+}
+
+/// Where the adopted rows go: the shared pool chosen when it was asked for,
+/// or the dedicated database its first steps registered.
+async fn target_side(run: &Run<'_, AdoptParams>) -> Result<Side, Error> {
+    let id = match run.params.backend_id {
+        Some(id) => id,
+        None => run.view().await?.backend_id.ok_or(Error::NotFound("backend"))?,
+    };
+    run.cp.side(id).await
+}
+
+/// A session on the target that writes like a replication apply worker: as
+/// the administrator, in the tenant's scope, foreign keys left to the
+/// verification (`session_replication_role = replica`: a child may arrive
+/// before its parent), with the text forms the comparison relies on.
+async fn target_conn(side: &Side, tenant: Uuid) -> Result<PgConnection, Error> {
+    let mut c = side.admin().await?;
+    sqlx::raw_sql(
+        "SET session_replication_role = replica; SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; \
+         SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; SET bytea_output = 'hex'",
+    )
+    .execute(&mut c)
+    .await?;
+    enter(&mut c, tenant).await?;
+    Ok(c)
+}
+
+impl Kind for Adopt {
+    type Params = AdoptParams;
+    type State = ();
+    const FAILPOINTS: &'static str = "adopt";
+    const POLICY: Policy = Policy::RollBackUntilSeal;
+    const TIMED: bool = true;
+
+    fn steps(_: OperationKind, params: &AdoptParams) -> &'static [Step] {
+        match &params.new_database {
+            Some(n) if n.engine == Engine::Rds => ADOPT_RDS_STEPS,
+            Some(_) => ADOPT_DEDICATED_STEPS,
+            None => ADOPT_STEPS,
+        }
+    }
+
+    async fn step(run: &Run<'_, AdoptParams>, _: &mut (), step: Step) -> Result<(), Stop> {
+        if let Some(new) = &run.params.new_database
+            && matches!(
+                step,
+                Step::CreateDatabase
+                    | Step::CreateInstance
+                    | Step::WaitAvailable
+                    | Step::Bootstrap
+                    | Step::RegisterBackend
+            )
+        {
+            return Ok(new.step(run.cp, run.id, run.tenant()?, step).await?);
+        }
+        let f = Facts::read(run).await?;
+        match step {
+            Step::Subscribe => subscribe(run, &f).await,
+            Step::Copy => copy(run, &f).await,
+            Step::CatchUp => catch_up(run, &f).await,
+            Step::Cutover => cutover(run, &f).await,
+            Step::Cleanup => cleanup(run, &f).await,
+            other => {
+                Err(Stop::Failed(Error::invalid("unknown_step", format!("`{other}` is not a step of an adoption"))))
+            }
+        }
+    }
+
+    async fn roll_back(
+        run: &Run<'_, AdoptParams>,
+        outcome: OperationState,
+        error: Option<String>,
+    ) -> Result<(), Error> {
+        roll_back(run, outcome, error).await
+    }
+}
+
+async fn subscribe(run: &Run<'_, AdoptParams>, f: &Facts) -> Result<(), Stop> {
+    let side = target_side(run).await?;
+    if side.backend.schema_version != tenantry_core::TENANT_SCHEMA_LATEST {
+        return Err(Stop::Failed(Error::invalid(
+            "target_not_ready",
+            format!("backend `{}` is not at the latest tenant schema", side.backend.name),
+        )));
+    }
+    let mut legacy = f.legacy().await?;
+    stream::create(&mut legacy, &f.source, &f.name).await?;
+    let mut total = BTreeMap::new();
+    for t in &f.source.tables {
+        let n: i64 =
+            sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {}", f.source.qualified(&t.legacy))))
+                .fetch_one(&mut legacy)
+                .await?;
+        total.insert(t.legacy.clone(), n);
+    }
+    legacy.close().await?;
+    let all: i64 = total.values().sum();
+    run.heartbeat(json!({"rows_total": all, "rows_total_by_table": total, "rows_copied": 0})).await
+}
+
+/// Maps a page of legacy rows (in `table.columns` order) onto the target.
+fn mapped(
+    tenant: Uuid,
+    table: &Table,
+    rows: &[Vec<super::pgoutput::Value>],
+) -> Result<Vec<serde_json::Map<String, Json>>, Error> {
+    rows.iter()
+        .map(|r| {
+            map_row(tenant, table.target, &table.mapping, &table.columns, r)
+                .map_err(|e| Error::invalid("unmappable_row", format!("`{}`: {e}", table.legacy)))
+        })
+        .collect()
+}
+
+fn key_text(table: &Table, row: &[super::pgoutput::Value]) -> Option<String> {
+    match row.get(table.key_index()) {
+        Some(super::pgoutput::Value::Text(k)) => Some(k.clone()),
+        _ => None,
+    }
+}
+
+async fn copy(run: &Run<'_, AdoptParams>, f: &Facts) -> Result<(), Stop> {
+    let progress = run.view().await?.progress;
+    let mut cursors: BTreeMap<String, Json> =
+        serde_json::from_value(progress["copy_cursor"].clone()).unwrap_or_default();
+    let mut copied: BTreeMap<String, i64> =
+        serde_json::from_value(progress["rows_copied_by_table"].clone()).unwrap_or_default();
+    let side = target_side(run).await?;
+    let mut legacy = f.legacy().await?;
+    let mut target = target_conn(&side, f.tenant).await?;
+    for t in &f.source.tables {
+        loop {
+            let after = match cursors.get(&t.legacy) {
+                Some(Json::Bool(true)) => break,
+                Some(Json::String(k)) => Some(k.clone()),
+                _ => None,
+            };
+            let rows = legacy::page(&mut legacy, &f.source, t, after.as_deref(), PAGE).await?;
+            let rows_mapped = mapped(f.tenant, t, &rows)?;
+            super::apply::upsert(&mut target, t.target, &rows_mapped).await?;
+            *copied.entry(t.legacy.clone()).or_default() += rows.len() as i64;
+            let next = match rows.last().and_then(|r| key_text(t, r)) {
+                Some(k) if rows.len() as i64 == PAGE => Json::String(k),
+                _ => Json::Bool(true),
+            };
+            cursors.insert(t.legacy.clone(), next);
+            let all: i64 = copied.values().sum();
+            run.heartbeat(json!({"rows_copied": all, "rows_copied_by_table": copied, "copy_cursor": cursors})).await?;
+        }
+    }
+    let tables: Vec<String> = f.source.tables.iter().map(|t| t.target.to_string()).collect();
+    sqlx::raw_sql(AssertSqlSafe(format!("ANALYZE {}", table_list(&tables)))).execute(&mut target).await?;
+    legacy.close().await?;
+    target.close().await?;
+    Ok(())
+}
+
+async fn catch_up(run: &Run<'_, AdoptParams>, f: &Facts) -> Result<(), Stop> {
+    let side = target_side(run).await?;
+    let mut legacy = f.legacy().await?;
+    let mut target = target_conn(&side, f.tenant).await?;
+    let mut applier = Applier::new(&f.source, f.tenant, f.name.clone());
+    loop {
+        let n = applier.drain(&mut legacy, &mut target).await?;
+        let lag = stream::lag(&mut legacy, &f.name).await?;
+        run.heartbeat(json!({"lag_bytes": lag, "changes_applied": applier.applied})).await?;
+        if lag <= run.cp.config().moves.max_lag_bytes {
+            break;
+        }
+        if n == 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    legacy.close().await?;
+    target.close().await?;
+    Ok(())
+}
+
+/// Rows of `table` that differ between the legacy rows given (mapped) and
+/// the target, looking at the target rows with these ids (the legacy rows'
+/// own, plus `also`: ids whose legacy row may be gone). Returns the legacy
+/// keys (or target ids) that differ.
+async fn differing(
+    target: &mut PgConnection,
+    tenant: Uuid,
+    table: &Table,
+    rows: &[Vec<super::pgoutput::Value>],
+    also: &[Uuid],
+) -> Result<Vec<String>, Error> {
+    let mapped = mapped(tenant, table, rows)?;
+    let mut by_id: BTreeMap<String, String> = BTreeMap::new();
+    for (m, r) in mapped.iter().zip(rows) {
+        if let (Some(Json::String(id)), Some(k)) = (m.get("id"), key_text(table, r)) {
+            by_id.insert(id.clone(), k);
+        }
+    }
+    let mut ids: BTreeSet<Uuid> = also.iter().copied().collect();
+    ids.extend(by_id.keys().filter_map(|i| Uuid::parse_str(i).ok()));
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let cols: Vec<String> = mapped
+        .first()
+        .map(|m| m.keys().filter(|k| *k != "tenant_id").map(|k| format!("x.{}", quote_ident(k))).collect())
+        .unwrap_or_else(|| vec!["x.id".into()]);
+    let row_of = |alias: &str| format!("md5(ROW({})::text)", cols.join(", ").replace("x.", &format!("{alias}.")));
+    let t = format!("public.{}", quote_ident(table.target));
+    let sql = format!(
+        "WITH l AS (SELECT * FROM jsonb_populate_recordset(NULL::{t}, $1)), \
+              r AS (SELECT * FROM {t} WHERE tenant_id = $2 AND id = ANY($3)) \
+         SELECT coalesce(l.id, r.id)::text FROM l FULL JOIN r ON r.id = l.id \
+         WHERE l.id IS NULL OR r.id IS NULL OR {} IS DISTINCT FROM {}",
+        row_of("l"),
+        row_of("r")
+    );
+    let payload = Json::Array(mapped.into_iter().map(Json::Object).collect());
+    let ids: Vec<Uuid> = ids.into_iter().collect();
+    let bad: Vec<String> =
+        sqlx::query_scalar(AssertSqlSafe(sql)).bind(payload).bind(tenant).bind(&ids).fetch_all(&mut *target).await?;
+    Ok(bad.into_iter().map(|id| by_id.get(&id).cloned().unwrap_or(id)).collect())
+}
+
+/// Every legacy row against the target; the legacy keys that differ.
+async fn compare_all(
+    run: &Run<'_, AdoptParams>,
+    f: &Facts,
+    legacy: &mut PgConnection,
+    target: &mut PgConnection,
+) -> Result<(BTreeMap<String, BTreeSet<String>>, i64), Stop> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut compared = 0i64;
+    for t in &f.source.tables {
+        let mut after: Option<String> = None;
+        loop {
+            let rows = legacy::page(legacy, &f.source, t, after.as_deref(), PAGE).await?;
+            compared += rows.len() as i64;
+            let bad = differing(target, f.tenant, t, &rows, &[]).await?;
+            out.entry(t.legacy.clone()).or_default().extend(bad);
+            after = rows.last().and_then(|r| key_text(t, r));
+            run.heartbeat(json!({"rows_compared": compared})).await?;
+            if (rows.len() as i64) < PAGE {
+                break;
+            }
+        }
+    }
+    Ok((out, compared))
+}
+
+/// Rows per table: the legacy source's and the tenant's on the target.
+async fn counts(f: &Facts, legacy: &mut PgConnection, target: &mut PgConnection) -> Result<Json, Error> {
+    let mut out = serde_json::Map::new();
+    for t in &f.source.tables {
+        let l: i64 =
+            sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {}", f.source.qualified(&t.legacy))))
+                .fetch_one(&mut *legacy)
+                .await?;
+        let sql = format!("SELECT count(*) FROM public.{} WHERE tenant_id = $1", quote_ident(t.target));
+        let r: i64 = sqlx::query_scalar(AssertSqlSafe(sql)).bind(f.tenant).fetch_one(&mut *target).await?;
+        out.insert(t.target.to_string(), json!({"legacy": l, "target": r}));
+    }
+    Ok(Json::Object(out))
+}
+
+async fn cutover(run: &Run<'_, AdoptParams>, f: &Facts) -> Result<(), Stop> {
+    let side = target_side(run).await?;
+    if past_seal(&run.view().await?.progress) {
+        return place(run, f, &side).await;
+    }
+    let mut legacy = f.legacy().await?;
+    let mut target = target_conn(&side, f.tenant).await?;
+    let mut applier = Applier::new(&f.source, f.tenant, f.name.clone());
+    let fenced = fence::is_fenced(&mut legacy, &f.source.schema, run.id).await?;
+    let mut compared = 0;
+    let started;
+    if !fenced {
+        // Outside the pause: every row compared, the rows that differ and the
+        // rows changed meanwhile kept for a second look inside it.
+        applier.drain(&mut legacy, &mut target).await?;
+        let since: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text").fetch_one(&mut legacy).await?;
+        applier.dirty = Some(Dirty { since: stream::lsn(&since), keys: BTreeMap::new() });
+        let (differ, n) = compare_all(run, f, &mut legacy, &mut target).await?;
+        compared = n;
+        applier.drain(&mut legacy, &mut target).await?;
+        if let Some(d) = applier.dirty.as_mut() {
+            for (t, keys) in differ {
+                d.keys.entry(t).or_default().extend(keys);
+            }
+        }
+        started = Instant::now();
+        let bound = run.cp.config().moves.fence_timeout_ms;
+        fence::fence(&mut legacy, &f.source.schema, &f.source.legacy_names(), run.id, bound).await?;
+        failpoint("adopt.cutover.fenced");
+    } else {
+        started = Instant::now();
+    }
+    // Every write acknowledged before the fence is in the slot: apply it.
+    applier.drain(&mut legacy, &mut target).await?;
+    let mut reverified = 0;
+    let mut mismatched: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    match applier.dirty.take() {
+        Some(dirty) => {
+            for t in &f.source.tables {
+                let keys: Vec<String> =
+                    dirty.keys.get(&t.legacy).map(|k| k.iter().cloned().collect()).unwrap_or_default();
+                for chunk in keys.chunks(PAGE as usize) {
+                    let rows = legacy::by_keys(&mut legacy, &f.source, t, chunk).await?;
+                    let ids: Vec<Uuid> = chunk.iter().filter_map(|k| adopted_id(f.tenant, t.target, k).ok()).collect();
+                    reverified += chunk.len();
+                    let bad = differing(&mut target, f.tenant, t, &rows, &ids).await?;
+                    if !bad.is_empty() {
+                        mismatched.entry(t.legacy.clone()).or_default().extend(bad);
+                    }
+                }
+            }
+        }
+        None => {
+            // Resumed with the legacy side fenced: it no longer changes, so
+            // every row is compared again (a longer pause, once).
+            let (differ, n) = compare_all(run, f, &mut legacy, &mut target).await?;
+            compared = n;
+            for (t, keys) in differ.into_iter().filter(|(_, k)| !k.is_empty()) {
+                mismatched.insert(t, keys.into_iter().collect());
+            }
+        }
+    }
+    let counts = counts(f, &mut legacy, &mut target).await?;
+    let counts_differ = counts.as_object().is_some_and(|m| m.values().any(|v| v["legacy"] != v["target"]));
+    if !mismatched.is_empty() || counts_differ {
+        let sample: BTreeMap<&String, Vec<&String>> =
+            mismatched.iter().map(|(t, k)| (t, k.iter().take(5).collect())).collect();
+        run.heartbeat(json!({"counts": counts, "mismatched": sample})).await?;
+        return Err(Stop::Failed(Error::invalid(
+            "verification_failed",
+            format!(
+                "the target differs from the legacy source as of the fence: counts {counts}, differing rows (legacy keys) {sample:?}; \
+                 the adoption is rolled back and the legacy source left as it was"
+            ),
+        )));
+    }
+    legacy.close().await?;
+    target.close().await?;
+    run.heartbeat(json!({
+        "sealing": true,
+        "counts": counts,
+        "verified": {"rows_compared": compared, "rows_compared_again_in_pause": reverified, "mismatched": 0},
+    }))
+    .await?;
+    place(run, f, &side).await?;
+    let pause_ms = started.elapsed().as_millis() as i64;
+    run.heartbeat(json!({"cutover_done": true, "pause_ms": pause_ms})).await
+}
+
+/// The tenant's first home: residency, placement, active; the source adopted.
+async fn place(run: &Run<'_, AdoptParams>, f: &Facts, side: &Side) -> Result<(), Stop> {
+    run.cp.place_tenant("operation", f.tenant, &side.backend, None).await?;
+    run.cp
+        .registry()
+        .execute_raw(stmt(
+            "UPDATE estate_sources SET state = 'adopted', updated_at = now() \
+             WHERE estate_id = $1 AND name = $2 AND operation_id = $3",
+            vec![run.params.estate_id.into(), run.params.source.clone().into(), run.id.into()],
+        ))
+        .await
+        .map_err(Error::from)?;
+    Ok(())
+}
+
+async fn cleanup(run: &Run<'_, AdoptParams>, f: &Facts) -> Result<(), Stop> {
+    let mut legacy = f.legacy().await?;
+    stream::drop(&mut legacy, &f.name).await?;
+    legacy.close().await?;
+    let txn = run.cp.registry().begin().await.map_err(Error::from)?;
+    audit(
+        &txn,
+        "operation",
+        "estate.adopted",
+        Some(f.tenant),
+        json!({"estate_id": run.params.estate_id, "source": run.params.source, "operation_id": run.id}),
+    )
+    .await
+    .map_err(Error::from)?;
+    run.finish(&txn, OperationState::Succeeded, None).await.map_err(Error::from)?;
+    txn.commit().await.map_err(Error::from)?;
+    Ok(())
+}
+
+/// Undoes an adoption before its seal: the legacy side as it was (fence
+/// lifted, slot and publication gone), the target's rows of the tenant and a
+/// database made for it gone, the never-served tenant removed.
+async fn roll_back(run: &Run<'_, AdoptParams>, outcome: OperationState, error: Option<String>) -> Result<(), Error> {
+    let tenant = run.tenant()?;
+    let estate = run.cp.estate(run.params.estate_id).await?;
+    let name = Source::replication_name(run.id);
+    if let Ok(source) = Source::read(&estate, &run.params.source).await {
+        let mut legacy = source.connect(&estate).await?;
+        fence::lift(&mut legacy, &source.schema, run.id).await?;
+        stream::drop(&mut legacy, &name).await?;
+        legacy.close().await?;
+    }
+    let backend = match run.params.backend_id {
+        Some(id) => Some(id),
+        None => run.view().await?.backend_id,
+    };
+    if let Some(id) = backend
+        && let Ok(side) = run.cp.side(id).await
+    {
+        let mut target = target_conn(&side, tenant).await?;
+        for t in tenant_tables(&mut target).await? {
+            let sql = format!("DELETE FROM public.{} WHERE tenant_id = $1", quote_ident(&t));
+            sqlx::query(AssertSqlSafe(sql)).bind(tenant).execute(&mut target).await?;
+        }
+        sqlx::query("DELETE FROM tenant_residency WHERE tenant_id = $1").bind(tenant).execute(&mut target).await?;
+        target.close().await?;
+    }
+    if let Some(new) = &run.params.new_database {
+        new.destroy(run.cp).await?;
+    }
+    let txn = run.cp.registry().begin().await?;
+    let state = if outcome == OperationState::Cancelled {
+        "DELETE FROM estate_sources"
+    } else {
+        "UPDATE estate_sources SET state = 'failed', tenant_id = NULL, updated_at = now()"
+    };
+    txn.execute_raw(stmt(
+        &format!("{state} WHERE estate_id = $1 AND name = $2 AND operation_id = $3"),
+        vec![run.params.estate_id.into(), run.params.source.clone().into(), run.id.into()],
+    ))
+    .await?;
+    run.rolled_back(&txn, outcome, error, json!({"estate_id": run.params.estate_id, "source": run.params.source}))
+        .await?;
+    txn.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! One legacy source as an adoption reads it: where it lives (a schema of the
+//! estate's database, or a database of its own with its `public` schema), its
+//! mapped tables (parents first) with their key, columns and mapping, and the
+//! rows of a table read in key order, as text, the way the change stream
+//! carries them.
+
+use sea_orm::sqlx::postgres::PgConnection;
+use sea_orm::sqlx::{self, AssertSqlSafe};
+use uuid::Uuid;
+
+use tenantry_provisioner::{quote_ident, quote_literal};
+
+use super::mapping::{TARGETS, TableMapping};
+use super::pgoutput::Value;
+use super::sources::legacy_tables;
+use super::{Estate, Layout};
+use crate::error::Error;
+
+/// One legacy table an adoption copies.
+#[derive(Debug, Clone)]
+pub(crate) struct Table {
+    /// The Tenantry table it fills.
+    pub(crate) target: &'static str,
+    pub(crate) legacy: String,
+    /// The primary key column and its type (`integer`, `bigint`, `uuid`...).
+    pub(crate) key: String,
+    pub(crate) key_type: String,
+    pub(crate) columns: Vec<String>,
+    pub(crate) mapping: TableMapping,
+}
+
+impl Table {
+    /// The key's position among the columns.
+    pub(crate) fn key_index(&self) -> usize {
+        self.columns.iter().position(|c| *c == self.key).unwrap_or(0)
+    }
+}
+
+/// A legacy source, read from its catalog.
+pub(crate) struct Source {
+    /// The database to connect to (the estate's own for a schema per tenant).
+    pub(crate) database: Option<String>,
+    pub(crate) schema: String,
+    /// Mapped tables, parents first (the order of `mapping::TARGETS`).
+    pub(crate) tables: Vec<Table>,
+}
+
+impl Source {
+    /// Reads `name`'s mapped tables; a table without a one-column primary key
+    /// is refused (the sources listing names it as a problem).
+    pub(crate) async fn read(estate: &Estate, name: &str) -> Result<Source, Error> {
+        let (database, schema) = match estate.view.layout {
+            Layout::SchemaPerTenant => (None, name.to_string()),
+            Layout::DatabasePerTenant => (Some(name.to_string()), "public".to_string()),
+        };
+        let mut conn = estate.connect(database.as_deref()).await?;
+        let found = legacy_tables(&mut conn, &schema).await;
+        let _ = sqlx::Connection::close(conn).await;
+        let found = found?;
+        let mapping = &estate.view.mapping;
+        let mut tables = Vec::new();
+        for (target, _) in TARGETS {
+            let legacy = mapping.legacy_table(target);
+            let Some(t) = found.iter().find(|t| t.name == legacy) else { continue };
+            let [(key, key_type)] = t.primary_key.as_slice() else {
+                return Err(Error::invalid(
+                    "source_not_adoptable",
+                    format!("table `{}` of `{name}` has no one-column primary key", t.name),
+                ));
+            };
+            tables.push(Table {
+                target,
+                legacy: t.name.clone(),
+                key: key.clone(),
+                key_type: key_type.clone(),
+                columns: t.columns.iter().map(|(c, _)| c.clone()).collect(),
+                mapping: mapping.tables.get(*target).cloned().unwrap_or_default(),
+            });
+        }
+        if tables.is_empty() {
+            return Err(Error::invalid("source_not_adoptable", format!("`{name}` has no table that maps")));
+        }
+        Ok(Source { database, schema, tables })
+    }
+
+    pub(crate) async fn connect(&self, estate: &Estate) -> Result<PgConnection, Error> {
+        let mut conn = estate.connect(self.database.as_deref()).await?;
+        // Text forms that do not depend on the estate's session defaults.
+        sqlx::raw_sql(
+            "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres'; \
+             SET extra_float_digits = 3; SET bytea_output = 'hex'",
+        )
+        .execute(&mut conn)
+        .await?;
+        Ok(conn)
+    }
+
+    /// `"schema"."table"`.
+    pub(crate) fn qualified(&self, table: &str) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(table))
+    }
+
+    /// The table mapped from the legacy table `legacy`.
+    pub(crate) fn table(&self, legacy: &str) -> Option<&Table> {
+        self.tables.iter().find(|t| t.legacy == legacy)
+    }
+
+    /// The publication and slot of an adoption share this name.
+    pub(crate) fn replication_name(op: Uuid) -> String {
+        format!("tenantry_ad_{}", op.simple())
+    }
+
+    /// `FOR TABLE a, b, c` of the publication.
+    pub(crate) fn table_list(&self) -> String {
+        self.tables.iter().map(|t| self.qualified(&t.legacy)).collect::<Vec<_>>().join(", ")
+    }
+
+    pub(crate) fn legacy_names(&self) -> Vec<String> {
+        self.tables.iter().map(|t| t.legacy.clone()).collect()
+    }
+}
+
+/// A page of `table`'s rows in key order after `after` (text form of the
+/// key), at most `limit`: each row's values as text, in `table.columns` order.
+pub(crate) async fn page(
+    conn: &mut PgConnection,
+    source: &Source,
+    table: &Table,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Vec<Value>>, Error> {
+    let key = quote_ident(&table.key);
+    let values = table.columns.iter().map(|c| format!("{}::text", quote_ident(c))).collect::<Vec<_>>().join(", ");
+    let from = match after {
+        Some(a) => format!("WHERE {key} > {}::{}", quote_literal(a), table.key_type),
+        None => String::new(),
+    };
+    let sql = format!(
+        "SELECT ARRAY[{values}]::text[] FROM {} {from} ORDER BY {key} LIMIT {limit}",
+        source.qualified(&table.legacy)
+    );
+    rows(conn, sql).await
+}
+
+/// `table`'s rows with these keys (text form), as [`page`] gives them.
+pub(crate) async fn by_keys(
+    conn: &mut PgConnection,
+    source: &Source,
+    table: &Table,
+    keys: &[String],
+) -> Result<Vec<Vec<Value>>, Error> {
+    let values = table.columns.iter().map(|c| format!("{}::text", quote_ident(c))).collect::<Vec<_>>().join(", ");
+    let sql = format!(
+        "SELECT ARRAY[{values}]::text[] FROM {} WHERE {} = ANY($1::text[]::{}[])",
+        source.qualified(&table.legacy),
+        quote_ident(&table.key),
+        table.key_type
+    );
+    let got: Vec<Vec<Option<String>>> = sqlx::query_scalar(AssertSqlSafe(sql)).bind(keys).fetch_all(&mut *conn).await?;
+    Ok(got.into_iter().map(texts).collect())
+}
+
+async fn rows(conn: &mut PgConnection, sql: String) -> Result<Vec<Vec<Value>>, Error> {
+    let got: Vec<Vec<Option<String>>> = sqlx::query_scalar(AssertSqlSafe(sql)).fetch_all(&mut *conn).await?;
+    Ok(got.into_iter().map(texts).collect())
+}
+
+fn texts(row: Vec<Option<String>>) -> Vec<Value> {
+    row.into_iter().map(|v| v.map_or(Value::Null, Value::Text)).collect()
+}

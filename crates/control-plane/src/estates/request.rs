@@ -1,0 +1,332 @@
+//! Asking for adoptions: one source (`adopt`), every source not adopted yet
+//! (`adopt-all`, at most `concurrency` at once), and the end of the way back
+//! (`release`, optionally dropping the legacy schema or database). What can
+//! be checked before anything moves is checked here: the source exists and
+//! maps without problems, the estate still grants what adoption needs, the
+//! target, the slug.
+
+use sea_orm::sqlx::{self, AssertSqlSafe};
+use sea_orm::{ConnectionTrait, TransactionTrait};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use uuid::Uuid;
+
+use tenantry_core::{BackendKind, BackendStatus, Engine, TenantSlug, Tier, new_id};
+use tenantry_provisioner::quote_ident;
+
+use super::Layout;
+use super::adopt::{Adopt, AdoptParams};
+use super::sources::{SourceState, parse_state, source_names};
+use crate::error::Error;
+use crate::kind::enqueue;
+use crate::operation::OperationKind;
+use crate::plane::ControlPlane;
+use crate::provision::NewDatabase;
+use crate::registry::{OperationView, audit, stmt};
+
+/// `POST /v1/estates/{id}/adopt`.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdoptRequest {
+    /// The schema (or database) to adopt.
+    pub source: String,
+    /// The new tenant's slug (`^[a-z0-9][a-z0-9-]{1,62}$`).
+    pub slug: String,
+    /// The new tenant's name (default: the source's).
+    pub name: Option<String>,
+    pub tier: Tier,
+    /// Shared tier: the pool to land on (default: the emptiest of the region).
+    pub target_backend_id: Option<Uuid>,
+    /// Dedicated tier: `logical` (default) or `rds`.
+    pub engine: Option<Engine>,
+    pub region: Option<String>,
+}
+
+/// `POST /v1/estates/{id}/adopt-all`.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdoptAllRequest {
+    pub tier: Tier,
+    /// Adoptions running at once, 1-32.
+    pub concurrency: i32,
+}
+
+/// One source `adopt-all` queued, or why not.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Queued {
+    pub source: String,
+    pub slug: Option<String>,
+    pub operation: Option<OperationView>,
+    /// Why this source was not queued.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct AdoptAll {
+    pub batch: Uuid,
+    pub queued: Vec<Queued>,
+}
+
+/// `POST /v1/estates/{id}/release`.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRequest {
+    pub source: String,
+    /// Drop the legacy schema (or database) too.
+    #[serde(default)]
+    pub drop: bool,
+}
+
+/// A source's slug from its name: the pattern's literal prefix dropped,
+/// lower case, anything else a dash (`tenant_acme` -> `acme`).
+pub(crate) fn slug_of(pattern: &str, source: &str) -> String {
+    let mut prefix = String::new();
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => prefix.extend(chars.next()),
+            '%' | '_' => break,
+            c => prefix.push(c),
+        }
+    }
+    let rest = source.strip_prefix(&prefix).filter(|r| !r.is_empty()).unwrap_or(source);
+    let slug: String = rest.to_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    slug.trim_matches('-').chars().take(63).collect()
+}
+
+impl ControlPlane {
+    /// Queues the adoption of one source; the tenant exists from now on
+    /// (`provisioning` until the cutover; keys can be issued at once).
+    pub async fn adopt(&self, actor: &str, estate: Uuid, req: AdoptRequest) -> Result<OperationView, Error> {
+        self.adopt_in(actor, estate, req, None).await
+    }
+
+    async fn adopt_in(
+        &self,
+        actor: &str,
+        estate_id: Uuid,
+        req: AdoptRequest,
+        batch: Option<(Uuid, i32)>,
+    ) -> Result<OperationView, Error> {
+        let slug = TenantSlug::parse(&req.slug).map_err(|e| Error::invalid("invalid_slug", e.0))?;
+        let estate = self.estate(estate_id).await?;
+        if !source_names(&estate).await?.iter().any(|n| *n == req.source) {
+            return Err(Error::NotFound("source"));
+        }
+        let plan = self.adoption_plan(estate_id, &req.source, req.tier, req.target_backend_id).await?;
+        if let Some(bad) = plan.checks.iter().find(|c| !c.ok) {
+            return Err(Error::invalid("source_not_adoptable", format!("{}: {}", bad.name, bad.detail)));
+        }
+        let name = req.name.clone().unwrap_or_else(|| req.source.clone());
+        if name.trim().is_empty() || name.chars().count() > 200 {
+            return Err(Error::invalid("invalid_name", "name must be 1-200 characters"));
+        }
+        let region = req.region.clone().unwrap_or_else(|| self.config().default_region.clone());
+        let tenant = new_id();
+        let (backend_id, new_database) = match req.tier {
+            Tier::Shared => {
+                if req.engine.is_some() {
+                    return Err(Error::invalid("engine_not_applicable", "`engine` applies to the dedicated tier only"));
+                }
+                let pool = match req.target_backend_id {
+                    Some(id) => {
+                        self.backend(id).await.map_err(|_| Error::invalid("unknown_backend", "no such shared pool"))?
+                    }
+                    None => self.pick_shared_pool(&region).await?,
+                };
+                if pool.kind != BackendKind::SharedPool || pool.status != BackendStatus::Ready {
+                    return Err(Error::invalid(
+                        "not_a_shared_pool",
+                        format!("backend `{}` is not a ready shared pool", pool.name),
+                    ));
+                }
+                (Some(pool.id), None)
+            }
+            Tier::Dedicated => {
+                if req.target_backend_id.is_some() {
+                    return Err(Error::invalid("target_not_applicable", "a dedicated adoption makes its own database"));
+                }
+                let engine = self.dedicated_engine(req.engine)?;
+                self.check_region(engine, Some(&region))?;
+                let suffix = &new_id().simple().to_string()[24..];
+                let new = NewDatabase {
+                    slug: slug.to_string(),
+                    engine,
+                    database: format!("tenant_{}_{suffix}", tenant.simple()),
+                    instance: tenantry_provisioner::rds::instance_id(&format!("{}{suffix}", tenant.simple())),
+                };
+                (None, Some(new))
+            }
+        };
+        let params = AdoptParams {
+            estate_id,
+            source: req.source.clone(),
+            slug: slug.to_string(),
+            backend_id,
+            new_database,
+            batch: batch.map(|b| b.0),
+            concurrency: batch.map(|b| b.1),
+        };
+        let txn = self.registry().begin().await?;
+        let op = new_id();
+        let claimed = txn
+            .execute_raw(stmt(
+                "INSERT INTO estate_sources (estate_id, name, state, tenant_id, operation_id) \
+                 VALUES ($1, $2, 'adopting', $3, $4) \
+                 ON CONFLICT (estate_id, name) DO UPDATE SET state = 'adopting', tenant_id = $3, operation_id = $4, \
+                     updated_at = now() WHERE estate_sources.state IN ('failed', 'reverted')",
+                vec![estate_id.into(), req.source.clone().into(), tenant.into(), op.into()],
+            ))
+            .await?
+            .rows_affected();
+        if claimed == 0 {
+            return Err(Error::Conflict {
+                code: "source_taken",
+                message: format!("`{}` is being adopted or was adopted already", req.source),
+            });
+        }
+        let inserted = txn
+            .execute_raw(stmt(
+                "INSERT INTO tenants (id, slug, name, tier, status, region) VALUES ($1, $2, $3, $4, 'provisioning', $5) \
+                 ON CONFLICT (slug) DO NOTHING",
+                vec![tenant.into(), slug.as_str().into(), name.trim().into(), req.tier.as_str().into(), region.into()],
+            ))
+            .await?
+            .rows_affected();
+        if inserted == 0 {
+            return Err(Error::Conflict {
+                code: "slug_taken",
+                message: format!("a tenant with slug `{slug}` already exists"),
+            });
+        }
+        let id = enqueue::<Adopt>(&txn, OperationKind::Adopt, Some(tenant), &params, actor).await?;
+        txn.execute_raw(stmt(
+            "UPDATE estate_sources SET operation_id = $3 WHERE estate_id = $1 AND name = $2",
+            vec![estate_id.into(), req.source.clone().into(), id.into()],
+        ))
+        .await?;
+        audit(
+            &txn,
+            actor,
+            "estate.adopt",
+            Some(tenant),
+            json!({"estate_id": estate_id, "source": req.source, "operation_id": id, "tier": req.tier}),
+        )
+        .await?;
+        txn.commit().await?;
+        self.wake_workers();
+        self.operation(id).await
+    }
+
+    /// Queues an adoption per source not adopted yet, at most `concurrency`
+    /// running at once; a source that cannot be queued is reported, the
+    /// others are queued.
+    pub async fn adopt_all(&self, actor: &str, estate: Uuid, req: AdoptAllRequest) -> Result<AdoptAll, Error> {
+        if !(1..=32).contains(&req.concurrency) {
+            return Err(Error::invalid("invalid_concurrency", "concurrency must be 1-32"));
+        }
+        let (tier, concurrency) = (req.tier, req.concurrency);
+        let e = self.estate(estate).await?;
+        let states: Vec<(String, String)> = self
+            .registry()
+            .query_all_raw(stmt("SELECT name, state FROM estate_sources WHERE estate_id = $1", vec![estate.into()]))
+            .await?
+            .into_iter()
+            .map(|r| Ok((r.try_get("", "name")?, r.try_get("", "state")?)))
+            .collect::<Result<_, sea_orm::DbErr>>()?;
+        let batch = new_id();
+        let mut queued = Vec::new();
+        for source in source_names(&e).await? {
+            let state = states.iter().find(|(n, _)| *n == source).map(|(_, s)| parse_state(s));
+            if !matches!(state, None | Some(SourceState::Failed) | Some(SourceState::Reverted)) {
+                continue;
+            }
+            let slug = slug_of(&e.view.pattern, &source);
+            let req = AdoptRequest {
+                source: source.clone(),
+                slug: slug.clone(),
+                name: None,
+                tier,
+                target_backend_id: None,
+                engine: None,
+                region: None,
+            };
+            let (operation, error) = match self.adopt_in(actor, estate, req, Some((batch, concurrency))).await {
+                Ok(op) => (Some(op), None),
+                Err(e) => (None, Some(e.to_string())),
+            };
+            queued.push(Queued { source, slug: Some(slug), operation, error });
+        }
+        Ok(AdoptAll { batch, queued })
+    }
+
+    /// Ends the way back for an adopted source; with `drop`, its legacy
+    /// schema (or database) is dropped. Audited.
+    pub async fn release_source(&self, actor: &str, estate: Uuid, req: ReleaseRequest) -> Result<(), Error> {
+        let e = self.estate(estate).await?;
+        let row = self
+            .registry()
+            .query_one_raw(stmt(
+                "SELECT state, tenant_id FROM estate_sources WHERE estate_id = $1 AND name = $2",
+                vec![estate.into(), req.source.clone().into()],
+            ))
+            .await?;
+        let Some(row) = row else {
+            if source_names(&e).await?.contains(&req.source) {
+                return Err(Error::Conflict {
+                    code: "source_not_adopted",
+                    message: format!("`{}` was never adopted; only an adopted source is released", req.source),
+                });
+            }
+            return Err(Error::NotFound("source"));
+        };
+        let state: String = row.try_get("", "state")?;
+        if state != "adopted" {
+            return Err(Error::Conflict {
+                code: "source_not_adopted",
+                message: format!("`{}` is {state}; only an adopted source is released", req.source),
+            });
+        }
+        if req.drop {
+            let mut conn = e.connect(None).await?;
+            let sql = match e.view.layout {
+                Layout::SchemaPerTenant => format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(&req.source)),
+                Layout::DatabasePerTenant => {
+                    format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&req.source))
+                }
+            };
+            sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut conn).await?;
+            let _ = sqlx::Connection::close(conn).await;
+        }
+        let txn = self.registry().begin().await?;
+        txn.execute_raw(stmt(
+            "UPDATE estate_sources SET state = 'released', updated_at = now() WHERE estate_id = $1 AND name = $2",
+            vec![estate.into(), req.source.clone().into()],
+        ))
+        .await?;
+        let tenant: Option<Uuid> = row.try_get("", "tenant_id")?;
+        audit(
+            &txn,
+            actor,
+            "estate.release",
+            tenant,
+            json!({"estate_id": estate, "source": req.source, "drop": req.drop}),
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slug_of;
+
+    #[test]
+    fn a_sources_slug_drops_the_patterns_prefix() {
+        assert_eq!(slug_of("tenant\\_%", "tenant_acme"), "acme");
+        assert_eq!(slug_of("tenant\\_%", "tenant_Big_Co"), "big-co");
+        assert_eq!(slug_of("legacy%", "legacy_x"), "x");
+        assert_eq!(slug_of("%", "shop_1"), "shop-1");
+    }
+}

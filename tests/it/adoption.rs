@@ -1,0 +1,582 @@
+//! Adopting legacy sources (issue 13): a legacy writer keeps writing to its
+//! schema during the copy and catch-up; at the cutover its writes fail with
+//! TA001 naming the adoption, every write it had acknowledged is in Tenantry,
+//! and the tenant serves. Dedicated targets, the database-per-tenant layout
+//! and a mapping; verification catching a change behind the adoption's back;
+//! a kill at every step; adopt-all with a broken source; release; bad input.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use reqwest::{Method, StatusCode};
+use sea_orm::ConnectionTrait;
+use sea_orm::sqlx::postgres::{PgConnectOptions, PgConnection};
+use sea_orm::sqlx::{self, Connection};
+use serde_json::{Value, json};
+
+use crate::estates::{add, estate_body, legacy_estate};
+use crate::helpers::{TestApp, cluster, connect, spawn_app, spawn_app_with};
+
+async fn legacy_conn(db: &str) -> PgConnection {
+    let tc = cluster();
+    let opts = PgConnectOptions::new()
+        .host("127.0.0.1")
+        .port(tc.cluster.port())
+        .database(db)
+        .username("postgres")
+        .password(&tc.secrets.superuser_password);
+    PgConnection::connect_with(&opts).await.unwrap()
+}
+
+async fn estate(app: &TestApp, db: &str) -> String {
+    let (s, e) =
+        add(app, estate_body(&tenantry::testkit::unique("est"), db, "postgres", &cluster().secrets.superuser_password))
+            .await;
+    assert_eq!(s, StatusCode::CREATED, "{e}");
+    e["id"].as_str().unwrap().to_string()
+}
+
+/// The legacy application: inserts assets (with a schedule now and then),
+/// renames and deletes some, until the fence refuses a write.
+struct LegacyWriter {
+    handle: tokio::task::JoinHandle<(Vec<String>, String)>,
+    ok: Arc<AtomicU64>,
+}
+
+impl LegacyWriter {
+    fn start(db: &str, schema: &str, prefix: &str) -> Self {
+        let (db, schema, prefix) = (db.to_string(), schema.to_string(), prefix.to_string());
+        let ok = Arc::new(AtomicU64::new(0));
+        let ok2 = ok.clone();
+        let handle = tokio::spawn(async move {
+            let mut conn = legacy_conn(&db).await;
+            let mut live: Vec<String> = Vec::new();
+            let mut i = 0u64;
+            loop {
+                i += 1;
+                let tag = format!("{prefix}-{i}");
+                let sql = match i % 7 {
+                    3 if live.len() > 2 => format!(
+                        "UPDATE {schema}.assets SET name = 'renamed {i}' WHERE tag = '{}'",
+                        live[live.len() - 2]
+                    ),
+                    5 if live.len() > 3 => {
+                        format!("DELETE FROM {schema}.assets WHERE tag = '{}'", live.remove(live.len() - 3))
+                    }
+                    6 => format!(
+                        "WITH a AS (INSERT INTO {schema}.assets (name, tag) VALUES ('W{i}', '{tag}') RETURNING id) \
+                         INSERT INTO {schema}.maintenance_schedules (asset_id, title, interval_days, next_due_at) \
+                         SELECT id, 'Check {i}', 7, '2027-02-01' FROM a"
+                    ),
+                    _ => format!("INSERT INTO {schema}.assets (name, tag, color) VALUES ('W{i}', '{tag}', 'c{i}')"),
+                };
+                match sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone())).execute(&mut conn).await {
+                    Ok(_) => {
+                        if sql.starts_with("INSERT") || sql.starts_with("WITH") {
+                            live.push(tag);
+                        }
+                        ok2.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        let db_err =
+                            e.as_database_error().map(|d| (d.code().map(|c| c.to_string()), d.message().to_string()));
+                        match db_err {
+                            Some((Some(code), message)) if code == "TA001" => return (live, message),
+                            other => panic!("legacy write `{sql}` failed: {other:?} {e}"),
+                        }
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+            }
+        });
+        LegacyWriter { handle, ok }
+    }
+
+    async fn wrote(&self, n: u64) {
+        for _ in 0..2000 {
+            if self.ok.load(Ordering::Relaxed) >= n {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the legacy writer did not write {n} times");
+    }
+
+    /// The tags it inserted and did not delete, and the fence's message.
+    async fn fenced(self) -> (Vec<String>, String) {
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(60), self.handle).await;
+        waited.expect("the legacy writer is fenced within 60 s").unwrap()
+    }
+}
+
+/// The legacy source's rows, mapped by hand: (tag, name) of assets, and
+/// schedule titles, sorted.
+async fn legacy_rows(db: &str, schema: &str) -> (Vec<(String, String)>, Vec<String>) {
+    let mut c = legacy_conn(db).await;
+    let assets = sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT tag, name FROM {schema}.assets ORDER BY tag")))
+        .fetch_all(&mut c)
+        .await
+        .unwrap();
+    let scheds = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT title FROM {schema}.maintenance_schedules ORDER BY title"
+    )))
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    (assets, scheds)
+}
+
+/// The tenant's rows on a backend database, the same way.
+async fn target_rows(db: &str, tenant: &str) -> (Vec<(String, String)>, Vec<String>) {
+    let mut c = legacy_conn(db).await;
+    let assets = sqlx::query_as("SELECT tag, name FROM assets WHERE tenant_id = $1::uuid ORDER BY tag")
+        .bind(tenant)
+        .fetch_all(&mut c)
+        .await
+        .unwrap();
+    let scheds =
+        sqlx::query_scalar("SELECT title FROM maintenance_schedules WHERE tenant_id = $1::uuid ORDER BY title")
+            .bind(tenant)
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+    (assets, scheds)
+}
+
+async fn adopt(app: &TestApp, estate: &str, body: Value) -> (StatusCode, Value) {
+    app.admin_call(Method::POST, &format!("/v1/estates/{estate}/adopt"), Some(body)).await
+}
+
+async fn source_state(app: &TestApp, estate: &str, source: &str) -> Value {
+    let (_, body) = app.admin_call(Method::GET, &format!("/v1/estates/{estate}/sources"), None).await;
+    body["sources"].as_array().unwrap().iter().find(|s| s["name"] == source).cloned().unwrap_or(Value::Null)
+}
+
+/// Replication objects an adoption left on the legacy cluster.
+async fn replication_leftovers(db: &str) -> i64 {
+    let mut c = legacy_conn(db).await;
+    sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'tenantry\\_ad\\_%' AND database = current_database()) \
+              + (SELECT count(*) FROM pg_publication WHERE pubname LIKE 'tenantry\\_ad\\_%')",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_schema_is_adopted_onto_the_shared_pool_while_the_legacy_app_writes() {
+    let app = spawn_app().await;
+    let db = legacy_estate().await;
+    let estate = estate(&app, &db).await;
+    let writer = LegacyWriter::start(&db, "tenant_acme", "L");
+    writer.wrote(20).await;
+
+    let (s, op) = adopt(&app, &estate, json!({"source": "tenant_acme", "slug": "acme-legacy", "tier": "shared"})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    assert_eq!(op["kind"], "adopt");
+    let tenant = op["tenant_id"].as_str().unwrap().to_string();
+    // The tenant exists at once: keys can be issued, requests wait for the cutover.
+    let (s, key) =
+        app.admin_call(Method::POST, &format!("/v1/tenants/{tenant}/api-keys"), Some(json!({"name": "k"}))).await;
+    assert_eq!(s, StatusCode::CREATED, "{key}");
+    let key = key["key"].as_str().unwrap().to_string();
+    let (s, body) = app.get(&key, "/v1/assets").await;
+    if s != StatusCode::OK {
+        assert_eq!((s, body["error"]["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("tenant_provisioning")));
+    }
+    let (s, again) =
+        adopt(&app, &estate, json!({"source": "tenant_acme", "slug": "acme-twice", "tier": "shared"})).await;
+    assert_eq!((s, again["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("source_taken")), "{again}");
+
+    let done = app.wait_operation(op["id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let (live, fence_message) = writer.fenced().await;
+    assert!(
+        fence_message.contains(op["id"].as_str().unwrap()) && fence_message.contains("adopted"),
+        "the legacy writer is refused naming the adoption: {fence_message}"
+    );
+
+    // Every acknowledged legacy write is in Tenantry, mapped.
+    let (legacy_assets, legacy_scheds) = legacy_rows(&db, "tenant_acme").await;
+    let (target_assets, target_scheds) = target_rows(&app.pool_name, &tenant).await;
+    assert_eq!(target_assets, legacy_assets, "assets as of the fence");
+    assert_eq!(target_scheds, legacy_scheds, "schedules as of the fence");
+    let tags: Vec<&String> = legacy_assets.iter().map(|(t, _)| t).collect();
+    assert!(live.iter().all(|t| tags.contains(&t)), "every insert the writer saw acknowledged is there");
+    assert!(live.len() > 10, "the writer wrote during the adoption: {}", live.len());
+
+    let p = &done["progress"];
+    assert_eq!(p["verified"]["mismatched"], 0, "{p}");
+    assert!(p["pause_ms"].is_i64(), "{p}");
+    for (table, c) in p["counts"].as_object().unwrap() {
+        assert_eq!(c["legacy"], c["target"], "{table}: {c}");
+    }
+    // The tenant serves: ids are UUID v5 of "assets:<id>", extra columns in attributes.
+    let tenant_id = uuid::Uuid::parse_str(&tenant).unwrap();
+    let (s, pump) = app.get(&key, "/v1/assets/by-tag/P-1").await;
+    assert_eq!(s, StatusCode::OK, "{pump}");
+    assert_eq!(pump["id"], uuid::Uuid::new_v5(&tenant_id, b"assets:1").to_string());
+    assert_eq!(pump["attributes"], json!({"color": "red"}));
+    let (s, _) = app.post(&key, "/v1/assets", json!({"name": "New", "tag": "T-NEW"})).await;
+    assert_eq!(s, StatusCode::CREATED, "the adopted tenant writes");
+
+    let src = source_state(&app, &estate, "tenant_acme").await;
+    assert_eq!((src["state"].as_str(), src["tenant_id"].as_str()), (Some("adopted"), Some(tenant.as_str())), "{src}");
+    assert_eq!(replication_leftovers(&db).await, 0, "slot and publication dropped");
+    assert_eq!(source_state(&app, &estate, "tenant_broken").await["state"], "not_adopted", "other sources untouched");
+
+    // Release with drop: the legacy schema goes; releasing twice is a conflict.
+    let (s, body) = app
+        .admin_call(
+            Method::POST,
+            &format!("/v1/estates/{estate}/release"),
+            Some(json!({"source": "tenant_acme", "drop": true})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{body}");
+    let mut c = legacy_conn(&db).await;
+    let schema: Option<String> =
+        sqlx::query_scalar("SELECT nspname::text FROM pg_namespace WHERE nspname = 'tenant_acme'")
+            .fetch_optional(&mut c)
+            .await
+            .unwrap();
+    assert_eq!(schema, None, "the legacy schema is dropped");
+    let (s, body) = app
+        .admin_call(Method::POST, &format!("/v1/estates/{estate}/release"), Some(json!({"source": "tenant_acme"})))
+        .await;
+    assert_eq!((s, body["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("source_not_adopted")), "{body}");
+}
+
+/// Database per tenant, a mapping with a renamed column and one that has no
+/// target (kept in attributes), onto a new dedicated database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_per_tenant_source_is_adopted_onto_a_dedicated_database_with_a_mapping() {
+    let app = spawn_app().await;
+    let prefix = tenantry::testkit::unique("legacydb");
+    let source = format!("{prefix}_acme");
+    connect("postgres", false).execute_unprepared(&format!("CREATE DATABASE {source}")).await.unwrap();
+    connect(&source, false)
+        .execute_unprepared(
+            "CREATE TABLE assets (id bigserial PRIMARY KEY, label text NOT NULL, tag text NOT NULL,
+                 status text NOT NULL DEFAULT 'active', floor integer);
+             CREATE TABLE asset_issues (id bigserial PRIMARY KEY, asset_id bigint NOT NULL, title text NOT NULL,
+                 status text NOT NULL DEFAULT 'open', priority text NOT NULL DEFAULT 'low');
+             INSERT INTO assets (label, tag, floor) SELECT 'Unit ' || g, 'U-' || g, g % 5 FROM generate_series(1, 300) g;
+             INSERT INTO asset_issues (asset_id, title) SELECT g, 'Issue ' || g FROM generate_series(1, 300, 3) g;",
+        )
+        .await
+        .unwrap();
+    let mut body = estate_body(&prefix, "postgres", "postgres", &cluster().secrets.superuser_password);
+    body["layout"] = json!("database_per_tenant");
+    body["pattern"] = json!(format!("{prefix}\\_%"));
+    body["mapping"] = json!({"tables": {"assets": {"columns": {"name": "label"}, "values": {"location": "HQ"}}}});
+    let (s, e) = add(&app, body).await;
+    assert_eq!(s, StatusCode::CREATED, "{e}");
+    let estate = e["id"].as_str().unwrap();
+    let writer = LegacyWriterDb::start(&source);
+
+    let (s, op) = adopt(&app, estate, json!({"source": source, "slug": "acme-db", "tier": "dedicated"})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    let done = app.wait_operation(op["id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let written = writer.fenced().await;
+    let tenant = app.cp.tenant("acme-db").await.unwrap();
+    assert_eq!(tenant.tier, tenantry_core::Tier::Dedicated);
+    let backend = app.cp.backend(tenant.placement.unwrap().backend_id).await.unwrap();
+    assert_ne!(backend.name, app.pool_name, "a database of its own");
+
+    let (assets, _) = target_rows(&backend.database, &tenant.id.to_string()).await;
+    assert_eq!(assets.len() as u64, 300 + written, "every legacy row, the ones written during the adoption too");
+    let key = app.cp.create_api_key("test", tenant.id, "k").await.unwrap().key;
+    let (s, unit) = app.get(&key, "/v1/assets/by-tag/U-7").await;
+    assert_eq!(s, StatusCode::OK, "{unit}");
+    assert_eq!((unit["name"].as_str(), unit["location"].as_str()), (Some("Unit 7"), Some("HQ")), "renamed and given");
+    assert_eq!(unit["attributes"], json!({"floor": "2"}), "a column with no target is kept");
+    assert_eq!(unit["id"], uuid::Uuid::new_v5(&tenant.id, b"assets:7").to_string());
+    let (_, issues) = app.get(&key, "/v1/issues?limit=200").await;
+    let issue7 = issues["issues"].as_array().unwrap().iter().find(|i| i["title"] == "Issue 7").cloned();
+    assert_eq!(issue7.map(|i| i["asset_id"].clone()), Some(unit["id"].clone()), "the child followed its parent's id");
+}
+
+/// A legacy writer on a database-per-tenant source: inserts until fenced.
+struct LegacyWriterDb(tokio::task::JoinHandle<u64>);
+
+impl LegacyWriterDb {
+    fn start(db: &str) -> Self {
+        let db = db.to_string();
+        LegacyWriterDb(tokio::spawn(async move {
+            let mut conn = legacy_conn(&db).await;
+            for i in 0.. {
+                let sql = format!("INSERT INTO assets (label, tag) VALUES ('Late {i}', 'LATE-{i}')");
+                match sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await {
+                    Ok(_) => {}
+                    Err(e) if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("TA001") => return i,
+                    Err(e) => panic!("legacy write failed: {e}"),
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            unreachable!()
+        }))
+    }
+
+    async fn fenced(self) -> u64 {
+        self.0.await.unwrap()
+    }
+}
+
+/// Killed after every step (and inside the cutover, right after the legacy
+/// fence) while the legacy application writes: each run resumes where the
+/// last stopped, and the result is the legacy source as of the fence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_adoption_killed_at_every_step_resumes_and_loses_nothing() {
+    let app = spawn_app_with(|s| {
+        s.control_plane.operation_workers = 0;
+        s.control_plane.lease_secs = 1;
+    })
+    .await;
+    let db = legacy_estate().await;
+    let estate = estate(&app, &db).await;
+    let writer = LegacyWriter::start(&db, "tenant_acme", "K");
+    writer.wrote(10).await;
+    let (s, op) = adopt(&app, &estate, json!({"source": "tenant_acme", "slug": "acme-killed", "tier": "shared"})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    let id = op["id"].as_str().unwrap().to_string();
+    let tenant = op["tenant_id"].as_str().unwrap().to_string();
+    let config = app.config_file("lease_secs = 1");
+    let points = [
+        "adopt.after.subscribe",
+        "adopt.after.copy",
+        "adopt.after.catch_up",
+        "adopt.cutover.fenced",
+        "adopt.after.cutover",
+    ];
+    for point in points {
+        crash_at(&config, point).await;
+    }
+    let (live, message) = writer.fenced().await;
+    assert!(message.contains(&id), "{message}");
+    let worker = tokio::spawn(app.cp.clone().run_worker(tokio_util::sync::CancellationToken::new()));
+    let done = app.wait_operation(&id).await;
+    worker.abort();
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let (legacy_assets, legacy_scheds) = legacy_rows(&db, "tenant_acme").await;
+    assert_eq!(target_rows(&app.pool_name, &tenant).await, (legacy_assets.clone(), legacy_scheds));
+    let tags: Vec<&String> = legacy_assets.iter().map(|(t, _)| t).collect();
+    assert!(live.iter().all(|t| tags.contains(&t)), "every acknowledged legacy write is there");
+    assert_eq!(replication_leftovers(&db).await, 0);
+    assert_eq!(source_state(&app, &estate, "tenant_acme").await["state"], "adopted");
+}
+
+/// Runs a control-plane child until it crashes at `point`.
+async fn crash_at(config: &std::path::Path, point: &str) {
+    let (cfg, fp) = (config.to_path_buf(), point.to_string());
+    let out = tokio::task::spawn_blocking(move || crate::helpers::run_child(&cfg, &fp)).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains(&format!("failpoint {point}")), "{point}: {stderr}");
+}
+
+/// A row changed on the target behind the adoption's back (between copy and
+/// cutover) fails the verification before the tenant serves: the legacy
+/// source as it was (fence lifted, slot and publication gone), the target's
+/// rows and the tenant gone, the source `failed`. Then a cancel before the
+/// cutover leaves the legacy source untouched too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn verification_catches_a_change_behind_the_adoptions_back_and_a_cancel_leaves_the_legacy_untouched() {
+    let app = spawn_app_with(|s| {
+        s.control_plane.operation_workers = 0;
+        s.control_plane.lease_secs = 1;
+    })
+    .await;
+    let db = legacy_estate().await;
+    let estate = estate(&app, &db).await;
+    let before = legacy_rows(&db, "tenant_acme").await;
+    let (s, op) =
+        adopt(&app, &estate, json!({"source": "tenant_acme", "slug": "acme-tampered", "tier": "shared"})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    let (id, tenant) = (op["id"].as_str().unwrap().to_string(), op["tenant_id"].as_str().unwrap().to_string());
+    let config = app.config_file("lease_secs = 1");
+    crash_at(&config, "adopt.after.copy").await;
+    let pool = connect(&app.pool_name, false);
+    pool.execute_unprepared(&format!(
+        "UPDATE assets SET name = 'tampered' WHERE tenant_id = '{tenant}' AND tag = 'P-1'"
+    ))
+    .await
+    .unwrap();
+    let worker = tokio::spawn(app.cp.clone().run_worker(tokio_util::sync::CancellationToken::new()));
+    let done = app.wait_operation(&id).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    assert!(
+        done["error"].as_str().unwrap().contains("verification_failed")
+            || done["error"].as_str().unwrap().contains("differs"),
+        "{done}"
+    );
+    assert_eq!(legacy_rows(&db, "tenant_acme").await, before, "the legacy source as it was");
+    let mut c = legacy_conn(&db).await;
+    sqlx::raw_sql("UPDATE tenant_acme.assets SET status = 'active'").execute(&mut c).await.expect("no fence left");
+    assert_eq!(replication_leftovers(&db).await, 0);
+    assert_eq!(target_rows(&app.pool_name, &tenant).await.0.len(), 0, "nothing left on the target");
+    assert!(app.cp.tenant(&tenant).await.is_err(), "the never-served tenant is gone");
+    assert_eq!(source_state(&app, &estate, "tenant_acme").await["state"], "failed");
+
+    // A failed source can be adopted again; cancelled before the cutover,
+    // the legacy source is untouched and the source is as if never adopted.
+    let (s, op) =
+        adopt(&app, &estate, json!({"source": "tenant_acme", "slug": "acme-cancelled", "tier": "shared"})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    let id = op["id"].as_str().unwrap().to_string();
+    worker.abort();
+    crash_at(&config, "adopt.after.catch_up").await;
+    let (s, body) = app.admin_call(Method::POST, &format!("/v1/operations/{id}/cancel"), None).await;
+    assert!(s.is_success(), "{s} {body}");
+    let worker = tokio::spawn(app.cp.clone().run_worker(tokio_util::sync::CancellationToken::new()));
+    let done = app.wait_operation(&id).await;
+    worker.abort();
+    assert_eq!(done["state"], "cancelled", "{done}");
+    assert_eq!(replication_leftovers(&db).await, 0);
+    assert_eq!(legacy_rows(&db, "tenant_acme").await, before);
+    assert_eq!(source_state(&app, &estate, "tenant_acme").await["state"], "not_adopted");
+}
+
+/// Bad input: an estate or source that does not exist, a source with
+/// problems (no primary key, duplicate tags, orphans), a bad slug or tier.
+#[tokio::test]
+async fn a_bad_adoption_request_is_refused_with_a_clear_4xx() {
+    let app = spawn_app().await;
+    let db = legacy_estate().await;
+    let estate = estate(&app, &db).await;
+    let cases = [
+        (
+            format!("/v1/estates/{}/adopt", uuid::Uuid::now_v7()),
+            json!({"source": "tenant_acme", "slug": "x-1", "tier": "shared"}),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            format!("/v1/estates/{estate}/adopt"),
+            json!({"source": "tenant_nope", "slug": "x-2", "tier": "shared"}),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            format!("/v1/estates/{estate}/adopt"),
+            json!({"source": "tenant_broken", "slug": "x-3", "tier": "shared"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            format!("/v1/estates/{estate}/adopt"),
+            json!({"source": "tenant_acme", "slug": "Not A Slug", "tier": "shared"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            format!("/v1/estates/{estate}/adopt"),
+            json!({"source": "tenant_acme", "slug": "x-5", "tier": "gold"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            format!("/v1/estates/{estate}/adopt"),
+            json!({"source": "tenant_acme", "slug": "x-6", "tier": "shared", "engine": "rds"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            format!("/v1/estates/{estate}/adopt-all"),
+            json!({"tier": "shared", "concurrency": 0}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (format!("/v1/estates/{estate}/release"), json!({"source": "tenant_acme"}), StatusCode::CONFLICT),
+    ];
+    for (path, body, want) in cases {
+        let (s, answer) = app.admin_call(Method::POST, &path, Some(body.clone())).await;
+        assert_eq!(s, want, "{path} {body}: {answer}");
+        assert!(answer["error"]["code"].is_string() && answer["error"]["message"].is_string(), "{answer}");
+    }
+    let (_, broken) = app
+        .admin_call(
+            Method::POST,
+            &format!("/v1/estates/{estate}/adopt"),
+            Some(json!({"source": "tenant_broken", "slug": "x-3", "tier": "shared"})),
+        )
+        .await;
+    let message = broken["error"]["message"].as_str().unwrap();
+    assert!(message.contains("primary key") && message.contains("tag"), "the problems are named: {message}");
+    assert!(app.cp.tenant("x-3").await.is_err(), "no tenant is left behind by a refused adoption");
+}
+
+/// Adopt-all over 50 schemas, one of them broken (a table that maps
+/// nowhere): the broken one is reported, the 49 others are adopted, never
+/// more than `concurrency` at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn adopt_all_adopts_every_source_at_bounded_concurrency_and_reports_the_broken_one() {
+    let app = spawn_app_with(|s| s.control_plane.operation_workers = 6).await;
+    let db = tenantry::testkit::unique("fleet");
+    connect("postgres", false).execute_unprepared(&format!("CREATE DATABASE {db}")).await.unwrap();
+    connect(&db, false)
+        .execute_unprepared(
+            "DO $$ BEGIN FOR i IN 1..50 LOOP EXECUTE format(
+                'CREATE SCHEMA shop_%1$s;
+                 CREATE TABLE shop_%1$s.assets (id serial PRIMARY KEY, name text NOT NULL, tag text NOT NULL,
+                     status text NOT NULL DEFAULT ''active'');
+                 INSERT INTO shop_%1$s.assets (name, tag) SELECT ''A'' || g, ''T-'' || g FROM generate_series(1, 20) g;',
+                lpad(i::text, 2, '0'));
+             END LOOP; END $$;
+             CREATE TABLE shop_13.invoices (total numeric);",
+        )
+        .await
+        .unwrap();
+    let mut body = estate_body("fleet", &db, "postgres", &cluster().secrets.superuser_password);
+    body["pattern"] = json!("shop\\_%");
+    let (s, e) = add(&app, body).await;
+    assert_eq!(s, StatusCode::CREATED, "{e}");
+    let estate = e["id"].as_str().unwrap();
+    let (s, all) = app
+        .admin_call(
+            Method::POST,
+            &format!("/v1/estates/{estate}/adopt-all"),
+            Some(json!({"tier": "shared", "concurrency": 3})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{all}");
+    let queued = all["queued"].as_array().unwrap();
+    assert_eq!(queued.len(), 50);
+    let refused: Vec<&Value> = queued.iter().filter(|q| q["operation"].is_null()).collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["source"], "shop_13");
+    assert!(refused[0]["error"].as_str().unwrap().contains("invoices"), "the problem is named: {}", refused[0]);
+    let batch = all["batch"].as_str().unwrap().to_string();
+
+    // Watch the batch: never more than 3 running.
+    let mut most = 0i64;
+    for _ in 0..6000 {
+        let row = app
+            .cp
+            .registry()
+            .query_one_raw(sea_orm::Statement::from_sql_and_values(
+                sea_orm::DbBackend::Postgres,
+                "SELECT count(*) FILTER (WHERE state = 'running') AS running, \
+                        count(*) FILTER (WHERE state IN ('pending', 'running')) AS open \
+                 FROM operations WHERE params->>'batch' = $1",
+                [batch.clone().into()],
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        let (running, open): (i64, i64) = (row.try_get("", "running").unwrap(), row.try_get("", "open").unwrap());
+        most = most.max(running);
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(most <= 3 && most >= 2, "at most 3 adoptions at once, and more than one: {most}");
+    let (_, sources) = app.admin_call(Method::GET, &format!("/v1/estates/{estate}/sources"), None).await;
+    let states: Vec<(String, String)> = sources["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap().to_string(), s["state"].as_str().unwrap().to_string()))
+        .collect();
+    let adopted = states.iter().filter(|(_, st)| st == "adopted").count();
+    assert_eq!(adopted, 49, "{states:?}");
+    assert_eq!(states.iter().find(|(n, _)| n == "shop_13").unwrap().1, "not_adopted");
+    let t = app.cp.tenant("07").await.unwrap();
+    assert_eq!(t.status, tenantry_core::TenantStatus::Active);
+    assert_eq!(target_rows(&app.pool_name, &t.id.to_string()).await.0.len(), 20);
+}
