@@ -231,6 +231,12 @@ pub enum EstateCommand {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Give an adopted source back to its legacy system (progress until done).
+    Revert {
+        estate: String,
+        #[arg(long)]
+        source: String,
+    },
     /// End the way back for an adopted source (`--drop`: drop its legacy schema or database).
     Release {
         estate: String,
@@ -332,6 +338,13 @@ pub async fn estates(args: &AdminArgs, command: EstateCommand) -> anyhow::Result
             if !no_wait {
                 watch_all(&admin, &ids).await?;
             }
+        }
+        EstateCommand::Revert { estate, source } => {
+            let body = serde_json::json!({"source": source});
+            let op = admin.call(Method::POST, &format!("/v1/estates/{estate}/revert"), Some(body)).await?;
+            let id = op["id"].as_str().unwrap_or_default().to_string();
+            println!("revert {source}: operation {id}");
+            watch(&admin, &id).await?;
         }
         EstateCommand::Release { estate, source, drop } => {
             let body = serde_json::json!({"source": source, "drop": drop});

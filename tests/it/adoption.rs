@@ -330,11 +330,7 @@ impl LegacyWriterDb {
 /// last stopped, and the result is the legacy source as of the fence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_adoption_killed_at_every_step_resumes_and_loses_nothing() {
-    let app = spawn_app_with(|s| {
-        s.control_plane.operation_workers = 0;
-        s.control_plane.lease_secs = 1;
-    })
-    .await;
+    let app = manual_app().await;
     let db = legacy_estate().await;
     let estate = estate(&app, &db).await;
     let writer = LegacyWriter::start(&db, "tenant_acme", "K");
@@ -368,6 +364,16 @@ async fn an_adoption_killed_at_every_step_resumes_and_loses_nothing() {
     assert_eq!(source_state(&app, &estate, "tenant_acme").await["state"], "adopted");
 }
 
+/// A stack whose operations run only where the test says (in-process
+/// workers it starts, or children it crashes), with a 1 s lease.
+async fn manual_app() -> TestApp {
+    spawn_app_with(|s| {
+        s.control_plane.operation_workers = 0;
+        s.control_plane.lease_secs = 1;
+    })
+    .await
+}
+
 /// Runs a control-plane child until it crashes at `point`.
 async fn crash_at(config: &std::path::Path, point: &str) {
     let (cfg, fp) = (config.to_path_buf(), point.to_string());
@@ -383,11 +389,7 @@ async fn crash_at(config: &std::path::Path, point: &str) {
 /// cutover leaves the legacy source untouched too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn verification_catches_a_change_behind_the_adoptions_back_and_a_cancel_leaves_the_legacy_untouched() {
-    let app = spawn_app_with(|s| {
-        s.control_plane.operation_workers = 0;
-        s.control_plane.lease_secs = 1;
-    })
-    .await;
+    let app = manual_app().await;
     let db = legacy_estate().await;
     let estate = estate(&app, &db).await;
     let before = legacy_rows(&db, "tenant_acme").await;
@@ -579,4 +581,92 @@ async fn adopt_all_adopts_every_source_at_bounded_concurrency_and_reports_the_br
     let t = app.cp.tenant("07").await.unwrap();
     assert_eq!(t.status, tenantry_core::TenantStatus::Active);
     assert_eq!(target_rows(&app.pool_name, &t.id.to_string()).await.0.len(), 20);
+}
+
+/// Revert: the tenant's changes since the cutover go back to the legacy
+/// source (an update and a delete by legacy id; a new asset with an id from
+/// the legacy sequence and its schedule following it), the legacy source
+/// takes writes again, the tenant stops serving. Killed after fencing the
+/// tenant and right after the point of no return, it resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reverted_source_gets_the_tenants_changes_back_and_takes_writes_again() {
+    let app = manual_app().await;
+    let db = legacy_estate().await;
+    let estate = estate(&app, &db).await;
+    let worker = tokio::spawn(app.cp.clone().run_worker(tokio_util::sync::CancellationToken::new()));
+    let (s, op) = adopt(&app, &estate, json!({"source": "tenant_acme", "slug": "acme-back", "tier": "shared"})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    assert_eq!(app.wait_operation(op["id"].as_str().unwrap()).await["state"], "succeeded");
+    worker.abort();
+    let tenant = op["tenant_id"].as_str().unwrap().to_string();
+    let key = app.cp.create_api_key("test", tenant.parse().unwrap(), "k").await.unwrap().key;
+
+    // Changes made through Tenantry after the cutover.
+    let (_, pump) = app.get(&key, "/v1/assets/by-tag/P-1").await;
+    let (s, _) = app
+        .call(
+            &key,
+            Method::PATCH,
+            &format!("/v1/assets/{}", pump["id"].as_str().unwrap()),
+            Some(json!({"name": "Big pump"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, valve) = app.get(&key, "/v1/assets/by-tag/V-1").await;
+    let (s, _) = app.call(&key, Method::DELETE, &format!("/v1/assets/{}", valve["id"].as_str().unwrap()), None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, fan) = app.post(&key, "/v1/assets", json!({"name": "Fan", "tag": "F-9"})).await;
+    assert_eq!(s, StatusCode::CREATED, "{fan}");
+    let (s, _) = app
+        .post(
+            &key,
+            &format!("/v1/assets/{}/maintenance-schedules", fan["id"].as_str().unwrap()),
+            json!({"title": "Dust", "interval_days": 14, "next_due_at": "2027-03-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+
+    let (s, rev) = app
+        .admin_call(Method::POST, &format!("/v1/estates/{estate}/revert"), Some(json!({"source": "tenant_acme"})))
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{rev}");
+    let id = rev["id"].as_str().unwrap().to_string();
+    let config = app.config_file("lease_secs = 1");
+    crash_at(&config, "revert.after.fence_tenant").await;
+    crash_at(&config, "revert.apply_back.sealed").await;
+    let worker = tokio::spawn(app.cp.clone().run_worker(tokio_util::sync::CancellationToken::new()));
+    let done = app.wait_operation(&id).await;
+    worker.abort();
+    assert_eq!(done["state"], "succeeded", "{done}");
+
+    let mut c = legacy_conn(&db).await;
+    let assets: Vec<(i32, String, String)> =
+        sqlx::query_as("SELECT id, tag, name FROM tenant_acme.assets ORDER BY id").fetch_all(&mut c).await.unwrap();
+    assert_eq!(assets.len(), 2, "{assets:?}");
+    assert_eq!(assets[0], (1, "P-1".into(), "Big pump".into()), "updated by legacy id; V-1 deleted by legacy id");
+    assert_eq!((&assets[1].1, &assets[1].2), (&"F-9".to_string(), &"Fan".to_string()));
+    let next: i32 =
+        sqlx::query_scalar("SELECT last_value::int FROM tenant_acme.assets_id_seq").fetch_one(&mut c).await.unwrap();
+    assert!(assets[1].0 > 2 && assets[1].0 == next, "the new row's id comes from the legacy sequence: {assets:?}");
+    let dust: (i32, String) =
+        sqlx::query_as("SELECT asset_id, title FROM tenant_acme.maintenance_schedules WHERE title = 'Dust'")
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+    assert_eq!(dust, (assets[1].0, "Dust".into()), "the child follows its new parent's legacy id");
+    let (legacy_assets, _) = legacy_rows(&db, "tenant_acme").await;
+    assert_eq!(legacy_assets.len(), 2);
+    sqlx::raw_sql("INSERT INTO tenant_acme.assets (name, tag) VALUES ('Legacy again', 'LA-1')")
+        .execute(&mut c)
+        .await
+        .expect("the legacy source takes writes again");
+
+    let (s, body) = app.get(&key, "/v1/assets").await;
+    assert_eq!((s, body["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("tenant_reverted")), "{body}");
+    assert_eq!(target_rows(&app.pool_name, &tenant).await.0.len(), 0, "purged from the shared pool");
+    assert_eq!(source_state(&app, &estate, "tenant_acme").await["state"], "reverted");
+    let (s, body) = app
+        .admin_call(Method::POST, &format!("/v1/estates/{estate}/release"), Some(json!({"source": "tenant_acme"})))
+        .await;
+    assert_eq!((s, body["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("source_not_adopted")), "{body}");
 }

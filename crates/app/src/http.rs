@@ -66,6 +66,13 @@ impl FromRequest for Tenant {
                         "the tenant is suspended",
                     ));
                 }
+                TenantStatus::Reverted => {
+                    return Err(ApiError::new(
+                        actix_web::http::StatusCode::FORBIDDEN,
+                        "tenant_reverted",
+                        "the tenant went back to the legacy system it was adopted from",
+                    ));
+                }
                 // From the moment an erasure starts the tenant is gone, as if it
                 // had never existed.
                 TenantStatus::Erasing | TenantStatus::Erased => {

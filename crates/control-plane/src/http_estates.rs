@@ -131,6 +131,22 @@ pub(crate) async fn adopt_all(
     Ok(HttpResponse::Accepted().json(cp.adopt_all(&admin.actor, *id, body.into_inner()).await?))
 }
 
+/// Give an adopted source back to its legacy system (before release): the
+/// tenant's changes since the cutover are applied back, the legacy source
+/// takes writes again, the tenant stops serving (`reverted`).
+#[utoipa::path(post, path = "/v1/estates/{id}/revert", params(("id" = Uuid, Path)),
+    request_body = crate::estates::request::RevertRequest,
+    responses((status = 202, body = OperationView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(id = %id, source = %body.source))]
+pub(crate) async fn revert(
+    cp: Cp,
+    admin: Admin,
+    id: web::Path<Uuid>,
+    body: web::Json<crate::estates::request::RevertRequest>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Accepted().json(cp.revert_source(&admin.actor, *id, body.into_inner()).await?))
+}
+
 /// End the way back for an adopted source; with `drop`, the legacy schema
 /// (or database) is dropped.
 #[utoipa::path(post, path = "/v1/estates/{id}/release", params(("id" = Uuid, Path)),
@@ -157,5 +173,6 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/estates/{id}/adoption-plan", web::get().to(adoption_plan))
         .route("/estates/{id}/adopt", web::post().to(adopt))
         .route("/estates/{id}/adopt-all", web::post().to(adopt_all))
+        .route("/estates/{id}/revert", web::post().to(revert))
         .route("/estates/{id}/release", web::post().to(release));
 }

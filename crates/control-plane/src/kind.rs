@@ -115,9 +115,8 @@ impl<P> Run<'_, P> {
 }
 
 impl<P> Run<'_, P> {
-    /// Ends a rolled-back operation inside the caller's transaction: the
-    /// never-served tenant forgotten (placement, keys, the tenant row unless
-    /// it became active), the end recorded and audited with `detail`.
+    /// Ends a rolled-back operation inside the caller's transaction, audited
+    /// with `detail`.
     pub(crate) async fn rolled_back(
         &self,
         txn: &impl ConnectionTrait,
@@ -125,15 +124,6 @@ impl<P> Run<'_, P> {
         error: Option<String>,
         detail: Value,
     ) -> Result<(), DbErr> {
-        if let Some(tenant) = self.tenant {
-            txn.execute_raw(registry::stmt("DELETE FROM placements WHERE tenant_id = $1", vec![tenant.into()])).await?;
-            txn.execute_raw(registry::stmt("DELETE FROM api_keys WHERE tenant_id = $1", vec![tenant.into()])).await?;
-            txn.execute_raw(registry::stmt(
-                "DELETE FROM tenants WHERE id = $1 AND status <> 'active'",
-                vec![tenant.into()],
-            ))
-            .await?;
-        }
         self.finish(txn, outcome, error).await?;
         let mut body = serde_json::json!({"operation_id": self.id, "tenant_id": self.tenant, "state": outcome});
         if let (Some(b), Value::Object(extra)) = (body.as_object_mut(), detail) {

@@ -13,6 +13,7 @@ wire_enum!(
         Demote => "demote",
         Erase => "erase",
         Adopt => "adopt",
+        Revert => "revert",
     }
 );
 
@@ -69,6 +70,10 @@ wire_enum!(
         // erasure
         EraseData => "erase_data",
         Tombstone => "tombstone",
+        // revert of an adoption
+        FenceTenant => "fence_tenant",
+        ApplyBack => "apply_back",
+        Unplace => "unplace",
         // every kind's end
         Done => "done",
     }

@@ -76,9 +76,10 @@ impl Kind for Provision {
         outcome: OperationState,
         error: Option<String>,
     ) -> Result<(), Error> {
-        run.tenant()?;
+        let tenant = run.tenant()?;
         run.params.destroy(run.cp).await?;
         let txn = run.cp.registry().begin().await?;
+        crate::registry::forget_unserved(&txn, tenant).await?;
         run.rolled_back(&txn, outcome, error, json!({})).await?;
         txn.commit().await?;
         Ok(())

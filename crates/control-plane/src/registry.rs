@@ -395,7 +395,16 @@ pub(crate) async fn release(db: &impl ConnectionTrait, id: Uuid, owner: &str) ->
     Ok(())
 }
 
-/// Whether a move is past its point of no return: it is about to seal (or
+/// Forgets a tenant that never served (a rolled-back provision or adoption):
+/// its placement, keys and row (unless it became active meanwhile).
+pub(crate) async fn forget_unserved(txn: &impl ConnectionTrait, tenant: Uuid) -> Result<(), DbErr> {
+    txn.execute_raw(stmt("DELETE FROM placements WHERE tenant_id = $1", vec![tenant.into()])).await?;
+    txn.execute_raw(stmt("DELETE FROM api_keys WHERE tenant_id = $1", vec![tenant.into()])).await?;
+    txn.execute_raw(stmt("DELETE FROM tenants WHERE id = $1 AND status <> 'active'", vec![tenant.into()])).await?;
+    Ok(())
+}
+
+/// Whether a move (or an adoption, or a revert) is past its point of no return: it is about to seal (or
 /// has sealed) its source, or has flipped the placement. From here it only
 /// goes forward.
 pub(crate) fn past_seal(progress: &serde_json::Value) -> bool {

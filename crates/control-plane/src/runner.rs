@@ -28,6 +28,7 @@ use tenantry_core::new_id;
 use crate::erase::Erase;
 use crate::error::Error;
 use crate::estates::adopt::Adopt;
+use crate::estates::revert::Revert;
 use crate::kind::{Kind, Policy, Run, Stop, failpoint};
 use crate::moves::Move;
 use crate::operation::{OperationKind, OperationState, Step};
@@ -53,6 +54,7 @@ async fn dispatch(cp: &ControlPlane, owner: &str, row: ClaimedRow, kind: Operati
         }
         OperationKind::Erase => drive::<Erase>(cp, owner, row, kind, stop).await,
         OperationKind::Adopt => drive::<Adopt>(cp, owner, row, kind, stop).await,
+        OperationKind::Revert => drive::<Revert>(cp, owner, row, kind, stop).await,
     }
 }
 
@@ -64,6 +66,7 @@ pub(crate) fn policy(kind: OperationKind) -> Policy {
         OperationKind::Promote | OperationKind::Move | OperationKind::Demote => Move::POLICY,
         OperationKind::Erase => Erase::POLICY,
         OperationKind::Adopt => Adopt::POLICY,
+        OperationKind::Revert => Revert::POLICY,
     }
 }
 

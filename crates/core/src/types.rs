@@ -69,6 +69,7 @@ wire_enum!(
         Erasing => "erasing",
         Erased => "erased",
         Failed => "failed",
+        Reverted => "reverted",
     }
 );
 wire_enum!(

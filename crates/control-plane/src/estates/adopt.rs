@@ -126,7 +126,7 @@ async fn target_side(run: &Run<'_, AdoptParams>) -> Result<Side, Error> {
 /// the administrator, in the tenant's scope, foreign keys left to the
 /// verification (`session_replication_role = replica`: a child may arrive
 /// before its parent), with the text forms the comparison relies on.
-async fn target_conn(side: &Side, tenant: Uuid) -> Result<PgConnection, Error> {
+pub(super) async fn target_conn(side: &Side, tenant: Uuid) -> Result<PgConnection, Error> {
     let mut c = side.admin().await?;
     sqlx::raw_sql(
         "SET session_replication_role = replica; SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; \
@@ -212,7 +212,7 @@ async fn subscribe(run: &Run<'_, AdoptParams>, f: &Facts) -> Result<(), Stop> {
 }
 
 /// Maps a page of legacy rows (in `table.columns` order) onto the target.
-fn mapped(
+pub(super) fn mapped(
     tenant: Uuid,
     table: &Table,
     rows: &[Vec<super::pgoutput::Value>],
@@ -225,7 +225,7 @@ fn mapped(
         .collect()
 }
 
-fn key_text(table: &Table, row: &[super::pgoutput::Value]) -> Option<String> {
+pub(super) fn key_text(table: &Table, row: &[super::pgoutput::Value]) -> Option<String> {
     match row.get(table.key_index()) {
         Some(super::pgoutput::Value::Text(k)) => Some(k.clone()),
         _ => None,
@@ -293,7 +293,7 @@ async fn catch_up(run: &Run<'_, AdoptParams>, f: &Facts) -> Result<(), Stop> {
 /// the target, looking at the target rows with these ids (the legacy rows'
 /// own, plus `also`: ids whose legacy row may be gone). Returns the legacy
 /// keys (or target ids) that differ.
-async fn differing(
+pub(super) async fn differing(
     target: &mut PgConnection,
     tenant: Uuid,
     table: &Table,
@@ -301,10 +301,23 @@ async fn differing(
     also: &[Uuid],
 ) -> Result<Vec<String>, Error> {
     let mapped = mapped(tenant, table, rows)?;
+    let keys: Vec<Option<String>> = rows.iter().map(|r| key_text(table, r)).collect();
+    differing_mapped(target, tenant, table.target, &mapped, &keys, also).await
+}
+
+/// [`differing`] for rows already mapped (`keys`: each row's legacy key).
+pub(super) async fn differing_mapped(
+    target: &mut PgConnection,
+    tenant: Uuid,
+    table: &str,
+    mapped: &[serde_json::Map<String, Json>],
+    keys: &[Option<String>],
+    also: &[Uuid],
+) -> Result<Vec<String>, Error> {
     let mut by_id: BTreeMap<String, String> = BTreeMap::new();
-    for (m, r) in mapped.iter().zip(rows) {
-        if let (Some(Json::String(id)), Some(k)) = (m.get("id"), key_text(table, r)) {
-            by_id.insert(id.clone(), k);
+    for (m, k) in mapped.iter().zip(keys) {
+        if let (Some(Json::String(id)), Some(k)) = (m.get("id"), k) {
+            by_id.insert(id.clone(), k.clone());
         }
     }
     let mut ids: BTreeSet<Uuid> = also.iter().copied().collect();
@@ -317,7 +330,7 @@ async fn differing(
         .map(|m| m.keys().filter(|k| *k != "tenant_id").map(|k| format!("x.{}", quote_ident(k))).collect())
         .unwrap_or_else(|| vec!["x.id".into()]);
     let row_of = |alias: &str| format!("md5(ROW({})::text)", cols.join(", ").replace("x.", &format!("{alias}.")));
-    let t = format!("public.{}", quote_ident(table.target));
+    let t = format!("public.{}", quote_ident(table));
     let sql = format!(
         "WITH l AS (SELECT * FROM jsonb_populate_recordset(NULL::{t}, $1)), \
               r AS (SELECT * FROM {t} WHERE tenant_id = $2 AND id = ANY($3)) \
@@ -326,7 +339,7 @@ async fn differing(
         row_of("l"),
         row_of("r")
     );
-    let payload = Json::Array(mapped.into_iter().map(Json::Object).collect());
+    let payload = Json::Array(mapped.iter().cloned().map(Json::Object).collect());
     let ids: Vec<Uuid> = ids.into_iter().collect();
     let bad: Vec<String> =
         sqlx::query_scalar(AssertSqlSafe(sql)).bind(payload).bind(tenant).bind(&ids).fetch_all(&mut *target).await?;
@@ -529,6 +542,7 @@ async fn roll_back(run: &Run<'_, AdoptParams>, outcome: OperationState, error: O
         new.destroy(run.cp).await?;
     }
     let txn = run.cp.registry().begin().await?;
+    crate::registry::forget_unserved(&txn, tenant).await?;
     let state = if outcome == OperationState::Cancelled {
         "DELETE FROM estate_sources"
     } else {

@@ -12,6 +12,7 @@ pub mod legacy;
 pub mod mapping;
 pub mod pgoutput;
 pub mod request;
+pub mod revert;
 pub mod rows;
 pub mod sources;
 pub mod stream;

@@ -16,6 +16,7 @@ use tenantry_provisioner::quote_ident;
 
 use super::Layout;
 use super::adopt::{Adopt, AdoptParams};
+use super::revert::{Revert, RevertParams};
 use super::sources::{SourceState, parse_state, source_names};
 use crate::error::Error;
 use crate::kind::enqueue;
@@ -65,6 +66,13 @@ pub struct Queued {
 pub struct AdoptAll {
     pub batch: Uuid,
     pub queued: Vec<Queued>,
+}
+
+/// `POST /v1/estates/{id}/revert`.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevertRequest {
+    pub source: String,
 }
 
 /// `POST /v1/estates/{id}/release`.
@@ -260,33 +268,65 @@ impl ControlPlane {
         Ok(AdoptAll { batch, queued })
     }
 
-    /// Ends the way back for an adopted source; with `drop`, its legacy
-    /// schema (or database) is dropped. Audited.
-    pub async fn release_source(&self, actor: &str, estate: Uuid, req: ReleaseRequest) -> Result<(), Error> {
+    /// An adopted source's estate and tenant: 404 for a source the estate does
+    /// not have, 409 for one not (or no longer) adopted.
+    async fn adopted_source(&self, estate: Uuid, source: &str) -> Result<(super::Estate, Uuid), Error> {
         let e = self.estate(estate).await?;
         let row = self
             .registry()
             .query_one_raw(stmt(
                 "SELECT state, tenant_id FROM estate_sources WHERE estate_id = $1 AND name = $2",
-                vec![estate.into(), req.source.clone().into()],
+                vec![estate.into(), source.into()],
             ))
             .await?;
-        let Some(row) = row else {
-            if source_names(&e).await?.contains(&req.source) {
-                return Err(Error::Conflict {
-                    code: "source_not_adopted",
-                    message: format!("`{}` was never adopted; only an adopted source is released", req.source),
-                });
-            }
-            return Err(Error::NotFound("source"));
+        let (state, tenant): (String, Option<Uuid>) = match row {
+            Some(r) => (r.try_get("", "state")?, r.try_get("", "tenant_id")?),
+            None if source_names(&e).await?.iter().any(|n| n == source) => ("not adopted".into(), None),
+            None => return Err(Error::NotFound("source")),
         };
-        let state: String = row.try_get("", "state")?;
-        if state != "adopted" {
-            return Err(Error::Conflict {
+        match tenant.filter(|_| state == "adopted") {
+            Some(t) => Ok((e, t)),
+            None => Err(Error::Conflict {
                 code: "source_not_adopted",
-                message: format!("`{}` is {state}; only an adopted source is released", req.source),
-            });
+                message: format!("`{source}` is {state}; only an adopted source (not yet released) can be"),
+            }),
         }
+    }
+
+    /// Queues the way back for an adopted source not yet released: the
+    /// tenant's changes since the cutover go back to the legacy source, which
+    /// takes writes again, and the tenant stops serving.
+    pub async fn revert_source(&self, actor: &str, estate: Uuid, req: RevertRequest) -> Result<OperationView, Error> {
+        let (_, tenant) = self.adopted_source(estate, &req.source).await?;
+        let t = self.tenant(&tenant.to_string()).await?;
+        let placement = t.placement.ok_or(Error::Conflict {
+            code: "tenant_not_placed",
+            message: "the adopted tenant has no backend".into(),
+        })?;
+        let params = RevertParams { estate_id: estate, source: req.source.clone(), backend_id: placement.backend_id };
+        let txn = self.registry().begin().await?;
+        self.lock_idle_tenant(&txn, tenant).await?;
+        let id = enqueue::<Revert>(&txn, OperationKind::Revert, Some(tenant), &params, actor).await?;
+        audit(
+            &txn,
+            actor,
+            "estate.revert",
+            Some(tenant),
+            json!({"estate_id": estate, "source": req.source, "operation_id": id}),
+        )
+        .await?;
+        txn.commit().await?;
+        self.wake_workers();
+        self.operation(id).await
+    }
+
+    /// Ends the way back for an adopted source; with `drop`, its legacy
+    /// schema (or database) is dropped. Audited.
+    pub async fn release_source(&self, actor: &str, estate: Uuid, req: ReleaseRequest) -> Result<(), Error> {
+        let (e, tenant) = self.adopted_source(estate, &req.source).await?;
+        // No revert may be running while the way back closes.
+        let txn = self.registry().begin().await?;
+        self.lock_idle_tenant(&txn, tenant).await?;
         if req.drop {
             let mut conn = e.connect(None).await?;
             let sql = match e.view.layout {
@@ -298,18 +338,16 @@ impl ControlPlane {
             sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut conn).await?;
             let _ = sqlx::Connection::close(conn).await;
         }
-        let txn = self.registry().begin().await?;
         txn.execute_raw(stmt(
             "UPDATE estate_sources SET state = 'released', updated_at = now() WHERE estate_id = $1 AND name = $2",
             vec![estate.into(), req.source.clone().into()],
         ))
         .await?;
-        let tenant: Option<Uuid> = row.try_get("", "tenant_id")?;
         audit(
             &txn,
             actor,
             "estate.release",
-            tenant,
+            Some(tenant),
             json!({"estate_id": estate, "source": req.source, "drop": req.drop}),
         )
         .await?;

@@ -67,11 +67,11 @@ pub fn map_row(
             if used.contains(c) {
                 continue;
             }
-            match v {
-                Value::Text(t) => attributes.insert(c.clone(), Json::String(t.clone())),
-                Value::Null => attributes.insert(c.clone(), Json::Null),
-                Value::Unchanged => None,
-            };
+            // A NULL is left out: an absent attribute reads the same, and a
+            // revert writes an absent attribute back as NULL.
+            if let Value::Text(t) = v {
+                attributes.insert(c.clone(), Json::String(t.clone()));
+            }
         }
         row.insert("attributes".into(), Json::Object(attributes));
     }

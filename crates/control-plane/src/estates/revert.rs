@@ -1,0 +1,377 @@
+//! The `revert` kind: an adopted tenant goes back to its legacy source,
+//! before that source is released.
+//!
+//! ```text
+//! fence_tenant  the tenant fenced on its Tenantry backend (no deadline): its
+//!               requests stop writing there
+//! apply_back    one legacy transaction: the legacy fence lifted, every change
+//!               made through Tenantry since the cutover applied back (updated
+//!               and deleted rows by their legacy ids; new rows with ids from
+//!               the legacy table's own sequence or identity, children
+//!               following their new parent), then verified inside the same
+//!               transaction (counts, and every row compared with the target
+//!               after mapping); `sealing` recorded, then commit: the legacy
+//!               source takes writes again, with the tenant's data
+//! unplace       the tenant `reverted` (it stops serving), its placement gone,
+//!               its rows purged from the Tenantry backend (a dedicated
+//!               database destroyed), the source `reverted`
+//! ```
+//!
+//! Policy: rolled back (the tenant unfenced, the legacy source untouched and
+//! still fenced) until `sealing`; forward only after it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use sea_orm::sqlx::postgres::PgConnection;
+use sea_orm::sqlx::{self, AssertSqlSafe, Connection};
+use sea_orm::{ConnectionTrait, TransactionTrait};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value as Json, json};
+use uuid::Uuid;
+
+use tenantry_core::BackendKind;
+use tenantry_provisioner::quote_ident;
+
+use super::adopt::{differing_mapped, key_text, mapped, target_conn};
+use super::fence;
+use super::legacy::{self, Source, Table};
+use super::pgoutput::Value;
+use super::rows::adopted_id;
+use crate::backend::tenant_tables;
+use crate::error::Error;
+use crate::kind::{Kind, Policy, Run, Stop, failpoint};
+use crate::operation::{OperationKind, OperationState, Step};
+use crate::registry::{audit, past_seal, stmt};
+
+pub const REVERT_STEPS: &[Step] = &[Step::FenceTenant, Step::ApplyBack, Step::Unplace];
+
+/// A revert's parameters, as queued.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct RevertParams {
+    pub(crate) estate_id: Uuid,
+    pub(crate) source: String,
+    /// Where the tenant lives when the revert is queued.
+    pub(crate) backend_id: Uuid,
+}
+
+/// The `revert` kind.
+pub(crate) struct Revert;
+
+impl Kind for Revert {
+    type Params = RevertParams;
+    type State = ();
+    const FAILPOINTS: &'static str = "revert";
+    const POLICY: Policy = Policy::RollBackUntilSeal;
+    const TIMED: bool = true;
+
+    fn steps(_: OperationKind, _: &RevertParams) -> &'static [Step] {
+        REVERT_STEPS
+    }
+
+    async fn step(run: &Run<'_, RevertParams>, _: &mut (), step: Step) -> Result<(), Stop> {
+        let tenant = run.tenant()?;
+        match step {
+            Step::FenceTenant => {
+                let wait = Duration::from_millis(run.cp.config().moves.fence_timeout_ms);
+                Ok(run.cp.fence_residency(tenant, run.params.backend_id, wait).await?)
+            }
+            Step::ApplyBack => apply_back(run, tenant).await,
+            Step::Unplace => unplace(run, tenant).await,
+            other => Err(Stop::Failed(Error::invalid("unknown_step", format!("`{other}` is not a step of a revert")))),
+        }
+    }
+
+    async fn roll_back(
+        run: &Run<'_, RevertParams>,
+        outcome: OperationState,
+        error: Option<String>,
+    ) -> Result<(), Error> {
+        let tenant = run.tenant()?;
+        let side = run.cp.side(run.params.backend_id).await?;
+        let mut t = run.cp.tenant_conn(&side, tenant).await?;
+        sqlx::query(
+            "UPDATE tenant_residency SET state = 'active', fenced_by = NULL, fenced_until = NULL, updated_at = now() \
+             WHERE tenant_id = $1 AND state = 'fenced'",
+        )
+        .bind(tenant)
+        .execute(&mut t)
+        .await?;
+        t.close().await?;
+        let txn = run.cp.registry().begin().await?;
+        run.rolled_back(&txn, outcome, error, json!({"estate_id": run.params.estate_id, "source": run.params.source}))
+            .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+}
+
+/// The JSON value as the text a legacy column would show.
+fn as_text(v: &Json) -> Option<String> {
+    match v {
+        Json::Null => None,
+        Json::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+/// What a legacy row becomes from a target row: legacy column -> value, the
+/// key left out. `parents` maps asset ids back to legacy asset keys.
+fn legacy_values(t: &Table, row: &Map<String, Json>, parents: &BTreeMap<Uuid, String>) -> Map<String, Json> {
+    let mut out = Map::new();
+    let attributes = row.get("attributes").and_then(Json::as_object);
+    for c in t.columns.iter().filter(|c| **c != t.key) {
+        let renamed = t.mapping.columns.iter().find(|(_, legacy)| *legacy == c).map(|(target, _)| target.as_str());
+        let target_col = renamed.unwrap_or(c);
+        let value = match (target_col, row.get(target_col)) {
+            ("asset_id", Some(Json::String(id))) => Uuid::parse_str(id)
+                .ok()
+                .and_then(|u| parents.get(&u))
+                .map(|k| Json::String(k.clone()))
+                .unwrap_or(Json::Null),
+            (_, Some(v)) if renamed.is_some() || !t.mapping.columns.contains_key(c.as_str()) => v.clone(),
+            _ => match attributes.and_then(|a| a.get(c.as_str())) {
+                Some(v) if t.target == "assets" => v.clone(),
+                _ => continue,
+            },
+        };
+        out.insert(c.clone(), value);
+    }
+    out
+}
+
+async fn apply_back(run: &Run<'_, RevertParams>, tenant: Uuid) -> Result<(), Stop> {
+    let estate = run.cp.estate(run.params.estate_id).await?;
+    let source = Source::read(&estate, &run.params.source).await?;
+    let mut legacy = source.connect(&estate).await?;
+    let adoption = adoption_of(run).await?;
+    if !fence::is_fenced(&mut legacy, &source.schema, adoption).await? {
+        if past_seal(&run.view().await?.progress) {
+            // Committed by an earlier attempt: the legacy source serves again.
+            return Ok(());
+        }
+        return Err(Stop::Failed(Error::invalid(
+            "legacy_unfenced",
+            "the legacy source's fence is gone (lifted by hand?): its data may have changed since the cutover",
+        )));
+    }
+    let side = run.cp.side(run.params.backend_id).await?;
+    let mut target = target_conn(&side, tenant).await?;
+    let mut tx = legacy.begin().await?;
+    fence::lift(&mut tx, &source.schema, adoption).await?;
+    // Target id -> legacy key, per target table, as the legacy side will hold them.
+    let mut keys: BTreeMap<&str, BTreeMap<Uuid, String>> = BTreeMap::new();
+    let mut counts = Map::new();
+    let mut deletes: Vec<(&Table, Vec<String>)> = Vec::new();
+    for t in &source.tables {
+        let q = source.qualified(&t.legacy);
+        let key = quote_ident(&t.key);
+        let current: Vec<(String, Json)> =
+            sqlx::query_as(AssertSqlSafe(format!("SELECT {key}::text, to_jsonb(r) FROM {q} r")))
+                .fetch_all(&mut *tx)
+                .await?;
+        let mut by_id: BTreeMap<Uuid, (String, Json)> = BTreeMap::new();
+        for (k, row) in current {
+            let id = adopted_id(tenant, t.target, &k).map_err(|e| Error::invalid("unmappable_row", e))?;
+            by_id.insert(id, (k, row));
+        }
+        let rows: Vec<(Uuid, Json)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT id, to_jsonb(r) FROM public.{} r WHERE tenant_id = $1",
+            quote_ident(t.target)
+        )))
+        .bind(tenant)
+        .fetch_all(&mut target)
+        .await?;
+        let parents = keys.get("assets").cloned().unwrap_or_default();
+        let (mut inserted, mut updated) = (0, 0);
+        let mut seen = BTreeSet::new();
+        let mut table_keys = BTreeMap::new();
+        for (id, row) in &rows {
+            let Json::Object(row) = row else { continue };
+            let values = legacy_values(t, row, &parents);
+            let cols: Vec<String> = values.keys().map(|c| quote_ident(c)).collect();
+            let list = cols.join(", ");
+            match by_id.get(id) {
+                Some((k, now)) => {
+                    seen.insert(*id);
+                    table_keys.insert(*id, k.clone());
+                    let same = values.iter().all(|(c, v)| as_text(v) == now.get(c).and_then(as_text));
+                    if same || cols.is_empty() {
+                        continue;
+                    }
+                    let sql = format!(
+                        "UPDATE {q} SET ({list}) = (SELECT {list} FROM jsonb_populate_record(NULL::{q}, $1)) \
+                         WHERE {key} = $2::text::{}",
+                        t.key_type
+                    );
+                    sqlx::query(AssertSqlSafe(sql)).bind(Json::Object(values)).bind(k).execute(&mut *tx).await?;
+                    updated += 1;
+                }
+                None => {
+                    let sql = format!(
+                        "INSERT INTO {q} ({list}) SELECT {list} FROM jsonb_populate_record(NULL::{q}, $1) \
+                         RETURNING {key}::text"
+                    );
+                    let k: String =
+                        sqlx::query_scalar(AssertSqlSafe(sql)).bind(Json::Object(values)).fetch_one(&mut *tx).await?;
+                    table_keys.insert(*id, k);
+                    inserted += 1;
+                }
+            }
+        }
+        let gone: Vec<String> =
+            by_id.iter().filter(|(id, _)| !seen.contains(id)).map(|(_, (k, _))| k.clone()).collect();
+        counts.insert(
+            t.target.to_string(),
+            json!({"target": rows.len(), "inserted": inserted, "updated": updated, "deleted": gone.len()}),
+        );
+        keys.insert(t.target, table_keys);
+        deletes.push((t, gone));
+    }
+    // Children before parents.
+    for (t, gone) in deletes.iter().rev().filter(|(_, g)| !g.is_empty()) {
+        let sql = format!(
+            "DELETE FROM {} WHERE {} = ANY($1::text[]::{}[])",
+            source.qualified(&t.legacy),
+            quote_ident(&t.key),
+            t.key_type
+        );
+        sqlx::query(AssertSqlSafe(sql)).bind(gone).execute(&mut *tx).await?;
+    }
+    verify_back(&source, &mut tx, &mut target, tenant, &keys).await?;
+    run.heartbeat(json!({"sealing": true, "applied_back": counts})).await?;
+    failpoint("revert.apply_back.sealed");
+    tx.commit().await?;
+    target.close().await?;
+    legacy.close().await?;
+    Ok(())
+}
+
+/// The legacy source (inside the revert's transaction) mapped forward again
+/// must equal the tenant's rows on the target: counts and every row.
+async fn verify_back(
+    source: &Source,
+    legacy: &mut PgConnection,
+    target: &mut PgConnection,
+    tenant: Uuid,
+    keys: &BTreeMap<&str, BTreeMap<Uuid, String>>,
+) -> Result<(), Error> {
+    let back: BTreeMap<&str, BTreeMap<&String, Uuid>> =
+        keys.iter().map(|(t, m)| (*t, m.iter().map(|(id, k)| (k, *id)).collect())).collect();
+    let none = BTreeMap::new();
+    for t in &source.tables {
+        let ids = back.get(t.target).unwrap_or(&none);
+        let assets = back.get("assets").unwrap_or(&none);
+        let parent_col = t.mapping.columns.get("asset_id").map(String::as_str).unwrap_or("asset_id");
+        let parent_at = t.columns.iter().position(|c| c == parent_col);
+        let mut after: Option<String> = None;
+        let mut rows_seen = 0usize;
+        loop {
+            let rows = legacy::page(legacy, source, t, after.as_deref(), 5000).await?;
+            let mut m = mapped(tenant, t, &rows)?;
+            for (row, r) in m.iter_mut().zip(&rows) {
+                if let Some(id) = key_text(t, r).and_then(|k| ids.get(&k)) {
+                    row.insert("id".into(), Json::String(id.to_string()));
+                }
+                if let Some(Value::Text(p)) = parent_at.and_then(|i| r.get(i))
+                    && let Some(id) = assets.get(p)
+                {
+                    row.insert("asset_id".into(), Json::String(id.to_string()));
+                }
+            }
+            let keys: Vec<Option<String>> = rows.iter().map(|r| key_text(t, r)).collect();
+            let bad = differing_mapped(target, tenant, t.target, &m, &keys, &[]).await?;
+            if !bad.is_empty() {
+                return Err(Error::invalid(
+                    "verification_failed",
+                    format!(
+                        "`{}` would not hold the tenant's data after the revert (legacy keys {:?}): a column of the \
+                         tenant's rows has no place in the legacy table; the legacy source is left as it was",
+                        t.legacy,
+                        bad.iter().take(5).collect::<Vec<_>>()
+                    ),
+                ));
+            }
+            rows_seen += rows.len();
+            after = rows.last().and_then(|r| key_text(t, r));
+            if rows.len() < 5000 {
+                break;
+            }
+        }
+        let sql = format!("SELECT count(*) FROM public.{} WHERE tenant_id = $1", quote_ident(t.target));
+        let n: i64 = sqlx::query_scalar(AssertSqlSafe(sql)).bind(tenant).fetch_one(&mut *target).await?;
+        if n != rows_seen as i64 {
+            return Err(Error::invalid(
+                "verification_failed",
+                format!("`{}`: {rows_seen} legacy rows after the revert, {n} on the target", t.legacy),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The adoption that placed the tenant (its fence names it).
+async fn adoption_of(run: &Run<'_, RevertParams>) -> Result<Uuid, Error> {
+    let row = run
+        .cp
+        .registry()
+        .query_one_raw(stmt(
+            "SELECT id FROM operations WHERE kind = 'adopt' AND tenant_id = $1 AND state = 'succeeded' \
+             ORDER BY created_at DESC LIMIT 1",
+            vec![run.tenant()?.into()],
+        ))
+        .await?
+        .ok_or(Error::NotFound("adoption"))?;
+    Ok(row.try_get("", "id")?)
+}
+
+async fn unplace(run: &Run<'_, RevertParams>, tenant: Uuid) -> Result<(), Stop> {
+    let txn = run.cp.registry().begin().await.map_err(Error::from)?;
+    txn.execute_raw(stmt(
+        "UPDATE tenants SET status = 'reverted', updated_at = now() WHERE id = $1",
+        vec![tenant.into()],
+    ))
+    .await
+    .map_err(Error::from)?;
+    txn.execute_raw(stmt("DELETE FROM placements WHERE tenant_id = $1", vec![tenant.into()]))
+        .await
+        .map_err(Error::from)?;
+    txn.execute_raw(stmt(
+        "UPDATE estate_sources SET state = 'reverted', updated_at = now() WHERE estate_id = $1 AND name = $2",
+        vec![run.params.estate_id.into(), run.params.source.clone().into()],
+    ))
+    .await
+    .map_err(Error::from)?;
+    txn.commit().await.map_err(Error::from)?;
+    let side = run.cp.side(run.params.backend_id).await?;
+    if side.backend.kind == BackendKind::Dedicated {
+        let b = &side.backend;
+        run.cp.destroy_storage(b.engine, &b.name, &b.database, true).await?;
+        run.cp
+            .registry()
+            .execute_raw(stmt("UPDATE backends SET status = 'retired' WHERE id = $1", vec![b.id.into()]))
+            .await
+            .map_err(Error::from)?;
+    } else {
+        let mut t = target_conn(&side, tenant).await?;
+        for table in tenant_tables(&mut t).await? {
+            let sql = format!("DELETE FROM public.{} WHERE tenant_id = $1", quote_ident(&table));
+            sqlx::query(AssertSqlSafe(sql)).bind(tenant).execute(&mut t).await?;
+        }
+        sqlx::query("DELETE FROM tenant_residency WHERE tenant_id = $1").bind(tenant).execute(&mut t).await?;
+        t.close().await?;
+    }
+    let txn = run.cp.registry().begin().await.map_err(Error::from)?;
+    audit(
+        &txn,
+        "operation",
+        "estate.reverted",
+        Some(tenant),
+        json!({"estate_id": run.params.estate_id, "source": run.params.source, "operation_id": run.id}),
+    )
+    .await
+    .map_err(Error::from)?;
+    run.finish(&txn, OperationState::Succeeded, None).await.map_err(Error::from)?;
+    txn.commit().await.map_err(Error::from)?;
+    Ok(())
+}
