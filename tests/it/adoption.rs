@@ -670,3 +670,53 @@ async fn a_reverted_source_gets_the_tenants_changes_back_and_takes_writes_again(
         .await;
     assert_eq!((s, body["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("source_not_adopted")), "{body}");
 }
+
+/// The console adopts a source behind its dry run (CSRF-checked), and offers
+/// the way back (revert) and its end (release) once it is adopted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_console_adopts_a_source_behind_its_dry_run_and_offers_revert_and_release() {
+    let app = spawn_app().await;
+    let db = legacy_estate().await;
+    let estate = estate(&app, &db).await;
+    let (http, cookie) = crate::console::http_session(&app).await;
+    let get = |path: String| {
+        let (http, cookie, base) = (http.clone(), cookie.clone(), app.admin.clone());
+        async move {
+            let r = http.get(format!("{base}{path}")).header("cookie", cookie).send().await.unwrap();
+            (r.status(), r.text().await.unwrap())
+        }
+    };
+    let post = |path: String, form: Vec<(&'static str, String)>| {
+        let (http, cookie, base) = (http.clone(), cookie.clone(), app.admin.clone());
+        async move {
+            let r = http.post(format!("{base}{path}")).header("cookie", cookie).form(&form).send().await.unwrap();
+            let location = r.headers().get("location").map(|l| l.to_str().unwrap().to_string());
+            (r.status(), location)
+        }
+    };
+    let (s, dry) = get(format!("/console/estates/{estate}/plan?source=tenant_acme")).await;
+    assert!(s == StatusCode::OK && dry.contains("Adopt now") && dry.contains("value=\"acme\""), "{dry}");
+    let csrf = dry.split("name=\"csrf\" value=\"").nth(1).and_then(|r| r.split('"').next()).unwrap().to_string();
+    let form = |extra: Vec<(&'static str, String)>, token: &str| {
+        let mut f = vec![("csrf", token.to_string()), ("source", "tenant_acme".to_string())];
+        f.extend(extra);
+        f
+    };
+    let (s, _) =
+        post(format!("/console/estates/{estate}/adopt"), form(vec![("tier", "shared".into())], "forged")).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "a forged CSRF token is refused");
+    let (s, location) = post(
+        format!("/console/estates/{estate}/adopt"),
+        form(vec![("tier", "shared".into()), ("slug", "acme-console".into())], &csrf),
+    )
+    .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    let op = location.unwrap().rsplit('/').next().unwrap().to_string();
+    assert_eq!(app.wait_operation(&op).await["state"], "succeeded");
+    let (_, page) = get(format!("/console/estates/{estate}")).await;
+    assert!(page.contains("Adopted as tenant") && page.contains("Revert to the legacy source"), "{page}");
+    let (s, _) = post(format!("/console/estates/{estate}/release"), form(vec![("drop", "on".into())], &csrf)).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(source_state(&app, &estate, "tenant_acme").await["state"], "released");
+    assert_eq!(app.cp.tenant("acme-console").await.unwrap().status, tenantry_core::TenantStatus::Active);
+}

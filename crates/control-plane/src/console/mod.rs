@@ -69,9 +69,7 @@ fn ok(markup: maud::Markup) -> Page {
     Ok(html(StatusCode::OK, markup))
 }
 
-fn see_other(location: &str) -> HttpResponse {
-    HttpResponse::SeeOther().insert_header((header::LOCATION, location.to_string())).finish()
-}
+use views::see_other;
 
 /// Only paths inside the console (never another site) after sign-in.
 fn safe_next(next: &str) -> &str {
@@ -703,6 +701,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/estates", web::get().to(estates::list))
             .route("/estates/{id}", web::get().to(estates::one))
             .route("/estates/{id}/plan", web::get().to(estates::plan))
+            .route("/estates/{id}/adopt", web::post().to(estates::adopt))
+            .route("/estates/{id}/revert", web::post().to(estates::revert))
+            .route("/estates/{id}/release", web::post().to(estates::release))
             .route("/migrations", web::get().to(migrations))
             .route("/migrations/apply", web::post().to(apply_migrations))
             .route("/audit", web::get().to(audit))

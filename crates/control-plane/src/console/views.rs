@@ -729,3 +729,10 @@ pub fn urlencode(s: &str) -> String {
 
 pub const CSS: &str = include_str!("console.css");
 pub const JS: &str = include_str!("console.js");
+
+/// A redirect after a form was handled.
+pub fn see_other(location: &str) -> actix_web::HttpResponse {
+    actix_web::HttpResponse::SeeOther()
+        .insert_header((actix_web::http::header::LOCATION, location.to_string()))
+        .finish()
+}

@@ -274,8 +274,15 @@ impl ControlPlane {
         .map(|r| (r.name.clone(), r))
         .collect();
         let mut out = Vec::new();
-        for name in source_names(&estate).await? {
-            let (tables, problems) = inspect_source(&estate, &name).await?;
+        let found = source_names(&estate).await?;
+        // A source released with its data dropped is still listed, with its state.
+        let gone = states.keys().filter(|n| !found.contains(n)).cloned().collect::<Vec<_>>();
+        for (name, present) in found.into_iter().map(|n| (n, true)).chain(gone.into_iter().map(|n| (n, false))) {
+            let (tables, problems) = if present {
+                inspect_source(&estate, &name).await?
+            } else {
+                (vec![], vec!["no longer in the estate (dropped on release)".to_string()])
+            };
             let (state, tenant_id) = match states.get(&name) {
                 Some(r) => (parse_state(&r.state), r.tenant_id),
                 None => (SourceState::NotAdopted, None),
