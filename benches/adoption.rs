@@ -212,7 +212,8 @@ async fn main() -> anyhow::Result<()> {
         let mut c = superuser(port, &pw, &db).await?;
         legacy(&mut c, &format!("s{run}"), schemas, 20).await?;
         c.close().await?;
-        let id = estate(&db, &format!("s{run}\\_%")).await?;
+        // `s_\_%`: the slug keeps the run's digit (`s1_007` -> `1-007`).
+        let id = estate(&db, "s_\\_%").await?;
         let t0 = Instant::now();
         let all = cp
             .adopt_all("bench", id, AdoptAllRequest { tier: Tier::Shared, concurrency: at_once as i32 })
@@ -224,7 +225,10 @@ async fn main() -> anyhow::Result<()> {
                     OperationState::Succeeded => ok += 1,
                     _ => failed += 1,
                 },
-                None => failed += 1,
+                None => {
+                    failed += 1;
+                    eprintln!("{} not queued: {:?}", q.source, q.error);
+                }
             }
         }
         println!("| {schemas} | {at_once} | {:.1} | {ok} | {failed} |", t0.elapsed().as_secs_f64());
