@@ -215,9 +215,8 @@ async fn main() -> anyhow::Result<()> {
         // `s_\_%`: the slug keeps the run's digit (`s1_007` -> `1-007`).
         let id = estate(&db, "s_\\_%").await?;
         let t0 = Instant::now();
-        let all = cp
-            .adopt_all("bench", id, AdoptAllRequest { tier: Tier::Shared, concurrency: at_once as i32 })
-            .await?;
+        let all =
+            cp.adopt_all("bench", id, AdoptAllRequest { tier: Tier::Shared, concurrency: at_once as i32 }).await?;
         let (mut ok, mut failed) = (0, 0);
         for q in &all.queued {
             match &q.operation {

@@ -45,8 +45,10 @@ use crate::operation::{OperationKind, OperationState, Step};
 use crate::provision::NewDatabase;
 use crate::registry::{audit, past_seal, stmt};
 
-/// Rows per page of the copy and of the comparison.
+/// Rows per second look at changed rows.
 const PAGE: i64 = 5000;
+/// Rows per page of the initial copy and the comparison (COPY on both sides).
+const COPY_PAGE: i64 = 20_000;
 
 pub const ADOPT_STEPS: &[Step] = &[Step::Subscribe, Step::Copy, Step::CatchUp, Step::Cutover, Step::Cleanup];
 pub const ADOPT_DEDICATED_STEPS: &[Step] = &[
@@ -248,12 +250,12 @@ async fn copy(run: &Run<'_, AdoptParams>, f: &Facts) -> Result<(), Stop> {
                 Some(Json::String(k)) => Some(k.clone()),
                 _ => None,
             };
-            let rows = legacy::page(&mut legacy, &f.source, t, after.as_deref(), PAGE).await?;
+            let rows = legacy::copy_page(&mut legacy, &f.source, t, after.as_deref(), COPY_PAGE).await?;
             let rows_mapped = mapped(f.tenant, t, &rows)?;
-            super::apply::upsert(&mut target, t.target, &rows_mapped).await?;
+            super::apply::upsert_bulk(&mut target, t.target, &rows_mapped).await?;
             *copied.entry(t.legacy.clone()).or_default() += rows.len() as i64;
             let next = match rows.last().and_then(|r| key_text(t, r)) {
-                Some(k) if rows.len() as i64 == PAGE => Json::String(k),
+                Some(k) if rows.len() as i64 == COPY_PAGE => Json::String(k),
                 _ => Json::Bool(true),
             };
             cursors.insert(t.legacy.clone(), next);
@@ -327,22 +329,24 @@ pub(super) async fn differing_mapped(
     }
     let cols: Vec<String> = mapped
         .first()
-        .map(|m| m.keys().filter(|k| *k != "tenant_id").map(|k| format!("x.{}", quote_ident(k))).collect())
-        .unwrap_or_else(|| vec!["x.id".into()]);
-    let row_of = |alias: &str| format!("md5(ROW({})::text)", cols.join(", ").replace("x.", &format!("{alias}.")));
-    let t = format!("public.{}", quote_ident(table));
+        .map(|m| m.keys().filter(|k| *k != "tenant_id").map(|k| quote_ident(k)).collect())
+        .unwrap_or_else(|| vec!["id".into()]);
+    let row_of = |alias: &str| {
+        let list: Vec<String> = cols.iter().map(|c| format!("{alias}.{c}")).collect();
+        format!("md5(ROW({})::text)", list.join(", "))
+    };
+    let staged = super::apply::stage(target, table, mapped).await?;
     let sql = format!(
-        "WITH l AS (SELECT * FROM jsonb_populate_recordset(NULL::{t}, $1)), \
-              r AS (SELECT * FROM {t} WHERE tenant_id = $2 AND id = ANY($3)) \
-         SELECT coalesce(l.id, r.id)::text FROM l FULL JOIN r ON r.id = l.id \
+        "SELECT coalesce(l.id, r.id)::text FROM {staged} l FULL JOIN \
+             (SELECT * FROM public.{} WHERE tenant_id = $1 AND id = ANY($2)) r ON r.id = l.id \
          WHERE l.id IS NULL OR r.id IS NULL OR {} IS DISTINCT FROM {}",
+        quote_ident(table),
         row_of("l"),
         row_of("r")
     );
-    let payload = Json::Array(mapped.iter().cloned().map(Json::Object).collect());
     let ids: Vec<Uuid> = ids.into_iter().collect();
     let bad: Vec<String> =
-        sqlx::query_scalar(AssertSqlSafe(sql)).bind(payload).bind(tenant).bind(&ids).fetch_all(&mut *target).await?;
+        sqlx::query_scalar(AssertSqlSafe(sql)).bind(tenant).bind(&ids).fetch_all(&mut *target).await?;
     Ok(bad.into_iter().map(|id| by_id.get(&id).cloned().unwrap_or(id)).collect())
 }
 
@@ -358,13 +362,13 @@ async fn compare_all(
     for t in &f.source.tables {
         let mut after: Option<String> = None;
         loop {
-            let rows = legacy::page(legacy, &f.source, t, after.as_deref(), PAGE).await?;
+            let rows = legacy::copy_page(legacy, &f.source, t, after.as_deref(), COPY_PAGE).await?;
             compared += rows.len() as i64;
             let bad = differing(target, f.tenant, t, &rows, &[]).await?;
             out.entry(t.legacy.clone()).or_default().extend(bad);
             after = rows.last().and_then(|r| key_text(t, r));
             run.heartbeat(json!({"rows_compared": compared})).await?;
-            if (rows.len() as i64) < PAGE {
+            if (rows.len() as i64) < COPY_PAGE {
                 break;
             }
         }

@@ -17,6 +17,18 @@ use super::mapping::target_columns;
 /// their defaults on insert and their values on update. The rows written.
 pub async fn upsert(conn: &mut PgConnection, table: &str, rows: &[Map<String, Json>]) -> Result<u64, sqlx::Error> {
     let Some(first) = rows.first() else { return Ok(0) };
+    let (_, list, on_conflict) = statement_parts(table, first)?;
+    let t = quote_ident(table);
+    let sql = format!(
+        "INSERT INTO {t} ({list}) SELECT {list} FROM jsonb_populate_recordset(NULL::{t}, $1) \
+         ON CONFLICT (tenant_id, id) {on_conflict}"
+    );
+    let payload = Json::Array(rows.iter().cloned().map(Json::Object).collect());
+    Ok(sqlx::query(AssertSqlSafe(sql)).bind(payload).execute(&mut *conn).await?.rows_affected())
+}
+
+/// The column list of rows shaped like `first` and the upsert's conflict clause.
+fn statement_parts(table: &str, first: &Map<String, Json>) -> Result<(Vec<&'static str>, String, String), sqlx::Error> {
     let known =
         target_columns(table).ok_or_else(|| sqlx::Error::Protocol(format!("`{table}` is not a Tenantry table")))?;
     let columns: Vec<&str> =
@@ -29,13 +41,67 @@ pub async fn upsert(conn: &mut PgConnection, table: &str, rows: &[Map<String, Js
         .collect::<Vec<_>>()
         .join(", ");
     let on_conflict = if updates.is_empty() { "DO NOTHING".to_string() } else { format!("DO UPDATE SET {updates}") };
-    let t = quote_ident(table);
+    Ok((columns, list, on_conflict))
+}
+
+/// [`upsert`] for a large batch: the rows go through `COPY` into a session
+/// temporary table (no JSON on the way, see [`stage`]), then one `INSERT ...
+/// SELECT ... ON CONFLICT` moves them in. For the initial copy of an adoption.
+pub async fn upsert_bulk(conn: &mut PgConnection, table: &str, rows: &[Map<String, Json>]) -> Result<u64, sqlx::Error> {
+    let Some(first) = rows.first() else { return Ok(0) };
+    let (_, list, on_conflict) = statement_parts(table, first)?;
+    let staged = stage(conn, table, rows).await?;
     let sql = format!(
-        "INSERT INTO {t} ({list}) SELECT {list} FROM jsonb_populate_recordset(NULL::{t}, $1) \
-         ON CONFLICT (tenant_id, id) {on_conflict}"
+        "INSERT INTO public.{} ({list}) SELECT {list} FROM {staged} ON CONFLICT (tenant_id, id) {on_conflict}",
+        quote_ident(table)
     );
-    let payload = Json::Array(rows.iter().cloned().map(Json::Object).collect());
-    Ok(sqlx::query(AssertSqlSafe(sql)).bind(payload).execute(&mut *conn).await?.rows_affected())
+    Ok(sqlx::query(AssertSqlSafe(sql)).execute(&mut *conn).await?.rows_affected())
+}
+
+/// Copies `rows` (shaped like `rows::map_row`'s) into the session's
+/// temporary twin of `table` (same column types, no constraints or defaults), emptied
+/// first; returns its name.
+pub async fn stage(conn: &mut PgConnection, table: &str, rows: &[Map<String, Json>]) -> Result<String, sqlx::Error> {
+    let t = quote_ident(table);
+    let staged = quote_ident(&format!("tenantry_stage_{table}"));
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE TEMP TABLE IF NOT EXISTS {staged} AS SELECT * FROM public.{t} WITH NO DATA; TRUNCATE {staged}"
+    )))
+    .execute(&mut *conn)
+    .await?;
+    let Some(first) = rows.first() else { return Ok(staged) };
+    let (columns, list, _) = statement_parts(table, first)?;
+    let mut text = String::with_capacity(rows.len() * 128);
+    for row in rows {
+        for (i, c) in columns.iter().enumerate() {
+            if i > 0 {
+                text.push('\t');
+            }
+            match row.get(*c) {
+                None | Some(Json::Null) => text.push_str("\\N"),
+                Some(Json::String(v)) => escape_copy(&mut text, v),
+                Some(other) => escape_copy(&mut text, &other.to_string()),
+            }
+        }
+        text.push('\n');
+    }
+    let mut sink = conn.copy_in_raw(&format!("COPY {staged} ({list}) FROM STDIN")).await?;
+    sink.send(text.into_bytes()).await?;
+    sink.finish().await?;
+    Ok(staged)
+}
+
+/// A value in COPY's text format.
+fn escape_copy(out: &mut String, v: &str) {
+    for ch in v.chars() {
+        match ch {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
 }
 
 /// Deletes the rows of `table` with these (mapped) ids. The rows deleted.

@@ -121,28 +121,66 @@ impl Source {
 }
 
 /// A page of `table`'s rows in key order after `after` (text form of the
-/// key), at most `limit`: each row's values as text, in `table.columns` order.
-pub(crate) async fn page(
+/// key), at most `limit`: each row's values as text, in `table.columns`
+/// order, read with `COPY ... TO STDOUT` (text format).
+pub(crate) async fn copy_page(
     conn: &mut PgConnection,
     source: &Source,
     table: &Table,
     after: Option<&str>,
     limit: i64,
 ) -> Result<Vec<Vec<Value>>, Error> {
+    use futures::StreamExt;
     let key = quote_ident(&table.key);
-    let values = table.columns.iter().map(|c| format!("{}::text", quote_ident(c))).collect::<Vec<_>>().join(", ");
+    let values = table.columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
     let from = match after {
         Some(a) => format!("WHERE {key} > {}::{}", quote_literal(a), table.key_type),
         None => String::new(),
     };
     let sql = format!(
-        "SELECT ARRAY[{values}]::text[] FROM {} {from} ORDER BY {key} LIMIT {limit}",
+        "COPY (SELECT {values} FROM {} {from} ORDER BY {key} LIMIT {limit}) TO STDOUT",
         source.qualified(&table.legacy)
     );
-    rows(conn, sql).await
+    let mut out = conn.copy_out_raw(&sql).await?;
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(chunk) = out.next().await {
+        buf.extend_from_slice(&chunk?);
+    }
+    drop(out);
+    let text = String::from_utf8(buf).map_err(|_| Error::invalid("stream_undecodable", "COPY output is not UTF-8"))?;
+    Ok(text.lines().map(|line| line.split('\t').map(copy_value).collect()).collect())
 }
 
-/// `table`'s rows with these keys (text form), as [`page`] gives them.
+/// One field of COPY's text format.
+fn copy_value(field: &str) -> Value {
+    if field == "\\N" {
+        return Value::Null;
+    }
+    if !field.contains('\\') {
+        return Value::Text(field.to_string());
+    }
+    let mut out = String::with_capacity(field.len());
+    let mut chars = field.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some('t') => out.push('\t'),
+            Some('b') => out.push('\u{8}'),
+            Some('f') => out.push('\u{c}'),
+            Some('v') => out.push('\u{b}'),
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    Value::Text(out)
+}
+
+/// `table`'s rows with these keys (text form), as [`copy_page`] gives them.
 pub(crate) async fn by_keys(
     conn: &mut PgConnection,
     source: &Source,
@@ -160,11 +198,18 @@ pub(crate) async fn by_keys(
     Ok(got.into_iter().map(texts).collect())
 }
 
-async fn rows(conn: &mut PgConnection, sql: String) -> Result<Vec<Vec<Value>>, Error> {
-    let got: Vec<Vec<Option<String>>> = sqlx::query_scalar(AssertSqlSafe(sql)).fetch_all(&mut *conn).await?;
-    Ok(got.into_iter().map(texts).collect())
-}
-
 fn texts(row: Vec<Option<String>>) -> Vec<Value> {
     row.into_iter().map(|v| v.map_or(Value::Null, Value::Text)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_text_fields_unescape() {
+        assert_eq!(copy_value("\\N"), Value::Null);
+        assert_eq!(copy_value("plain"), Value::Text("plain".into()));
+        assert_eq!(copy_value("a\\tb\\nc\\\\d"), Value::Text("a\tb\nc\\d".into()));
+    }
 }

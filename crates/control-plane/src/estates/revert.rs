@@ -267,7 +267,7 @@ async fn verify_back(
         let mut after: Option<String> = None;
         let mut rows_seen = 0usize;
         loop {
-            let rows = legacy::page(legacy, source, t, after.as_deref(), 5000).await?;
+            let rows = legacy::copy_page(legacy, source, t, after.as_deref(), 5000).await?;
             let mut m = mapped(tenant, t, &rows)?;
             for (row, r) in m.iter_mut().zip(&rows) {
                 if let Some(id) = key_text(t, r).and_then(|k| ids.get(&k)) {
