@@ -206,7 +206,6 @@ mod tests {
         assert_eq!(s.app.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(s.control_plane.listen.to_string(), "127.0.0.1:8081");
         assert_eq!(s.app.registry.port, 6432);
-        assert_eq!(s.app.max_pools(), 32);
         assert_eq!(s.log.format, LogFormat::Text);
         let printed = format!("{s:?}");
         for secret in ["app-secret", "owner-secret", "pg-secret"] {

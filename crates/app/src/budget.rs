@@ -1,11 +1,14 @@
 //! The connection budget's unit: a [`Slot`] is one request's claim on one of
 //! the process's `max_connections_total` connections, held while the request
 //! uses its tenant's backend. Releasing it meters the time it was held as the
-//! tenant's database time.
+//! tenant's database time. [`OpenCap`] caps the connections open at once
+//! (idle ones included) at the same number.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use sea_orm::sqlx::pool::PoolConnection;
+use sea_orm::sqlx::{self, PgPool, Postgres};
 use tokio::sync::OwnedSemaphorePermit;
 use uuid::Uuid;
 
@@ -29,5 +32,89 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.usage.db_time(self.tenant, self.started.elapsed());
+    }
+}
+
+/// The strict cap on *open* connections: idle ones count too, and so do the
+/// connections of an evicted pool until they are closed. A request that
+/// needs a new connection opens one only while the process has fewer than
+/// `limit` open; at the cap it closes an idle connection of another pool
+/// first, or waits (bounded) for one to close. Openings are serialized so
+/// that two of them cannot both see room for one.
+pub(crate) struct OpenCap {
+    limit: usize,
+    opening: tokio::sync::Mutex<()>,
+    closing: std::sync::Mutex<Vec<PgPool>>,
+}
+
+impl OpenCap {
+    pub(crate) fn new(limit: usize) -> Self {
+        OpenCap { limit, opening: tokio::sync::Mutex::new(()), closing: std::sync::Mutex::new(Vec::new()) }
+    }
+
+    /// An evicted pool whose connections are being closed: still counted.
+    pub(crate) fn closing(&self, pool: PgPool) {
+        self.closing.lock().expect("closing pools").push(pool);
+    }
+
+    /// Pools being closed, those with connections left (the rest forgotten).
+    fn still_closing(&self) -> Vec<PgPool> {
+        let mut closing = self.closing.lock().expect("closing pools");
+        closing.retain(|p| p.size() > 0);
+        closing.clone()
+    }
+
+    /// Connections open now: `pools` (every live pool) and the closing ones.
+    pub(crate) fn open(&self, pools: &[PgPool]) -> usize {
+        pools.iter().chain(self.still_closing().iter()).map(|p| p.size() as usize).sum()
+    }
+
+    /// A connection of `pool` within the cap; `pools` lists every live pool.
+    /// Gives up with `PoolTimedOut` after `wait`.
+    pub(crate) async fn acquire(
+        &self,
+        pool: &PgPool,
+        pools: impl Fn() -> Vec<PgPool>,
+        wait: Duration,
+    ) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+        if let Some(c) = pool.try_acquire() {
+            return Ok(c);
+        }
+        if pool.size() >= pool.options().get_max_connections() {
+            // Full: it waits for one of its own, opening nothing.
+            return pool.acquire().await;
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        let _one_at_a_time =
+            tokio::time::timeout_at(deadline, self.opening.lock()).await.map_err(|_| sqlx::Error::PoolTimedOut)?;
+        loop {
+            if let Some(c) = pool.try_acquire() {
+                return Ok(c);
+            }
+            let live = pools();
+            if self.open(&live) < self.limit {
+                return pool.acquire().await;
+            }
+            // At the cap: close an idle connection elsewhere to make room.
+            // The pool with the most idle connections gives one up (a closing
+            // pool first: its connections go anyway).
+            let mut freed = false;
+            let closing = self.still_closing();
+            let donor = closing
+                .iter()
+                .find(|p| p.num_idle() > 0)
+                .or_else(|| live.iter().filter(|p| p.num_idle() > 0).max_by_key(|p| p.num_idle()));
+            if let Some(c) = donor.and_then(|p| p.try_acquire()) {
+                let _ = c.close().await;
+                freed = true;
+            }
+            if !freed {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(sqlx::Error::PoolTimedOut);
+                }
+                // Every open connection is in use or closing: one frees soon.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
     }
 }

@@ -111,11 +111,6 @@ impl AppConfig {
         }
         Ok(())
     }
-
-    /// How many backend pools may be open at once.
-    pub fn max_pools(&self) -> u64 {
-        u64::from(self.max_connections_total / self.connections_per_pool)
-    }
 }
 
 fn default_true() -> bool {

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use moka::sync::Cache;
 use sea_orm::DatabaseConnection;
+use sea_orm::sqlx::Postgres;
+use sea_orm::sqlx::pool::PoolConnection;
 use sea_orm::sqlx::postgres::PgListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -25,7 +27,7 @@ use crate::config::AppConfig;
 use sea_orm::Select;
 use tenantry_core::entities::TenantScoped;
 
-use crate::budget::Slot;
+use crate::budget::{OpenCap, Slot};
 use crate::scope::{EnterError, Pooled, TenantTx, read_once, scoped};
 use crate::usage::UsageMeter;
 
@@ -35,6 +37,9 @@ const CHANNEL: &str = "tenantry_registry";
 const MAX_CACHED_KEYS: u64 = 100_000;
 /// Most tenant routes kept in memory.
 const MAX_CACHED_ROUTES: u64 = 100_000;
+/// Pools kept (an idle pool holds no connection once the cap closed them;
+/// a pool unused for `pool_idle_secs` goes).
+const MAX_POOLS: u64 = 20_000;
 /// Seconds a client is told to wait when a backend is unreachable.
 const RETRY_AFTER_SECS: u64 = 1;
 
@@ -70,6 +75,8 @@ struct Inner {
     /// One permit per connection the process may use at once, across every
     /// backend: requests wait (bounded) for a slot instead of opening more.
     budget: Arc<Semaphore>,
+    /// The same number as a strict cap on open connections, idle ones included.
+    cap: Arc<OpenCap>,
 }
 
 /// One pool per backend and tenant statement timeout: the timeout is the
@@ -123,19 +130,23 @@ impl Resolver {
             PoolSizing { max_connections: 8, ..PoolSizing::default() },
         );
         let ttl = Duration::from_secs(cfg.cache_ttl_secs);
+        let cap = Arc::new(OpenCap::new(cfg.max_connections_total as usize));
+        let closing = cap.clone();
         let inner = Arc::new(Inner {
             registry: RegistryReader::new(registry.clone()),
             keys: Cache::builder().max_capacity(MAX_CACHED_KEYS).time_to_live(ttl).build(),
             routes: Cache::builder().max_capacity(MAX_CACHED_ROUTES).time_to_live(ttl).build(),
             pools: Cache::builder()
-                .max_capacity(cfg.max_pools())
+                .max_capacity(MAX_POOLS)
                 .time_to_idle(Duration::from_secs(cfg.pool_idle_secs))
-                .eviction_listener(|key: Arc<PoolKey>, db: DatabaseConnection, cause| {
+                .eviction_listener(move |key: Arc<PoolKey>, db: DatabaseConnection, cause| {
                     // Close at once so idle connections do not outlive the budget:
                     // close() lets checked-out connections finish first, and a
                     // request that looked the pool up just before sees PoolClosed
                     // and looks again (see `on_backend`).
                     tracing::info!(backend = %key.backend, timeout_ms = ?key.statement_timeout_ms, ?cause, "closing backend pool");
+                    // Its connections count against the cap until they are closed.
+                    closing.closing(db.get_postgres_connection_pool().clone());
                     if let Ok(rt) = tokio::runtime::Handle::try_current() {
                         rt.spawn(async move {
                             let _ = db.close().await;
@@ -144,6 +155,7 @@ impl Resolver {
                 })
                 .build(),
             budget: Arc::new(Semaphore::new(cfg.max_connections_total as usize)),
+            cap,
             gates: Default::default(),
             usage: Default::default(),
             jobs: Default::default(),
@@ -239,8 +251,8 @@ impl Resolver {
     pub async fn enter(&self, tenant: &KeyOwner) -> Result<TenantTx, ApiError> {
         let tenant_id = tenant.tenant_id;
         let (tx, slot) = self
-            .on_backend(tenant, move |db, epoch, pooled| async move {
-                TenantTx::begin(db.get_postgres_connection_pool(), tenant_id, epoch, pooled).await
+            .on_backend(tenant, move |conn, epoch, pooled| async move {
+                TenantTx::begin(conn, tenant_id, epoch, pooled).await
             })
             .await?;
         Ok(tx.holding(slot))
@@ -257,14 +269,7 @@ impl Resolver {
         let wait = Duration::from_millis(self.inner.cfg.connection_wait_ms);
         match tokio::time::timeout(wait, self.inner.budget.clone().acquire_owned()).await {
             Ok(Ok(permit)) => Ok(Slot::new(permit, tenant, self.inner.usage.clone())),
-            _ => {
-                tracing::warn!(budget = self.inner.cfg.max_connections_total, "connection budget exhausted");
-                Err(ApiError::unavailable(
-                    "connection_budget_exhausted",
-                    "all database connections of this server are busy; retry shortly",
-                    RETRY_AFTER_SECS,
-                ))
-            }
+            _ => Err(budget_exhausted(&self.inner.cfg)),
         }
     }
 
@@ -294,15 +299,18 @@ impl Resolver {
         let mut out = String::new();
         let inner = &self.inner;
         inner.pools.run_pending_tasks();
-        let mut open = 0usize;
+        let open = self.connections_open();
         let mut idle = 0usize;
-        // A backend may have a pool per statement timeout: one series per backend.
+        // A backend may have a pool per statement timeout: one series per
+        // backend, and only for backends with a connection open, so the series
+        // are bounded by the budget whatever the fleet's size.
         let mut per_backend = std::collections::BTreeMap::<Uuid, u32>::new();
         for (key, db) in inner.pools.iter() {
             let pool = db.get_postgres_connection_pool();
-            open += pool.size() as usize;
             idle += pool.num_idle();
-            *per_backend.entry(key.backend).or_default() += pool.size();
+            if pool.size() > 0 {
+                *per_backend.entry(key.backend).or_default() += pool.size();
+            }
         }
         let _ = writeln!(out, "# HELP tenantry_app_backend_pools Open backend connection pools.");
         let _ = writeln!(out, "# TYPE tenantry_app_backend_pools gauge");
@@ -312,7 +320,10 @@ impl Resolver {
         for (id, n) in per_backend {
             let _ = writeln!(out, "tenantry_app_backend_connections{{backend=\"{id}\"}} {n}");
         }
-        let _ = writeln!(out, "# HELP tenantry_app_connections_open Open connections across all backend pools.");
+        let _ = writeln!(
+            out,
+            "# HELP tenantry_app_connections_open Open connections across all backend pools (capped by the budget)."
+        );
         let _ = writeln!(out, "# TYPE tenantry_app_connections_open gauge");
         let _ = writeln!(out, "tenantry_app_connections_open {open}");
         let _ = writeln!(out, "# HELP tenantry_app_connections_idle Idle connections across all backend pools.");
@@ -393,7 +404,7 @@ impl Resolver {
     ) -> Result<Vec<E::Model>, ApiError> {
         let tenant_id = tenant.tenant_id;
         let (rows, _slot) = self
-            .on_backend(tenant, |db, epoch, pooled| {
+            .on_backend(tenant, |conn, epoch, pooled| {
                 let select = shape(scoped::<E>(tenant_id));
                 async move {
                     match pooled {
@@ -401,13 +412,12 @@ impl Resolver {
                         // transaction may reach another server between its
                         // parse and its execution: read inside one.
                         Some(_) => {
-                            let tx =
-                                TenantTx::begin(db.get_postgres_connection_pool(), tenant_id, epoch, pooled).await?;
+                            let tx = TenantTx::begin(conn, tenant_id, epoch, pooled).await?;
                             let rows = tx.all(select).await.map_err(EnterError::Query)?;
                             tx.commit().await.map_err(EnterError::Query)?;
                             Ok(rows)
                         }
-                        None => read_once(&db, tenant_id, epoch, select).await,
+                        None => read_once(conn, tenant_id, epoch, select).await,
                     }
                 }
             })
@@ -426,7 +436,7 @@ impl Resolver {
     async fn on_backend<T, F>(
         &self,
         tenant: &KeyOwner,
-        work: impl Fn(DatabaseConnection, i64, Option<Pooled>) -> F,
+        work: impl Fn(PoolConnection<Postgres>, i64, Option<Pooled>) -> F,
     ) -> Result<(T, Slot), ApiError>
     where
         F: std::future::Future<Output = Result<T, EnterError>>,
@@ -469,7 +479,14 @@ impl Resolver {
                 .pooler
                 .as_ref()
                 .map(|_| Pooled { statement_timeout_ms: tenant.limits.statement_timeout_ms });
-            match work(pool, route.placement.epoch, pooled).await {
+            let wait = Duration::from_millis(self.inner.cfg.connection_wait_ms);
+            let attempt =
+                match self.inner.cap.acquire(pool.get_postgres_connection_pool(), || self.live_pools(), wait).await {
+                    Ok(conn) => work(conn, route.placement.epoch, pooled).await,
+                    Err(sea_orm::sqlx::Error::PoolTimedOut) => return Err(budget_exhausted(&self.inner.cfg)),
+                    Err(e) => Err(crate::scope::classify(e)),
+                };
+            match attempt {
                 Ok(t) => {
                     tracing::Span::current().record("backend", tracing::field::display(route.backend.id));
                     return Ok((t, slot));
@@ -542,11 +559,30 @@ impl Resolver {
         &self.inner.registry
     }
 
+    /// Every live backend pool (evicted ones are the cap's to count).
+    fn live_pools(&self) -> Vec<sea_orm::sqlx::PgPool> {
+        self.inner.pools.iter().map(|(_, db)| db.get_postgres_connection_pool().clone()).collect()
+    }
+
+    /// Connections open now (idle ones and those of closing pools included).
+    pub fn connections_open(&self) -> usize {
+        self.inner.cap.open(&self.live_pools())
+    }
+
     /// Number of open backend pools (for tests and metrics).
     pub async fn open_pools(&self) -> u64 {
         self.inner.pools.run_pending_tasks();
         self.inner.pools.entry_count()
     }
+}
+
+fn budget_exhausted(cfg: &AppConfig) -> ApiError {
+    tracing::warn!(budget = cfg.max_connections_total, "connection budget exhausted");
+    ApiError::unavailable(
+        "connection_budget_exhausted",
+        "all database connections of this server are busy; retry shortly",
+        RETRY_AFTER_SECS,
+    )
 }
 
 fn backend_down(route: &Route, e: &dyn std::fmt::Display) -> ApiError {

@@ -20,7 +20,6 @@ use sea_query_sqlx::SqlxValues;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use sea_orm::DatabaseConnection;
 use sea_orm::sea_query::Expr;
 use tenantry_core::db::{MOVED, NOT_RESIDENT, moved_to, moved_to_db, sqlstate};
 use tenantry_core::entities::TenantScoped;
@@ -39,7 +38,7 @@ pub enum EnterError {
     Query(DbErr),
 }
 
-fn classify(e: sqlx::Error) -> EnterError {
+pub(crate) fn classify(e: sqlx::Error) -> EnterError {
     match &e {
         sqlx::Error::PoolClosed => EnterError::PoolClosed,
         sqlx::Error::Database(db) if db.code().as_deref() == Some(NOT_RESIDENT) => EnterError::NotResident,
@@ -64,16 +63,17 @@ pub fn scoped<E: TenantScoped>(tenant_id: Uuid) -> Select<E> {
 /// plan ever evaluate the RLS policy first, it sees no tenant and returns no
 /// rows: the ordering can fail closed, never open.
 pub(crate) async fn read_once<E: TenantScoped>(
-    db: &DatabaseConnection,
+    conn: PoolConnection<Postgres>,
     tenant_id: Uuid,
     epoch: i64,
     select: Select<E>,
 ) -> Result<Vec<E::Model>, EnterError> {
+    let db = TxConn(Mutex::new(Some(conn)), false);
     let gate = Expr::cust_with_values(
         "(SELECT tenantry_enter($1::uuid, $2::bigint))",
         [sea_orm::Value::from(tenant_id), sea_orm::Value::from(epoch)],
     );
-    select.filter(gate).all(db).await.map_err(|e| match (sqlstate(&e).as_deref(), &e) {
+    select.filter(gate).all(&db).await.map_err(|e| match (sqlstate(&e).as_deref(), &e) {
         (Some(NOT_RESIDENT), _) => EnterError::NotResident,
         (Some(MOVED), _) => match moved_to_db(&e) {
             Some((backend, epoch)) => EnterError::Moved { backend, epoch },
@@ -158,16 +158,15 @@ pub struct TenantTx {
 }
 
 impl TenantTx {
-    /// Takes a connection from `pool`, begins a transaction and enters the
-    /// tenant at `epoch`, in one round trip. On failure the connection is
-    /// rolled back before it returns to the pool.
+    /// Begins a transaction on `conn` and enters the tenant at `epoch`, in
+    /// one round trip. On failure the connection is rolled back before it
+    /// returns to its pool.
     pub(crate) async fn begin(
-        pool: &sqlx::PgPool,
+        mut conn: PoolConnection<Postgres>,
         tenant_id: Uuid,
         epoch: i64,
         pooled: Option<Pooled>,
     ) -> Result<Self, EnterError> {
-        let mut conn = pool.acquire().await.map_err(classify)?;
         // One message: BEGIN and the enter gate. (The tenant's statement timeout
         // is the session default of the pool the resolver chose; through a
         // pooler it is set for this transaction only.)
