@@ -39,6 +39,8 @@ pub struct ListTenants {
     pub limit: Option<u64>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<Uuid>,
+    /// Only tenants whose slug or name contains this text (case-insensitive).
+    pub q: Option<String>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -89,7 +91,7 @@ async fn list_tenants(cp: Cp, _admin: Admin, q: web::Query<ListTenants>) -> Resu
     if !(1..=crate::tenants::MAX_PAGE).contains(&limit) {
         return Err(ApiError::bad_request("invalid_limit", "limit must be between 1 and 1000"));
     }
-    let tenants = cp.tenants(q.cursor, limit).await?;
+    let tenants = cp.tenants_matching(q.q.as_deref().unwrap_or(""), q.cursor, limit).await?;
     let next_cursor = (tenants.len() as u64 == limit).then(|| tenants.last().map(|t| t.id)).flatten();
     Ok(HttpResponse::Ok().json(TenantPage { tenants, next_cursor }))
 }

@@ -41,6 +41,11 @@ pub const REGISTRY: &[Migration] = &[
     },
     Migration { version: 7, name: "estates", sql: include_str!("../../../migrations/registry/0007_estates.sql") },
     Migration { version: 8, name: "adoption", sql: include_str!("../../../migrations/registry/0008_adoption.sql") },
+    Migration {
+        version: 9,
+        name: "tenant_search",
+        sql: include_str!("../../../migrations/registry/0009_tenant_search.sql"),
+    },
 ];
 
 /// The tenant-data schema's migrations, in order.

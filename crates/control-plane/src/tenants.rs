@@ -223,10 +223,27 @@ impl ControlPlane {
 
     /// Tenants in id (creation) order, after `after`.
     pub async fn tenants(&self, after: Option<Uuid>, limit: u64) -> Result<Vec<TenantView>, Error> {
+        self.tenants_matching("", after, limit).await
+    }
+
+    /// A page of the tenants whose slug or name contains `text` (any case;
+    /// empty: all), in id order after the cursor `after`. The registry's
+    /// trigram indexes answer the match without a scan.
+    pub async fn tenants_matching(
+        &self,
+        text: &str,
+        after: Option<Uuid>,
+        limit: u64,
+    ) -> Result<Vec<TenantView>, Error> {
         let limit = limit.clamp(1, MAX_PAGE) as i64;
+        let pattern = like_pattern(text);
         TenantRow::find_by_statement(stmt(
-            &format!("{TENANT_SELECT} WHERE ($1::uuid IS NULL OR t.id > $1) ORDER BY t.id LIMIT $2"),
-            vec![after.into(), limit.into()],
+            &format!(
+                "{TENANT_SELECT} WHERE ($1::uuid IS NULL OR t.id > $1) \
+                 AND ($3 = '' OR t.slug ILIKE '%' || $3 || '%' OR t.name ILIKE '%' || $3 || '%') \
+                 ORDER BY t.id LIMIT $2"
+            ),
+            vec![after.into(), limit.into(), pattern.into()],
         ))
         .all(self.registry())
         .await?
@@ -428,4 +445,9 @@ impl ControlPlane {
         .all(self.registry())
         .await?)
     }
+}
+
+/// `text` for `ILIKE '%' || text || '%'`: its own `%`, `_` and `\\` matched literally.
+pub(crate) fn like_pattern(text: &str) -> String {
+    text.trim().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
 }

@@ -364,7 +364,7 @@ impl ControlPlane {
             )
         };
         let window = Window { hours: 24 };
-        let pattern = query.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+        let pattern = crate::tenants::like_pattern(query);
         let filters = || -> Vec<sea_orm::Value> { vec![pattern.clone().into(), tier.into(), status.into()] };
         let mut values = filters();
         values.extend([(per_page as i64).into(), ((page * per_page) as i64).into()]);
