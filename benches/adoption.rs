@@ -103,33 +103,44 @@ async fn main() -> anyhow::Result<()> {
     legacy(&mut c, "big", adoptions, rows).await?;
     let big = estate(&db, "big\\_%").await?;
 
-    // Raw COPY of the same legacy rows into an empty table beside the target's.
+    // Raw COPY of the same legacy rows into empty tables beside the target's.
     let mut dst = superuser(port, &pw, &pool_db).await?;
-    let t0 = Instant::now();
-    let mut raw_rows = 0u64;
-    sqlx::raw_sql(
-        "CREATE TABLE raw_assets (id integer, name text, tag text, status text, color text);
-         CREATE TABLE raw_maintenance_schedules (id integer, asset_id integer, title text, interval_days integer,
-             next_due_at timestamptz);",
-    )
-    .execute(&mut dst)
-    .await?;
-    for t in ["assets", "maintenance_schedules"] {
-        let mut out = c.copy_out_raw(&format!("COPY big_000.{t} TO STDOUT")).await?;
-        let mut sink = dst.copy_in_raw(&format!("COPY raw_{t} FROM STDIN")).await?;
-        while let Some(chunk) = out.next().await {
-            sink.send(chunk?).await?;
+    // Two baselines: into plain tables, and into tables with the legacy
+    // tables' own keys (the primary key, and a unique tag like the target's).
+    let mut raw_rates = Vec::new();
+    for indexed in [false, true] {
+        let keys = if indexed { ", PRIMARY KEY (id)" } else { "" };
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "DROP TABLE IF EXISTS raw_assets, raw_maintenance_schedules;
+             CREATE TABLE raw_assets (id integer, name text, tag text, status text, color text{keys});
+             CREATE TABLE raw_maintenance_schedules (id integer, asset_id integer, title text, interval_days integer,
+                 next_due_at timestamptz{keys});"
+        )))
+        .execute(&mut dst)
+        .await?;
+        if indexed {
+            sqlx::raw_sql("CREATE UNIQUE INDEX ON raw_assets (tag)").execute(&mut dst).await?;
         }
-        drop(out);
-        raw_rows += sink.finish().await?;
+        let t0 = Instant::now();
+        let mut raw_rows = 0u64;
+        for t in ["assets", "maintenance_schedules"] {
+            let mut out = c.copy_out_raw(&format!("COPY big_000.{t} TO STDOUT")).await?;
+            let mut sink = dst.copy_in_raw(&format!("COPY raw_{t} FROM STDIN")).await?;
+            while let Some(chunk) = out.next().await {
+                sink.send(chunk?).await?;
+            }
+            drop(out);
+            raw_rows += sink.finish().await?;
+        }
+        raw_rates.push(raw_rows as f64 / t0.elapsed().as_secs_f64());
     }
-    let raw_rate = raw_rows as f64 / t0.elapsed().as_secs_f64();
     sqlx::raw_sql("DROP TABLE raw_assets, raw_maintenance_schedules").execute(&mut dst).await?;
+    let (raw_rate, raw_indexed) = (raw_rates[0], raw_rates[1]);
 
     println!(
-        "| legacy rows | adoption | total s | copy rows/s | raw COPY rows/s | copy/raw | verify pass s | pause ms | legacy writes acknowledged | lost |"
+        "| legacy rows | adoption | total s | copy rows/s | raw COPY rows/s | copy/raw | raw COPY, keyed, rows/s | copy/keyed | verify pass s | pause ms | legacy writes acknowledged | lost |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut pauses = Vec::new();
     for k in 0..adoptions {
         let source = format!("big_{k:03}");
@@ -181,9 +192,10 @@ async fn main() -> anyhow::Result<()> {
         let acked = acked.load(Ordering::Relaxed);
         let lost = rows as i64 + acked as i64 - have;
         println!(
-            "| {} | {k} | {total:.1} | {copy_rate:.0} | {raw_rate:.0} | {:.2} | {:.1} | {pause:.0} | {acked} | {lost} |",
+            "| {} | {k} | {total:.1} | {copy_rate:.0} | {raw_rate:.0} | {:.2} | {raw_indexed:.0} | {:.2} | {:.1} | {pause:.0} | {acked} | {lost} |",
             rows + rows / 10,
             copy_rate / raw_rate,
+            copy_rate / raw_indexed,
             p["step_ms"]["cutover"].as_f64().unwrap_or(f64::NAN) / 1000.0 - pause / 1000.0,
         );
         eprintln!("adoption {k}: steps {} counts {} verified {}", p["step_ms"], p["counts"], p["verified"]);

@@ -46,13 +46,14 @@ fn statement_parts(table: &str, first: &Map<String, Json>) -> Result<(Vec<&'stat
 
 /// [`upsert`] for a large batch: the rows go through `COPY` into a session
 /// temporary table (no JSON on the way, see [`stage`]), then one `INSERT ...
-/// SELECT ... ON CONFLICT` moves them in. For the initial copy of an adoption.
+/// SELECT ... ON CONFLICT` moves them in, in key order (the primary key's
+/// index is then filled page by page). For the initial copy of an adoption.
 pub async fn upsert_bulk(conn: &mut PgConnection, table: &str, rows: &[Map<String, Json>]) -> Result<u64, sqlx::Error> {
     let Some(first) = rows.first() else { return Ok(0) };
     let (_, list, on_conflict) = statement_parts(table, first)?;
     let staged = stage(conn, table, rows).await?;
     let sql = format!(
-        "INSERT INTO public.{} ({list}) SELECT {list} FROM {staged} ON CONFLICT (tenant_id, id) {on_conflict}",
+        "INSERT INTO public.{} ({list}) SELECT {list} FROM {staged} ORDER BY id ON CONFLICT (tenant_id, id) {on_conflict}",
         quote_ident(table)
     );
     Ok(sqlx::query(AssertSqlSafe(sql)).execute(&mut *conn).await?.rows_affected())
