@@ -221,6 +221,8 @@ impl ControlPlane {
                 vec![(self.config().usage.hourly_retention_days as i32).into()],
             ))
             .await?;
+        // The shares behind the recommendations moved: computed again on next use.
+        self.heavy.invalidate(&()).await;
         Ok(n as u64)
     }
 
@@ -254,6 +256,7 @@ impl ControlPlane {
                 Err(e) => tracing::warn!(backend = %b.name, error = %e, "storage measurement failed"),
             }
         }
+        self.heavy.invalidate(&()).await;
         Ok(measured)
     }
 

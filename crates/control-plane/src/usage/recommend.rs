@@ -67,11 +67,15 @@ pub struct Recommendations {
 
 impl ControlPlane {
     /// Shared-pool tenants whose share of their pool crosses the configured
-    /// threshold, heaviest first, each with its promotion dry run.
+    /// threshold, heaviest first, each with its promotion dry run. The shares
+    /// are computed once per usage pass (a rollup or a storage measurement
+    /// drops them; at most [`HEAVY_TTL`](crate::usage::model::HEAVY_TTL) old
+    /// when another process ran the pass), not on every call.
     pub async fn recommendations(&self) -> Result<Recommendations, Error> {
-        let (window, heavy) = self.heavy_tenants().await?;
+        let cached = self.heavy_tenants_cached().await?;
+        let (window, heavy) = (&cached.0, &cached.1);
         let mut out = Vec::with_capacity(heavy.len());
-        for (usage, share, reasons) in heavy {
+        for (usage, share, reasons) in heavy.iter().cloned() {
             let (plan, plan_error) = match self.move_plan(&usage.tenant_id.to_string(), "dedicated").await {
                 Ok(p) => (Some(p), None),
                 Err(e) => (None, Some(e.to_string())),
@@ -95,9 +99,10 @@ impl ControlPlane {
     }
 
     /// The heavy shared tenants (no dry runs: cheap enough for every page view).
-    /// [`Self::heavy_tenants`] as of at most [`HEAVY_TTL`] ago: the console
-    /// shows the badges on every page view, and at 10,000 tenants one
-    /// computation is worth sharing (the rollups change once a minute anyway).
+    /// [`Self::heavy_tenants`] as of the last usage pass of this process (or
+    /// at most [`HEAVY_TTL`](crate::usage::model::HEAVY_TTL) ago): the console
+    /// shows the badges on every page view and the API the recommendations on
+    /// every call; at 100,000 tenants one computation per pass is worth sharing.
     pub async fn heavy_tenants_cached(&self) -> Result<Arc<HeavyTenants>, Error> {
         if let Some(hit) = self.heavy.get(&()).await {
             return Ok(hit);
