@@ -592,3 +592,59 @@ async fn the_cli_plans_promotes_and_demotes_with_progress() {
     assert_eq!(app.cp.tenant(&a.id).await.unwrap().tier, tenantry_core::Tier::Shared);
     assert_eq!(asset_count(&app, &a.key).await, 2);
 }
+
+/// Names of the secondary indexes (unique constraints' included) on the
+/// tenant tables of a database.
+async fn secondary_indexes(db: &str) -> Vec<String> {
+    use sea_orm::ConnectionTrait;
+    let c = connect(db, false);
+    c.query_all_raw(sea_orm::Statement::from_string(
+        sea_orm::DbBackend::Postgres,
+        "SELECT i.relname::text FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid \
+         JOIN pg_class t ON t.oid = x.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace \
+         WHERE n.nspname = 'public' AND NOT x.indisprimary AND t.relname <> 'tenant_residency' ORDER BY 1",
+    ))
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.try_get_by_index::<String>(0).unwrap())
+    .collect()
+}
+
+/// A promotion loads its fresh database without secondary indexes and builds
+/// them after the copy, also when it is killed right after dropping them: the
+/// dedicated database ends with every index the schema has, and the tenant
+/// finds its rows by tag (a unique index) there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_promotion_builds_its_indexes_after_the_copy_even_after_a_crash() {
+    let app = spawn_app_with(|s| {
+        s.control_plane.operation_workers = 0;
+        s.control_plane.lease_secs = 1;
+    })
+    .await;
+    let a = app.create_tenant("indexed", "shared").await;
+    seed_many(&app, &a.key, "IX", 20).await;
+    let expected = secondary_indexes(&app.pool_name).await;
+    assert!(expected.len() >= 3, "{expected:?}");
+    let op = start(&app, &format!("/v1/tenants/{}/promote", a.id), json!({"engine": "logical"})).await;
+    let config = app.config_file("lease_secs = 1");
+    let (cfg, fp) = (config.clone(), "move.after.subscribe".to_string());
+    let out = tokio::task::spawn_blocking(move || crate::helpers::run_child(&cfg, &fp)).await.unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("failpoint move.after.subscribe"));
+    let view = app.cp.operation(op.parse().unwrap()).await.unwrap();
+    let new_db = view.params["database"].as_str().unwrap().to_string();
+    let deferred = view.params["deferred_indexes"].as_array().map(Vec::len).unwrap_or(0);
+    assert_eq!(deferred, expected.len(), "every secondary index recorded before it was dropped");
+    assert!(secondary_indexes(&new_db).await.is_empty(), "loaded without them");
+
+    let worker = tokio::spawn(app.cp.clone().run_worker(tokio_util::sync::CancellationToken::new()));
+    let done = app.wait_operation(&op).await;
+    worker.abort();
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["progress"]["indexes_rebuilt"], expected.len());
+    assert_eq!(secondary_indexes(&new_db).await, expected, "built again, every one");
+    let (s, found) = app.get(&a.key, "/v1/assets/by-tag/IX-7").await;
+    assert_eq!(s, StatusCode::OK, "{found}");
+    let (s, dup) = app.post(&a.key, "/v1/assets", json!({"name": "dup", "tag": "IX-7"})).await;
+    assert_eq!(s, StatusCode::CONFLICT, "the unique tag holds again: {dup}");
+}

@@ -17,6 +17,7 @@ use crate::error::Error;
 use crate::kind::{Run, Stop};
 use crate::moves::facts::{Facts, MoveParams};
 use crate::moves::replication::slot_lag;
+use crate::operation::OperationKind;
 use crate::registry::stmt;
 
 /// The tenant's rows per table.
@@ -80,6 +81,9 @@ pub(crate) async fn copy(run: &Run<'_, MoveParams>, f: &Facts) -> Result<(), Sto
             last_count = Instant::now();
         }
         if done {
+            if run.kind == OperationKind::Promote {
+                crate::moves::deferred::rebuild(run, f).await?;
+            }
             // Fresh statistics for the rows just copied in: the tenant's queries
             // on the target (and foreign-key checks) plan with them from the flip on.
             sqlx::raw_sql(AssertSqlSafe(format!("ANALYZE {}", table_list(&f.tables)))).execute(&mut data).await?;

@@ -8,7 +8,9 @@
 //!             target reachable and empty for this tenant, no other operation
 //! subscribe   source: publication (row filter tenant_id = T on every tenant table; insert,
 //!             update, delete; no truncate) then slot; target: subscription, create_slot = false
-//! copy        initial sync of every table (rows copied / total in the progress)
+//! copy        initial sync of every table (rows copied / total in the progress); a promotion
+//!             loads its fresh database without secondary indexes and builds them after
+//!             (`deferred.rs`)
 //! catch_up    until the slot's lag is under `max_lag_bytes`
 //! cutover     one source transaction: exclusive advisory lock (waits for the tenant's in-flight
 //!             transactions, which hold it shared), residency `fenced`, sentinel row -> from its
@@ -32,6 +34,7 @@
 
 pub mod copy;
 pub mod cutover;
+pub mod deferred;
 pub mod facts;
 pub mod plan;
 pub mod release;

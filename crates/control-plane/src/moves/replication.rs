@@ -15,6 +15,7 @@ use crate::backend::Side;
 use crate::error::Error;
 use crate::kind::{Run, Stop};
 use crate::moves::facts::{Facts, MoveParams};
+use crate::operation::OperationKind;
 use crate::registry::stmt;
 
 /// `CONNECTION` string for a subscription reading from `side`.
@@ -58,6 +59,11 @@ pub(crate) async fn subscribe(run: &Run<'_, MoveParams>, f: &Facts) -> Result<()
     src.close().await?;
     let mut dst = f.target.admin().await?;
     if !exists(&mut dst, "SELECT 1 FROM pg_subscription WHERE subname = $1", &f.name).await? {
+        // A promotion's fresh database is loaded without its secondary
+        // indexes; `copy` builds them once every table is in.
+        if run.kind == OperationKind::Promote {
+            crate::moves::deferred::drop_secondary_indexes(run, f, &mut dst).await?;
+        }
         // The initial copy starts with the subscription: time it from here.
         run.cp
             .registry()
