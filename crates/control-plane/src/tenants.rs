@@ -237,13 +237,19 @@ impl ControlPlane {
     ) -> Result<Vec<TenantView>, Error> {
         let limit = limit.clamp(1, MAX_PAGE) as i64;
         let pattern = like_pattern(text);
-        TenantRow::find_by_statement(stmt(
-            &format!(
-                "{TENANT_SELECT} WHERE ($1::uuid IS NULL OR t.id > $1) \
-                 AND ($3 = '' OR t.slug ILIKE '%' || $3 || '%' OR t.name ILIKE '%' || $3 || '%') \
-                 ORDER BY t.id LIMIT $2"
+        // The match only when asked for: `$3 = '' OR ...` would keep the
+        // planner from the trigram indexes.
+        let (matching, mut values) = match pattern.is_empty() {
+            true => (String::new(), vec![]),
+            false => (
+                "AND (t.slug ILIKE '%' || $3 || '%' OR t.name ILIKE '%' || $3 || '%')".to_string(),
+                vec![sea_orm::Value::from(pattern)],
             ),
-            vec![after.into(), limit.into(), pattern.into()],
+        };
+        values.splice(0..0, [after.into(), limit.into()]);
+        TenantRow::find_by_statement(stmt(
+            &format!("{TENANT_SELECT} WHERE ($1::uuid IS NULL OR t.id > $1) {matching} ORDER BY t.id LIMIT $2"),
+            values,
         ))
         .all(self.registry())
         .await?

@@ -357,25 +357,37 @@ impl ControlPlane {
         page: u64,
         per_page: u64,
     ) -> Result<(Vec<TenantUsage>, i64), Error> {
-        // `$q`: the search text (LIKE wildcards escaped), then tier and status.
-        let filter = |q: usize| {
-            format!(
-                "WHERE (${q} = '' OR t.slug ILIKE '%' || ${q} || '%' OR t.name ILIKE '%' || ${q} || '%') \
-                 AND (${t} = '' OR t.tier = ${t}) AND (${s} = '' OR t.status = ${s})",
-                t = q + 1,
-                s = q + 2
-            )
+        // Only the filters given are in the statement: `$x = '' OR ...` would
+        // keep the planner from the trigram indexes. Values are numbered from `first`.
+        let pattern = crate::tenants::like_pattern(query);
+        let filter = |first: usize| {
+            let mut clauses = Vec::new();
+            let mut values: Vec<sea_orm::Value> = Vec::new();
+            if !pattern.is_empty() {
+                let n = first + values.len();
+                clauses.push(format!("(t.slug ILIKE '%' || ${n} || '%' OR t.name ILIKE '%' || ${n} || '%')"));
+                values.push(pattern.clone().into());
+            }
+            for (column, value) in [("tier", tier), ("status", status)] {
+                if !value.is_empty() {
+                    clauses.push(format!("t.{column} = ${}", first + values.len()));
+                    values.push(value.into());
+                }
+            }
+            let sql = if clauses.is_empty() { String::new() } else { format!("WHERE {}", clauses.join(" AND ")) };
+            (sql, values)
         };
         let window = Window { hours: 24 };
-        let pattern = crate::tenants::like_pattern(query);
-        let filters = || -> Vec<sea_orm::Value> { vec![pattern.clone().into(), tier.into(), status.into()] };
-        let mut values = filters();
+        // `usage_rows` binds its own first two values.
+        let (sql, mut values) = filter(3);
+        let n = 3 + values.len();
         values.extend([(per_page as i64).into(), ((page * per_page) as i64).into()]);
         let rows =
-            self.usage_rows(window, &format!("{} ORDER BY t.slug LIMIT $6 OFFSET $7", filter(3)), values).await?;
+            self.usage_rows(window, &format!("{sql} ORDER BY t.slug LIMIT ${n} OFFSET ${}", n + 1), values).await?;
+        let (sql, values) = filter(1);
         let total = self
             .registry()
-            .query_one_raw(stmt(&format!("SELECT count(*) AS n FROM tenants t {}", filter(1)), filters()))
+            .query_one_raw(stmt(&format!("SELECT count(*) AS n FROM tenants t {sql}"), values))
             .await?
             .map(|r| r.try_get::<i64>("", "n"))
             .transpose()?
