@@ -39,17 +39,26 @@ impl Drop for Slot {
 /// connections of an evicted pool until they are closed. A request that
 /// needs a new connection opens one only while the process has fewer than
 /// `limit` open; at the cap it closes an idle connection of another pool
-/// first, or waits (bounded) for one to close. Openings are serialized so
-/// that two of them cannot both see room for one.
+/// first, or waits (bounded) for one to close. The decisions to open are
+/// serialized, so that two of them cannot both see room for one; the
+/// connecting itself is not (a reservation counts it meanwhile).
 pub(crate) struct OpenCap {
     limit: usize,
     opening: tokio::sync::Mutex<()>,
+    /// Openings decided but not finished: counted until their connection is
+    /// counted by its pool (counted twice meanwhile, which only errs strict).
+    reserved: std::sync::atomic::AtomicUsize,
     closing: std::sync::Mutex<Vec<PgPool>>,
 }
 
 impl OpenCap {
     pub(crate) fn new(limit: usize) -> Self {
-        OpenCap { limit, opening: tokio::sync::Mutex::new(()), closing: std::sync::Mutex::new(Vec::new()) }
+        OpenCap {
+            limit,
+            opening: tokio::sync::Mutex::new(()),
+            reserved: std::sync::atomic::AtomicUsize::new(0),
+            closing: std::sync::Mutex::new(Vec::new()),
+        }
     }
 
     /// An evicted pool whose connections are being closed: still counted.
@@ -85,15 +94,22 @@ impl OpenCap {
             return pool.acquire().await;
         }
         let deadline = tokio::time::Instant::now() + wait;
-        let _one_at_a_time =
+        let one_at_a_time =
             tokio::time::timeout_at(deadline, self.opening.lock()).await.map_err(|_| sqlx::Error::PoolTimedOut)?;
         loop {
             if let Some(c) = pool.try_acquire() {
                 return Ok(c);
             }
             let live = pools();
-            if self.open(&live) < self.limit {
-                return pool.acquire().await;
+            let reserved = self.reserved.load(std::sync::atomic::Ordering::SeqCst);
+            if self.open(&live) + reserved < self.limit {
+                // Decided: the next opener may go on while this one connects
+                // (a backend that does not answer holds up only its own requests).
+                self.reserved.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(one_at_a_time);
+                let opened = pool.acquire().await;
+                self.reserved.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                return opened;
             }
             // At the cap: close an idle connection elsewhere to make room.
             // The pool with the most idle connections gives one up (a closing
