@@ -521,11 +521,28 @@ async fn roll_back(run: &Run<'_, AdoptParams>, outcome: OperationState, error: O
     let tenant = run.tenant()?;
     let estate = run.cp.estate(run.params.estate_id).await?;
     let name = Source::replication_name(run.id);
-    if let Ok(source) = Source::read(&estate, &run.params.source).await {
-        let mut legacy = source.connect(&estate).await?;
-        fence::lift(&mut legacy, &source.schema, run.id).await?;
-        stream::drop(&mut legacy, &name).await?;
-        legacy.close().await?;
+    match Source::read(&estate, &run.params.source).await {
+        Ok(source) => {
+            let mut legacy = source.connect(&estate).await?;
+            fence::lift(&mut legacy, &source.schema, run.id).await?;
+            stream::drop(&mut legacy, &name).await?;
+            legacy.close().await?;
+        }
+        // Its tables are gone (dropped meanwhile): nothing is fenced; the slot
+        // and publication still go. An estate that does not answer is an
+        // error: the rollback is retried, never finished with the legacy
+        // source still fenced.
+        Err(Error::Invalid { code: "source_not_adoptable", .. }) => {
+            let database = match estate.view.layout {
+                super::Layout::SchemaPerTenant => None,
+                super::Layout::DatabasePerTenant => Some(run.params.source.as_str()),
+            };
+            if let Ok(mut legacy) = estate.connect(database).await {
+                stream::drop(&mut legacy, &name).await?;
+                legacy.close().await?;
+            }
+        }
+        Err(e) => return Err(e),
     }
     let backend = match run.params.backend_id {
         Some(id) => Some(id),
