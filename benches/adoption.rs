@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use sea_orm::sqlx::postgres::{PgConnectOptions, PgConnection};
+use sea_orm::sqlx::postgres::PgConnection;
 use sea_orm::sqlx::{self, AssertSqlSafe, Connection};
 use tenantry::dev::SUPERUSER;
 use tenantry_control_plane::estates::request::{AdoptAllRequest, AdoptRequest, ReleaseRequest};
@@ -29,14 +29,7 @@ mod common;
 use common::{env_or, pct};
 
 async fn superuser(port: u16, password: &str, db: &str) -> anyhow::Result<PgConnection> {
-    let opts = PgConnectOptions::new()
-        .host("127.0.0.1")
-        .port(port)
-        .database(db)
-        .username(SUPERUSER)
-        .password(password)
-        .application_name("bench-adoption");
-    Ok(PgConnection::connect_with(&opts).await?)
+    common::superuser(port, password, db, "bench-adoption").await
 }
 
 /// A legacy database with `schemas` schemas named `<prefix>_NNN`, each with

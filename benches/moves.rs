@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use sea_orm::sqlx::postgres::{PgConnectOptions, PgConnection};
+use sea_orm::sqlx::postgres::PgConnection;
 use sea_orm::sqlx::{self, AssertSqlSafe, Connection};
 use tenantry::dev::SUPERUSER;
 use tenantry_core::BackendKind;
@@ -33,14 +33,7 @@ fn env_list(name: &str, default: &str) -> Vec<u64> {
 }
 
 async fn superuser(port: u16, password: &str, db: &str) -> anyhow::Result<PgConnection> {
-    let opts = PgConnectOptions::new()
-        .host("127.0.0.1")
-        .port(port)
-        .database(db)
-        .username(SUPERUSER)
-        .password(password)
-        .application_name("bench-moves");
-    Ok(PgConnection::connect_with(&opts).await?)
+    common::superuser(port, password, db, "bench-moves").await
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -105,3 +105,21 @@ pub fn load(
         Arc::try_unwrap(seen).ok().expect("all load tasks finished").into_inner().unwrap()
     })
 }
+
+/// A session on `db` of the benchmark's cluster as its superuser.
+pub async fn superuser(
+    port: u16,
+    password: &str,
+    db: &str,
+    application: &str,
+) -> anyhow::Result<sea_orm::sqlx::postgres::PgConnection> {
+    use sea_orm::sqlx::Connection;
+    let opts = sea_orm::sqlx::postgres::PgConnectOptions::new()
+        .host("127.0.0.1")
+        .port(port)
+        .database(db)
+        .username(tenantry::dev::SUPERUSER)
+        .password(password)
+        .application_name(application);
+    Ok(sea_orm::sqlx::postgres::PgConnection::connect_with(&opts).await?)
+}

@@ -25,6 +25,11 @@ const TENANT_TABLES_SQL: &str = "SELECT c.relname::text AS name FROM pg_class c 
     WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND c.relname <> 'tenant_residency' \
     ORDER BY EXISTS (SELECT 1 FROM pg_constraint f WHERE f.conrelid = c.oid AND f.contype = 'f') DESC, c.relname";
 
+/// Text forms that do not depend on a server's or session's defaults, for
+/// sessions whose rows are compared (checksums, an adoption's verification).
+pub(crate) const PINNED_FORMATS: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; \
+    SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; SET bytea_output = 'hex'";
+
 /// `lock_not_available`: a `lock_timeout` expired.
 pub(crate) const LOCK_NOT_AVAILABLE: &str = "55P03";
 
@@ -114,12 +119,7 @@ impl ControlPlane {
     /// tenant's rows only), with formatting pinned for checksums.
     pub(crate) async fn tenant_conn(&self, side: &Side, tenant: Uuid) -> Result<PgConnection, Error> {
         let mut c = PgConnection::connect_with(&side.options(&self.config().owner)).await?;
-        sqlx::raw_sql(
-            "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres'; \
-             SET extra_float_digits = 3; SET bytea_output = 'hex'",
-        )
-        .execute(&mut c)
-        .await?;
+        sqlx::raw_sql(PINNED_FORMATS).execute(&mut c).await?;
         enter(&mut c, tenant).await?;
         Ok(c)
     }

@@ -38,7 +38,7 @@ use super::fence;
 use super::legacy::{self, Source, Table};
 use super::rows::{adopted_id, map_row};
 use super::stream::{self, Applier, Dirty};
-use crate::backend::{Side, enter, table_list, tenant_tables};
+use crate::backend::{PINNED_FORMATS, Side, enter, table_list, tenant_tables};
 use crate::error::Error;
 use crate::kind::{Kind, Policy, Run, Stop, failpoint};
 use crate::operation::{OperationKind, OperationState, Step};
@@ -130,12 +130,9 @@ async fn target_side(run: &Run<'_, AdoptParams>) -> Result<Side, Error> {
 /// before its parent), with the text forms the comparison relies on.
 pub(super) async fn target_conn(side: &Side, tenant: Uuid) -> Result<PgConnection, Error> {
     let mut c = side.admin().await?;
-    sqlx::raw_sql(
-        "SET session_replication_role = replica; SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; \
-         SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; SET bytea_output = 'hex'",
-    )
-    .execute(&mut c)
-    .await?;
+    sqlx::raw_sql(AssertSqlSafe(format!("SET session_replication_role = replica; {PINNED_FORMATS}")))
+        .execute(&mut c)
+        .await?;
     enter(&mut c, tenant).await?;
     Ok(c)
 }

@@ -86,12 +86,7 @@ impl Source {
     pub(crate) async fn connect(&self, estate: &Estate) -> Result<PgConnection, Error> {
         let mut conn = estate.connect(self.database.as_deref()).await?;
         // Text forms that do not depend on the estate's session defaults.
-        sqlx::raw_sql(
-            "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres'; \
-             SET extra_float_digits = 3; SET bytea_output = 'hex'",
-        )
-        .execute(&mut conn)
-        .await?;
+        sqlx::raw_sql(crate::backend::PINNED_FORMATS).execute(&mut conn).await?;
         Ok(conn)
     }
 
