@@ -4,6 +4,10 @@
 //!
 //! cargo bench --bench connections     (BENCH_TENANTS=200 BENCH_BUDGET=64 BENCH_PER_POOL=4 BENCH_SECS=10 BENCH_CONCURRENCY=32)
 
+mod common;
+
+use common::env_or;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -12,10 +16,6 @@ use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use tenantry::dev::SUPERUSER;
 use tenantry_control_plane::tenants::NewTenant;
 use tenantry_core::{TenantSlug, Tier};
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
@@ -57,15 +57,8 @@ async fn main() -> anyhow::Result<()> {
         let done = cp.wait_operation(op.id, Duration::from_secs(60)).await?;
         anyhow::ensure!(done.state == tenantry_control_plane::operation::OperationState::Succeeded, "{:?}", done.error);
         let key = cp.create_api_key("bench", created.tenant.id, "bench").await?.key;
-        let asset: serde_json::Value = http
-            .post(format!("{app}/v1/assets"))
-            .bearer_auth(&key)
-            .json(&serde_json::json!({"name": "Pump", "tag": "P-1"}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        targets.push((key, asset["id"].as_str().unwrap_or_default().to_string()));
+        let asset = common::first_asset(&http, &app, &key).await?;
+        targets.push((key, asset));
     }
     let targets = Arc::new(targets);
 

@@ -1,29 +1,40 @@
-//! Provisioning and migration fan-out, measured in one run:
-//! - provision N dedicated logical tenants one after another (create -> operation
-//!   succeeded -> registered and placed): p50 / p95, beside the raw
-//!   `CREATE DATABASE ... TEMPLATE` copy of the same template;
-//! - apply one extra migration to M backends: a serial loop (concurrency 1)
-//!   against the fan-out (BENCH_FANOUT, default 8) over the same backends, and a
-//!   no-op run over all of them.
+//! A fleet of dedicated logical databases on one connection-starved cluster
+//! (`max_connections` 300), measured in one run:
+//! - provisioning: N dedicated tenants through the operation runner (each one
+//!   created, claimed, copied from the template, registered, placed and
+//!   `succeeded`), `BENCH_WORKERS` at a time: rate and p50 / p95 per
+//!   provision, beside raw `CREATE DATABASE ... TEMPLATE` copies;
+//! - migrations over the whole fleet: a no-op run, and one real migration (an
+//!   index) by a serial loop against the fan-out (`BENCH_FANOUT`);
+//! - a storage measurement pass over every backend;
+//! - skewed load: `BENCH_CLIENTS` open-loop clients, each at every rate of
+//!   `BENCH_RATES` requests/s (80 % reads of an asset, 20 % writes), 80 % of requests to the
+//!   hottest 10 % of tenants, through one app process with a budget of
+//!   `BENCH_BUDGET` connections; beside the same load over `BENCH_BASE`
+//!   tenants that fit the budget. `pg_stat_activity` is sampled every 10 ms
+//!   for the app's open connections (idle ones included).
 //!
-//! cargo bench --bench fleet            (BENCH_PROVISIONS=50, BENCH_BACKENDS=100, BENCH_FANOUT=8)
+//! cargo bench --bench fleet   (BENCH_TENANTS=1000 BENCH_WORKERS=4 BENCH_FANOUT=8 BENCH_CLIENTS=64
+//!                              BENCH_RATES=2,4,6 BENCH_SECS=20 BENCH_BUDGET=64 BENCH_BASE=48)
 
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::{StreamExt, TryStreamExt};
+use rand::{Rng, SeedableRng};
 use sea_orm::ConnectionTrait;
-use tenantry::dev::SUPERUSER;
+use sea_orm::sqlx::{self, Connection};
+use tenantry_control_plane::fleet::{BackendRun, Outcome};
 use tenantry_control_plane::migrate::{Migration, TENANT};
+use tenantry_control_plane::operation::OperationState;
 use tenantry_control_plane::tenants::NewTenant;
-use tenantry_core::{BackendKind, TenantSlug, Tier};
+use tenantry_core::{TenantSlug, Tier};
 use tenantry_provisioner::LogicalProvisioner;
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn pct(sorted: &[Duration], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
-}
+use common::{env_or, pct};
 
 /// The tenant schema plus one more migration, as a release would ship it.
 static WITH_EXTRA: std::sync::LazyLock<&'static [Migration]> = std::sync::LazyLock::new(|| {
@@ -37,121 +48,371 @@ static WITH_EXTRA: std::sync::LazyLock<&'static [Migration]> = std::sync::LazyLo
     Box::leak(set.into_boxed_slice())
 });
 
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn failed(runs: &[BackendRun]) -> usize {
+    runs.iter().filter(|r| matches!(r.outcome, Outcome::Failed { .. })).count()
+}
+
+/// What one load run saw, per class of tenant.
+#[derive(Default)]
+struct Seen {
+    hot: Vec<f64>,
+    cold: Vec<f64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+/// One tenant as the load sees it: an API key and one of its assets.
+struct Target {
+    key: String,
+    asset: String,
+}
+
+#[derive(Clone, Copy)]
+struct Load {
+    clients: u64,
+    rate: u64,
+    secs: u64,
+    warmup: u64,
+}
+
+/// Open-loop load over `targets`: with probability 0.8 one of the first
+/// `hot` targets, else one of the rest (uniform within each class; with
+/// `hot == targets.len()` every request goes to the hot class).
+async fn run_load(
+    http: &reqwest::Client,
+    app: &str,
+    targets: &Arc<Vec<Target>>,
+    hot: usize,
+    load: &Load,
+    run: usize,
+) -> Seen {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs(load.warmup);
+    let end = measure_from + Duration::from_secs(load.secs);
+    let spread = load.clients as f64;
+    let mut clients = Vec::new();
+    for c in 0..load.clients {
+        let (http, app, targets, seen) = (http.clone(), app.to_string(), targets.clone(), seen.clone());
+        let period = Duration::from_micros(1_000_000 / load.rate.max(1));
+        clients.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(c);
+            // Clients start spread over one period, not in lockstep.
+            let mut tick =
+                tokio::time::interval_at(tokio::time::Instant::now() + period.mul_f64(c as f64 / spread), period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut tasks = Vec::new();
+            let mut n = 0u64;
+            loop {
+                let at = tick.tick().await.into_std();
+                if at >= end {
+                    break;
+                }
+                n += 1;
+                let is_hot = hot >= targets.len() || rng.random_bool(0.8);
+                let i = if is_hot { rng.random_range(0..hot) } else { rng.random_range(hot..targets.len()) };
+                let write = n.is_multiple_of(5);
+                let (http, app, targets, seen) = (http.clone(), app.clone(), targets.clone(), seen.clone());
+                tasks.push(tokio::spawn(async move {
+                    let t = &targets[i];
+                    let resp = if write {
+                        http.post(format!("{app}/v1/assets"))
+                            .bearer_auth(&t.key)
+                            .json(&serde_json::json!({"name": "Load", "tag": format!("L-{run}-{c}-{n}")}))
+                            .send()
+                            .await
+                    } else {
+                        http.get(format!("{app}/v1/assets/{}", t.asset)).bearer_auth(&t.key).send().await
+                    };
+                    let outcome = match resp {
+                        Ok(r) if r.status().is_success() => r.bytes().await.map(|_| ()).map_err(|e| e.to_string()),
+                        Ok(r) => Err(format!("{} {}", r.status(), r.text().await.unwrap_or_default())),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    // From the time the request was due: a stall of the load
+                    // generator counts against the server, not for it.
+                    let latency = ms(at.elapsed());
+                    if at < measure_from {
+                        return;
+                    }
+                    let mut s = seen.lock().expect("load results");
+                    match outcome {
+                        Ok(()) if is_hot => s.hot.push(latency),
+                        Ok(()) => s.cold.push(latency),
+                        Err(e) => {
+                            s.errors += 1;
+                            s.first_error.get_or_insert(e);
+                        }
+                    }
+                }));
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+        }));
+    }
+    for c in clients {
+        let _ = c.await;
+    }
+    let mut seen = Arc::try_unwrap(seen).ok().expect("load finished").into_inner().expect("load results");
+    seen.hot.sort_by(f64::total_cmp);
+    seen.cold.sort_by(f64::total_cmp);
+    seen
+}
+
+/// Samples the app role's open connections every 10 ms until stopped: the peak.
+fn sample_connections(port: u16, password: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<i64> {
+    tokio::spawn(async move {
+        let peak = AtomicI64::new(0);
+        let Ok(mut conn) = common::superuser(port, &password, "postgres", "bench-watch").await else {
+            return -1;
+        };
+        while !stop.load(Ordering::Relaxed) {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = 'tenantry_app' AND application_name = 'tenantry-app'",
+            )
+            .fetch_one(&mut conn)
+            .await
+            .unwrap_or(0);
+            peak.fetch_max(n, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = conn.close().await;
+        peak.load(Ordering::Relaxed)
+    })
+}
+
+/// Takes the extra migration off every backend again.
+async fn reset(cp: &tenantry_control_plane::ControlPlane, port: u16, password: &str) -> anyhow::Result<()> {
+    for b in cp.migration_status().await? {
+        let backend = cp.backend(b.backend_id).await?;
+        let mut db = common::superuser(port, password, &backend.database, "bench-reset").await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP INDEX IF EXISTS bench_assets_created_idx; DELETE FROM tenantry_schema_migrations WHERE version > {}",
+            TENANT.len()
+        )))
+        .execute(&mut db)
+        .await?;
+        let _ = db.close().await;
+    }
+    cp.registry().execute_unprepared(&format!("UPDATE backends SET schema_version = {}", TENANT.len())).await?;
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let provisions = env_or("BENCH_PROVISIONS", 50);
-    let backends = env_or("BENCH_BACKENDS", 100);
-    let fanout = env_or("BENCH_FANOUT", 8);
+    let tenants = env_or("BENCH_TENANTS", 1000) as usize;
+    let workers = env_or("BENCH_WORKERS", 4) as usize;
+    let fanout = env_or("BENCH_FANOUT", 8) as usize;
+    let budget = env_or("BENCH_BUDGET", 64) as u32;
+    let base = (env_or("BENCH_BASE", 48) as usize).min(tenants);
+    let load = Load {
+        clients: env_or("BENCH_CLIENTS", 64),
+        rate: 0,
+        secs: env_or("BENCH_SECS", 20),
+        warmup: env_or("BENCH_WARMUP", 3),
+    };
+    tenantry::testkit::set_max_connections(env_or("BENCH_MAX_CONNECTIONS", 300) as u32);
     let tc = tokio::task::spawn_blocking(tenantry::testkit::cluster).await?;
-    let spawned = tenantry::testkit::spawn_stack(|_, _| {}).await?;
-    let cp = spawned.stack.control_plane();
-    let template = cp.config().template_database.clone();
-    let admin = LogicalProvisioner::connect(
-        "127.0.0.1",
-        tc.cluster.port(),
-        SUPERUSER,
-        &tc.secrets.superuser_password.clone().into(),
-    )
+    let password = tc.secrets.superuser_password.clone();
+    let spawned = tenantry::testkit::spawn_stack(|s, _| {
+        s.app.max_connections_total = budget;
+        s.app.connections_per_pool = 1;
+        s.app.connection_wait_ms = 5000;
+        s.control_plane.operation_workers = workers;
+        // The storage pass is measured below, not left to its timer.
+        s.control_plane.usage.storage_interval_secs = 24 * 3600;
+    })
     .await?;
+    let stack = spawned.stack;
+    let cp_arc = stack.control_plane();
+    let cp = &*cp_arc;
+    let app = format!("http://127.0.0.1:{}", stack.app_port());
+    let template = cp.config().template_database.clone();
+    tokio::spawn(stack.run_until_stopped());
+    let admin =
+        LogicalProvisioner::connect("127.0.0.1", tc.cluster.port(), tenantry::dev::SUPERUSER, &password.clone().into())
+            .await?;
 
-    // Raw template copies (the floor of a provision).
+    // Raw template copies: the floor of a provision.
     let mut raw = Vec::new();
     for i in 0..10 {
         let name = format!("bench_raw_{i}_{}", std::process::id());
         let t0 = Instant::now();
         admin.create_database(&name, tenantry::dev::OWNER_ROLE, Some(&template)).await?;
-        raw.push(t0.elapsed());
+        raw.push(ms(t0.elapsed()));
         admin.drop_database(&name).await?;
     }
-    raw.sort();
+    raw.sort_by(f64::total_cmp);
 
-    // Full provisions through the operation runner.
-    let mut times = Vec::new();
-    for i in 0..provisions {
-        let t0 = Instant::now();
-        let created = cp
-            .create_tenant(
-                "bench",
-                NewTenant {
-                    engine: None,
-                    slug: TenantSlug::parse(&format!("bench-{i}"))?,
-                    name: format!("Bench {i}"),
-                    tier: Tier::Dedicated,
-                    region: None,
-                },
-            )
-            .await?;
-        let op = created.operation.expect("dedicated tenants are provisioned by an operation");
-        let done = cp.wait_operation(op.id, Duration::from_secs(60)).await?;
-        anyhow::ensure!(
-            done.state == tenantry_control_plane::operation::OperationState::Succeeded,
-            "provision {i}: {:?}",
-            done.error
-        );
-        times.push(t0.elapsed());
-    }
-    times.sort();
+    // Every tenant provisioned through an operation, `workers` in flight.
+    eprintln!("provisioning {tenants} dedicated tenants, {workers} at a time");
+    let started = Instant::now();
+    let mut provisioned: Vec<(usize, uuid::Uuid, f64)> = futures::stream::iter(0..tenants)
+        .map(|i| async move {
+            let t0 = Instant::now();
+            let new = NewTenant {
+                engine: None,
+                slug: TenantSlug::parse(&format!("fleet-{i:04}"))?,
+                name: format!("Fleet {i}"),
+                tier: Tier::Dedicated,
+                region: None,
+            };
+            let created = cp.create_tenant("bench", new).await?;
+            let op = created.operation.expect("dedicated tenants are provisioned by an operation");
+            let done = cp.wait_operation(op.id, Duration::from_secs(300)).await?;
+            anyhow::ensure!(done.state == OperationState::Succeeded, "provision {i}: {:?}", done.error);
+            if (i + 1) % 100 == 0 {
+                eprintln!("  {} provisioned", i + 1);
+            }
+            Ok((i, created.tenant.id, ms(t0.elapsed())))
+        })
+        .buffer_unordered(workers)
+        .try_collect()
+        .await?;
+    let provision_secs = started.elapsed().as_secs_f64();
+    let mut provision_ms: Vec<f64> = provisioned.iter().map(|p| p.2).collect();
+    provision_ms.sort_by(f64::total_cmp);
+    provisioned.sort_by_key(|p| p.0);
 
-    // Top the fleet up to `backends` with more dedicated backends.
-    let have = cp.migration_status().await?.len();
-    for i in have..backends {
-        cp.register_backend("bench", &format!("bench_backend_{i}_{}", std::process::id()), BackendKind::Dedicated)
-            .await?;
-    }
-    let fleet = cp.migration_status().await?.len();
+    // A key and one asset per tenant, through the app.
+    let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
+    let targets: Vec<Target> = futures::stream::iter(provisioned.iter().map(|p| p.1))
+        .map(|tenant| {
+            let (http, app) = (http.clone(), app.clone());
+            async move {
+                let key = cp.create_api_key("bench", tenant, "bench").await?.key;
+                let asset = common::first_asset(&http, &app, &key).await?;
+                anyhow::Ok(Target { key, asset })
+            }
+        })
+        .buffered(8)
+        .try_collect()
+        .await?;
+    let targets = Arc::new(targets);
 
-    let reset = async || -> anyhow::Result<()> {
-        for b in cp.migration_status().await? {
-            let backend = cp.backend(b.backend_id).await?;
-            let db = tenantry_core::db::lazy_pool(
-                &backend.host,
-                backend.port as u16,
-                &backend.database,
-                &tenantry_core::db::Credentials {
-                    user: SUPERUSER.into(),
-                    password: tc.secrets.superuser_password.clone().into(),
-                },
-                "bench-reset",
-                Default::default(),
-            );
-            db.execute_unprepared(
-                &format!(
-                    "DROP INDEX IF EXISTS bench_assets_created_idx; DELETE FROM tenantry_schema_migrations WHERE version > {}",
-                    TENANT.len()
-                ),
-            )
-            .await?;
-            db.close().await?;
-        }
-        cp.registry().execute_unprepared(&format!("UPDATE backends SET schema_version = {}", TENANT.len())).await?;
-        Ok(())
-    };
-
+    // Migrations over the whole fleet.
+    eprintln!("migrating the fleet");
+    let t0 = Instant::now();
+    let noop = cp.migrate_fleet_to("bench", TENANT, fanout, |_, _| {}).await?;
+    let noop_time = t0.elapsed();
     let t0 = Instant::now();
     let serial = cp.migrate_fleet_to("bench", &WITH_EXTRA, 1, |_, _| {}).await?;
     let serial_time = t0.elapsed();
-    reset().await?;
+    reset(cp, tc.cluster.port(), &password).await?;
     let t0 = Instant::now();
     let parallel = cp.migrate_fleet_to("bench", &WITH_EXTRA, fanout, |_, _| {}).await?;
     let fanout_time = t0.elapsed();
-    let t0 = Instant::now();
-    let noop = cp.migrate_fleet_to("bench", &WITH_EXTRA, fanout, |_, _| {}).await?;
-    let noop_time = t0.elapsed();
-    let failed = |runs: &[tenantry_control_plane::fleet::BackendRun]| {
-        runs.iter().filter(|r| matches!(r.outcome, tenantry_control_plane::fleet::Outcome::Failed { .. })).count()
-    };
+    // Back to the schema this build serves.
+    reset(cp, tc.cluster.port(), &password).await?;
 
-    println!("## Provisioning ({provisions} dedicated logical tenants, one after another)\n");
-    println!("| measure | p50 ms | p95 ms |");
+    // One storage measurement pass over every backend.
+    eprintln!("measuring storage");
+    let t0 = Instant::now();
+    let measured = cp.measure_storage().await?;
+    let storage_time = t0.elapsed();
+
+    // What a cold tenant pays: one connection start as the app role (SCRAM,
+    // a backend started, one statement), one after another over the fleet.
+    let mut starts = Vec::new();
+    for i in 0..200 {
+        let tenant = cp.tenant(&provisioned[(i * 7) % tenants].1.to_string()).await?;
+        let backend = cp.backend(tenant.placement.expect("placed").backend_id).await?;
+        let opts = sqlx::postgres::PgConnectOptions::new()
+            .host("127.0.0.1")
+            .port(tc.cluster.port())
+            .database(&backend.database)
+            .username(tenantry::dev::APP_ROLE)
+            .password(&tc.secrets.app_password)
+            .application_name("bench-start");
+        let t0 = Instant::now();
+        let mut conn = sqlx::postgres::PgConnection::connect_with(&opts).await?;
+        sqlx::query("SELECT 1").execute(&mut conn).await?;
+        starts.push(ms(t0.elapsed()));
+        let _ = conn.close().await;
+    }
+    starts.sort_by(f64::total_cmp);
+
+    // Skewed load at each offered rate, beside a baseline that fits the budget.
+    let hot = (tenants / 10).max(1);
+    let rates: Vec<u64> = std::env::var("BENCH_RATES")
+        .unwrap_or_else(|_| "2,4,6".into())
+        .split(',')
+        .filter_map(|r| r.trim().parse().ok())
+        .collect();
+    let mut runs = Vec::new();
+    for &rate in &rates {
+        runs.push((rate, format!("baseline: {base} tenants (fit the budget)"), base, base));
+        runs.push((rate, format!("skewed: {tenants} tenants, 80 % to the hottest {hot}"), tenants, hot));
+    }
+    let mut rows = Vec::new();
+    for (run, (rate, label, over, hot)) in runs.into_iter().enumerate() {
+        let load = Load { rate, ..load };
+        eprintln!("load: {label} at {} req/s", rate * load.clients);
+        let subset: Arc<Vec<Target>> = Arc::new(
+            targets.iter().take(over).map(|t| Target { key: t.key.clone(), asset: t.asset.clone() }).collect(),
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = sample_connections(tc.cluster.port(), password.clone(), stop.clone());
+        let seen = run_load(&http, &app, &subset, hot, &load, run).await;
+        stop.store(true, Ordering::Relaxed);
+        let peak = sampler.await?;
+        if let Some(e) = &seen.first_error {
+            eprintln!("  first error: {e}");
+        }
+        rows.push((rate * load.clients, label, seen, peak));
+    }
+
+    println!("## {tenants} dedicated databases on one cluster (max_connections 300)\n");
+    println!("| provisioning | figure |");
+    println!("|---|---:|");
+    println!(
+        "| raw `CREATE DATABASE ... TEMPLATE` p50 / p95 ms (10 copies) | {:.0} / {:.0} |",
+        pct(&raw, 0.5),
+        pct(&raw, 0.95)
+    );
+    println!(
+        "| provision through an operation p50 / p95 ms ({workers} at a time) | {:.0} / {:.0} |",
+        pct(&provision_ms, 0.5),
+        pct(&provision_ms, 0.95)
+    );
+    println!("| {tenants} provisions, wall time s | {provision_secs:.1} |");
+    println!("| provisions per second | {:.1} |", tenants as f64 / provision_secs);
+    println!("\n| fleet pass over {} backends | seconds | failed |", parallel.len());
     println!("|---|---:|---:|");
-    println!("| raw `CREATE DATABASE ... TEMPLATE` (10 copies) | {:.0} | {:.0} |", pct(&raw, 0.5), pct(&raw, 0.95));
-    println!("| provision: create -> operation succeeded | {:.0} | {:.0} |", pct(&times, 0.5), pct(&times, 0.95));
-    println!("\n## One migration over {fleet} backends\n");
-    println!("| run | seconds | failed |");
-    println!("|---|---:|---:|");
-    println!("| serial loop (concurrency 1) | {:.2} | {} |", serial_time.as_secs_f64(), failed(&serial));
-    println!("| fan-out (concurrency {fanout}) | {:.2} | {} |", fanout_time.as_secs_f64(), failed(&parallel));
-    println!("| no-op run (nothing to apply) | {:.2} | {} |", noop_time.as_secs_f64(), failed(&noop));
-    println!("\nfan-out speed-up = {:.1}x", serial_time.as_secs_f64() / fanout_time.as_secs_f64());
+    println!("| no-op migration (all up to date) | {:.3} | {} |", noop_time.as_secs_f64(), failed(&noop));
+    println!("| one migration, serial loop (concurrency 1) | {:.2} | {} |", serial_time.as_secs_f64(), failed(&serial));
+    println!(
+        "| one migration, fan-out (concurrency {fanout}) | {:.2} | {} |",
+        fanout_time.as_secs_f64(),
+        failed(&parallel)
+    );
+    println!("| storage measurement ({measured} tenants) | {:.2} | - |", storage_time.as_secs_f64());
+    println!(
+        "\none connection start as the app role (SCRAM, backend start, `SELECT 1`; 200 one after another): p50 {:.1} ms, p99 {:.1} ms",
+        pct(&starts, 0.5),
+        pct(&starts, 0.99)
+    );
+    println!(
+        "\n| load ({} clients, open loop, {} s each) | offered req/s | served | req/s | hot p50 / p99 ms | cold p50 / p99 ms | errors | peak open app connections (budget {budget}) |",
+        load.clients, load.secs
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (offered, label, s, peak) in rows {
+        let n = s.hot.len() + s.cold.len();
+        println!(
+            "| {label} | {offered} | {n} | {:.0} | {:.1} / {:.1} | {:.1} / {:.1} | {} | {peak} |",
+            n as f64 / load.secs as f64,
+            pct(&s.hot, 0.5),
+            pct(&s.hot, 0.99),
+            pct(&s.cold, 0.5),
+            pct(&s.cold, 0.99),
+            s.errors
+        );
+    }
     Ok(())
 }

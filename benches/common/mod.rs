@@ -123,3 +123,17 @@ pub async fn superuser(
         .application_name(application);
     Ok(sea_orm::sqlx::postgres::PgConnection::connect_with(&opts).await?)
 }
+
+/// Creates one asset for the tenant of `key` through the app: its id.
+pub async fn first_asset(http: &reqwest::Client, app: &str, key: &str) -> anyhow::Result<String> {
+    let asset: serde_json::Value = http
+        .post(format!("{app}/v1/assets"))
+        .bearer_auth(key)
+        .json(&serde_json::json!({"name": "Pump", "tag": "P-1"}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(asset["id"].as_str().unwrap_or_default().to_string())
+}

@@ -17,6 +17,14 @@ pub struct TestCluster {
 }
 
 static CLUSTER: OnceLock<TestCluster> = OnceLock::new();
+/// `max_connections` of the process's cluster (read when it starts).
+static MAX_CONNECTIONS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(400);
+
+/// Sets the `max_connections` the process's cluster starts with: a benchmark
+/// that measures a connection-starved cluster calls it before [`cluster`].
+pub fn set_max_connections(n: u32) {
+    MAX_CONNECTIONS.store(n, std::sync::atomic::Ordering::SeqCst);
+}
 static ROLES: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
 
 pub fn free_port() -> u16 {
@@ -43,7 +51,7 @@ pub fn cluster() -> &'static TestCluster {
         let base_dir = root.join(format!("tenantry-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base_dir);
         let secrets = DevSecrets::generate();
-        let mut settings = ClusterSpec::base_settings(400);
+        let mut settings = ClusterSpec::base_settings(MAX_CONNECTIONS.load(std::sync::atomic::Ordering::SeqCst));
         // A throwaway cluster: durability buys nothing here.
         settings.extend(
             [("fsync", "off"), ("synchronous_commit", "off"), ("full_page_writes", "off")]

@@ -142,6 +142,64 @@ async fn open_connections_never_exceed_the_budget_under_a_storm_of_cold_tenants(
     assert!(app.resolver.connections_open() <= BUDGET as usize);
 }
 
+/// At the cap, the connection closed to make room is the least recently used
+/// one: a tenant in steady use keeps its connection (the same server process)
+/// while a stream of cold tenants passes through the rest of the budget.
+#[tokio::test]
+async fn a_busy_tenant_keeps_its_connection_while_cold_tenants_come_and_go() {
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.app.max_connections_total = 2;
+        s.app.connections_per_pool = 1;
+        s.app.pool_idle_secs = 600;
+    })
+    .await;
+    let busy = app.create_tenant("lru-busy", "dedicated").await;
+    let busy_db = {
+        let placed = app.cp.tenant(&busy.id).await.unwrap().placement.unwrap();
+        app.cp.backend(placed.backend_id).await.unwrap().database
+    };
+    let mut cold = Vec::new();
+    for i in 0..10 {
+        cold.push(app.create_tenant(&format!("lru-cold-{i}"), "dedicated").await);
+    }
+    let pg = connect("postgres", false);
+    let busy_pid = async || {
+        crate::helpers::scalar(
+            &pg,
+            &format!(
+                "SELECT coalesce(max(pid), 0)::bigint FROM pg_stat_activity WHERE usename = 'tenantry_app' AND datname = '{busy_db}'"
+            ),
+        )
+        .await
+    };
+    let (s, body) = app.get(&busy.key, "/v1/assets").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let first = busy_pid().await;
+    assert_ne!(first, 0, "the busy tenant has a connection open");
+    for (i, t) in cold.iter().chain(cold.iter()).enumerate() {
+        // A cold tenant opens a connection at the cap: one must close.
+        let (s, body) = app.get(&t.key, "/v1/assets").await;
+        assert_eq!(s, StatusCode::OK, "cold {i}: {body}");
+        let (s, body) = app.get(&busy.key, "/v1/assets").await;
+        assert_eq!(s, StatusCode::OK, "busy after cold {i}: {body}");
+        let now = busy_pid().await;
+        if now != first {
+            let seen = pg
+                .query_one_raw(sea_orm::Statement::from_string(
+                    sea_orm::DbBackend::Postgres,
+                    "SELECT string_agg(datname || ':' || pid || ':' || state, ', ') AS s FROM pg_stat_activity WHERE usename = 'tenantry_app'",
+                ))
+                .await
+                .unwrap()
+                .and_then(|r| r.try_get::<Option<String>>("", "s").ok().flatten());
+            panic!(
+                "after cold tenant {i} the busy tenant's connection {first} was closed (now {now}); busy db {busy_db}; open: {seen:?}"
+            );
+        }
+    }
+    assert!(app.resolver.connections_open() <= 2);
+}
+
 #[tokio::test]
 async fn requests_wait_for_a_connection_slot_instead_of_exceeding_the_budget() {
     let app = crate::helpers::spawn_app_with(|s| {

@@ -4,9 +4,11 @@
 //! tenant's database time. [`OpenCap`] caps the connections open at once
 //! (idle ones included) at the same number.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
+use sea_orm::DatabaseConnection;
 use sea_orm::sqlx::pool::PoolConnection;
 use sea_orm::sqlx::{self, PgPool, Postgres};
 use tokio::sync::OwnedSemaphorePermit;
@@ -32,6 +34,39 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.usage.db_time(self.tenant, self.started.elapsed());
+    }
+}
+
+/// When this process started counting pool use.
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// A backend's pool and when a request last looked it up: at the cap, the
+/// least recently used pool gives up its idle connection, so the tenants in
+/// use keep theirs warm.
+#[derive(Clone)]
+pub(crate) struct BackendPool {
+    pub(crate) db: DatabaseConnection,
+    used: Arc<AtomicU64>,
+}
+
+impl BackendPool {
+    pub(crate) fn new(db: DatabaseConnection) -> Self {
+        let pool = BackendPool { db, used: Arc::new(AtomicU64::new(0)) };
+        pool.touch();
+        pool
+    }
+
+    /// Marks the pool used now.
+    pub(crate) fn touch(&self) {
+        self.used.store(EPOCH.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn last_used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn pg(&self) -> &PgPool {
+        self.db.get_postgres_connection_pool()
     }
 }
 
@@ -74,8 +109,9 @@ impl OpenCap {
     }
 
     /// Connections open now: `pools` (every live pool) and the closing ones.
-    pub(crate) fn open(&self, pools: &[PgPool]) -> usize {
-        pools.iter().chain(self.still_closing().iter()).map(|p| p.size() as usize).sum()
+    pub(crate) fn open(&self, pools: &[BackendPool]) -> usize {
+        pools.iter().map(|p| p.pg().size() as usize).sum::<usize>()
+            + self.still_closing().iter().map(|p| p.size() as usize).sum::<usize>()
     }
 
     /// A connection of `pool` within the cap; `pools` lists every live pool.
@@ -83,7 +119,7 @@ impl OpenCap {
     pub(crate) async fn acquire(
         &self,
         pool: &PgPool,
-        pools: impl Fn() -> Vec<PgPool>,
+        pools: impl Fn() -> Vec<BackendPool>,
         wait: Duration,
     ) -> Result<PoolConnection<Postgres>, sqlx::Error> {
         if let Some(c) = pool.try_acquire() {
@@ -111,15 +147,14 @@ impl OpenCap {
                 self.reserved.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                 return opened;
             }
-            // At the cap: close an idle connection elsewhere to make room.
-            // The pool with the most idle connections gives one up (a closing
-            // pool first: its connections go anyway).
+            // At the cap: close an idle connection elsewhere to make room. A
+            // closing pool gives one up first (its connections go anyway),
+            // then the least recently used pool with an idle connection.
             let mut freed = false;
             let closing = self.still_closing();
-            let donor = closing
-                .iter()
-                .find(|p| p.num_idle() > 0)
-                .or_else(|| live.iter().filter(|p| p.num_idle() > 0).max_by_key(|p| p.num_idle()));
+            let donor = closing.iter().find(|p| p.num_idle() > 0).or_else(|| {
+                live.iter().filter(|p| p.pg().num_idle() > 0).min_by_key(|p| p.last_used()).map(BackendPool::pg)
+            });
             if let Some(c) = donor.and_then(|p| p.try_acquire()) {
                 let _ = c.close().await;
                 freed = true;

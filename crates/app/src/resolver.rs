@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use moka::sync::Cache;
-use sea_orm::DatabaseConnection;
 use sea_orm::sqlx::Postgres;
 use sea_orm::sqlx::pool::PoolConnection;
 use sea_orm::sqlx::postgres::PgListener;
@@ -27,7 +26,7 @@ use crate::config::AppConfig;
 use sea_orm::Select;
 use tenantry_core::entities::TenantScoped;
 
-use crate::budget::{OpenCap, Slot};
+use crate::budget::{BackendPool, OpenCap, Slot};
 use crate::scope::{EnterError, Pooled, TenantTx, read_once, scoped};
 use crate::usage::UsageMeter;
 
@@ -71,7 +70,7 @@ struct Inner {
     cfg: AppConfig,
     keys: Cache<[u8; 32], Arc<KeyOwner>>,
     routes: Cache<Uuid, Arc<Route>>,
-    pools: Cache<PoolKey, DatabaseConnection>,
+    pools: Cache<PoolKey, BackendPool>,
     /// One permit per connection the process may use at once, across every
     /// backend: requests wait (bounded) for a slot instead of opening more.
     budget: Arc<Semaphore>,
@@ -139,17 +138,17 @@ impl Resolver {
             pools: Cache::builder()
                 .max_capacity(MAX_POOLS)
                 .time_to_idle(Duration::from_secs(cfg.pool_idle_secs))
-                .eviction_listener(move |key: Arc<PoolKey>, db: DatabaseConnection, cause| {
+                .eviction_listener(move |key: Arc<PoolKey>, pool: BackendPool, cause| {
                     // Close at once so idle connections do not outlive the budget:
                     // close() lets checked-out connections finish first, and a
                     // request that looked the pool up just before sees PoolClosed
                     // and looks again (see `on_backend`).
                     tracing::info!(backend = %key.backend, timeout_ms = ?key.statement_timeout_ms, ?cause, "closing backend pool");
                     // Its connections count against the cap until they are closed.
-                    closing.closing(db.get_postgres_connection_pool().clone());
+                    closing.closing(pool.pg().clone());
                     if let Ok(rt) = tokio::runtime::Handle::try_current() {
                         rt.spawn(async move {
-                            let _ = db.close().await;
+                            let _ = pool.db.close().await;
                         });
                     }
                 })
@@ -224,12 +223,13 @@ impl Resolver {
         Ok(route)
     }
 
-    fn pool(&self, backend: &BackendAddress, statement_timeout_ms: Option<u32>) -> DatabaseConnection {
+    /// The pool for `backend` at a statement timeout, marked used now.
+    fn pool(&self, backend: &BackendAddress, statement_timeout_ms: Option<u32>) -> BackendPool {
         let cfg = &self.inner.cfg;
         let key = PoolKey { backend: backend.id, pooler: backend.pooler.clone(), statement_timeout_ms };
-        self.inner.pools.get_with(key, || {
+        let pool = self.inner.pools.get_with(key, || {
             let (host, port) = backend.pooler.clone().unwrap_or_else(|| (backend.host.clone(), backend.port));
-            lazy_pool(
+            BackendPool::new(lazy_pool(
                 &host,
                 port,
                 &backend.database,
@@ -241,8 +241,10 @@ impl Resolver {
                     pooled: backend.pooler.is_some(),
                     ..PoolSizing::default()
                 },
-            )
-        })
+            ))
+        });
+        pool.touch();
+        pool
     }
 
     /// Opens a transaction on the tenant's backend and enters the tenant: the
@@ -305,8 +307,8 @@ impl Resolver {
         // backend, and only for backends with a connection open, so the series
         // are bounded by the budget whatever the fleet's size.
         let mut per_backend = std::collections::BTreeMap::<Uuid, u32>::new();
-        for (key, db) in inner.pools.iter() {
-            let pool = db.get_postgres_connection_pool();
+        for (key, pool) in inner.pools.iter() {
+            let pool = pool.pg();
             idle += pool.num_idle();
             if pool.size() > 0 {
                 *per_backend.entry(key.backend).or_default() += pool.size();
@@ -480,12 +482,11 @@ impl Resolver {
                 .as_ref()
                 .map(|_| Pooled { statement_timeout_ms: tenant.limits.statement_timeout_ms });
             let wait = Duration::from_millis(self.inner.cfg.connection_wait_ms);
-            let attempt =
-                match self.inner.cap.acquire(pool.get_postgres_connection_pool(), || self.live_pools(), wait).await {
-                    Ok(conn) => work(conn, route.placement.epoch, pooled).await,
-                    Err(sea_orm::sqlx::Error::PoolTimedOut) => return Err(budget_exhausted(&self.inner.cfg)),
-                    Err(e) => Err(crate::scope::classify(e)),
-                };
+            let attempt = match self.inner.cap.acquire(pool.pg(), || self.live_pools(), wait).await {
+                Ok(conn) => work(conn, route.placement.epoch, pooled).await,
+                Err(sea_orm::sqlx::Error::PoolTimedOut) => return Err(budget_exhausted(&self.inner.cfg)),
+                Err(e) => Err(crate::scope::classify(e)),
+            };
             match attempt {
                 Ok(t) => {
                     tracing::Span::current().record("backend", tracing::field::display(route.backend.id));
@@ -560,8 +561,8 @@ impl Resolver {
     }
 
     /// Every live backend pool (evicted ones are the cap's to count).
-    fn live_pools(&self) -> Vec<sea_orm::sqlx::PgPool> {
-        self.inner.pools.iter().map(|(_, db)| db.get_postgres_connection_pool().clone()).collect()
+    fn live_pools(&self) -> Vec<BackendPool> {
+        self.inner.pools.iter().map(|(_, pool)| pool).collect()
     }
 
     /// Connections open now (idle ones and those of closing pools included).
