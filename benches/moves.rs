@@ -10,9 +10,10 @@
 //! client errors, and rows lost (acknowledged writes missing afterwards).
 //!
 //! Then the same rows promoted to a fresh dedicated database (loaded without its secondary
-//! indexes, built after), beside the move's copy and the raw COPY.
+//! indexes, built after), beside the move's copy, the raw COPY, and `pgcopydb clone` of the
+//! promoted database (schema, data and indexes) into an empty one.
 //!
-//! cargo bench --bench moves     (MOVE_SIZES=10000,100000,1000000  MOVES=5  WRITE_RATE=200)
+//! scripts/bench moves     (MOVE_SIZES=10000,100000,1000000  MOVES=5  WRITE_RATE=200)
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,6 +35,44 @@ fn env_list(name: &str, default: &str) -> Vec<u64> {
 
 async fn superuser(port: u16, password: &str, db: &str) -> anyhow::Result<PgConnection> {
     common::superuser(port, password, db, "bench-moves").await
+}
+
+/// `pgcopydb clone` (Debian's pgcopydb, default jobs) of `source` into a
+/// fresh database, schema, data and indexes: seconds, checked by the assets
+/// that arrived (the source takes no writes meanwhile). None when pgcopydb is not installed (`scripts/bench`
+/// installs it).
+async fn pgcopydb_clone(port: u16, password: &str, source: &str) -> anyhow::Result<Option<f64>> {
+    if std::process::Command::new("pgcopydb").arg("--version").output().is_err() {
+        eprintln!("pgcopydb is not installed: run the benchmark through scripts/bench");
+        return Ok(None);
+    }
+    let mut c = superuser(port, password, source).await?;
+    let assets: i64 = sqlx::query_scalar("SELECT count(*) FROM assets").fetch_one(&mut c).await?;
+    c.close().await?;
+    let target = tenantry::testkit::unique("pgcopydb");
+    let admin =
+        tenantry_provisioner::LogicalProvisioner::connect("127.0.0.1", port, SUPERUSER, &password.to_string().into())
+            .await?;
+    admin.create_database(&target, SUPERUSER, Some("template0")).await?;
+    let dir = std::env::temp_dir().join(&target);
+    let uri = |db: &str| format!("postgres://{SUPERUSER}@127.0.0.1:{port}/{db}");
+    let t0 = Instant::now();
+    let out = tokio::process::Command::new("pgcopydb")
+        .args(["clone", "--source", &uri(source), "--target", &uri(&target), "--no-owner", "--no-acl", "--dir"])
+        .arg(&dir)
+        .env("PGPASSWORD", password)
+        .output()
+        .await?;
+    let secs = t0.elapsed().as_secs_f64();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    anyhow::ensure!(out.status.success(), "pgcopydb clone failed: {}", &stderr[stderr.len().saturating_sub(2000)..]);
+    let mut c = superuser(port, password, &target).await?;
+    let arrived: i64 = sqlx::query_scalar("SELECT count(*) FROM assets").fetch_one(&mut c).await?;
+    c.close().await?;
+    anyhow::ensure!(arrived == assets, "pgcopydb copied {arrived} of {assets} assets");
+    admin.drop_database(&target).await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(Some(secs))
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -212,8 +251,12 @@ async fn main() -> anyhow::Result<()> {
         let p = &done.progress;
         let rows = p["rows_total"].as_f64().unwrap_or(f64::NAN);
         let promote_rate = rows / (p["copy_ms"].as_f64().unwrap_or(f64::NAN) / 1000.0);
+        // The promoted database cloned by pgcopydb, in the same run.
+        let clone_rate = pgcopydb_clone(port, &pw, &home().await?.1).await?.map(|secs| rows / secs);
+        let clone = clone_rate.map_or("-".into(), |r| format!("{r:.0}"));
+        let vs_clone = clone_rate.map_or("-".into(), |r| format!("{:.2}", promote_rate / r));
         promotes.push(format!(
-            "| {size} | {rows} | {copy_p50:.0} | {promote_rate:.0} | {} | {raw_rate:.0} | {:.2} |",
+            "| {size} | {rows} | {copy_p50:.0} | {promote_rate:.0} | {} | {raw_rate:.0} | {:.2} | {clone} | {vs_clone} |",
             p["index_build_ms"],
             promote_rate / raw_rate
         ));
@@ -223,9 +266,9 @@ async fn main() -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "| assets | rows | move copy rows/s (indexes in place, p50) | promote copy rows/s (indexes built after) | index build ms | raw COPY rows/s | promote/raw |"
+        "| assets | rows | move copy rows/s (indexes in place, p50) | promote copy rows/s (indexes built after) | index build ms | raw COPY rows/s | promote/raw | pgcopydb clone rows/s (whole database) | promote/pgcopydb |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for line in &promotes {
         println!("{line}");
     }

@@ -137,3 +137,40 @@ pub async fn first_asset(http: &reqwest::Client, app: &str, key: &str) -> anyhow
         .await?;
     Ok(asset["id"].as_str().unwrap_or_default().to_string())
 }
+
+/// Registry rows only: shared tenants `{prefix}-NNNNNN` numbered `from..to`,
+/// active and placed on `pool` at epoch 1 (benchmarks that need a large
+/// registry fast; residency on the pool is theirs to add when requests follow).
+pub async fn seed_tenants(
+    registry: &sea_orm::DatabaseConnection,
+    pool: Uuid,
+    prefix: &str,
+    from: u64,
+    to: u64,
+) -> anyhow::Result<()> {
+    use sea_orm::ConnectionTrait;
+    registry
+        .execute_unprepared(&format!(
+            "WITH t AS (INSERT INTO tenants (id, slug, name, tier, status, region) \
+               SELECT gen_random_uuid(), '{prefix}-' || lpad(i::text, 6, '0'), '{prefix} tenant ' || i, 'shared', 'active', 'local' \
+               FROM generate_series({from}, {to} - 1) i RETURNING id) \
+             INSERT INTO placements (tenant_id, backend_id, epoch) SELECT id, '{pool}', 1 FROM t; \
+             ANALYZE tenants; ANALYZE placements"
+        ))
+        .await?;
+    Ok(())
+}
+
+/// The first `n` tenants `{prefix}-...` by slug: their ids.
+pub async fn first_tenants(registry: &sea_orm::DatabaseConnection, prefix: &str, n: u64) -> anyhow::Result<Vec<Uuid>> {
+    use sea_orm::ConnectionTrait;
+    Ok(registry
+        .query_all_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            format!("SELECT id FROM tenants WHERE slug LIKE '{prefix}-%' ORDER BY slug LIMIT {n}"),
+        ))
+        .await?
+        .iter()
+        .map(|r| r.try_get::<Uuid>("", "id"))
+        .collect::<Result<_, _>>()?)
+}

@@ -15,7 +15,7 @@ use sea_orm::sqlx::{self, Connection};
 use serde_json::{Value, json};
 
 use crate::estates::{add, estate_body, legacy_estate};
-use crate::helpers::{TestApp, cluster, connect, spawn_app, spawn_app_with};
+use crate::helpers::{TestApp, cluster, connect, scalar, spawn_app, spawn_app_with};
 
 async fn legacy_conn(db: &str) -> PgConnection {
     let tc = cluster();
@@ -285,6 +285,12 @@ async fn a_database_per_tenant_source_is_adopted_onto_a_dedicated_database_with_
     assert_eq!(tenant.tier, tenantry_core::Tier::Dedicated);
     let backend = app.cp.backend(tenant.placement.unwrap().backend_id).await.unwrap();
     assert_ne!(backend.name, app.pool_name, "a database of its own");
+    // Loaded without its secondary indexes, built again after the copy: the
+    // database has every index the tenant schema has.
+    assert!(done["progress"]["indexes_rebuilt"].as_u64().unwrap_or(0) >= 2, "{done}");
+    let indexes = "SELECT count(*) FROM pg_indexes WHERE schemaname = 'public'";
+    let (adopted, template) = (connect(&backend.database, false), connect(&app.cp.config().template_database, false));
+    assert_eq!(scalar(&adopted, indexes).await, scalar(&template, indexes).await, "every index is back");
 
     let (assets, _) = target_rows(&backend.database, &tenant.id.to_string()).await;
     assert_eq!(assets.len() as u64, 300 + written, "every legacy row, the ones written during the adoption too");
@@ -362,6 +368,37 @@ async fn an_adoption_killed_at_every_step_resumes_and_loses_nothing() {
     assert!(live.iter().all(|t| tags.contains(&t)), "every acknowledged legacy write is there");
     assert_eq!(replication_leftovers(&db).await, 0);
     assert_eq!(source_state(&app, &estate, "tenant_acme").await["state"], "adopted");
+}
+
+/// An adoption into a new dedicated database loads it without its secondary
+/// indexes; killed once the rows are in and the indexes not yet built, the
+/// resumed run builds them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_adoption_into_a_new_database_killed_before_its_index_builds_builds_them_on_resume() {
+    let app = manual_app().await;
+    let db = legacy_estate().await;
+    let estate = estate(&app, &db).await;
+    let (s, op) =
+        adopt(&app, &estate, json!({"source": "tenant_acme", "slug": "acme-built", "tier": "dedicated"})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    let id = op["id"].as_str().unwrap().to_string();
+    let config = app.config_file("lease_secs = 1");
+    crash_at(&config, "adopt.copy.loaded").await;
+    let (_, view) = app.admin_call(Method::GET, &format!("/v1/operations/{id}"), None).await;
+    let backend = app.cp.backend(view["backend_id"].as_str().unwrap().parse().unwrap()).await.unwrap();
+    let indexes = "SELECT count(*) FROM pg_indexes WHERE schemaname = 'public'";
+    let (target, template) = (connect(&backend.database, false), connect(&app.cp.config().template_database, false));
+    let all = scalar(&template, indexes).await;
+    assert!(scalar(&target, indexes).await < all, "the rows were loaded without the secondary indexes");
+
+    let worker = tokio::spawn(app.cp.clone().run_worker(tokio_util::sync::CancellationToken::new()));
+    let done = app.wait_operation(&id).await;
+    worker.abort();
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(scalar(&target, indexes).await, all, "every index is back");
+    let tenant = op["tenant_id"].as_str().unwrap();
+    let (legacy_assets, legacy_scheds) = legacy_rows(&db, "tenant_acme").await;
+    assert_eq!(target_rows(&backend.database, tenant).await, (legacy_assets, legacy_scheds));
 }
 
 /// A stack whose operations run only where the test says (in-process

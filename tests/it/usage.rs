@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
+use sea_orm::ConnectionTrait;
 
 use crate::helpers::*;
 
@@ -255,4 +256,103 @@ async fn one_flush_writes_twenty_thousand_tenants_usage() {
     assert!(meter.pending().is_empty(), "nothing is left for a later flush");
     let registry = connect(&app.cp.config().registry_database, false);
     assert_eq!(scalar(&registry, "SELECT count(*) FROM usage_samples WHERE db_time_us = 7777").await, 20_000);
+}
+
+/// A storage pass over a pool of 1,234 tenants (several count batches and
+/// record batches) records each tenant's own rows and shares every table's
+/// bytes out by rows; a rollup of a backlog of 120,001 samples (several fold
+/// statements) folds each sample exactly once.
+#[tokio::test]
+async fn a_storage_pass_over_a_crowded_pool_and_a_rollup_of_a_backlog_count_every_tenant_and_sample() {
+    // Arrange: the passes run only when called.
+    let app = spawn_app_with(|s| {
+        s.control_plane.usage.rollup_interval_ms = 3_600_000;
+        s.control_plane.usage.storage_interval_secs = 86_400;
+    })
+    .await;
+    let registry = connect(&app.cp.config().registry_database, false);
+    let pool = app.cp.backends().await.unwrap().into_iter().find(|b| b.name == app.pool_name).unwrap().id;
+    registry
+        .execute_unprepared(&format!(
+            "WITH t AS (INSERT INTO tenants (id, slug, name, tier, status, region) \
+               SELECT gen_random_uuid(), 'crowd-' || lpad(i::text, 4, '0'), 'Crowd ' || i, 'shared', 'active', 'local' \
+               FROM generate_series(0, 1233) i RETURNING id) \
+             INSERT INTO placements (tenant_id, backend_id, epoch) SELECT id, '{pool}', 1 FROM t"
+        ))
+        .await
+        .unwrap();
+    let tenants: Vec<(uuid::Uuid, i64)> = registry
+        .query_all_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT id, substring(slug from 7)::int % 7 AS n FROM tenants WHERE slug LIKE 'crowd-%'",
+        ))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.try_get("", "id").unwrap(), i64::from(r.try_get::<i32>("", "n").unwrap())))
+        .collect();
+    let data = connect(&app.pool_name, false);
+    let ids = tenants.iter().map(|(id, _)| format!("'{id}'")).collect::<Vec<_>>().join(",");
+    let ns = tenants.iter().map(|(_, n)| n.to_string()).collect::<Vec<_>>().join(",");
+    data.execute_unprepared(&format!(
+        "INSERT INTO assets (tenant_id, id, name, tag, status) \
+         SELECT t.id, gen_random_uuid(), 'Crowd asset', 'C-' || g, 'active' \
+         FROM unnest(ARRAY[{ids}]::uuid[], ARRAY[{ns}]::int[]) AS t(id, n), generate_series(1, t.n) g"
+    ))
+    .await
+    .unwrap();
+
+    // Act
+    let measured = app.cp.measure_storage().await.unwrap();
+
+    // Assert: every tenant's own rows, table by table.
+    assert_eq!(measured, tenants.len());
+    let right = scalar(
+        &registry,
+        "SELECT count(*) FROM usage_storage s JOIN tenants t ON t.id = s.tenant_id \
+         WHERE t.slug LIKE 'crowd-%' AND s.rows = substring(t.slug from 7)::int % 7 \
+         AND (s.tables -> 'assets' ->> 'rows')::int = s.rows AND (s.tables -> 'asset_issues' ->> 'rows')::int = 0",
+    )
+    .await;
+    assert_eq!(right, tenants.len() as i64, "tenants whose measurement matches their rows");
+    let shared_out = scalar(
+        &registry,
+        "SELECT coalesce(sum((tables -> 'assets' ->> 'bytes')::bigint), 0)::bigint FROM usage_storage",
+    )
+    .await;
+    let size = scalar(&data, "SELECT pg_total_relation_size('assets')").await;
+    assert!((shared_out - size).abs() <= tenants.len() as i64, "assets' {size} bytes shared out as {shared_out}");
+    let empty = tenants.iter().find(|(_, n)| *n == 0).unwrap().0;
+    assert_eq!(
+        scalar(&registry, &format!("SELECT bytes FROM usage_storage WHERE tenant_id = '{empty}'")).await,
+        0,
+        "a tenant without rows holds no bytes of a shared table"
+    );
+
+    // Arrange: a backlog of samples, over several fold statements.
+    registry
+        .execute_unprepared(
+            "INSERT INTO usage_samples (tenant_id, at, requests, client_errors, server_errors, db_time_us) \
+             SELECT (SELECT id FROM tenants WHERE slug = 'crowd-' || lpad((g % 1234)::text, 4, '0')), now(), 1, 0, 0, 2 \
+             FROM generate_series(1, 120001) g",
+        )
+        .await
+        .unwrap();
+
+    // Act
+    let folded = app.cp.rollup_usage().await.unwrap();
+
+    // Assert
+    assert_eq!(folded, 120_001);
+    assert_eq!(scalar(&registry, "SELECT count(*) FROM usage_samples").await, 0);
+    for granularity in ["hour", "day"] {
+        let requests = scalar(
+            &registry,
+            &format!(
+                "SELECT coalesce(sum(requests), 0)::bigint FROM usage_rollups WHERE granularity = '{granularity}'"
+            ),
+        )
+        .await;
+        assert_eq!(requests, 120_001, "{granularity} rollups count every sample once");
+    }
 }

@@ -238,6 +238,15 @@ async fn copy(run: &Run<'_, AdoptParams>, f: &Facts) -> Result<(), Stop> {
     let mut copied: BTreeMap<String, i64> =
         serde_json::from_value(progress["rows_copied_by_table"].clone()).unwrap_or_default();
     let side = target_side(run).await?;
+    let tables: Vec<String> = f.source.tables.iter().map(|t| t.target.to_string()).collect();
+    // A dedicated database this adoption made serves nobody until the
+    // cutover: loaded without its secondary indexes, built after the copy.
+    let fresh = run.params.backend_id.is_none();
+    if fresh {
+        let mut admin = side.admin().await?;
+        crate::moves::deferred::drop_secondary_indexes(run, &tables, &mut admin).await?;
+        admin.close().await?;
+    }
     let mut legacy = f.legacy().await?;
     let mut target = target_conn(&side, f.tenant).await?;
     for t in &f.source.tables {
@@ -260,7 +269,10 @@ async fn copy(run: &Run<'_, AdoptParams>, f: &Facts) -> Result<(), Stop> {
             run.heartbeat(json!({"rows_copied": all, "rows_copied_by_table": copied, "copy_cursor": cursors})).await?;
         }
     }
-    let tables: Vec<String> = f.source.tables.iter().map(|t| t.target.to_string()).collect();
+    if fresh {
+        crate::kind::failpoint("adopt.copy.loaded");
+        crate::moves::deferred::rebuild(run, side.options(&side.admin)).await?;
+    }
     sqlx::raw_sql(AssertSqlSafe(format!("ANALYZE {}", table_list(&tables)))).execute(&mut target).await?;
     legacy.close().await?;
     target.close().await?;

@@ -82,7 +82,7 @@ pub(crate) async fn copy(run: &Run<'_, MoveParams>, f: &Facts) -> Result<(), Sto
         }
         if done {
             if run.kind == OperationKind::Promote {
-                crate::moves::deferred::rebuild(run, f).await?;
+                crate::moves::deferred::rebuild(run, f.target.options(&f.target.admin)).await?;
             }
             // Fresh statistics for the rows just copied in: the tenant's queries
             // on the target (and foreign-key checks) plan with them from the flip on.

@@ -1,5 +1,6 @@
-//! A promotion's fresh dedicated database serves nobody until the cutover,
-//! so its tables are loaded the way bulk loaders load (pgcopydb, Citus):
+//! A promotion's (or an adoption's) fresh dedicated database serves nobody
+//! until the cutover, so its tables are loaded the way bulk loaders load
+//! (pgcopydb, Citus):
 //! secondary indexes and unique constraints are dropped before the initial
 //! copy and built again, several at once, once every table is copied. The
 //! primary keys stay (the subscription's updates and deletes find rows by
@@ -17,7 +18,6 @@ use tenantry_provisioner::quote_ident;
 
 use crate::error::Error;
 use crate::kind::{Run, Stop};
-use crate::moves::facts::{Facts, MoveParams};
 
 /// Index builds running at once.
 const BUILDS_AT_ONCE: usize = 3;
@@ -40,16 +40,16 @@ struct Learnt {
     deferred_indexes: Option<Vec<Deferred>>,
 }
 
-async fn recorded(run: &Run<'_, MoveParams>) -> Result<Option<Vec<Deferred>>, Error> {
+async fn recorded<P>(run: &Run<'_, P>) -> Result<Option<Vec<Deferred>>, Error> {
     let learnt: Learnt = serde_json::from_value(run.view().await?.params).unwrap_or_default();
     Ok(learnt.deferred_indexes)
 }
 
-/// Records, then drops, the secondary indexes of the target's tenant tables.
+/// Records, then drops, the secondary indexes of `tables` on the target.
 /// Repeatable: a second run finds the record and drops what is left.
-pub(crate) async fn drop_secondary_indexes(
-    run: &Run<'_, MoveParams>,
-    f: &Facts,
+pub(crate) async fn drop_secondary_indexes<P>(
+    run: &Run<'_, P>,
+    tables: &[String],
     dst: &mut PgConnection,
 ) -> Result<(), Error> {
     let deferred = match recorded(run).await? {
@@ -65,7 +65,7 @@ pub(crate) async fn drop_secondary_indexes(
                    AND NOT EXISTS (SELECT 1 FROM pg_constraint f WHERE f.contype = 'f' AND f.conindid = i.indexrelid) \
                  ORDER BY 1, 2",
             )
-            .bind(&f.tables)
+            .bind(tables)
             .fetch_all(&mut *dst)
             .await?;
             let found: Vec<Deferred> = rows
@@ -94,11 +94,11 @@ pub(crate) async fn drop_secondary_indexes(
 }
 
 /// Builds the dropped indexes again, [`BUILDS_AT_ONCE`] at a time, each on
-/// its own session. Repeatable: what exists is left alone.
-pub(crate) async fn rebuild(run: &Run<'_, MoveParams>, f: &Facts) -> Result<(), Stop> {
+/// its own session as `opts` (the target's administrator). Repeatable: what
+/// exists is left alone.
+pub(crate) async fn rebuild<P>(run: &Run<'_, P>, opts: sea_orm::sqlx::postgres::PgConnectOptions) -> Result<(), Stop> {
     let Some(deferred) = recorded(run).await? else { return Ok(()) };
     let started = std::time::Instant::now();
-    let opts = f.target.options(&f.target.admin);
     let results: Vec<Result<(), Error>> = futures::stream::iter(deferred.clone())
         .map(|d| {
             let opts = opts.clone();

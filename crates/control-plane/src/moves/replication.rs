@@ -62,7 +62,7 @@ pub(crate) async fn subscribe(run: &Run<'_, MoveParams>, f: &Facts) -> Result<()
         // A promotion's fresh database is loaded without its secondary
         // indexes; `copy` builds them once every table is in.
         if run.kind == OperationKind::Promote {
-            crate::moves::deferred::drop_secondary_indexes(run, f, &mut dst).await?;
+            crate::moves::deferred::drop_secondary_indexes(run, &f.tables, &mut dst).await?;
         }
         // The initial copy starts with the subscription: time it from here.
         run.cp

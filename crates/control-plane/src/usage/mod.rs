@@ -26,7 +26,7 @@ use uuid::Uuid;
 use tenantry_core::{BackendKind, BackendStatus};
 use tenantry_provisioner::quote_ident;
 
-use crate::backend::{enter, tenant_tables};
+use crate::backend::tenant_tables;
 use crate::backends::BackendView;
 use crate::config::Price;
 use crate::error::Error;
@@ -38,6 +38,12 @@ use crate::usage::model::{
 
 /// Backends measured at once.
 const MEASURE_CONCURRENCY: usize = 4;
+/// Tenants counted per round trip on one backend (one simple-query batch).
+const COUNT_BATCH: usize = 500;
+/// Tenants recorded per registry statement.
+const RECORD_BATCH: usize = 1000;
+/// Usage samples folded per statement (a backlog is folded in several).
+const ROLLUP_BATCH: i64 = 50_000;
 
 #[derive(FromQueryResult)]
 struct UsageRow {
@@ -74,12 +80,49 @@ const USAGE_SELECT: &str = "SELECT t.id AS tenant_id, t.slug, t.name, t.region, 
     LEFT JOIN usage_storage s ON s.tenant_id = t.id \
     ORDER BY t.slug";
 
-/// Rows and bytes one tenant holds on one backend.
-#[derive(Debug, Default)]
-struct Holding {
-    rows: i64,
-    bytes: i64,
-    tables: BTreeMap<String, (i64, i64)>,
+/// What one backend holds, per tenant: rows per table (in `tables` order),
+/// and the bytes of each table (of the whole database under "").
+struct Holdings {
+    kind: BackendKind,
+    tables: Vec<String>,
+    sizes: BTreeMap<String, i64>,
+    counts: Vec<(Uuid, Vec<i64>)>,
+}
+
+impl Holdings {
+    /// Each table's rows of all tenants together.
+    fn totals(&self) -> Vec<i64> {
+        let mut totals = vec![0i64; self.tables.len()];
+        for (_, counts) in &self.counts {
+            for (total, n) in totals.iter_mut().zip(counts) {
+                *total += n;
+            }
+        }
+        totals
+    }
+
+    /// One tenant's record: rows, bytes and per table `{rows, bytes}`. On a
+    /// dedicated backend the bytes are the whole database's; on a shared pool
+    /// each table's size shared out by rows (`totals`).
+    fn record(&self, tenant: Uuid, counts: &[i64], totals: &[i64]) -> Value {
+        let mut tables = serde_json::Map::new();
+        let (mut rows, mut bytes) = (0i64, 0i64);
+        for ((t, n), total) in self.tables.iter().zip(counts).zip(totals) {
+            let size = self.sizes.get(t).copied().unwrap_or(0);
+            let share = match self.kind {
+                BackendKind::Dedicated => size,
+                _ if *total > 0 => (size as f64 * *n as f64 / *total as f64).round() as i64,
+                _ => 0,
+            };
+            rows += n;
+            bytes += share;
+            tables.insert(t.clone(), json!({"rows": n, "bytes": share}));
+        }
+        if self.kind == BackendKind::Dedicated {
+            bytes = self.sizes.get("").copied().unwrap_or(0);
+        }
+        json!({"tenant_id": tenant, "rows": rows, "bytes": bytes, "tables": tables})
+    }
 }
 
 impl ControlPlane {
@@ -202,19 +245,31 @@ impl ControlPlane {
                  db_time_us = usage_rollups.db_time_us + excluded.db_time_us"
             )
         };
+        // A batch at a time, oldest first: a backlog (a control plane that was
+        // down) is folded in bounded statements. A sample is deleted once (a
+        // concurrent rollup's DELETE waits, then skips the rows already gone),
+        // so concurrent rollups never count one twice.
         let sql = format!(
-            "WITH moved AS (DELETE FROM usage_samples RETURNING *), \
+            "WITH moved AS (DELETE FROM usage_samples WHERE id IN \
+               (SELECT id FROM usage_samples ORDER BY id LIMIT $1) RETURNING *), \
              hours AS ({}), days AS ({}) SELECT count(*) AS n FROM moved",
             upsert("hour"),
             upsert("day")
         );
-        let n = self
-            .registry()
-            .query_one_raw(stmt(&sql, vec![]))
-            .await?
-            .map(|r| r.try_get::<i64>("", "n"))
-            .transpose()?
-            .unwrap_or(0);
+        let mut n = 0i64;
+        loop {
+            let folded = self
+                .registry()
+                .query_one_raw(stmt(&sql, vec![ROLLUP_BATCH.into()]))
+                .await?
+                .map(|r| r.try_get::<i64>("", "n"))
+                .transpose()?
+                .unwrap_or(0);
+            n += folded;
+            if folded < ROLLUP_BATCH {
+                break;
+            }
+        }
         self.registry()
             .execute_raw(stmt(
                 "DELETE FROM usage_rollups WHERE granularity = 'hour' AND period_start < now() - make_interval(days => $1)",
@@ -227,8 +282,10 @@ impl ControlPlane {
     }
 
     /// Measures rows and bytes per tenant on every ready backend (a few at a
-    /// time) and records them. A backend that fails is logged and skipped; its
-    /// tenants keep their previous measurement. Returns tenants measured.
+    /// time) and records them, each backend as soon as it is counted and in
+    /// batches, so a pass holds a few backends' counts at once, not the
+    /// fleet's. A backend that fails is logged and skipped; its tenants keep
+    /// their previous measurement. Returns tenants measured.
     pub async fn measure_storage(&self) -> Result<usize, Error> {
         let backends: Vec<BackendView> = self
             .backends()
@@ -236,21 +293,22 @@ impl ControlPlane {
             .into_iter()
             .filter(|b| b.status == BackendStatus::Ready && b.kind != BackendKind::Template && b.tenants > 0)
             .collect();
-        let results: Vec<_> = futures::stream::iter(backends)
+        let mut counted = futures::stream::iter(backends)
             .map(|b| async move {
                 let r = self.measure_backend(&b).await;
                 (b, r)
             })
-            .buffer_unordered(MEASURE_CONCURRENCY)
-            .collect()
-            .await;
+            .buffer_unordered(MEASURE_CONCURRENCY);
         let mut measured = 0;
-        for (b, r) in results {
+        while let Some((b, r)) = counted.next().await {
             match r {
                 Ok(holdings) => {
-                    for (tenant, h) in holdings {
-                        self.record_storage(tenant, b.id, &h).await?;
-                        measured += 1;
+                    let totals = holdings.totals();
+                    for batch in holdings.counts.chunks(RECORD_BATCH) {
+                        let records: Vec<Value> =
+                            batch.iter().map(|(tenant, counts)| holdings.record(*tenant, counts, &totals)).collect();
+                        self.record_storage(b.id, records).await?;
+                        measured += batch.len();
                     }
                 }
                 Err(e) => tracing::warn!(backend = %b.name, error = %e, "storage measurement failed"),
@@ -260,77 +318,71 @@ impl ControlPlane {
         Ok(measured)
     }
 
-    async fn record_storage(&self, tenant: Uuid, backend: Uuid, h: &Holding) -> Result<(), Error> {
-        let tables: serde_json::Map<String, Value> =
-            h.tables.iter().map(|(t, (rows, bytes))| (t.clone(), json!({"rows": rows, "bytes": bytes}))).collect();
+    /// Records one backend's measurements (`{tenant_id, rows, bytes, tables}`
+    /// each) and the period's storage columns, in one statement.
+    async fn record_storage(&self, backend: Uuid, records: Vec<Value>) -> Result<(), Error> {
         self.registry()
             .execute_raw(stmt(
-                "WITH s AS (INSERT INTO usage_storage (tenant_id, backend_id, rows, bytes, tables, measured_at) \
-                 VALUES ($1, $2, $3, $4, $5, now()) ON CONFLICT (tenant_id) DO UPDATE SET \
+                "WITH v AS (SELECT * FROM jsonb_to_recordset($1) AS v(tenant_id uuid, rows bigint, bytes bigint, tables jsonb)), \
+                 s AS (INSERT INTO usage_storage (tenant_id, backend_id, rows, bytes, tables, measured_at) \
+                 SELECT tenant_id, $2, rows, bytes, tables, now() FROM v ON CONFLICT (tenant_id) DO UPDATE SET \
                  backend_id = excluded.backend_id, rows = excluded.rows, bytes = excluded.bytes, \
                  tables = excluded.tables, measured_at = excluded.measured_at) \
                  INSERT INTO usage_rollups (tenant_id, granularity, period_start, rows, storage_bytes) \
-                 VALUES ($1, 'hour', date_trunc('hour', now(), 'UTC'), $3, $4), \
-                        ($1, 'day', date_trunc('day', now(), 'UTC'), $3, $4) \
+                 SELECT tenant_id, g, date_trunc(g, now(), 'UTC'), rows, bytes FROM v, (VALUES ('hour'), ('day')) AS p(g) \
                  ON CONFLICT (tenant_id, granularity, period_start) DO UPDATE SET \
                  rows = excluded.rows, storage_bytes = excluded.storage_bytes",
-                vec![tenant.into(), backend.into(), h.rows.into(), h.bytes.into(), Value::Object(tables).into()],
+                vec![Value::Array(records).into(), backend.into()],
             ))
             .await?;
         Ok(())
     }
 
     /// Rows per table of every tenant placed on `b`, counted under each
-    /// tenant's own RLS scope (the owner role sees one tenant at a time), and
-    /// bytes: the table's size shared out by rows on a shared pool, the whole
-    /// database's size on a dedicated one.
-    async fn measure_backend(&self, b: &BackendView) -> Result<Vec<(Uuid, Holding)>, Error> {
+    /// tenant's own RLS scope (the owner role sees one tenant at a time),
+    /// [`COUNT_BATCH`] tenants per round trip, and the tables' and
+    /// database's sizes.
+    async fn measure_backend(&self, b: &BackendView) -> Result<Holdings, Error> {
         let tenants = self.tenants_on(b.id).await?;
         let mut conn = self.owner_conn(b, "tenantry-usage").await?;
         let tables: Vec<String> =
             tenant_tables(&mut conn).await?.into_iter().filter(|t| t != "tenantry_move_sentinels").collect();
         let sizes = table_sizes(&mut conn, &tables).await?;
-        let counts_sql = format!(
-            "SELECT {}",
-            tables
-                .iter()
-                .map(|t| format!("(SELECT count(*) FROM public.{})", quote_ident(t)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        let mut out = Vec::with_capacity(tenants.len());
-        for tenant in tenants {
-            enter(&mut conn, tenant).await?;
-            let row = sqlx::query(AssertSqlSafe(counts_sql.clone())).fetch_one(&mut conn).await?;
-            let mut h = Holding::default();
-            for (i, t) in tables.iter().enumerate() {
-                let n: i64 = row.try_get(i)?;
-                h.rows += n;
-                h.tables.insert(t.clone(), (n, 0));
+        let counts_sql = tables
+            .iter()
+            .map(|t| format!("(SELECT count(*) FROM public.{})", quote_ident(t)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut counts = Vec::with_capacity(tenants.len());
+        for batch in tenants.chunks(COUNT_BATCH) {
+            // Per tenant: enter it (its own statement, so the count after it
+            // sees the setting), then count. Tenant ids come from the registry.
+            let mut sql = String::new();
+            for tenant in batch {
+                sql.push_str(&format!(
+                    "SELECT set_config('app.tenant_id', '{tenant}', false); SELECT '{tenant}'::uuid AS tenant, {counts_sql};"
+                ));
             }
-            out.push((tenant, h));
+            let mut rows = sqlx::raw_sql(AssertSqlSafe(sql)).fetch_many(&mut conn);
+            while let Some(item) = rows.next().await {
+                let Some(row) = item?.right() else { continue };
+                if row.len() != tables.len() + 1 {
+                    continue;
+                }
+                let tenant: Uuid = row.try_get(0)?;
+                let n = (1..=tables.len()).map(|i| row.try_get::<i64, _>(i)).collect::<Result<Vec<_>, _>>()?;
+                counts.push((tenant, n));
+            }
         }
         let _ = conn.close().await;
-        if b.kind == BackendKind::Dedicated {
-            let db_bytes = sizes.get("").copied().unwrap_or(0);
-            for (_, h) in &mut out {
-                h.bytes = db_bytes;
-                for (t, (_, bytes)) in h.tables.iter_mut() {
-                    *bytes = sizes.get(t).copied().unwrap_or(0);
-                }
-            }
-        } else {
-            for t in &tables {
-                let total: i64 = out.iter().map(|(_, h)| h.tables[t].0).sum();
-                let size = sizes.get(t).copied().unwrap_or(0);
-                for (_, h) in &mut out {
-                    let e = h.tables.get_mut(t).expect("counted");
-                    e.1 = if total > 0 { (size as f64 * e.0 as f64 / total as f64).round() as i64 } else { 0 };
-                    h.bytes += e.1;
-                }
-            }
+        if counts.len() != tenants.len() {
+            return Err(Error::Backend(sqlx::Error::Protocol(format!(
+                "storage count answered for {} of {} tenants",
+                counts.len(),
+                tenants.len()
+            ))));
         }
-        Ok(out)
+        Ok(Holdings { kind: b.kind, tables, sizes, counts })
     }
 
     /// Tenants placed on a backend (erased ones excluded).
