@@ -92,11 +92,27 @@ async fn main() -> anyhow::Result<()> {
         common::seed_tenants(registry, pool_id, "usage", have as u64, n).await?;
         sqlx::query("TRUNCATE assets CASCADE").execute(&mut pool).await?;
         add_rows(&mut pool, registry, a, r).await?;
+        // A day of hourly rollups per tenant, as a registry in use has them; the
+        // first fold after it builds the recommendations' window from them (timed apart).
+        registry
+            .execute_unprepared(&format!(
+                "INSERT INTO usage_rollups (tenant_id, granularity, period_start, requests, client_errors, server_errors, db_time_us) \
+                 SELECT t.id, 'hour', date_trunc('hour', now(), 'UTC') - make_interval(hours => h), 10, 0, 0, (random() * 1e6)::int \
+                 FROM tenants t, generate_series(1, 23) h WHERE t.slug >= 'usage-{have:06}' AND t.slug LIKE 'usage-%'; \
+                 DELETE FROM usage_window_state; ANALYZE usage_rollups"
+            ))
+            .await?;
+        let (_, rebuild_s, _) = heap::measured(async || Ok(cp.rollup_usage().await?)).await?;
         let samples = add_samples(registry, a).await?;
         let (folded, rollup_s, rollup_mb) = heap::measured(async || Ok(cp.rollup_usage().await?)).await?;
         anyhow::ensure!(folded == samples, "folded {folded} of {samples} samples");
         let (measured_n, storage_s, storage_mb) = heap::measured(async || Ok(cp.measure_storage().await?)).await?;
         let (heavy, heavy_s, heavy_mb) = heap::measured(async || Ok(cp.heavy_tenants().await?)).await?;
+        // The same shares summed from the window's rollups (no kept window).
+        registry.execute_unprepared("DELETE FROM usage_window_state").await?;
+        let (_, summed_s, _) = heap::measured(async || Ok(cp.heavy_tenants().await?)).await?;
+        eprintln!("window built from the rollups in {rebuild_s:.2} s; shares summed from the rollups {summed_s:.2} s");
+        cp.rollup_usage().await?;
         results.push((
             n,
             a,
@@ -110,14 +126,17 @@ async fn main() -> anyhow::Result<()> {
             heavy.1.len(),
             heavy_s,
             heavy_mb,
+            summed_s,
         ));
     }
     println!(
-        "| tenants (active, rows) | rollup: samples, s, peak heap MiB | storage pass: tenants, s, peak heap MiB | heavy shares: found, s, peak heap MiB |"
+        "| tenants (active, rows) | rollup: samples, s, peak heap MiB | storage pass: tenants, s, peak heap MiB | heavy shares (kept window): found, s, peak heap MiB | heavy shares summed from rollups: s |"
     );
-    println!("|---|---|---|---|");
-    for (n, a, r, samples, rs, rm, mn, ss, sm, hn, hs, hm) in results {
-        println!("| {n} ({a}, {r}) | {samples}, {rs:.2}, {rm:.1} | {mn}, {ss:.2}, {sm:.1} | {hn}, {hs:.2}, {hm:.1} |");
+    println!("|---|---|---|---|---:|");
+    for (n, a, r, samples, rs, rm, mn, ss, sm, hn, hs, hm, sum_s) in results {
+        println!(
+            "| {n} ({a}, {r}) | {samples}, {rs:.2}, {rm:.1} | {mn}, {ss:.2}, {sm:.1} | {hn}, {hs:.2}, {hm:.1} | {sum_s:.2} |"
+        );
     }
     Ok(())
 }

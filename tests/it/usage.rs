@@ -356,3 +356,60 @@ async fn a_storage_pass_over_a_crowded_pool_and_a_rollup_of_a_backlog_count_ever
         assert_eq!(requests, 120_001, "{granularity} rollups count every sample once");
     }
 }
+
+/// The recommendations' database time over their window is kept as samples
+/// are folded: samples inside the window are added, older ones only reach
+/// their rollups; when the window's first hour moves on, the hours that left
+/// it are subtracted. After each fold it equals the sum of the window's rollups.
+#[tokio::test]
+async fn the_recommendations_window_is_kept_as_usage_is_folded_and_moves_on_by_the_hour() {
+    let app = spawn_app_with(|s| {
+        s.control_plane.usage.rollup_interval_ms = 3_600_000;
+        s.control_plane.usage.storage_interval_secs = 86_400;
+    })
+    .await;
+    let registry = connect(&app.cp.config().registry_database, false);
+    let (a, b) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let sample = |tenant: uuid::Uuid, ago: &str, db: i64| {
+        format!(
+            "INSERT INTO usage_samples (tenant_id, at, requests, client_errors, server_errors, db_time_us) \
+             VALUES ('{tenant}', now() - interval '{ago}', 1, 0, 0, {db})"
+        )
+    };
+    let summed = "SELECT coalesce(sum(db_time_us), 0)::bigint FROM usage_rollups \
+                  WHERE granularity = 'hour' AND period_start >= (SELECT since FROM usage_window_state) AND tenant_id = '{t}'";
+    let kept = "SELECT coalesce(sum(db_time_us), 0)::bigint FROM usage_window WHERE tenant_id = '{t}'";
+    let both = async |t: uuid::Uuid| {
+        (
+            scalar(&registry, &kept.replace("{t}", &t.to_string())).await,
+            scalar(&registry, &summed.replace("{t}", &t.to_string())).await,
+        )
+    };
+
+    // Inside the window (now, 22 hours ago) and outside it (30 hours ago).
+    for sql in [sample(a, "1 second", 1000), sample(a, "22 hours", 200), sample(b, "30 hours", 500)] {
+        registry.execute_unprepared(&sql).await.unwrap();
+    }
+    assert_eq!(app.cp.rollup_usage().await.unwrap(), 3);
+    assert_eq!(both(a).await, (1200, 1200));
+    assert_eq!(both(b).await, (0, 0), "a sample older than the window reaches only its rollup");
+    assert_eq!(scalar(&registry, &format!("SELECT count(*) FROM usage_rollups WHERE tenant_id = '{b}'")).await, 2);
+
+    // The window as a fold two hours ago left it: its first hour two hours
+    // back, holding those hours' 700.
+    registry
+        .execute_unprepared(&format!(
+            "UPDATE usage_window_state SET since = since - interval '2 hours'; \
+             INSERT INTO usage_rollups (tenant_id, granularity, period_start, db_time_us) \
+               SELECT '{a}', 'hour', since, 700 FROM usage_window_state; \
+             UPDATE usage_window SET db_time_us = db_time_us + 700 WHERE tenant_id = '{a}'"
+        ))
+        .await
+        .unwrap();
+    registry.execute_unprepared(&sample(a, "1 second", 5)).await.unwrap();
+    assert_eq!(app.cp.rollup_usage().await.unwrap(), 1);
+    assert_eq!(both(a).await, (1205, 1205), "the hours that left the window were subtracted");
+
+    // The shares read the kept window.
+    app.cp.heavy_tenants().await.expect("the heavy-tenant shares");
+}

@@ -4,7 +4,7 @@
 //! tenant's database time. [`OpenCap`] caps the connections open at once
 //! (idle ones included) at the same number.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
@@ -22,36 +22,55 @@ pub struct Slot {
     tenant: Uuid,
     started: Instant,
     usage: Arc<UsageMeter>,
+    /// The pool this request uses, counted busy while the slot is held.
+    on: Option<Arc<AtomicUsize>>,
 }
 
 impl Slot {
     /// A slot from a permit of the budget's semaphore, metered for `tenant`.
     pub(crate) fn new(permit: OwnedSemaphorePermit, tenant: Uuid, usage: Arc<UsageMeter>) -> Self {
-        Slot { _permit: permit, tenant, started: Instant::now(), usage }
+        Slot { _permit: permit, tenant, started: Instant::now(), usage, on: None }
+    }
+
+    /// Counts `pool` busy until the slot is released.
+    pub(crate) fn on(&mut self, pool: &BackendPool) {
+        pool.busy.fetch_add(1, Ordering::SeqCst);
+        if let Some(previous) = self.on.replace(pool.busy.clone()) {
+            previous.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        if let Some(busy) = self.on.take() {
+            busy.fetch_sub(1, Ordering::SeqCst);
+        }
         self.usage.db_time(self.tenant, self.started.elapsed());
     }
 }
 
+/// Longest an opener waits for the least recently used pool's connection to
+/// come back into its pool before it takes another pool's idle one.
+const SETTLE: Duration = Duration::from_millis(20);
+
 /// When this process started counting pool use.
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
-/// A backend's pool and when a request last looked it up: at the cap, the
-/// least recently used pool gives up its idle connection, so the tenants in
-/// use keep theirs warm.
+/// A backend's pool, when a request last looked it up, and how many
+/// requests hold a budget slot on it now: at the cap, the least recently
+/// used pool that no request is using gives up its connection, so the
+/// tenants in use keep theirs warm.
 #[derive(Clone)]
 pub(crate) struct BackendPool {
     pub(crate) db: DatabaseConnection,
     used: Arc<AtomicU64>,
+    busy: Arc<AtomicUsize>,
 }
 
 impl BackendPool {
     pub(crate) fn new(db: DatabaseConnection) -> Self {
-        let pool = BackendPool { db, used: Arc::new(AtomicU64::new(0)) };
+        let pool = BackendPool { db, used: Arc::new(AtomicU64::new(0)), busy: Arc::new(AtomicUsize::new(0)) };
         pool.touch();
         pool
     }
@@ -132,6 +151,7 @@ impl OpenCap {
         let deadline = tokio::time::Instant::now() + wait;
         let one_at_a_time =
             tokio::time::timeout_at(deadline, self.opening.lock()).await.map_err(|_| sqlx::Error::PoolTimedOut)?;
+        let mut settle_until = None;
         loop {
             if let Some(c) = pool.try_acquire() {
                 return Ok(c);
@@ -147,14 +167,33 @@ impl OpenCap {
                 self.reserved.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                 return opened;
             }
-            // At the cap: close an idle connection elsewhere to make room. A
-            // closing pool gives one up first (its connections go anyway),
-            // then the least recently used pool with an idle connection.
+            // At the cap: close a connection elsewhere to make room. A closing
+            // pool gives one up first (its connections go anyway), then the
+            // least recently used pool that no request is using. Its
+            // connection may still be on its way back into the pool (sqlx
+            // returns connections from a spawned task): then this waits for
+            // it rather than take a busier pool's.
+            // Else (every pool is in use) the least recently used pool with an
+            // idle connection.
             let mut freed = false;
             let closing = self.still_closing();
-            let donor = closing.iter().find(|p| p.num_idle() > 0).or_else(|| {
-                live.iter().filter(|p| p.pg().num_idle() > 0).min_by_key(|p| p.last_used()).map(BackendPool::pg)
-            });
+            let unused = live
+                .iter()
+                .filter(|p| p.busy.load(Ordering::SeqCst) == 0 && p.pg().size() > 0)
+                .min_by_key(|p| p.last_used());
+            let now = tokio::time::Instant::now();
+            let settling =
+                unused.is_some_and(|p| p.pg().num_idle() == 0) && now < *settle_until.get_or_insert(now + SETTLE);
+            let donor = closing
+                .iter()
+                .find(|p| p.num_idle() > 0)
+                .or_else(|| unused.filter(|p| p.pg().num_idle() > 0).map(BackendPool::pg))
+                .or_else(|| {
+                    if settling {
+                        return None;
+                    }
+                    live.iter().filter(|p| p.pg().num_idle() > 0).min_by_key(|p| p.last_used()).map(BackendPool::pg)
+                });
             if let Some(c) = donor.and_then(|p| p.try_acquire()) {
                 let _ = c.close().await;
                 freed = true;
@@ -163,8 +202,9 @@ impl OpenCap {
                 if tokio::time::Instant::now() >= deadline {
                     return Err(sqlx::Error::PoolTimedOut);
                 }
-                // Every open connection is in use or closing: one frees soon.
-                tokio::time::sleep(Duration::from_millis(2)).await;
+                // Every open connection is in use, closing or on its way back
+                // into its pool: one frees soon.
+                tokio::time::sleep(Duration::from_millis(if settling { 1 } else { 2 })).await;
             }
         }
     }

@@ -474,8 +474,9 @@ impl Resolver {
                     RETRY_AFTER_SECS,
                 ));
             }
-            let slot = self.slot(tenant.tenant_id).await?;
+            let mut slot = self.slot(tenant.tenant_id).await?;
             let pool = self.pool(&route.backend, tenant.limits.statement_timeout_ms);
+            slot.on(&pool);
             let pooled = route
                 .backend
                 .pooler

@@ -46,6 +46,11 @@ pub const REGISTRY: &[Migration] = &[
         name: "tenant_search",
         sql: include_str!("../../../migrations/registry/0009_tenant_search.sql"),
     },
+    Migration {
+        version: 10,
+        name: "usage_window",
+        sql: include_str!("../../../migrations/registry/0010_usage_window.sql"),
+    },
 ];
 
 /// The tenant-data schema's migrations, in order.

@@ -10,6 +10,7 @@
 
 pub mod model;
 pub mod recommend;
+pub(crate) mod window;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -248,23 +249,29 @@ impl ControlPlane {
         // A batch at a time, oldest first: a backlog (a control plane that was
         // down) is folded in bounded statements. A sample is deleted once (a
         // concurrent rollup's DELETE waits, then skips the rows already gone),
-        // so concurrent rollups never count one twice.
+        // so concurrent rollups never count one twice. Each batch also adds
+        // its samples to the recommendations' window, in the transaction that
+        // holds the window's state (see `window.rs`).
+        let recommend = Window { hours: self.config().usage.recommend.window_hours.clamp(1, 90 * 24) };
+        let kept = window::kept(recommend);
         let sql = format!(
             "WITH moved AS (DELETE FROM usage_samples WHERE id IN \
                (SELECT id FROM usage_samples ORDER BY id LIMIT $1) RETURNING *), \
-             hours AS ({}), days AS ({}) SELECT count(*) AS n FROM moved",
+             hours AS ({}), days AS ({}){} SELECT count(*) AS n FROM moved",
             upsert("hour"),
-            upsert("day")
+            upsert("day"),
+            if kept { format!(", win AS ({})", window::add_moved(2)) } else { String::new() }
         );
         let mut n = 0i64;
         loop {
-            let folded = self
-                .registry()
-                .query_one_raw(stmt(&sql, vec![ROLLUP_BATCH.into()]))
-                .await?
-                .map(|r| r.try_get::<i64>("", "n"))
-                .transpose()?
-                .unwrap_or(0);
+            let folded = if kept {
+                let (txn, since) = window::begin(self, recommend).await?;
+                let folded = fold(&txn, &sql, vec![ROLLUP_BATCH.into(), since.into()]).await?;
+                txn.commit().await?;
+                folded
+            } else {
+                fold(self.registry(), &sql, vec![ROLLUP_BATCH.into()]).await?
+            };
             n += folded;
             if folded < ROLLUP_BATCH {
                 break;
@@ -471,6 +478,11 @@ impl ControlPlane {
             }
         }
     }
+}
+
+/// Runs one fold statement: the samples it folded.
+async fn fold(db: &impl ConnectionTrait, sql: &str, values: Vec<sea_orm::Value>) -> Result<i64, Error> {
+    Ok(db.query_one_raw(stmt(sql, values)).await?.map(|r| r.try_get::<i64>("", "n")).transpose()?.unwrap_or(0))
 }
 
 /// Total bytes (with indexes and TOAST) of each table, and of the database

@@ -19,8 +19,8 @@ use crate::usage::model::{HeavyTenants, Shares, TenantUsage, Window};
 /// database time over the window, for the tenants where one share reaches
 /// `$3` above its absolute floor (`$4` rows, `$5` bytes, `$6` microseconds).
 /// A pool's total counts at least 1, like an empty pool.
-const HEAVY_SQL: &str = "WITH u AS (SELECT tenant_id, sum(db_time_us) AS db FROM usage_rollups \
-        WHERE granularity = $1 AND period_start >= $2 GROUP BY tenant_id), \
+/// `{u}`: each tenant's database time over the window ([`U_KEPT`] or [`U_SUMMED`]).
+const HEAVY_SQL: &str = "WITH u AS ({u}), \
     x AS (SELECT t.id, p.backend_id, coalesce(s.rows, 0)::float8 AS rows, coalesce(s.bytes, 0)::float8 AS bytes, \
             coalesce(u.db, 0)::float8 AS db \
         FROM tenants t JOIN placements p ON p.tenant_id = t.id LEFT JOIN usage_storage s ON s.tenant_id = t.id \
@@ -31,6 +31,14 @@ const HEAVY_SQL: &str = "WITH u AS (SELECT tenant_id, sum(db_time_us) AS db FROM
     SELECT id, rows, bytes, db_time FROM y \
     WHERE (round(rows::numeric, 3) >= $3 AND n_rows >= $4) OR (round(bytes::numeric, 3) >= $3 AND n_bytes >= $5) \
        OR (round(db_time::numeric, 3) >= $3 AND n_db >= $6)";
+
+/// The window's database time as the folds keep it (`window.rs`); `$1` and
+/// `$2` stay bound for the statement's shape.
+const U_KEPT: &str =
+    "SELECT tenant_id, db_time_us AS db FROM usage_window WHERE $1::text IS NOT NULL AND $2::timestamptz IS NOT NULL";
+/// The window's database time summed from its rollups.
+const U_SUMMED: &str = "SELECT tenant_id, sum(db_time_us) AS db FROM usage_rollups \
+    WHERE granularity = $1 AND period_start >= $2 GROUP BY tenant_id";
 
 #[derive(FromQueryResult)]
 struct HeavyRow {
@@ -117,11 +125,18 @@ impl ControlPlane {
         let window = Window { hours: cfg.window_hours.clamp(1, 90 * 24) };
         // Shares within each pool are computed in the registry, in one pass over
         // the window's rollups; only the tenants over a threshold come back.
+        // The database time comes from the window the folds keep when it is
+        // where this window starts (a fold ran this hour), else from the rollups.
+        let since = window.since(Utc::now());
+        let kept = crate::usage::window::kept(window)
+            && crate::usage::window::state(self.registry(), false)
+                .await?
+                .is_some_and(|k| k.hours == window.hours && k.since == since);
         let over = HeavyRow::find_by_statement(stmt(
-            HEAVY_SQL,
+            &HEAVY_SQL.replace("{u}", if kept { U_KEPT } else { U_SUMMED }),
             vec![
                 window.granularity().into(),
-                window.since(Utc::now()).into(),
+                since.into(),
                 cfg.share.into(),
                 cfg.min_rows.into(),
                 cfg.min_bytes.into(),
