@@ -271,7 +271,8 @@ async fn copy(run: &Run<'_, AdoptParams>, f: &Facts) -> Result<(), Stop> {
     }
     if fresh {
         crate::kind::failpoint("adopt.copy.loaded");
-        crate::moves::deferred::rebuild(run, side.options(&side.admin)).await?;
+        let (rebuilt, ms) = crate::moves::deferred::rebuild(run, side.options(&side.admin), None).await?;
+        run.heartbeat(json!({"indexes_rebuilt": rebuilt, "index_build_ms": ms})).await?;
     }
     sqlx::raw_sql(AssertSqlSafe(format!("ANALYZE {}", table_list(&tables)))).execute(&mut target).await?;
     legacy.close().await?;

@@ -39,6 +39,9 @@ pub(crate) async fn copy(run: &Run<'_, MoveParams>, f: &Facts) -> Result<(), Sto
     let mut admin = f.target.admin().await?;
     let mut data = run.cp.tenant_conn(&f.target, f.tenant).await?;
     let mut last_count = Instant::now() - Duration::from_secs(10);
+    let mut synced: BTreeMap<String, i64> = BTreeMap::new();
+    let promote = run.kind == OperationKind::Promote;
+    let (mut built, mut indexes_rebuilt, mut index_build_ms) = (std::collections::BTreeSet::new(), 0usize, 0u64);
     loop {
         let states: Vec<(String, String)> = sqlx::query_as(
             "SELECT c.relname::text, r.srsubstate::text FROM pg_subscription_rel r \
@@ -62,8 +65,36 @@ pub(crate) async fn copy(run: &Run<'_, MoveParams>, f: &Facts) -> Result<(), Sto
             }));
         }
         let done = states.len() == f.tables.len() && states.iter().all(|(_, s)| s == "r");
-        if done || last_count.elapsed() >= Duration::from_secs(1) {
-            let copied: i64 = counts(&mut data, f.tenant, &f.tables).await?.values().sum();
+        // A promotion builds each table's indexes as soon as its sync is done
+        // (its rows are in), while the other tables still copy.
+        if promote {
+            for (t, state) in &states {
+                if matches!(state.as_str(), "s" | "r") && !built.contains(t) {
+                    let (n, ms) =
+                        crate::moves::deferred::rebuild(run, f.target.options(&f.target.admin), Some(t)).await?;
+                    (indexes_rebuilt, index_build_ms) = (indexes_rebuilt + n, index_build_ms + ms);
+                    built.insert(t.clone());
+                }
+            }
+        }
+        if !done && last_count.elapsed() >= Duration::from_secs(1) {
+            // Rows copied: tables whose sync finished counted once, the rest
+            // as their COPY reports them (counting growing tables every
+            // second slowed the copy it measured).
+            for (t, state) in &states {
+                if matches!(state.as_str(), "f" | "s" | "r") && !synced.contains_key(t) {
+                    synced.insert(t.clone(), counts(&mut data, f.tenant, std::slice::from_ref(t)).await?[t]);
+                }
+            }
+            let copying: i64 = sqlx::query_scalar(
+                "SELECT coalesce(sum(p.tuples_processed), 0)::bigint FROM pg_stat_progress_copy p \
+                 JOIN pg_subscription_rel r ON r.srrelid = p.relid JOIN pg_subscription s ON s.oid = r.srsubid \
+                 WHERE s.subname = $1 AND r.srsubstate NOT IN ('f', 's', 'r') AND p.datname = current_database()",
+            )
+            .bind(&f.name)
+            .fetch_one(&mut admin)
+            .await?;
+            let copied = copying + synced.values().sum::<i64>();
             let tables: BTreeMap<&str, &str> = states
                 .iter()
                 .map(|(t, s)| {
@@ -81,8 +112,11 @@ pub(crate) async fn copy(run: &Run<'_, MoveParams>, f: &Facts) -> Result<(), Sto
             last_count = Instant::now();
         }
         if done {
-            if run.kind == OperationKind::Promote {
-                crate::moves::deferred::rebuild(run, f.target.options(&f.target.admin)).await?;
+            if promote {
+                // Whatever is still missing (a run resumed after a crash).
+                let (_, ms) = crate::moves::deferred::rebuild(run, f.target.options(&f.target.admin), None).await?;
+                index_build_ms += ms;
+                run.heartbeat(json!({"indexes_rebuilt": indexes_rebuilt, "index_build_ms": index_build_ms})).await?;
             }
             // Fresh statistics for the rows just copied in: the tenant's queries
             // on the target (and foreign-key checks) plan with them from the flip on.
@@ -96,6 +130,9 @@ pub(crate) async fn copy(run: &Run<'_, MoveParams>, f: &Facts) -> Result<(), Sto
                     vec![f.op.id.into()],
                 ))
                 .await?;
+            // The final figures, outside the copy's time.
+            let copied: i64 = counts(&mut data, f.tenant, &f.tables).await?.values().sum();
+            run.heartbeat(json!({"rows_copied": copied, "tables": f.tables.iter().map(|t| (t.as_str(), "ready")).collect::<BTreeMap<_, _>>(), "copy_errors": errors})).await?;
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -93,11 +93,17 @@ pub(crate) async fn drop_secondary_indexes<P>(
     Ok(())
 }
 
-/// Builds the dropped indexes again, [`BUILDS_AT_ONCE`] at a time, each on
-/// its own session as `opts` (the target's administrator). Repeatable: what
-/// exists is left alone.
-pub(crate) async fn rebuild<P>(run: &Run<'_, P>, opts: sea_orm::sqlx::postgres::PgConnectOptions) -> Result<(), Stop> {
-    let Some(deferred) = recorded(run).await? else { return Ok(()) };
+/// Builds the dropped indexes again (of `only` that table, or all),
+/// [`BUILDS_AT_ONCE`] at a time, each on its own session as `opts` (the
+/// target's administrator). Repeatable: what exists is left alone. Returns
+/// how many it looked at and the milliseconds it took.
+pub(crate) async fn rebuild<P>(
+    run: &Run<'_, P>,
+    opts: sea_orm::sqlx::postgres::PgConnectOptions,
+    only: Option<&str>,
+) -> Result<(usize, u64), Stop> {
+    let Some(deferred) = recorded(run).await? else { return Ok((0, 0)) };
+    let deferred: Vec<Deferred> = deferred.into_iter().filter(|d| only.is_none_or(|t| d.table == t)).collect();
     let started = std::time::Instant::now();
     let results: Vec<Result<(), Error>> = futures::stream::iter(deferred.clone())
         .map(|d| {
@@ -110,8 +116,7 @@ pub(crate) async fn rebuild<P>(run: &Run<'_, P>, opts: sea_orm::sqlx::postgres::
     for r in results {
         r?;
     }
-    run.heartbeat(json!({"indexes_rebuilt": deferred.len(), "index_build_ms": started.elapsed().as_millis() as u64}))
-        .await
+    Ok((deferred.len(), started.elapsed().as_millis() as u64))
 }
 
 /// Builds one dropped index (or its constraint) unless it exists.
