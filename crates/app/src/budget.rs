@@ -32,12 +32,12 @@ impl Slot {
         Slot { _permit: permit, tenant, started: Instant::now(), usage, on: None }
     }
 
-    /// Counts `pool` busy until the slot is released.
+    /// Counts `pool` busy until the slot is released (once per slot: a
+    /// request that tries another pool takes a new slot).
     pub(crate) fn on(&mut self, pool: &BackendPool) {
+        debug_assert!(self.on.is_none(), "a slot is on one pool");
         pool.busy.fetch_add(1, Ordering::SeqCst);
-        if let Some(previous) = self.on.replace(pool.busy.clone()) {
-            previous.fetch_sub(1, Ordering::SeqCst);
-        }
+        self.on = Some(pool.busy.clone());
     }
 }
 

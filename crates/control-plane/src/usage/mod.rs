@@ -252,7 +252,7 @@ impl ControlPlane {
         // so concurrent rollups never count one twice. Each batch also adds
         // its samples to the recommendations' window, in the transaction that
         // holds the window's state (see `window.rs`).
-        let recommend = Window { hours: self.config().usage.recommend.window_hours.clamp(1, 90 * 24) };
+        let recommend = self.recommend_window();
         let kept = window::kept(recommend);
         let sql = format!(
             "WITH moved AS (DELETE FROM usage_samples WHERE id IN \

@@ -120,9 +120,15 @@ impl ControlPlane {
         Ok(fresh)
     }
 
+    /// The window the recommendations look back over (`recommend.window_hours`,
+    /// 1 hour to 90 days).
+    pub(crate) fn recommend_window(&self) -> Window {
+        Window { hours: self.config().usage.recommend.window_hours.clamp(1, 90 * 24) }
+    }
+
     pub async fn heavy_tenants(&self) -> Result<HeavyTenants, Error> {
         let cfg = self.config().usage.recommend.clone();
-        let window = Window { hours: cfg.window_hours.clamp(1, 90 * 24) };
+        let window = self.recommend_window();
         // Shares within each pool are computed in the registry, in one pass over
         // the window's rollups; only the tenants over a threshold come back.
         // The database time comes from the window the folds keep when it is
