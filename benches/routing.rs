@@ -7,12 +7,12 @@
 //! reaches through a real PgBouncer 1.18 in transaction mode (unnamed
 //! statements, the read inside a transaction).
 //!
-//! cargo bench --bench routing            (BENCH_SECS, BENCH_ROUNDS, BENCH_CONCURRENCY)
+//! cargo bench --bench routing            (BENCH_SECS, BENCH_ROUNDS, BENCH_CONCURRENCY, BENCH_ONLY)
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tenantry::dev::SUPERUSER;
+use tenantry::dev::{APP_ROLE, SUPERUSER};
 use tenantry_app::config::BaselineConfig;
 use tenantry_core::db::Credentials;
 use tenantry_core::{TenantSlug, Tier};
@@ -111,6 +111,7 @@ async fn main() -> anyhow::Result<()> {
             port: tc.cluster.port(),
             database: pool.to_string(),
             credentials: Credentials { user: SUPERUSER.into(), password: tc.secrets.superuser_password.clone().into() },
+            isolated: Some(Credentials { user: APP_ROLE.into(), password: tc.secrets.app_password.clone().into() }),
         });
     })
     .await?;
@@ -176,16 +177,36 @@ async fn main() -> anyhow::Result<()> {
     let through: Arc<Vec<String>> = Arc::new(pooled_ids.iter().map(|id| format!("{app}/v1/assets/{id}")).collect());
     let baseline: Arc<Vec<String>> =
         Arc::new(ids.iter().map(|id| format!("{app}/bench/baseline/assets/{id}?tenant={}", tenant.id)).collect());
+    let epoch = tenant.placement.as_ref().map_or(1, |p| p.epoch);
+    let isolated: Arc<Vec<String>> = Arc::new(
+        ids.iter().map(|id| format!("{app}/bench/isolated/assets/{id}?tenant={}&epoch={epoch}", tenant.id)).collect(),
+    );
     let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency as usize).build()?;
-    let paths: [(&str, Arc<Vec<String>>, Option<&str>); 3] = [
+    let paths: [(&str, Arc<Vec<String>>, Option<&str>); 4] = [
         ("baseline (static pool, no RLS, no txn)", baseline, None),
         ("routed (full request path), direct", routed, Some(&key)),
         ("routed, through PgBouncer (transaction mode)", through, Some(&pooled_key)),
+        ("isolated baseline (static pool, the routed statement: gate + RLS)", isolated, None),
     ];
 
     // Warm up caches and pools on every path.
     for (_, urls, key) in &paths {
         run_load(&client, urls.clone(), *key, concurrency, 1).await;
+    }
+    // BENCH_ONLY=<n> loads one path for BENCH_SECS, for a profiler to attach
+    // to (0 baseline, 1 routed, 2 through PgBouncer, 3 isolated baseline); see
+    // docs/benchmarks.md.
+    if let Ok(only) = std::env::var("BENCH_ONLY") {
+        let (name, urls, key) = &paths[only.parse::<usize>()?.min(paths.len() - 1)];
+        // The throwaway cluster's superuser, for looking inside while it runs.
+        eprintln!(
+            "loading {name} for {secs} s; cluster: host=127.0.0.1 port={} user={SUPERUSER} password={}",
+            tc.cluster.port(),
+            tc.secrets.superuser_password
+        );
+        let s = run_load(&client, urls.clone(), *key, concurrency, secs).await;
+        println!("{name}: {:.0} req/s, {} errors", s.latencies_us.len() as f64 / s.elapsed.as_secs_f64(), s.errors);
+        return Ok(());
     }
     let mut totals: Vec<(Vec<u64>, Duration, u64)> = vec![(Vec::new(), Duration::ZERO, 0); paths.len()];
     for round in 0..rounds {
@@ -215,6 +236,17 @@ async fn main() -> anyhow::Result<()> {
         rps[1] / rps[0],
         rps[2] / rps[1],
         rounds,
+    );
+    // Where the gap is: PostgreSQL's isolation work (baseline -> isolated) and
+    // the app's routing (isolated -> routed), each as a cost per request.
+    let us = |r: f64| 1e6 / r;
+    println!(
+        "per request at saturation: baseline {:.0} us, + isolation in PostgreSQL {:+.0} us (isolated/baseline {:.3}), + routing in the app {:+.0} us (routed/isolated {:.3})",
+        us(rps[0]),
+        us(rps[3]) - us(rps[0]),
+        rps[3] / rps[0],
+        us(rps[1]) - us(rps[3]),
+        rps[1] / rps[3],
     );
     Ok(())
 }

@@ -89,17 +89,23 @@ impl Stack {
                     .map_err(|e| anyhow::anyhow!("cannot listen on {} (app): {e}", cfg.listen))?;
                 let port = listener.local_addr()?.port();
                 let baseline = cfg.baseline.as_ref().map(|b| {
-                    tenantry_app::http::BaselinePool(tenantry_core::db::lazy_pool(
-                        &b.host,
-                        b.port,
-                        &b.database,
-                        &b.credentials,
-                        "tenantry-baseline",
-                        tenantry_core::db::PoolSizing {
-                            max_connections: cfg.connections_per_pool,
-                            ..Default::default()
-                        },
-                    ))
+                    let pool = |creds: &tenantry_core::db::Credentials, name: &str| {
+                        tenantry_core::db::lazy_pool(
+                            &b.host,
+                            b.port,
+                            &b.database,
+                            creds,
+                            name,
+                            tenantry_core::db::PoolSizing {
+                                max_connections: cfg.connections_per_pool,
+                                ..Default::default()
+                            },
+                        )
+                    };
+                    tenantry_app::http::BaselinePool {
+                        plain: pool(&b.credentials, "tenantry-baseline"),
+                        isolated: b.isolated.as_ref().map(|c| pool(c, "tenantry-isolated")),
+                    }
                 });
                 let server = tenantry_app::http::server(resolver.clone(), listener, cfg.workers, baseline, DRAIN)?;
                 Some((port, server, resolver))

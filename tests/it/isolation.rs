@@ -3,6 +3,7 @@
 //! and the database itself refuses to show rows without a tenant.
 
 use reqwest::{Method, StatusCode};
+use sea_orm::ConnectionTrait;
 use serde_json::json;
 
 use crate::helpers::{TestApp, connect, scalar, spawn_app};
@@ -228,4 +229,63 @@ async fn every_table_holding_tenant_rows_forces_row_level_security_on_both_tiers
         .await;
         assert!(tables >= 5, "{database}: assets, schedules, issues, overdue markers, move sentinels ({tables})");
     }
+}
+
+#[tokio::test]
+async fn the_read_gate_admits_only_a_tenant_resident_at_its_epoch_and_shows_the_app_role_nothing_else() {
+    let app = spawn_app().await;
+    let a = app.create_tenant("gate-a", "shared").await;
+    let b = app.create_tenant("gate-b", "shared").await;
+    app.seed(&a.key, "A-1").await;
+    app.seed(&b.key, "B-1").await;
+    let superuser = connect(&app.pool_name, false);
+    let app_role = connect(&app.pool_name, true);
+    // The app's one-statement read: A's rows behind the read gate for `who` at `epoch`.
+    let read = |who: &str, epoch: i64| {
+        format!(
+            "SELECT count(*) FROM assets WHERE tenant_id = '{}' AND (SELECT pg_catalog.set_config('app.tenant_id', \
+             g.tenant_id::text, true) FROM tenantry_admitted g WHERE g.tenant_id = '{who}' AND g.epoch = {epoch}) IS NOT NULL",
+            a.id
+        )
+    };
+    let residency = |set: &str| format!("UPDATE tenant_residency SET {set} WHERE tenant_id = '{}'", a.id);
+    assert_eq!(scalar(&app_role, &read(&a.id, 1)).await, 1, "resident at its epoch: admitted");
+    assert_eq!(scalar(&app_role, &read(&a.id, 2)).await, 0, "another epoch: refused");
+    assert_eq!(scalar(&app_role, &read(&b.id, 1)).await, 0, "admitted as B, A's rows stay hidden");
+    // The tenant lasts for the statement's own transaction only.
+    assert_eq!(scalar(&app_role, "SELECT count(*) FROM assets").await, 0);
+
+    // A move's fence refuses reads until its deadline; a lapsed fence admits
+    // again (nobody finished the move); a sealed source refuses for good.
+    superuser
+        .execute_unprepared(&residency(
+            "state = 'fenced', fenced_by = gen_random_uuid(), fenced_until = now() + interval '1 hour'",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(scalar(&app_role, &read(&a.id, 1)).await, 0, "fenced: refused");
+    superuser.execute_unprepared(&residency("fenced_until = now() - interval '1 second'")).await.unwrap();
+    assert_eq!(scalar(&app_role, &read(&a.id, 1)).await, 1, "fence past its deadline: admitted");
+    superuser.execute_unprepared(&residency("state = 'fenced', fenced_until = NULL")).await.unwrap();
+    assert_eq!(scalar(&app_role, &read(&a.id, 1)).await, 0, "a fence without a deadline (an erasure's) holds");
+    superuser
+        .execute_unprepared(&residency(
+            "state = 'moved', moved_to = gen_random_uuid(), moved_epoch = 2, fenced_until = NULL",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(scalar(&app_role, &read(&a.id, 1)).await, 0, "moved: refused");
+
+    // The view names admitted tenants and epochs only (the app's registry knows
+    // as much); states, fences and new homes stay in tenant_residency.
+    let columns = scalar(
+        &superuser,
+        "SELECT count(*) FROM information_schema.columns WHERE table_name = 'tenantry_admitted' \
+         AND column_name NOT IN ('tenant_id', 'epoch')",
+    )
+    .await;
+    assert_eq!(columns, 0);
+    assert_eq!(scalar(&app_role, "SELECT count(*) FROM tenantry_admitted").await, 1, "B only, A is moved");
+    let err = sea_orm::ConnectionTrait::execute_unprepared(&app_role, "UPDATE tenantry_admitted SET epoch = 9").await;
+    assert!(err.is_err(), "the view is read-only for the app role");
 }

@@ -102,3 +102,30 @@ async fn the_migrate_command_reports_every_backend_and_fails_when_one_fails() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn a_backend_one_tenant_schema_behind_is_read_through_tenantry_enter() {
+    let app = spawn_app().await;
+    let a = app.create_tenant("behind", "shared").await;
+    let (asset, ..) = app.seed(&a.key, "BH-1").await;
+    // The pool as it was before tenant migration 5 (no tenantry_admitted view),
+    // and the registry saying so: still within the range this build serves.
+    let behind = tenantry_core::TENANT_SCHEMA_LATEST - 1;
+    assert!(tenantry_core::supported_tenant_schema().contains(&behind));
+    connect(&app.pool_name, false).execute_unprepared("DROP VIEW tenantry_admitted").await.unwrap();
+    let registry = connect(&app.cp.config().registry_database, false);
+    registry
+        .execute_unprepared(&format!(
+            "UPDATE backends SET schema_version = {behind} WHERE database = '{}'",
+            app.pool_name
+        ))
+        .await
+        .unwrap();
+
+    // Reads there take the authoritative gate alone: found, listed, missing.
+    assert_eq!(app.get_until(&a.key, &format!("/v1/assets/{asset}"), StatusCode::OK).await, StatusCode::OK);
+    let (s, list) = app.get(&a.key, "/v1/assets").await;
+    assert_eq!((s, list["assets"].as_array().map(Vec::len)), (StatusCode::OK, Some(1)), "{list}");
+    let (s, body) = app.get(&a.key, &format!("/v1/assets/{}", uuid::Uuid::now_v7())).await;
+    assert_eq!((s, body["error"]["code"].clone()), (StatusCode::NOT_FOUND, json!("not_found")), "{body}");
+}

@@ -51,7 +51,8 @@ pub struct AppConfig {
     pub workers: usize,
     /// Benchmarks only: mounts `GET /bench/baseline/assets/{id}?tenant=`, the
     /// same tenant-filtered query on one static pool with no routing, no RLS and
-    /// no transaction. Absent (the default): not mounted.
+    /// no transaction (and, with `isolated`, `/bench/isolated/...`). Absent (the
+    /// default): not mounted.
     #[serde(default)]
     pub baseline: Option<BaselineConfig>,
     /// LISTEN for registry changes (moves, revocations) and drop cached entries
@@ -98,6 +99,12 @@ pub struct BaselineConfig {
     pub database: String,
     /// A role that reads the table without row-level security (e.g. a superuser).
     pub credentials: Credentials,
+    /// The app role: mounts `GET /bench/isolated/assets/{id}?tenant=&epoch=`,
+    /// the routed read's exact statement (gate, forced RLS) on one static pool,
+    /// with no routing; it splits the routed path's cost into PostgreSQL's
+    /// isolation work and the app's routing. Absent: not mounted.
+    #[serde(default)]
+    pub isolated: Option<Credentials>,
 }
 
 impl AppConfig {

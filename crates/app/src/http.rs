@@ -630,13 +630,21 @@ impl RootSpanBuilder for TenantSpan {
     }
 }
 
-/// The benchmark baseline's static pool.
+/// The benchmark baselines' static pools (see `AppConfig::baseline`).
 #[derive(Clone)]
-pub struct BaselinePool(pub sea_orm::DatabaseConnection);
+pub struct BaselinePool {
+    /// A role without row-level security.
+    pub plain: sea_orm::DatabaseConnection,
+    /// The app role, for the isolated baseline.
+    pub isolated: Option<sea_orm::DatabaseConnection>,
+}
 
 #[derive(Deserialize)]
 pub struct BaselineQuery {
     pub tenant: Uuid,
+    /// The tenant's placement epoch (the isolated baseline only).
+    #[serde(default)]
+    pub epoch: i64,
 }
 
 /// Benchmark baseline: the routed `GET /v1/assets/{id}` minus routing, RLS and
@@ -650,9 +658,26 @@ async fn baseline_get_asset(
     let asset = assets::Entity::find()
         .filter(assets::Column::TenantId.eq(q.tenant))
         .filter(assets::Column::Id.eq(*id))
-        .one(&pool.0)
+        .one(&pool.plain)
         .await?
         .ok_or_else(|| ApiError::not_found("asset"))?;
+    Ok(HttpResponse::Ok().json(Asset::from(asset)))
+}
+
+/// Benchmark baseline: the routed read's own statement (the gate, forced RLS)
+/// on one static pool of the app role: the routed path minus the routing.
+async fn isolated_get_asset(
+    pool: web::Data<BaselinePool>,
+    id: web::Path<Uuid>,
+    q: web::Query<BaselineQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let Some(db) = &pool.isolated else { return Err(ApiError::not_found("route")) };
+    let conn = db.get_postgres_connection_pool().acquire().await.map_err(|e| ApiError::internal(&e))?;
+    let select = data::by_id::<assets::Entity>(*id)(crate::scope::scoped(q.tenant));
+    let rows = crate::scope::read_once(conn, q.tenant, q.epoch, select, true)
+        .await
+        .map_err(|_| ApiError::internal(&"isolated baseline: the read was refused"))?;
+    let asset = first(rows, "asset")?;
     Ok(HttpResponse::Ok().json(Asset::from(asset)))
 }
 
@@ -679,9 +704,10 @@ pub fn server(
             .configure(routes)
             .default_service(web::to(no_route));
         match &baseline {
-            Some(pool) => {
-                app.app_data(pool.clone()).route("/bench/baseline/assets/{id}", web::get().to(baseline_get_asset))
-            }
+            Some(pool) => app
+                .app_data(pool.clone())
+                .route("/bench/baseline/assets/{id}", web::get().to(baseline_get_asset))
+                .route("/bench/isolated/assets/{id}", web::get().to(isolated_get_asset)),
             None => app,
         }
     })

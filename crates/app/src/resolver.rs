@@ -27,7 +27,7 @@ use sea_orm::Select;
 use tenantry_core::entities::TenantScoped;
 
 use crate::budget::{BackendPool, OpenCap, Slot};
-use crate::scope::{EnterError, Pooled, TenantTx, read_once, scoped};
+use crate::scope::{ADMITTED_VIEW_SCHEMA, EnterError, Entry, Pooled, TenantTx, read_once, scoped};
 use crate::usage::UsageMeter;
 
 /// Registry notifications channel (see migrations/registry).
@@ -253,8 +253,8 @@ impl Resolver {
     pub async fn enter(&self, tenant: &KeyOwner) -> Result<TenantTx, ApiError> {
         let tenant_id = tenant.tenant_id;
         let (tx, slot) = self
-            .on_backend(tenant, move |conn, epoch, pooled| async move {
-                TenantTx::begin(conn, tenant_id, epoch, pooled).await
+            .on_backend(tenant, move |conn, entry| async move {
+                TenantTx::begin(conn, tenant_id, entry.epoch, entry.pooled).await
             })
             .await?;
         Ok(tx.holding(slot))
@@ -406,8 +406,9 @@ impl Resolver {
     ) -> Result<Vec<E::Model>, ApiError> {
         let tenant_id = tenant.tenant_id;
         let (rows, _slot) = self
-            .on_backend(tenant, |conn, epoch, pooled| {
+            .on_backend(tenant, |conn, entry| {
                 let select = shape(scoped::<E>(tenant_id));
+                let Entry { epoch, pooled, schema_version } = entry;
                 async move {
                     match pooled {
                         // Through a pooler a single statement outside a
@@ -419,7 +420,7 @@ impl Resolver {
                             tx.commit().await.map_err(EnterError::Query)?;
                             Ok(rows)
                         }
-                        None => read_once(conn, tenant_id, epoch, select).await,
+                        None => read_once(conn, tenant_id, epoch, select, schema_version >= ADMITTED_VIEW_SCHEMA).await,
                     }
                 }
             })
@@ -438,7 +439,7 @@ impl Resolver {
     async fn on_backend<T, F>(
         &self,
         tenant: &KeyOwner,
-        work: impl Fn(PoolConnection<Postgres>, i64, Option<Pooled>) -> F,
+        work: impl Fn(PoolConnection<Postgres>, Entry) -> F,
     ) -> Result<(T, Slot), ApiError>
     where
         F: std::future::Future<Output = Result<T, EnterError>>,
@@ -477,14 +478,18 @@ impl Resolver {
             let mut slot = self.slot(tenant.tenant_id).await?;
             let pool = self.pool(&route.backend, tenant.limits.statement_timeout_ms);
             slot.on(&pool);
-            let pooled = route
-                .backend
-                .pooler
-                .as_ref()
-                .map(|_| Pooled { statement_timeout_ms: tenant.limits.statement_timeout_ms });
+            let entry = Entry {
+                epoch: route.placement.epoch,
+                pooled: route
+                    .backend
+                    .pooler
+                    .as_ref()
+                    .map(|_| Pooled { statement_timeout_ms: tenant.limits.statement_timeout_ms }),
+                schema_version: route.schema_version,
+            };
             let wait = Duration::from_millis(self.inner.cfg.connection_wait_ms);
             let attempt = match self.inner.cap.acquire(pool.pg(), || self.live_pools(), wait).await {
-                Ok(conn) => work(conn, route.placement.epoch, pooled).await,
+                Ok(conn) => work(conn, entry).await,
                 Err(sea_orm::sqlx::Error::PoolTimedOut) => return Err(budget_exhausted(&self.inner.cfg)),
                 Err(e) => Err(crate::scope::classify(e)),
             };

@@ -54,26 +54,64 @@ pub fn scoped<E: TenantScoped>(tenant_id: Uuid) -> Select<E> {
     E::find().filter(E::tenant_column().eq(tenant_id))
 }
 
+/// The first tenant schema whose backends have the `tenantry_admitted` view
+/// (tenant migration 5); on older ones every read takes [`enter_gate`].
+pub const ADMITTED_VIEW_SCHEMA: i32 = 5;
+
+/// The read gate: admits the tenant at `epoch` (an InitPlan over
+/// `tenantry_admitted` that sets `app.tenant_id` for this statement's
+/// implicit transaction), or yields no row, so the read returns nothing. No
+/// function call and no fence lock: a SELECT writes nothing for a fence to
+/// wait for (see migrations/tenant/0005_read_gate.sql).
+fn admitted_gate(tenant_id: Uuid, epoch: i64) -> sea_orm::sea_query::SimpleExpr {
+    Expr::cust_with_values(
+        "(SELECT pg_catalog.set_config('app.tenant_id', g.tenant_id::text, true) \
+          FROM tenantry_admitted g WHERE g.tenant_id = $1::uuid AND g.epoch = $2::bigint) IS NOT NULL",
+        [sea_orm::Value::from(tenant_id), sea_orm::Value::from(epoch)],
+    )
+}
+
+/// The authoritative gate: `tenantry_enter` takes the shared fence lock,
+/// checks residency and sets the tenant, or raises TR001/TR002 saying why not.
+fn enter_gate(tenant_id: Uuid, epoch: i64) -> sea_orm::sea_query::SimpleExpr {
+    Expr::cust_with_values(
+        "(SELECT tenantry_enter($1::uuid, $2::bigint))",
+        [sea_orm::Value::from(tenant_id), sea_orm::Value::from(epoch)],
+    )
+}
+
 /// A single scoped query in one round trip and one prepared statement:
-/// `SELECT ... WHERE <scope> AND (SELECT tenantry_enter($tenant, $epoch))`.
-/// The sub-select has no column references, so PostgreSQL runs it as an
-/// InitPlan behind a one-time filter, before the scan starts: the shared fence
-/// lock, the residency check and `app.tenant_id` all precede reading any row,
-/// and all of it lives in the statement's own implicit transaction. Should a
-/// plan ever evaluate the RLS policy first, it sees no tenant and returns no
-/// rows: the ordering can fail closed, never open.
+/// `SELECT ... WHERE <scope> AND <gate>`. The gate's sub-select has no column
+/// references, so PostgreSQL runs it as an InitPlan behind a one-time filter,
+/// before the scan starts: the residency check and `app.tenant_id` precede
+/// reading any row, and all of it lives in the statement's own implicit
+/// transaction. Should a plan ever evaluate the RLS policy first, it sees no
+/// tenant and returns no rows: the ordering can fail closed, never open.
+///
+/// With `admitted_view` (the backend's schema has it) the read first goes
+/// through [`admitted_gate`]; rows mean the tenant was admitted. No rows may
+/// be a refusal, so the read is asked again through [`enter_gate`], which
+/// raises the refusal or answers for an admitted tenant (an empty page, a
+/// missing id): an empty answer is never a refusal in disguise.
 pub(crate) async fn read_once<E: TenantScoped>(
     conn: PoolConnection<Postgres>,
     tenant_id: Uuid,
     epoch: i64,
     select: Select<E>,
+    admitted_view: bool,
 ) -> Result<Vec<E::Model>, EnterError> {
     let db = TxConn(Mutex::new(Some(conn)), false);
-    let gate = Expr::cust_with_values(
-        "(SELECT tenantry_enter($1::uuid, $2::bigint))",
-        [sea_orm::Value::from(tenant_id), sea_orm::Value::from(epoch)],
-    );
-    select.filter(gate).all(&db).await.map_err(|e| match (sqlstate(&e).as_deref(), &e) {
+    if admitted_view {
+        let rows = select.clone().filter(admitted_gate(tenant_id, epoch)).all(&db).await.map_err(read_err)?;
+        if !rows.is_empty() {
+            return Ok(rows);
+        }
+    }
+    select.filter(enter_gate(tenant_id, epoch)).all(&db).await.map_err(read_err)
+}
+
+fn read_err(e: DbErr) -> EnterError {
+    match (sqlstate(&e).as_deref(), &e) {
         (Some(NOT_RESIDENT), _) => EnterError::NotResident,
         (Some(MOVED), _) => match moved_to_db(&e) {
             Some((backend, epoch)) => EnterError::Moved { backend, epoch },
@@ -82,7 +120,17 @@ pub(crate) async fn read_once<E: TenantScoped>(
         (_, DbErr::ConnectionAcquire(sea_orm::ConnAcquireErr::ConnectionClosed)) => EnterError::PoolClosed,
         (_, DbErr::ConnectionAcquire(_) | DbErr::Conn(_)) => EnterError::Backend(e.to_string()),
         _ => EnterError::Query(e),
-    })
+    }
+}
+
+/// How the request path reaches a tenant on its backend: the cached
+/// placement's epoch, the pooler in between (if any) and the backend's
+/// tenant-schema version (which gates it has).
+#[derive(Debug, Clone, Copy)]
+pub struct Entry {
+    pub epoch: i64,
+    pub pooled: Option<Pooled>,
+    pub schema_version: i32,
 }
 
 /// How a transaction goes through a connection pooler (PgBouncer in

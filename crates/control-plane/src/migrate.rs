@@ -71,6 +71,7 @@ pub const TENANT: &[Migration] = &[
         name: "crash_safe_fence",
         sql: include_str!("../../../migrations/tenant/0004_crash_safe_fence.sql"),
     },
+    Migration { version: 5, name: "read_gate", sql: include_str!("../../../migrations/tenant/0005_read_gate.sql") },
 ];
 
 /// The version a fully migrated database of this set reports.
