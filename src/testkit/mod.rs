@@ -25,6 +25,15 @@ static MAX_CONNECTIONS: std::sync::atomic::AtomicU32 = std::sync::atomic::Atomic
 pub fn set_max_connections(n: u32) {
     MAX_CONNECTIONS.store(n, std::sync::atomic::Ordering::SeqCst);
 }
+/// Settings the process's cluster starts with on top of the defaults.
+static EXTRA_SETTINGS: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// Starts the process's cluster with `name = value` (the last word over the
+/// defaults): a benchmark sized like a production database (`shared_buffers`
+/// for its working set) calls it before [`cluster`].
+pub fn set_cluster_setting(name: &str, value: &str) {
+    EXTRA_SETTINGS.lock().unwrap_or_else(|p| p.into_inner()).push((name.into(), value.into()));
+}
 static ROLES: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
 
 pub fn free_port() -> u16 {
@@ -57,6 +66,7 @@ pub fn cluster() -> &'static TestCluster {
             [("fsync", "off"), ("synchronous_commit", "off"), ("full_page_writes", "off")]
                 .map(|(k, v)| (k.to_string(), v.to_string())),
         );
+        settings.extend(EXTRA_SETTINGS.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned());
         let spec = ClusterSpec {
             base_dir,
             port: free_port(),
