@@ -66,11 +66,13 @@ pub(crate) struct BackendPool {
     pub(crate) db: DatabaseConnection,
     used: Arc<AtomicU64>,
     busy: Arc<AtomicUsize>,
+    /// Straight to PostgreSQL (not through a pooler): see [`hang_up`].
+    direct: bool,
 }
 
 impl BackendPool {
-    pub(crate) fn new(db: DatabaseConnection) -> Self {
-        let pool = BackendPool { db, used: Arc::new(AtomicU64::new(0)), busy: Arc::new(AtomicUsize::new(0)) };
+    pub(crate) fn new(db: DatabaseConnection, direct: bool) -> Self {
+        let pool = BackendPool { db, used: Arc::new(AtomicU64::new(0)), busy: Arc::new(AtomicUsize::new(0)), direct };
         pool.touch();
         pool
     }
@@ -187,15 +189,19 @@ impl OpenCap {
             let donor = closing
                 .iter()
                 .find(|p| p.num_idle() > 0)
-                .or_else(|| unused.filter(|p| p.pg().num_idle() > 0).map(BackendPool::pg))
+                .map(|p| (p, false))
+                .or_else(|| unused.filter(|p| p.pg().num_idle() > 0).map(|p| (p.pg(), p.direct)))
                 .or_else(|| {
                     if settling {
                         return None;
                     }
-                    live.iter().filter(|p| p.pg().num_idle() > 0).min_by_key(|p| p.last_used()).map(BackendPool::pg)
+                    live.iter()
+                        .filter(|p| p.pg().num_idle() > 0)
+                        .min_by_key(|p| p.last_used())
+                        .map(|p| (p.pg(), p.direct))
                 });
-            if let Some(c) = donor.and_then(|p| p.try_acquire()) {
-                let _ = c.close().await;
+            if let Some((c, direct)) = donor.and_then(|(p, direct)| p.try_acquire().map(|c| (c, direct))) {
+                hang_up(c, direct).await;
                 freed = true;
             }
             if !freed {
@@ -208,4 +214,28 @@ impl OpenCap {
             }
         }
     }
+}
+
+/// How long a hang-up waits for the server to end the backend.
+const HANG_UP_WAIT: Duration = Duration::from_secs(5);
+
+/// Closes `conn` so that PostgreSQL no longer counts it when this returns.
+/// A plain close sends Terminate and returns at once, while the backend may
+/// still show in `pg_stat_activity` for a moment: a connection opened right
+/// after it would be one over the cap as PostgreSQL counts them. Straight to
+/// PostgreSQL, the backend is asked to end itself instead: its FATAL reply
+/// ("terminating connection due to administrator command", in the server log
+/// for role `tenantry_app`) comes before it leaves `pg_stat_activity`, but
+/// PostgreSQL keeps the socket open until the process exits, precisely so
+/// that a client can close synchronously. So the next round trip ends at
+/// that end-of-file, and returns only once the backend is gone. Through a
+/// pooler the server connection is the pooler's: a plain close.
+async fn hang_up(conn: PoolConnection<Postgres>, direct: bool) {
+    if !direct {
+        let _ = conn.close().await;
+        return;
+    }
+    let mut raw = conn.detach();
+    let _ = sqlx::raw_sql("SELECT pg_terminate_backend(pg_backend_pid())").execute(&mut raw).await;
+    let _ = tokio::time::timeout(HANG_UP_WAIT, sqlx::raw_sql("SELECT 1").execute(&mut raw)).await;
 }

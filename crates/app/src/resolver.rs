@@ -229,19 +229,22 @@ impl Resolver {
         let key = PoolKey { backend: backend.id, pooler: backend.pooler.clone(), statement_timeout_ms };
         let pool = self.inner.pools.get_with(key, || {
             let (host, port) = backend.pooler.clone().unwrap_or_else(|| (backend.host.clone(), backend.port));
-            BackendPool::new(lazy_pool(
-                &host,
-                port,
-                &backend.database,
-                &cfg.credentials,
-                "tenantry-app",
-                PoolSizing {
-                    max_connections: cfg.connections_per_pool,
-                    statement_timeout_ms,
-                    pooled: backend.pooler.is_some(),
-                    ..PoolSizing::default()
-                },
-            ))
+            BackendPool::new(
+                lazy_pool(
+                    &host,
+                    port,
+                    &backend.database,
+                    &cfg.credentials,
+                    "tenantry-app",
+                    PoolSizing {
+                        max_connections: cfg.connections_per_pool,
+                        statement_timeout_ms,
+                        pooled: backend.pooler.is_some(),
+                        ..PoolSizing::default()
+                    },
+                ),
+                backend.pooler.is_none(),
+            )
         });
         pool.touch();
         pool
