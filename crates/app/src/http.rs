@@ -673,7 +673,7 @@ async fn isolated_get_asset(
 ) -> Result<HttpResponse, ApiError> {
     let Some(db) = &pool.isolated else { return Err(ApiError::not_found("route")) };
     let conn = db.get_postgres_connection_pool().acquire().await.map_err(|e| ApiError::internal(&e))?;
-    let select = data::by_id::<assets::Entity>(*id)(crate::scope::scoped(q.tenant));
+    let select = || data::by_id::<assets::Entity>(*id)(crate::scope::scoped(q.tenant));
     let rows = crate::scope::read_once(conn, q.tenant, q.epoch, select, true)
         .await
         .map_err(|_| ApiError::internal(&"isolated baseline: the read was refused"))?;

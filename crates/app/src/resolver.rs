@@ -405,12 +405,12 @@ impl Resolver {
     pub async fn read<E: TenantScoped>(
         &self,
         tenant: &KeyOwner,
-        shape: impl Fn(Select<E>) -> Select<E>,
+        shape: impl Fn(Select<E>) -> Select<E> + Sync,
     ) -> Result<Vec<E::Model>, ApiError> {
         let tenant_id = tenant.tenant_id;
+        let select = || shape(scoped::<E>(tenant_id));
         let (rows, _slot) = self
             .on_backend(tenant, |conn, entry| {
-                let select = shape(scoped::<E>(tenant_id));
                 let Entry { epoch, pooled, schema_version } = entry;
                 async move {
                     match pooled {
@@ -419,7 +419,7 @@ impl Resolver {
                         // parse and its execution: read inside one.
                         Some(_) => {
                             let tx = TenantTx::begin(conn, tenant_id, epoch, pooled).await?;
-                            let rows = tx.all(select).await.map_err(EnterError::Query)?;
+                            let rows = tx.all(select()).await.map_err(EnterError::Query)?;
                             tx.commit().await.map_err(EnterError::Query)?;
                             Ok(rows)
                         }

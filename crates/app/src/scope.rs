@@ -93,21 +93,22 @@ fn enter_gate(tenant_id: Uuid, epoch: i64) -> sea_orm::sea_query::SimpleExpr {
 /// be a refusal, so the read is asked again through [`enter_gate`], which
 /// raises the refusal or answers for an admitted tenant (an empty page, a
 /// missing id): an empty answer is never a refusal in disguise.
+/// (`select` builds the scoped query: a second time only for that second ask.)
 pub(crate) async fn read_once<E: TenantScoped>(
     conn: PoolConnection<Postgres>,
     tenant_id: Uuid,
     epoch: i64,
-    select: Select<E>,
+    select: impl Fn() -> Select<E>,
     admitted_view: bool,
 ) -> Result<Vec<E::Model>, EnterError> {
     let db = TxConn(Mutex::new(Some(conn)), false);
     if admitted_view {
-        let rows = select.clone().filter(admitted_gate(tenant_id, epoch)).all(&db).await.map_err(read_err)?;
+        let rows = select().filter(admitted_gate(tenant_id, epoch)).all(&db).await.map_err(read_err)?;
         if !rows.is_empty() {
             return Ok(rows);
         }
     }
-    select.filter(enter_gate(tenant_id, epoch)).all(&db).await.map_err(read_err)
+    select().filter(enter_gate(tenant_id, epoch)).all(&db).await.map_err(read_err)
 }
 
 fn read_err(e: DbErr) -> EnterError {
