@@ -98,6 +98,8 @@ impl Stack {
                             name,
                             tenantry_core::db::PoolSizing {
                                 max_connections: cfg.connections_per_pool,
+                                // As the routed path's pools, for a like-for-like baseline.
+                                check_idle_after: Some(tenantry_app::resolver::CHECK_IDLE_AFTER),
                                 ..Default::default()
                             },
                         )

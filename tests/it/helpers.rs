@@ -226,6 +226,11 @@ impl TestApp {
 
     /// Transactions PgBouncer has carried so far, over every database.
     pub async fn pgbouncer_transactions(&self) -> i64 {
+        self.pgbouncer_stat(None, "total_xact_count").await
+    }
+
+    /// A `SHOW STATS` total of PgBouncer's, of `database` or of every one.
+    pub async fn pgbouncer_stat(&self, database: Option<&str>, column: &str) -> i64 {
         let tc = cluster();
         let opts = PgConnectOptions::new()
             .host("127.0.0.1")
@@ -239,10 +244,13 @@ impl TestApp {
         let mut conn = sea_orm::sqlx::postgres::PgConnection::connect_with(&opts).await.expect("the pgbouncer console");
         let rows = sea_orm::sqlx::raw_sql("SHOW STATS").fetch_all(&mut conn).await.expect("SHOW STATS");
         rows.iter()
-            .filter(|r| r.try_get::<String, _>("database").is_ok_and(|d| d != "pgbouncer"))
+            .filter(|r| {
+                r.try_get::<String, _>("database")
+                    .is_ok_and(|d| d != "pgbouncer" && database.is_none_or(|want| d == want))
+            })
             // NUMERIC, in text (the console speaks the simple protocol only).
             .map(|r| {
-                let raw = r.try_get_raw("total_xact_count").expect("total_xact_count");
+                let raw = r.try_get_raw(column).expect("a SHOW STATS column");
                 raw.as_str().ok().and_then(|v| v.parse::<i64>().ok()).unwrap_or(0)
             })
             .sum()

@@ -96,6 +96,69 @@ async fn through_pgbouncer_tenant_b_cannot_read_change_or_learn_of_tenant_a_rows
     b_cannot_reach_a_via("shared", "dedicated", true).await;
 }
 
+/// Through PgBouncer a read is one simple-protocol message, its values
+/// written into the text: values that look like SQL stay values (each one
+/// finds its own row, and only its tenant's), a tenant's statement timeout
+/// goes in the same message, and a read that finds rows is one query.
+#[tokio::test]
+async fn through_pgbouncer_a_read_is_one_message_and_its_values_stay_values() {
+    let app = spawn_app().await;
+    let a = app.create_tenant("tenant-a", "shared").await;
+    let b = app.create_tenant("tenant-b", "shared").await;
+    let body = json!({"limits": {"statement_timeout_ms": 5000}});
+    let (s, view) = app.admin_call(Method::PATCH, &format!("/v1/tenants/{}/settings", a.id), Some(body)).await;
+    assert_eq!(s, StatusCode::OK, "{view}");
+    app.through_pgbouncer().await;
+    let tricky = [
+        "O'Brien",
+        "back\\slash \\' and \\",
+        "quote\"d",
+        "'; DELETE FROM assets; --",
+        "$1 $2::uuid",
+        "E'\\x00'",
+        "line\nbreak\ttab",
+        "ünïcødé ✓",
+    ];
+    let mut ids = Vec::new();
+    for (i, name) in tricky.iter().enumerate() {
+        let (s, created) = app.post(&a.key, "/v1/assets", json!({"name": name, "tag": format!("TRICK-{i}")})).await;
+        assert_eq!(s, StatusCode::CREATED, "{created}");
+        ids.push(created["id"].as_str().unwrap().to_string());
+    }
+    let encode = |v: &str| v.bytes().map(|b| format!("%{b:02X}")).collect::<String>();
+    for (name, id) in tricky.iter().zip(&ids) {
+        let path = format!("/v1/assets?q={}", encode(name));
+        let (s, found) = app.get(&a.key, &path).await;
+        assert_eq!(s, StatusCode::OK, "{name}: {found}");
+        let names: Vec<&str> =
+            found["assets"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+        assert_eq!(names, vec![*name], "the search for {name:?} found its row and no other");
+        let (s, theirs) = app.get(&b.key, &path).await;
+        assert_eq!((s, theirs["assets"].as_array().map(Vec::len)), (StatusCode::OK, Some(0)), "{name}");
+        let (s, one) = app.get(&a.key, &format!("/v1/assets/{id}")).await;
+        assert_eq!((s, one["name"].as_str()), (StatusCode::OK, Some(*name)));
+    }
+    assert_eq!(app.get(&a.key, "/v1/assets?limit=100").await.1["assets"].as_array().map(Vec::len), Some(tricky.len()));
+
+    // A read that finds rows is one message, with or without a statement timeout.
+    let stat = |column: &'static str| app.pgbouncer_stat(Some(&app.pool_name), column);
+    let (s, mine) = app.post(&b.key, "/v1/assets", json!({"name": "B's own", "tag": "B-1"})).await;
+    assert_eq!(s, StatusCode::CREATED, "{mine}");
+    for (key, id, statements) in [(&b.key, mine["id"].as_str().unwrap(), 1), (&a.key, ids[0].as_str(), 2)] {
+        let (queries, transactions) = (stat("total_query_count").await, stat("total_xact_count").await);
+        for _ in 0..10 {
+            assert_eq!(app.get(key, &format!("/v1/assets/{id}")).await.0, StatusCode::OK);
+        }
+        // Two exchanges per read, each one message and its ReadyForQuery:
+        // the read, and the empty Sync with which sqlx checks a connection
+        // as it goes back into its pool. (Before, the request itself waited
+        // for sqlx's check as the connection was taken, then BEGIN and enter,
+        // the select and COMMIT, each an exchange of its own.)
+        let exchanges = (stat("total_xact_count").await - transactions, stat("total_query_count").await - queries);
+        assert_eq!(exchanges, (20, 20), "a read and the pool's check on return, {statements} statement(s) per read");
+    }
+}
+
 #[tokio::test]
 async fn tenant_b_cannot_read_change_or_learn_of_tenant_a_rows_shared_shared() {
     b_cannot_reach_a("shared", "shared").await;

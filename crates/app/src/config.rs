@@ -87,8 +87,11 @@ impl Default for JobsConfig {
     }
 }
 
+/// How often usage counts are flushed to the registry unless configured, ms.
+pub const DEFAULT_USAGE_FLUSH_MS: u64 = 5000;
+
 fn default_usage_flush() -> u64 {
-    5000
+    DEFAULT_USAGE_FLUSH_MS
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -27,7 +27,7 @@ use sea_orm::Select;
 use tenantry_core::entities::TenantScoped;
 
 use crate::budget::{BackendPool, OpenCap, Slot};
-use crate::scope::{ADMITTED_VIEW_SCHEMA, EnterError, Entry, Pooled, TenantTx, read_once, scoped};
+use crate::scope::{ADMITTED_VIEW_SCHEMA, EnterError, Entry, Pooled, TenantTx, read_once, read_pooled, scoped};
 use crate::usage::UsageMeter;
 
 /// Registry notifications channel (see migrations/registry).
@@ -39,6 +39,9 @@ const MAX_CACHED_ROUTES: u64 = 100_000;
 /// Pools kept (an idle pool holds no connection once the cap closed them;
 /// a pool unused for `pool_idle_secs` goes).
 const MAX_POOLS: u64 = 20_000;
+/// A backend connection idle this long is checked (a round trip) before a
+/// request gets it; one in steady use is not (see `PoolSizing::check_idle_after`).
+pub const CHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
 /// Seconds a client is told to wait when a backend is unreachable.
 const RETRY_AFTER_SECS: u64 = 1;
 
@@ -240,6 +243,7 @@ impl Resolver {
                         max_connections: cfg.connections_per_pool,
                         statement_timeout_ms,
                         pooled: backend.pooler.is_some(),
+                        check_idle_after: Some(CHECK_IDLE_AFTER),
                         ..PoolSizing::default()
                     },
                 ),
@@ -413,17 +417,11 @@ impl Resolver {
             .on_backend(tenant, |conn, entry| {
                 let Entry { epoch, pooled, schema_version } = entry;
                 async move {
+                    let admitted_view = schema_version >= ADMITTED_VIEW_SCHEMA;
                     match pooled {
-                        // Through a pooler a single statement outside a
-                        // transaction may reach another server between its
-                        // parse and its execution: read inside one.
-                        Some(_) => {
-                            let tx = TenantTx::begin(conn, tenant_id, epoch, pooled).await?;
-                            let rows = tx.all(select()).await.map_err(EnterError::Query)?;
-                            tx.commit().await.map_err(EnterError::Query)?;
-                            Ok(rows)
-                        }
-                        None => read_once(conn, tenant_id, epoch, select, schema_version >= ADMITTED_VIEW_SCHEMA).await,
+                        // Through a pooler: one simple-protocol message.
+                        Some(pooled) => read_pooled(conn, (tenant_id, epoch), pooled, select, admitted_view).await,
+                        None => read_once(conn, tenant_id, epoch, select, admitted_view).await,
                     }
                 }
             })

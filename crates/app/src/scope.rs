@@ -13,8 +13,8 @@ use std::sync::Arc;
 use sea_orm::sqlx::pool::PoolConnection;
 use sea_orm::sqlx::{self, AssertSqlSafe, Postgres};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbBackend, DbErr, ExecResult, IntoActiveModel, QueryFilter, QueryResult, RuntimeErr,
-    Select, Statement,
+    ColumnTrait, ConnectionTrait, DbBackend, DbErr, ExecResult, FromQueryResult, IntoActiveModel, QueryFilter,
+    QueryResult, QueryTrait, RuntimeErr, Select, Statement,
 };
 use sea_query_sqlx::SqlxValues;
 use tokio::sync::Mutex;
@@ -109,6 +109,54 @@ pub(crate) async fn read_once<E: TenantScoped>(
         }
     }
     select().filter(enter_gate(tenant_id, epoch)).all(&db).await.map_err(read_err)
+}
+
+/// [`read_once`] through a connection pooler (PgBouncer in transaction mode),
+/// where a statement of the extended protocol is two messages (parse, then
+/// bind and execute) that may reach two servers. The gated select goes as one
+/// simple-protocol Query instead, its values written into the text by
+/// sea-query's PostgreSQL quoting (strings as escaped literals, uuids and
+/// numbers typed), after the tenant's `SET LOCAL statement_timeout` when it
+/// has one: one message and one implicit transaction, so the pooler keeps one
+/// server for all of it and `app.tenant_id` ends with it. One round trip where
+/// `BEGIN`/enter, the select and `COMMIT` took three.
+pub(crate) async fn read_pooled<E: TenantScoped>(
+    mut conn: PoolConnection<Postgres>,
+    (tenant_id, epoch): (Uuid, i64),
+    pooled: Pooled,
+    select: impl Fn() -> Select<E>,
+    admitted_view: bool,
+) -> Result<Vec<E::Model>, EnterError> {
+    let timeout = match pooled.statement_timeout_ms {
+        Some(ms) => format!("SET LOCAL statement_timeout = {ms}; "),
+        None => String::new(),
+    };
+    let message = |gated: Select<E>| {
+        let stmt = gated.build(DbBackend::Postgres);
+        let values = stmt.values.map(|v| v.0).unwrap_or_default();
+        let sql = sea_orm::sea_query::inject_parameters(&stmt.sql, &values, &sea_orm::sea_query::PostgresQueryBuilder);
+        format!("{timeout}{sql}")
+    };
+    if admitted_view {
+        let rows = fetch_simple::<E>(&mut conn, message(select().filter(admitted_gate(tenant_id, epoch)))).await?;
+        if !rows.is_empty() {
+            return Ok(rows);
+        }
+    }
+    fetch_simple::<E>(&mut conn, message(select().filter(enter_gate(tenant_id, epoch)))).await
+}
+
+/// The rows of one simple-protocol message, as `E`'s models.
+async fn fetch_simple<E: TenantScoped>(
+    conn: &mut PoolConnection<Postgres>,
+    message: String,
+) -> Result<Vec<E::Model>, EnterError> {
+    let rows =
+        sqlx::raw_sql(AssertSqlSafe(message)).fetch_all(&mut **conn).await.map_err(|e| read_err(query_err(e)))?;
+    rows.into_iter()
+        .map(|row| <E::Model as FromQueryResult>::from_query_result(&QueryResult::from(row), ""))
+        .collect::<Result<Vec<_>, DbErr>>()
+        .map_err(EnterError::Query)
 }
 
 fn read_err(e: DbErr) -> EnterError {

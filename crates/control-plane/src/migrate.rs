@@ -51,6 +51,11 @@ pub const REGISTRY: &[Migration] = &[
         name: "usage_window",
         sql: include_str!("../../../migrations/registry/0010_usage_window.sql"),
     },
+    Migration {
+        version: 11,
+        name: "usage_fold_fillfactor",
+        sql: include_str!("../../../migrations/registry/0011_usage_fold_fillfactor.sql"),
+    },
 ];
 
 /// The tenant-data schema's migrations, in order.

@@ -30,6 +30,13 @@ pub struct PoolSizing {
     /// (callers use unnamed statements inside transactions) and no startup
     /// options a pooler would refuse or drop.
     pub pooled: bool,
+    /// A connection taken from the pool is checked with a round trip first
+    /// only when it sat idle at least this long; `None` checks every one
+    /// (sqlx's default). On a request path that takes a connection thousands
+    /// of times a second the check is a round trip per request; a connection
+    /// that broke while in steady use fails its statement instead, as one
+    /// that breaks mid-request does anyway.
+    pub check_idle_after: Option<Duration>,
 }
 
 impl Default for PoolSizing {
@@ -40,6 +47,7 @@ impl Default for PoolSizing {
             acquire_timeout: Duration::from_secs(5),
             statement_timeout_ms: None,
             pooled: false,
+            check_idle_after: None,
         }
     }
 }
@@ -65,12 +73,22 @@ pub fn lazy_pool(
     } else if let Some(ms) = sizing.statement_timeout_ms {
         opts = opts.options([("statement_timeout", ms)]);
     }
-    let pool = PgPoolOptions::new()
+    let mut pool = PgPoolOptions::new()
         .max_connections(sizing.max_connections)
         .min_connections(0)
         .idle_timeout(Some(sizing.idle_timeout))
-        .acquire_timeout(sizing.acquire_timeout)
-        .connect_lazy_with(opts);
+        .acquire_timeout(sizing.acquire_timeout);
+    if let Some(after) = sizing.check_idle_after {
+        pool = pool.test_before_acquire(false).before_acquire(move |conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= after {
+                    sea_orm::sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        });
+    }
+    let pool = pool.connect_lazy_with(opts);
     SqlxPostgresConnector::from_sqlx_postgres_pool(pool)
 }
 

@@ -247,16 +247,19 @@ impl ControlPlane {
             )
         };
         // A batch at a time, oldest first: a backlog (a control plane that was
-        // down) is folded in bounded statements. A sample is deleted once (a
-        // concurrent rollup's DELETE waits, then skips the rows already gone),
-        // so concurrent rollups never count one twice. Each batch also adds
+        // down) is folded in bounded statements. A batch is a range of ids (one
+        // index range, not a look-up per sample); a sample committed late
+        // with a lower id than one already folded is folded by the next pass.
+        // A sample is deleted once (a concurrent rollup's DELETE waits, then
+        // skips the rows already gone), so concurrent rollups never count one
+        // twice. Each batch also adds
         // its samples to the recommendations' window, in the transaction that
         // holds the window's state (see `window.rs`).
         let recommend = self.recommend_window();
         let kept = window::kept(recommend);
         let sql = format!(
-            "WITH moved AS (DELETE FROM usage_samples WHERE id IN \
-               (SELECT id FROM usage_samples ORDER BY id LIMIT $1) RETURNING *), \
+            "WITH moved AS (DELETE FROM usage_samples WHERE id <= \
+               (SELECT max(id) FROM (SELECT id FROM usage_samples ORDER BY id LIMIT $1) b) RETURNING *), \
              hours AS ({}), days AS ({}){} SELECT count(*) AS n FROM moved",
             upsert("hour"),
             upsert("day"),
