@@ -293,6 +293,7 @@ async fn main() -> anyhow::Result<()> {
             .try_collect()
             .await?;
         let per_tenant = heap::in_use().saturating_sub(before) as f64 / warmed.len() as f64;
+        eprintln!("{n} tenants: closed loop, {clients} clients, {warmup} s warm-up then {secs} s");
         let closed = run_load(&http, &app, &targets, clients, (warmup, secs), Drive::Closed).await;
         // The open-loop rate: BENCH_OPEN_RATE, else half of what the first
         // (100-tenant) point served closed-loop; the same at every point.
@@ -300,6 +301,7 @@ async fn main() -> anyhow::Result<()> {
             let served = (closed.0.len() + closed.1.len()) as u64 / secs.max(1);
             env_or("BENCH_OPEN_RATE", served / 2)
         });
+        eprintln!("{n} tenants: open loop, {rate} requests/s, {warmup} s warm-up then {secs} s");
         let open = run_load(&http, &app, &targets, clients, (warmup, secs), Drive::Open { rate }).await;
         let series =
             http.get(&resolver_metrics).send().await?.text().await?.lines().filter(|l| !l.starts_with('#')).count();

@@ -100,6 +100,7 @@ impl Stack {
                                 max_connections: cfg.connections_per_pool,
                                 // As the routed path's pools, for a like-for-like baseline.
                                 check_idle_after: Some(tenantry_app::resolver::CHECK_IDLE_AFTER),
+                                generic_plans: true,
                                 ..Default::default()
                             },
                         )

@@ -4,7 +4,7 @@
 use reqwest::StatusCode;
 use sea_orm::ConnectionTrait;
 
-use crate::helpers::{connect, scalar, spawn_app};
+use crate::helpers::{cluster, connect, scalar, spawn_app};
 
 #[tokio::test]
 async fn a_stale_cached_epoch_is_re_resolved_and_the_request_succeeds() {
@@ -278,4 +278,60 @@ async fn an_app_whose_listen_connection_drops_relistens_and_drops_its_caches() {
     }
     let ready = app.http.get(format!("{}/readyz", app.app)).send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::OK, "ready again");
+}
+
+/// The app's backend pools plan a prepared read once per connection
+/// (`plan_cache_mode = force_generic_plan`, `PoolSizing::generic_plans`): on a
+/// pool whose tenants differ widely in size PostgreSQL would otherwise keep
+/// building a custom plan for a small tenant's every read. The same read, 8
+/// times on one session of each kind of pool: only generic plans, against a
+/// custom plan per execution without the setting.
+#[tokio::test]
+async fn backend_pools_plan_a_prepared_read_once_per_connection_however_skewed_the_pool() {
+    let app = spawn_app().await;
+    let big = app.create_tenant("big", "shared").await;
+    let small = app.create_tenant("small", "shared").await;
+    let pool = connect(&app.pool_name, false);
+    pool.execute_unprepared(&format!(
+        "INSERT INTO assets (tenant_id, id, name, tag, category, location, status) \
+         SELECT '{}', gen_random_uuid(), 'A ' || g, 'B-' || g, 'c', 'l', 'active' FROM generate_series(1, 5000) g; \
+         INSERT INTO assets (tenant_id, id, name, tag, category, location, status) \
+         VALUES ('{}', gen_random_uuid(), 'Only', 'S-1', 'c', 'l', 'active'); ANALYZE assets",
+        big.id, small.id
+    ))
+    .await
+    .unwrap();
+    let tc = cluster();
+    let creds = tenantry_core::db::Credentials {
+        user: tenantry::dev::APP_ROLE.into(),
+        password: tc.secrets.app_password.clone().into(),
+    };
+    let small_id: uuid::Uuid = small.id.parse().unwrap();
+    for generic in [true, false] {
+        let sizing = tenantry_core::db::PoolSizing { max_connections: 1, generic_plans: generic, ..Default::default() };
+        let db = tenantry_core::db::lazy_pool("127.0.0.1", tc.cluster.port(), &app.pool_name, &creds, "plans", sizing);
+        let session = db.get_postgres_connection_pool();
+        for _ in 0..8 {
+            let names: Vec<String> = sea_orm::sqlx::query_scalar(
+                "SELECT name FROM assets WHERE tenant_id = $1 \
+                 AND (SELECT pg_catalog.set_config('app.tenant_id', $1::text, true)) IS NOT NULL ORDER BY id LIMIT 21",
+            )
+            .bind(small_id)
+            .fetch_all(session)
+            .await
+            .unwrap();
+            assert_eq!(names, vec!["Only".to_string()], "the small tenant's one row, under its RLS scope");
+        }
+        let (generic_plans, custom_plans): (i64, i64) = sea_orm::sqlx::query_as(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement LIKE '%ORDER BY id LIMIT 21'",
+        )
+        .fetch_one(session)
+        .await
+        .unwrap();
+        if generic {
+            assert_eq!((generic_plans, custom_plans), (8, 0), "planned once, executed 8 times");
+        } else {
+            assert!(custom_plans >= 5, "without the setting: a custom plan per execution ({custom_plans})");
+        }
+    }
 }

@@ -244,6 +244,7 @@ impl Resolver {
                         statement_timeout_ms,
                         pooled: backend.pooler.is_some(),
                         check_idle_after: Some(CHECK_IDLE_AFTER),
+                        generic_plans: true,
                         ..PoolSizing::default()
                     },
                 ),

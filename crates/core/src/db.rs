@@ -37,6 +37,15 @@ pub struct PoolSizing {
     /// that broke while in steady use fails its statement instead, as one
     /// that breaks mid-request does anyway.
     pub check_idle_after: Option<Duration>,
+    /// Sessions start with `plan_cache_mode = force_generic_plan`: a prepared
+    /// statement is planned once per connection, never per execution. With a
+    /// skewed tenant column PostgreSQL finds a custom plan for a small tenant
+    /// cheaper than the generic one (whose estimate is an average tenant) and
+    /// keeps re-planning every execution (and re-parsing the inlined SQL
+    /// function of the RLS policy) while the plan is the same index scan; at
+    /// 10,000 tenants on a 10 M-row pool that doubled each read's server time.
+    /// Not sent through a pooler (it drops startup options).
+    pub generic_plans: bool,
 }
 
 impl Default for PoolSizing {
@@ -48,6 +57,7 @@ impl Default for PoolSizing {
             statement_timeout_ms: None,
             pooled: false,
             check_idle_after: None,
+            generic_plans: false,
         }
     }
 }
@@ -70,8 +80,13 @@ pub fn lazy_pool(
         .application_name(application_name);
     if sizing.pooled {
         opts = opts.statement_cache_capacity(0).extra_float_digits(None);
-    } else if let Some(ms) = sizing.statement_timeout_ms {
-        opts = opts.options([("statement_timeout", ms)]);
+    } else {
+        if let Some(ms) = sizing.statement_timeout_ms {
+            opts = opts.options([("statement_timeout", ms.to_string())]);
+        }
+        if sizing.generic_plans {
+            opts = opts.options([("plan_cache_mode", "force_generic_plan")]);
+        }
     }
     let mut pool = PgPoolOptions::new()
         .max_connections(sizing.max_connections)
