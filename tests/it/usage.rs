@@ -329,7 +329,8 @@ async fn a_storage_pass_over_a_crowded_pool_and_a_rollup_of_a_backlog_count_ever
         "a tenant without rows holds no bytes of a shared table"
     );
 
-    // Arrange: a backlog of samples, over several fold statements.
+    // Arrange: a backlog of samples, over several batches, each of more
+    // tenants than one statement folds (so each batch is folded in slices).
     registry
         .execute_unprepared(
             "INSERT INTO usage_samples (tenant_id, at, requests, client_errors, server_errors, db_time_us) \
@@ -355,6 +356,13 @@ async fn a_storage_pass_over_a_crowded_pool_and_a_rollup_of_a_backlog_count_ever
         .await;
         assert_eq!(requests, 120_001, "{granularity} rollups count every sample once");
     }
+    // Each tenant's samples went into its one hour row: 97 or 98 each.
+    let spread = scalar(
+        &registry,
+        "SELECT (count(*) * 1000 + max(requests) - min(requests))::bigint FROM usage_rollups WHERE granularity = 'hour'",
+    )
+    .await;
+    assert_eq!(spread, 1234 * 1000 + 1, "one hour row per tenant, the samples shared out evenly");
 }
 
 /// The recommendations' database time over their window is kept as samples

@@ -43,8 +43,10 @@ const MEASURE_CONCURRENCY: usize = 4;
 const COUNT_BATCH: usize = 500;
 /// Tenants recorded per registry statement.
 const RECORD_BATCH: usize = 1000;
-/// Usage samples folded per statement (a backlog is folded in several).
+/// Usage samples folded per batch (a backlog is folded in several).
 const ROLLUP_BATCH: i64 = 50_000;
+/// Tenants folded per statement, about (a batch of more is cut in slices).
+const FOLD_SLICE_TENANTS: i64 = 1_000;
 
 #[derive(FromQueryResult)]
 struct UsageRow {
@@ -250,33 +252,47 @@ impl ControlPlane {
         // down) is folded in bounded statements. A batch is a range of ids (one
         // index range, not a look-up per sample); a sample committed late
         // with a lower id than one already folded is folded by the next pass.
-        // A sample is deleted once (a concurrent rollup's DELETE waits, then
-        // skips the rows already gone), so concurrent rollups never count one
-        // twice. Each batch also adds
-        // its samples to the recommendations' window, in the transaction that
-        // holds the window's state (see `window.rs`).
+        // A batch of many tenants is folded in slices of about
+        // FOLD_SLICE_TENANTS tenants (by a hash of the tenant id, so each
+        // tenant's samples fold together and its rollup rows are updated once),
+        // with a pause after each slice as long as the slice took: a fold never
+        // holds a core for long, and requests sharing the database do not
+        // queue behind it. A sample is deleted once (a concurrent rollup's
+        // DELETE waits, then skips the rows already gone), so concurrent
+        // rollups never count one twice. Each slice also adds its samples to
+        // the recommendations' window, in the transaction that holds the
+        // window's state (see `window.rs`).
         let recommend = self.recommend_window();
         let kept = window::kept(recommend);
         let sql = format!(
-            "WITH moved AS (DELETE FROM usage_samples WHERE id <= \
-               (SELECT max(id) FROM (SELECT id FROM usage_samples ORDER BY id LIMIT $1) b) RETURNING *), \
+            "WITH moved AS (DELETE FROM usage_samples WHERE id <= $1 \
+               AND (hashtext(tenant_id::text)::bigint & 2147483647) % $2::bigint = $3::bigint RETURNING *), \
              hours AS ({}), days AS ({}){} SELECT count(*) AS n FROM moved",
             upsert("hour"),
             upsert("day"),
-            if kept { format!(", win AS ({})", window::add_moved(2)) } else { String::new() }
+            if kept { format!(", win AS ({})", window::add_moved(4)) } else { String::new() }
         );
         let mut n = 0i64;
         loop {
-            let folded = if kept {
-                let (txn, since) = window::begin(self, recommend).await?;
-                let folded = fold(&txn, &sql, vec![ROLLUP_BATCH.into(), since.into()]).await?;
-                txn.commit().await?;
-                folded
-            } else {
-                fold(self.registry(), &sql, vec![ROLLUP_BATCH.into()]).await?
-            };
-            n += folded;
-            if folded < ROLLUP_BATCH {
+            let Some(batch) = Batch::next(self.registry()).await? else { break };
+            let slices = ((batch.tenants + FOLD_SLICE_TENANTS - 1) / FOLD_SLICE_TENANTS).max(1);
+            for slice in 0..slices {
+                let started = std::time::Instant::now();
+                let mut values: Vec<sea_orm::Value> = vec![batch.upto.into(), slices.into(), slice.into()];
+                n += if kept {
+                    let (txn, since) = window::begin(self, recommend).await?;
+                    values.push(since.into());
+                    let folded = fold(&txn, &sql, values).await?;
+                    txn.commit().await?;
+                    folded
+                } else {
+                    fold(self.registry(), &sql, values).await?
+                };
+                if slice + 1 < slices {
+                    tokio::time::sleep(started.elapsed()).await;
+                }
+            }
+            if batch.samples < ROLLUP_BATCH {
                 break;
             }
         }
@@ -484,6 +500,33 @@ impl ControlPlane {
 }
 
 /// Runs one fold statement: the samples it folded.
+/// The oldest samples, at most [`ROLLUP_BATCH`] of them: up to which id, how
+/// many, and of how many tenants.
+struct Batch {
+    upto: i64,
+    samples: i64,
+    tenants: i64,
+}
+
+impl Batch {
+    async fn next(db: &impl ConnectionTrait) -> Result<Option<Batch>, Error> {
+        let row = db
+            .query_one_raw(stmt(
+                "SELECT max(id) AS upto, count(*) AS samples, count(DISTINCT tenant_id) AS tenants \
+                 FROM (SELECT id, tenant_id FROM usage_samples ORDER BY id LIMIT $1) b",
+                vec![ROLLUP_BATCH.into()],
+            ))
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(match row.try_get::<Option<i64>>("", "upto")? {
+            Some(upto) => {
+                Some(Batch { upto, samples: row.try_get("", "samples")?, tenants: row.try_get("", "tenants")? })
+            }
+            None => None,
+        })
+    }
+}
+
 async fn fold(db: &impl ConnectionTrait, sql: &str, values: Vec<sea_orm::Value>) -> Result<i64, Error> {
     Ok(db.query_one_raw(stmt(sql, values)).await?.map(|r| r.try_get::<i64>("", "n")).transpose()?.unwrap_or(0))
 }
