@@ -127,10 +127,7 @@ pub(crate) async fn read_pooled<E: TenantScoped>(
     select: impl Fn() -> Select<E>,
     admitted_view: bool,
 ) -> Result<Vec<E::Model>, EnterError> {
-    let timeout = match pooled.statement_timeout_ms {
-        Some(ms) => format!("SET LOCAL statement_timeout = {ms}; "),
-        None => String::new(),
-    };
+    let timeout = pooled.local_timeout();
     let message = |gated: Select<E>| {
         let stmt = gated.build(DbBackend::Postgres);
         let values = stmt.values.map(|v| v.0).unwrap_or_default();
@@ -189,6 +186,17 @@ pub struct Entry {
 #[derive(Debug, Clone, Copy)]
 pub struct Pooled {
     pub statement_timeout_ms: Option<u32>,
+}
+
+impl Pooled {
+    /// `SET LOCAL statement_timeout = <ms>; ` for a tenant with its own
+    /// timeout (to open a message with), else nothing.
+    fn local_timeout(self) -> String {
+        match self.statement_timeout_ms {
+            Some(ms) => format!("SET LOCAL statement_timeout = {ms}; "),
+            None => String::new(),
+        }
+    }
 }
 
 /// A pooled connection inside an open transaction; usable by sea-orm.
@@ -267,10 +275,7 @@ impl TenantTx {
         // One message: BEGIN and the enter gate. (The tenant's statement timeout
         // is the session default of the pool the resolver chose; through a
         // pooler it is set for this transaction only.)
-        let timeout = match pooled.and_then(|p| p.statement_timeout_ms) {
-            Some(ms) => format!("SET LOCAL statement_timeout = {ms}; "),
-            None => String::new(),
-        };
+        let timeout = pooled.map(Pooled::local_timeout).unwrap_or_default();
         let sql = format!("BEGIN; {timeout}SELECT tenantry_enter('{tenant_id}'::uuid, {epoch}::bigint)");
         match sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await {
             Ok(_) => Ok(Self { conn: TxConn(Mutex::new(Some(conn)), pooled.is_some()), tenant_id, _slot: None }),
