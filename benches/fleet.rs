@@ -14,8 +14,13 @@
 //!   tenants that fit the budget. `pg_stat_activity` is sampled every 10 ms
 //!   for the app's open connections (idle ones included).
 //!
+//! - all of the load, and 200 connection starts, for each SCRAM iteration
+//!   count of the app role's secret in `BENCH_SCRAM` (PostgreSQL's 4,096 and
+//!   the dev stack's count by default).
+//!
 //! cargo bench --bench fleet   (BENCH_TENANTS=1000 BENCH_WORKERS=4 BENCH_FANOUT=8 BENCH_CLIENTS=64
-//!                              BENCH_RATES=2,4,6 BENCH_SECS=20 BENCH_BUDGET=64 BENCH_BASE=48)
+//!                              BENCH_RATES=2,4,6 BENCH_SECS=20 BENCH_BUDGET=64 BENCH_BASE=48
+//!                              BENCH_SCRAM=4096,16)
 
 mod common;
 
@@ -203,6 +208,45 @@ async fn reset(cp: &tenantry_control_plane::ControlPlane, port: u16, password: &
     Ok(())
 }
 
+/// Gives the app role a SCRAM secret of `iterations` (connections already open
+/// stay; new ones log in against it).
+async fn set_app_scram(port: u16, password: &str, app_password: &str, iterations: u32) -> anyhow::Result<()> {
+    let mut db = common::superuser(port, password, "postgres", "bench-scram").await?;
+    let secret = tenantry_provisioner::scram::scram_secret(app_password, iterations);
+    let sql = format!("ALTER ROLE {} PASSWORD '{secret}'", tenantry::dev::APP_ROLE);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut db).await?;
+    let _ = db.close().await;
+    Ok(())
+}
+
+/// What a cold tenant pays: one connection start as the app role (SCRAM, a
+/// backend started, one statement), 200 one after another over the fleet.
+async fn connection_starts(
+    cp: &tenantry_control_plane::ControlPlane,
+    provisioned: &[(usize, uuid::Uuid, f64)],
+    tc: &tenantry::testkit::TestCluster,
+) -> anyhow::Result<Vec<f64>> {
+    let mut starts = Vec::new();
+    for i in 0..200 {
+        let tenant = cp.tenant(&provisioned[(i * 7) % provisioned.len()].1.to_string()).await?;
+        let backend = cp.backend(tenant.placement.expect("placed").backend_id).await?;
+        let opts = sqlx::postgres::PgConnectOptions::new()
+            .host("127.0.0.1")
+            .port(tc.cluster.port())
+            .database(&backend.database)
+            .username(tenantry::dev::APP_ROLE)
+            .password(&tc.secrets.app_password)
+            .application_name("bench-start");
+        let t0 = Instant::now();
+        let mut conn = sqlx::postgres::PgConnection::connect_with(&opts).await?;
+        sqlx::query("SELECT 1").execute(&mut conn).await?;
+        starts.push(ms(t0.elapsed()));
+        let _ = conn.close().await;
+    }
+    starts.sort_by(f64::total_cmp);
+    Ok(starts)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let tenants = env_or("BENCH_TENANTS", 1000) as usize;
@@ -217,6 +261,12 @@ async fn main() -> anyhow::Result<()> {
         warmup: env_or("BENCH_WARMUP", 3),
     };
     tenantry::testkit::set_max_connections(env_or("BENCH_MAX_CONNECTIONS", 300) as u32);
+    // Every connection start reads its database's catalogs (pg_class,
+    // pg_attribute, the policies ...): 1,000 databases' worth does not stay in
+    // the test clusters' 128 MB, so each cold start re-reads them from the
+    // kernel's cache. A host for 1,000 databases gives shared_buffers a
+    // quarter of 8 GB; BENCH_SHARED_BUFFERS=128MB measures the small setting.
+    let shared_buffers = common::size_cluster("2GB");
     let tc = tokio::task::spawn_blocking(tenantry::testkit::cluster).await?;
     let password = tc.secrets.superuser_password.clone();
     let spawned = tenantry::testkit::spawn_stack(|s, _| {
@@ -316,27 +366,6 @@ async fn main() -> anyhow::Result<()> {
     let measured = cp.measure_storage().await?;
     let storage_time = t0.elapsed();
 
-    // What a cold tenant pays: one connection start as the app role (SCRAM,
-    // a backend started, one statement), one after another over the fleet.
-    let mut starts = Vec::new();
-    for i in 0..200 {
-        let tenant = cp.tenant(&provisioned[(i * 7) % tenants].1.to_string()).await?;
-        let backend = cp.backend(tenant.placement.expect("placed").backend_id).await?;
-        let opts = sqlx::postgres::PgConnectOptions::new()
-            .host("127.0.0.1")
-            .port(tc.cluster.port())
-            .database(&backend.database)
-            .username(tenantry::dev::APP_ROLE)
-            .password(&tc.secrets.app_password)
-            .application_name("bench-start");
-        let t0 = Instant::now();
-        let mut conn = sqlx::postgres::PgConnection::connect_with(&opts).await?;
-        sqlx::query("SELECT 1").execute(&mut conn).await?;
-        starts.push(ms(t0.elapsed()));
-        let _ = conn.close().await;
-    }
-    starts.sort_by(f64::total_cmp);
-
     // Skewed load at each offered rate, beside a baseline that fits the budget.
     let hot = (tenants / 10).max(1);
     let rates: Vec<u64> = std::env::var("BENCH_RATES")
@@ -344,15 +373,37 @@ async fn main() -> anyhow::Result<()> {
         .split(',')
         .filter_map(|r| r.trim().parse().ok())
         .collect();
+    // The app role's SCRAM iteration counts to compare: each count is set on
+    // the role (as `tenantry scram-secret` would), then measured.
+    let counts: Vec<u32> = std::env::var("BENCH_SCRAM")
+        .unwrap_or_else(|_| format!("4096,{}", tenantry::dev::APP_SCRAM_ITERATIONS))
+        .split(',')
+        .filter_map(|r| r.trim().parse().ok())
+        .collect();
     let mut runs = Vec::new();
-    for &rate in &rates {
-        runs.push((rate, format!("baseline: {base} tenants (fit the budget)"), base, base));
-        runs.push((rate, format!("skewed: {tenants} tenants, 80 % to the hottest {hot}"), tenants, hot));
+    for &iterations in &counts {
+        for &rate in &rates {
+            runs.push((iterations, rate, format!("baseline: {base} tenants (fit the budget)"), base, base));
+            runs.push((
+                iterations,
+                rate,
+                format!("skewed: {tenants} tenants, 80 % to the hottest {hot}"),
+                tenants,
+                hot,
+            ));
+        }
     }
+    let mut starts = Vec::new();
     let mut rows = Vec::new();
-    for (run, (rate, label, over, hot)) in runs.into_iter().enumerate() {
+    let mut current = None;
+    for (run, (iterations, rate, label, over, hot)) in runs.into_iter().enumerate() {
+        if current != Some(iterations) {
+            current = Some(iterations);
+            set_app_scram(tc.cluster.port(), &password, &tc.secrets.app_password, iterations).await?;
+            starts.push((iterations, connection_starts(cp, &provisioned, tc).await?));
+        }
         let load = Load { rate, ..load };
-        eprintln!("load: {label} at {} req/s", rate * load.clients);
+        eprintln!("load: {label} at {} req/s, SCRAM {iterations}", rate * load.clients);
         let subset: Arc<Vec<Target>> = Arc::new(
             targets.iter().take(over).map(|t| Target { key: t.key.clone(), asset: t.asset.clone() }).collect(),
         );
@@ -364,10 +415,13 @@ async fn main() -> anyhow::Result<()> {
         if let Some(e) = &seen.first_error {
             eprintln!("  first error: {e}");
         }
-        rows.push((rate * load.clients, label, seen, peak));
+        rows.push((iterations, rate * load.clients, label, seen, peak));
     }
+    set_app_scram(tc.cluster.port(), &password, &tc.secrets.app_password, tenantry::dev::APP_SCRAM_ITERATIONS).await?;
 
-    println!("## {tenants} dedicated databases on one cluster (max_connections 300)\n");
+    println!(
+        "## {tenants} dedicated databases on one cluster (max_connections 300, shared_buffers {shared_buffers})\n"
+    );
     println!("| provisioning | figure |");
     println!("|---|---:|");
     println!(
@@ -393,19 +447,21 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("| storage measurement ({measured} tenants) | {:.2} | - |", storage_time.as_secs_f64());
     println!(
-        "\none connection start as the app role (SCRAM, backend start, `SELECT 1`; 200 one after another): p50 {:.1} ms, p99 {:.1} ms",
-        pct(&starts, 0.5),
-        pct(&starts, 0.99)
+        "\n| one connection start as the app role (SCRAM, backend start, `SELECT 1`; 200 one after another) | p50 ms | p99 ms |"
     );
+    println!("|---|---:|---:|");
+    for (iterations, t) in &starts {
+        println!("| {iterations} iterations | {:.2} | {:.2} |", pct(t, 0.5), pct(t, 0.99));
+    }
     println!(
-        "\n| load ({} clients, open loop, {} s each) | offered req/s | served | req/s | hot p50 / p99 ms | cold p50 / p99 ms | errors | peak open app connections (budget {budget}) |",
+        "\n| load ({} clients, open loop, {} s each) | SCRAM iterations | offered req/s | served | req/s | hot p50 / p99 ms | cold p50 / p99 ms | errors | peak open app connections (budget {budget}) |",
         load.clients, load.secs
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    for (offered, label, s, peak) in rows {
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (iterations, offered, label, s, peak) in rows {
         let n = s.hot.len() + s.cold.len();
         println!(
-            "| {label} | {offered} | {n} | {:.0} | {:.1} / {:.1} | {:.1} / {:.1} | {} | {peak} |",
+            "| {label} | {iterations} | {offered} | {n} | {:.0} | {:.1} / {:.1} | {:.1} / {:.1} | {} | {peak} |",
             n as f64 / load.secs as f64,
             pct(&s.hot, 0.5),
             pct(&s.hot, 0.99),

@@ -196,13 +196,7 @@ async fn main() -> anyhow::Result<()> {
     // The pool at 10 M rows is about 3.3 GB of table and indexes, of which the
     // load touches a fraction: a database host sized for it (shared_buffers at
     // a quarter of an 8 GB host) rather than the test clusters' 128 MB.
-    let shared_buffers = std::env::var("BENCH_SHARED_BUFFERS").unwrap_or_else(|_| "2GB".into());
-    tenantry::testkit::set_cluster_setting("shared_buffers", &shared_buffers);
-    // Diagnostics: BENCH_PG_SETTINGS="log_min_duration_statement=20,log_checkpoints=on".
-    for setting in std::env::var("BENCH_PG_SETTINGS").unwrap_or_default().split(',').filter(|s| !s.is_empty()) {
-        let (name, value) = setting.split_once('=').unwrap_or((setting, ""));
-        tenantry::testkit::set_cluster_setting(name, value);
-    }
+    let shared_buffers = common::size_cluster("2GB");
     let tc = tokio::task::spawn_blocking(tenantry::testkit::cluster).await?;
     let warmup = env_or("BENCH_WARMUP", 5);
     let spawned = tenantry::testkit::spawn_stack(|s, _| {

@@ -1,5 +1,6 @@
 //! Command-line operations that print progress bars.
 
+use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use tenantry_control_plane::ControlPlane;
 use tenantry_control_plane::fleet::Outcome;
@@ -360,6 +361,21 @@ pub async fn estates(args: &AdminArgs, command: EstateCommand) -> anyhow::Result
 }
 
 /// `tenantry tenants ...`
+/// `tenantry scram-secret`: one line of standard input (the password) to its
+/// SCRAM secret on standard output, under the same rule as
+/// `control_plane.app_scram_iterations`.
+pub fn scram_secret(iterations: u32) -> anyhow::Result<()> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).context("reading the password from standard input")?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    anyhow::ensure!(!password.is_empty(), "no password on standard input");
+    let secret: secrecy::SecretString = password.to_string().into();
+    tenantry_control_plane::config::check_scram_iterations(iterations, Some(&secret))
+        .map_err(|e| anyhow::anyhow!(e.replace("control_plane.app_scram_iterations", "--iterations")))?;
+    println!("{}", tenantry_provisioner::scram::scram_secret(password, iterations));
+    Ok(())
+}
+
 pub async fn tenants(args: &AdminArgs, command: TenantCommand) -> anyhow::Result<()> {
     let admin = Admin::new(args)?;
     match command {

@@ -240,6 +240,26 @@ mod tests {
     }
 
     #[test]
+    fn fewer_scram_rounds_for_the_app_role_need_a_generated_password() {
+        let with = |password: &str, rounds: Option<u32>| {
+            let mut extra = format!("app_role = \"tenantry_app\"\napp_password = \"{password}\"");
+            if let Some(r) = rounds {
+                extra.push_str(&format!("\napp_scram_iterations = {r}"));
+            }
+            let path = write(&MINIMAL.replace("app_role = \"tenantry_app\"", &extra));
+            Settings::load_for(Some(&path), Role::ControlPlane)
+                .map(|s| s.control_plane.expect("the control plane's section").app_scram_iterations)
+        };
+        assert_eq!(with("short-password", None), Ok(4096));
+        let err = with("short-password", Some(16)).unwrap_err();
+        assert!(err.contains("app_scram_iterations") && err.contains("24 characters"), "{err}");
+        assert_eq!(with(&"x".repeat(40), Some(16)), Ok(16));
+        assert_eq!(with("short-password", Some(8192)), Ok(8192));
+        let err = with(&"x".repeat(40), Some(0)).unwrap_err();
+        assert!(err.contains("between 1 and"), "{err}");
+    }
+
+    #[test]
     fn only_section_variables_are_configuration() {
         assert!(SECTIONS.iter().any(|p| "control_plane__admin_token".starts_with(p)));
         for other in ["moto_server", "admin_token", "dev_pg_port", "failpoints", "config"] {

@@ -23,6 +23,10 @@ use crate::Settings;
 pub const OWNER_ROLE: &str = "tenantry_owner";
 pub const APP_ROLE: &str = "tenantry_app";
 pub const SUPERUSER: &str = "postgres";
+/// The dev app role's SCRAM iterations: its password is 16 random bytes
+/// (32 hex characters), which no count of rounds makes harder to guess, and
+/// each connection start pays them (`tenantry_provisioner::scram`).
+pub const APP_SCRAM_ITERATIONS: u32 = 16;
 /// Name of the demo shared pool.
 pub const SHARED_POOL: &str = "shared_pool_1";
 
@@ -81,8 +85,9 @@ impl DevSecrets {
 
 /// Creates (or re-keys) the owner and app roles on a cluster.
 pub async fn prepare_roles(cluster: &LocalCluster, secrets: &DevSecrets) -> anyhow::Result<()> {
-    let owner = RoleCredentials { name: OWNER_ROLE.into(), password: secrets.owner_password.clone().into() };
-    let app = RoleCredentials { name: APP_ROLE.into(), password: secrets.app_password.clone().into() };
+    let owner = RoleCredentials::new(OWNER_ROLE, secrets.owner_password.clone().into());
+    let app =
+        RoleCredentials::new(APP_ROLE, secrets.app_password.clone().into()).with_scram_iterations(APP_SCRAM_ITERATIONS);
     superuser(cluster, secrets).await?.ensure_roles(&owner, &app).await?;
     Ok(())
 }
@@ -136,6 +141,7 @@ pub fn settings_for(
             owner: Credentials { user: OWNER_ROLE.into(), password: secrets.owner_password.clone().into() },
             app_role: APP_ROLE.into(),
             app_password: Some(secrets.app_password.clone().into()),
+            app_scram_iterations: APP_SCRAM_ITERATIONS,
             rds: None,
             rds_bootstrap_override: None,
             cluster: ClusterConfig {

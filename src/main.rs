@@ -62,6 +62,15 @@ enum Command {
         #[command(subcommand)]
         command: tenantry::cli::OperationCommand,
     },
+    /// Print the SCRAM-SHA-256 secret of the password on standard input, for
+    /// `ALTER ROLE .. PASSWORD '<secret>'` or PgBouncer's auth_file: the server
+    /// never sees the password, and the app role's (a generated secret) can
+    /// carry fewer iterations, which every connection start pays.
+    ScramSecret {
+        /// PBKDF2 iterations; below 4096 only for a password of 24 characters or more.
+        #[arg(long, default_value_t = tenantry_provisioner::scram::DEFAULT_ITERATIONS)]
+        iterations: u32,
+    },
     /// Migrate the registry, then every backend to the latest tenant schema,
     /// with a progress bar; failing backends are reported and skipped.
     Migrate {
@@ -100,6 +109,7 @@ fn main() -> std::process::ExitCode {
             Command::Tenants { admin, command } => tenantry::cli::tenants(&admin, command).await,
             Command::Operations { admin, command } => tenantry::cli::operations(&admin, command).await,
             Command::Estates { admin, command } => tenantry::cli::estates(&admin, command).await,
+            Command::ScramSecret { iterations } => tenantry::cli::scram_secret(iterations),
             Command::Migrate { config, concurrency } => {
                 // Needs only [control_plane] (a Job with the control plane's configuration).
                 let role = tenantry::config::Role::ControlPlane;

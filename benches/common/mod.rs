@@ -174,3 +174,17 @@ pub async fn first_tenants(registry: &sea_orm::DatabaseConnection, prefix: &str,
         .map(|r| r.try_get::<Uuid>("", "id"))
         .collect::<Result<_, _>>()?)
 }
+
+/// Starts the process's cluster with `shared_buffers` (`BENCH_SHARED_BUFFERS`,
+/// else `default`) and any `BENCH_PG_SETTINGS` ("name=value,..."; e.g.
+/// "log_min_duration_statement=20,log_checkpoints=on"); call before the
+/// cluster is first used. Returns the `shared_buffers` chosen.
+pub fn size_cluster(default: &str) -> String {
+    let shared_buffers = std::env::var("BENCH_SHARED_BUFFERS").unwrap_or_else(|_| default.into());
+    tenantry::testkit::set_cluster_setting("shared_buffers", &shared_buffers);
+    for setting in std::env::var("BENCH_PG_SETTINGS").unwrap_or_default().split(',').filter(|s| !s.is_empty()) {
+        let (name, value) = setting.split_once('=').unwrap_or((setting, ""));
+        tenantry::testkit::set_cluster_setting(name, value);
+    }
+    shared_buffers
+}

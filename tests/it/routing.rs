@@ -335,3 +335,74 @@ async fn backend_pools_plan_a_prepared_read_once_per_connection_however_skewed_t
         }
     }
 }
+
+/// The app role's stored secret is made by Tenantry with few iterations (a
+/// password sent in clear would be stored with the server's 4,096): every
+/// connection start pays them. `tenantry scram-secret` makes the same for a
+/// role made by hand, logs in with its password only, and refuses a count
+/// below 4,096 for a password short enough to be guessed.
+#[tokio::test]
+async fn the_app_role_logs_in_with_a_scram_secret_of_few_iterations_made_client_side() {
+    let app = spawn_app().await;
+    let t = app.create_tenant("acme", "shared").await;
+    assert_eq!(app.get(&t.key, "/v1/assets").await.0, StatusCode::OK);
+    let tc = cluster();
+    let admin = connect("postgres", false);
+    let stored = admin
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{}'", tenantry::dev::APP_ROLE),
+        ))
+        .await
+        .unwrap()
+        .expect("the app role")
+        .try_get_by_index::<String>(0)
+        .unwrap();
+    let want = format!("SCRAM-SHA-256${}:", tenantry::dev::APP_SCRAM_ITERATIONS);
+    assert!(stored.starts_with(&want), "{}", &stored[..want.len().min(stored.len())]);
+    assert_eq!(scalar(&connect("postgres", true), "SELECT 1::bigint").await, 1);
+
+    let cli = |password: &str| {
+        use std::io::Write;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tenantry"))
+            .args(["scram-secret", "--iterations", "16"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start tenantry scram-secret");
+        writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let password = tenantry::dev::random_secret(16);
+    let out = cli(&password);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let secret = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(secret.starts_with("SCRAM-SHA-256$16:"), "{secret}");
+    assert!(!secret.contains(&password));
+    let role = format!("scram_probe_{}", &tenantry::dev::random_secret(4));
+    admin.execute_unprepared(&format!("CREATE ROLE {role} LOGIN PASSWORD '{secret}'")).await.unwrap();
+    let login = |password: String| {
+        let opts = sea_orm::sqlx::postgres::PgConnectOptions::new()
+            .host("127.0.0.1")
+            .port(tc.cluster.port())
+            .database("postgres")
+            .username(&role)
+            .password(&password);
+        async move {
+            use sea_orm::sqlx::{Connection, Row};
+            let mut conn = sea_orm::sqlx::postgres::PgConnection::connect_with(&opts).await?;
+            let row = sea_orm::sqlx::query("SELECT current_user::text").fetch_one(&mut conn).await?;
+            row.try_get::<String, _>(0)
+        }
+    };
+    assert_eq!(login(password.clone()).await.unwrap(), role);
+    let wrong = login(format!("{password}x")).await.unwrap_err().to_string();
+    assert!(wrong.contains("password authentication failed"), "{wrong}");
+    admin.execute_unprepared(&format!("DROP ROLE {role}")).await.unwrap();
+
+    let short = cli("guessable");
+    assert!(!short.status.success());
+    let err = String::from_utf8_lossy(&short.stderr);
+    assert!(err.contains("at least 24 characters"), "{err}");
+}

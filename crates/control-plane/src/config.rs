@@ -76,6 +76,15 @@ pub struct ControlPlaneConfig {
     /// instances. Default: none (RDS bootstrap then fails with a clear error).
     #[serde(default)]
     pub app_password: Option<SecretString>,
+    /// SCRAM iterations of the app role's stored secret when Tenantry creates
+    /// the role (on new RDS instances). Every connection start pays them in
+    /// the app's CPU. Default 4,096 (PostgreSQL's). Below 4,096 the app
+    /// password must be a generated secret of at least 24 characters: key
+    /// stretching only protects passwords a person could guess
+    /// (`tenantry_provisioner::scram`; `tenantry scram-secret` for roles made
+    /// by hand).
+    #[serde(default = "default_app_scram_iterations")]
+    pub app_scram_iterations: u32,
     /// The RDS engine; absent (the default) disables it.
     #[serde(default)]
     pub rds: Option<tenantry_provisioner::RdsConfig>,
@@ -272,8 +281,33 @@ fn default_operation_workers() -> usize {
 fn default_lease() -> u64 {
     10
 }
+fn default_app_scram_iterations() -> u32 {
+    tenantry_provisioner::scram::DEFAULT_ITERATIONS
+}
 fn default_workers() -> usize {
     2
+}
+
+/// Fewest characters an app password needs for a SCRAM count below
+/// PostgreSQL's: a generated secret (hex or base64 of 16+ bytes, Terraform's
+/// `random_password` of 32).
+pub const GENERATED_SECRET_CHARS: usize = 24;
+
+/// `control_plane.app_scram_iterations`: 1 to 10,000,000, and below 4,096 only
+/// for a password long enough to be a generated secret.
+pub fn check_scram_iterations(iterations: u32, password: Option<&SecretString>) -> Result<(), String> {
+    if !(1..=10_000_000).contains(&iterations) {
+        return Err("control_plane.app_scram_iterations must be between 1 and 10000000".into());
+    }
+    let short = password.is_some_and(|p| p.expose_secret().chars().count() < GENERATED_SECRET_CHARS);
+    if iterations < tenantry_provisioner::scram::DEFAULT_ITERATIONS && short {
+        return Err(format!(
+            "control_plane.app_scram_iterations below 4096 needs a password of at least \
+             {GENERATED_SECRET_CHARS} characters (a generated secret): fewer iterations only help \
+             where there is nothing to guess"
+        ));
+    }
+    Ok(())
 }
 
 impl ControlPlaneConfig {
@@ -296,6 +330,7 @@ impl ControlPlaneConfig {
         if self.owner.user == self.app_role {
             return Err("control_plane.app_role must not be the owner role: it would bypass row-level security".into());
         }
+        check_scram_iterations(self.app_scram_iterations, self.app_password.as_ref())?;
         if !(1..=3600).contains(&self.lease_secs) {
             return Err("control_plane.lease_secs must be between 1 and 3600".into());
         }

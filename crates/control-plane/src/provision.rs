@@ -129,8 +129,9 @@ impl NewDatabase {
                     let app_password = cfg.app_password.clone().ok_or_else(|| {
                         Error::invalid("app_password_missing", "control_plane.app_password is needed to bootstrap RDS")
                     })?;
-                    let owner = RoleCredentials { name: cfg.owner.user.clone(), password: cfg.owner.password.clone() };
-                    let app = RoleCredentials { name: cfg.app_role.clone(), password: app_password };
+                    let owner = RoleCredentials::new(cfg.owner.user.clone(), cfg.owner.password.clone());
+                    let app = RoleCredentials::new(cfg.app_role.clone(), app_password)
+                        .with_scram_iterations(cfg.app_scram_iterations);
                     admin.ensure_roles(&owner, &app).await?;
                 }
                 admin.create_database(&self.database, &cfg.owner.user, None).await?;

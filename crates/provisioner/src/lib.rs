@@ -6,6 +6,7 @@ pub mod error;
 pub mod local_cluster;
 pub mod logical;
 pub mod rds;
+pub mod scram;
 
 pub use error::Error;
 pub use local_cluster::{ClusterSpec, LocalCluster};

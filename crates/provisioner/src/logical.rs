@@ -5,6 +5,7 @@ use sea_orm::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, SqlxPostgresConnector, Statement};
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::scram::scram_secret;
 use crate::{Error, quote_ident, quote_literal};
 
 /// Where a database lives. Credentials are not part of an address.
@@ -15,11 +16,24 @@ pub struct DatabaseAddress {
     pub database: String,
 }
 
-/// A login role and its password.
+/// A login role, its password, and the SCRAM iteration count its stored
+/// secret is derived with (`crate::scram`: each client pays it per login).
 #[derive(Clone)]
 pub struct RoleCredentials {
     pub name: String,
     pub password: SecretString,
+    pub scram_iterations: u32,
+}
+
+impl RoleCredentials {
+    /// A role whose secret keeps PostgreSQL's 4,096 iterations.
+    pub fn new(name: impl Into<String>, password: SecretString) -> Self {
+        Self { name: name.into(), password, scram_iterations: crate::scram::DEFAULT_ITERATIONS }
+    }
+
+    pub fn with_scram_iterations(self, scram_iterations: u32) -> Self {
+        Self { scram_iterations, ..self }
+    }
 }
 
 /// Creates and drops databases and roles through a cluster administrator
@@ -56,7 +70,8 @@ impl LogicalProvisioner {
 
     /// Creates (or updates the password of) the migration owner role and the
     /// application role. The app role can bypass nothing: not superuser, not
-    /// BYPASSRLS, owns no table.
+    /// BYPASSRLS, owns no table. Each password is sent as its SCRAM secret,
+    /// never in clear.
     pub async fn ensure_roles(&self, owner: &RoleCredentials, app: &RoleCredentials) -> Result<(), Error> {
         for (role, attrs) in [
             (owner, "LOGIN NOSUPERUSER NOBYPASSRLS CREATEDB NOCREATEROLE"),
@@ -76,7 +91,7 @@ impl LogicalProvisioner {
             let sql = format!(
                 "{verb} ROLE {} {attrs} PASSWORD {}",
                 quote_ident(&role.name),
-                quote_literal(role.password.expose_secret())
+                quote_literal(&scram_secret(role.password.expose_secret(), role.scram_iterations))
             );
             self.admin.execute_unprepared(&sql).await?;
         }
