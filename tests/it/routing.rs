@@ -200,6 +200,57 @@ async fn a_busy_tenant_keeps_its_connection_while_cold_tenants_come_and_go() {
     assert!(app.resolver.connections_open() <= 2);
 }
 
+/// At the cap the connection that closes is the least *used* pool's, not the
+/// least recently used one's: with two tenants asking all the time and cold
+/// tenants coming between their requests two at a time, a least-recently-used
+/// choice closes a busy tenant's connection on every second cold request.
+#[tokio::test]
+async fn busy_tenants_keep_their_connections_when_cold_tenants_come_between_their_requests() {
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.app.max_connections_total = 3;
+        s.app.connections_per_pool = 1;
+        s.app.pool_idle_secs = 600;
+    })
+    .await;
+    let mut busy = Vec::new();
+    for i in 0..2 {
+        let t = app.create_tenant(&format!("lfu-busy-{i}"), "dedicated").await;
+        let database = app.database_of(&t.id).await;
+        busy.push((t, database));
+    }
+    let mut cold = Vec::new();
+    for i in 0..8 {
+        cold.push(app.create_tenant(&format!("lfu-cold-{i}"), "dedicated").await);
+    }
+    let pg = connect("postgres", false);
+    let pid = async |db: &str| {
+        let sql = format!(
+            "SELECT coalesce(max(pid), 0)::bigint FROM pg_stat_activity WHERE usename = 'tenantry_app' AND datname = '{db}'"
+        );
+        scalar(&pg, &sql).await
+    };
+    for _ in 0..5 {
+        for (t, _) in &busy {
+            assert_eq!(app.get(&t.key, "/v1/assets").await.0, StatusCode::OK);
+        }
+    }
+    let mut first = Vec::new();
+    for (_, db) in &busy {
+        first.push(pid(db).await);
+    }
+    assert!(first.iter().all(|p| *p != 0), "{first:?}");
+    for (round, pair) in cold.chunks(2).enumerate() {
+        for t in pair {
+            assert_eq!(app.get(&t.key, "/v1/assets").await.0, StatusCode::OK, "cold tenant, round {round}");
+        }
+        for ((t, db), was) in busy.iter().zip(&first) {
+            assert_eq!(app.get(&t.key, "/v1/assets").await.0, StatusCode::OK);
+            assert_eq!(pid(db).await, *was, "round {round}: {} opened a new connection", t.tenant["slug"]);
+        }
+        assert!(app.resolver.connections_open() <= 3);
+    }
+}
+
 #[tokio::test]
 async fn requests_wait_for_a_connection_slot_instead_of_exceeding_the_budget() {
     let app = crate::helpers::spawn_app_with(|s| {

@@ -4,7 +4,7 @@
 //! tenant's database time. [`OpenCap`] caps the connections open at once
 //! (idle ones included) at the same number.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
@@ -50,21 +50,43 @@ impl Drop for Slot {
     }
 }
 
-/// Longest an opener waits for the least recently used pool's connection to
-/// come back into its pool before it takes another pool's idle one.
+/// Longest an opener waits for the least used pool's connection to come
+/// back into its pool before it takes another pool's idle one.
 const SETTLE: Duration = Duration::from_millis(20);
 
 /// When this process started counting pool use.
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
-/// A backend's pool, when a request last looked it up, and how many
-/// requests hold a budget slot on it now: at the cap, the least recently
-/// used pool that no request is using gives up its connection, so the
-/// tenants in use keep theirs warm.
+/// How long a pool's use is remembered: a request counts e^(-t / USE_MEMORY)
+/// of one after `t`. Long enough to tell a tenant asking every second from one
+/// that asked once, short enough that a tenant gone quiet gives way in a
+/// minute or so.
+const USE_MEMORY: Duration = Duration::from_secs(10);
+
+/// A pool's recent use: requests, each decayed by its age.
+#[derive(Clone, Copy)]
+struct Use {
+    score: f64,
+    at: Duration,
+}
+
+impl Use {
+    fn at(self, now: Duration) -> f64 {
+        let age = now.saturating_sub(self.at).as_secs_f64();
+        self.score * (-age / USE_MEMORY.as_secs_f64()).exp()
+    }
+}
+
+/// A backend's pool, how much requests have used it lately, and how many
+/// requests hold a budget slot on it now. At the cap, the least used pool
+/// that no request is using gives up its connection: by use, not by last use,
+/// so a stream of tenants asking once each (the cold ones) takes connections
+/// from each other rather than from the tenants asking all the time, which
+/// a least-recently-used choice would close after every few cold requests.
 #[derive(Clone)]
 pub(crate) struct BackendPool {
     pub(crate) db: DatabaseConnection,
-    used: Arc<AtomicU64>,
+    used: Arc<std::sync::Mutex<Use>>,
     busy: Arc<AtomicUsize>,
     /// Straight to PostgreSQL (not through a pooler): see [`hang_up`].
     direct: bool,
@@ -72,18 +94,26 @@ pub(crate) struct BackendPool {
 
 impl BackendPool {
     pub(crate) fn new(db: DatabaseConnection, direct: bool) -> Self {
-        let pool = BackendPool { db, used: Arc::new(AtomicU64::new(0)), busy: Arc::new(AtomicUsize::new(0)), direct };
-        pool.touch();
-        pool
+        let unused = Use { score: 0.0, at: EPOCH.elapsed() };
+        BackendPool { db, used: Arc::new(std::sync::Mutex::new(unused)), busy: Arc::new(AtomicUsize::new(0)), direct }
     }
 
-    /// Marks the pool used now.
+    /// Counts one request on the pool.
     pub(crate) fn touch(&self) {
-        self.used.store(EPOCH.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let now = EPOCH.elapsed();
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        *used = Use { score: used.at(now) + 1.0, at: now };
     }
 
-    fn last_used(&self) -> u64 {
-        self.used.load(Ordering::Relaxed)
+    /// The pool's use as of `now`.
+    fn use_at(&self, now: Duration) -> f64 {
+        self.used.lock().unwrap_or_else(|p| p.into_inner()).at(now)
+    }
+
+    /// The least used of `pools` (as of one instant).
+    fn least_used<'a>(pools: impl Iterator<Item = &'a BackendPool>) -> Option<&'a BackendPool> {
+        let now = EPOCH.elapsed();
+        pools.map(|p| (p.use_at(now), p)).min_by(|a, b| a.0.total_cmp(&b.0)).map(|(_, p)| p)
     }
 
     pub(crate) fn pg(&self) -> &PgPool {
@@ -171,18 +201,17 @@ impl OpenCap {
             }
             // At the cap: close a connection elsewhere to make room. A closing
             // pool gives one up first (its connections go anyway), then the
-            // least recently used pool that no request is using. Its
-            // connection may still be on its way back into the pool (sqlx
-            // returns connections from a spawned task): then this waits for
-            // it rather than take a busier pool's.
-            // Else (every pool is in use) the least recently used pool with an
-            // idle connection.
+            // least used pool that no request is using. Its connection may
+            // still be on its way back into the pool (sqlx returns
+            // connections from a spawned task): then this waits for it rather
+            // than take a busier pool's.
+            // Else (every pool is in use) the least used pool with an idle
+            // connection.
             let mut freed = false;
             let closing = self.still_closing();
-            let unused = live
-                .iter()
-                .filter(|p| p.busy.load(Ordering::SeqCst) == 0 && p.pg().size() > 0)
-                .min_by_key(|p| p.last_used());
+            let unused = BackendPool::least_used(
+                live.iter().filter(|p| p.busy.load(Ordering::SeqCst) == 0 && p.pg().size() > 0),
+            );
             let now = tokio::time::Instant::now();
             let settling =
                 unused.is_some_and(|p| p.pg().num_idle() == 0) && now < *settle_until.get_or_insert(now + SETTLE);
@@ -195,10 +224,7 @@ impl OpenCap {
                     if settling {
                         return None;
                     }
-                    live.iter()
-                        .filter(|p| p.pg().num_idle() > 0)
-                        .min_by_key(|p| p.last_used())
-                        .map(|p| (p.pg(), p.direct))
+                    BackendPool::least_used(live.iter().filter(|p| p.pg().num_idle() > 0)).map(|p| (p.pg(), p.direct))
                 });
             if let Some((c, direct)) = donor.and_then(|(p, direct)| p.try_acquire().map(|c| (c, direct))) {
                 hang_up(c, direct).await;
