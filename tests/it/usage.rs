@@ -237,25 +237,58 @@ async fn both_listeners_export_prometheus_series_by_route_status_and_tier() {
     assert_eq!(sample(&text, "tenantry_backend_migration_failed", &[&pool]), Some(0.0));
 }
 
+/// 20,000 tenants' counts (100,000 values) go out in slices of 1,000 tenants,
+/// each its own statement. A slice that fails keeps its counts and every later
+/// slice's for the next flush, which writes them: each tenant exactly once.
 #[tokio::test]
-async fn one_flush_writes_twenty_thousand_tenants_usage() {
+async fn a_flush_writes_twenty_thousand_tenants_in_slices_and_keeps_what_a_failed_slice_did_not_write() {
     // Arrange: the background flusher stays out of the way; 20,000 tenants
-    // have counts (five values each: 100,000 parameters as one VALUES list).
+    // have counts; one of them makes its slice's INSERT fail.
     let app = spawn_app_with(|s| s.app.usage_flush_ms = 3_600_000).await;
     let meter = app.resolver.usage().clone();
-    for _ in 0..20_000 {
-        meter.db_time(uuid::Uuid::now_v7(), Duration::from_micros(7_777));
+    let tenants: Vec<uuid::Uuid> = (0..20_000).map(|_| uuid::Uuid::now_v7()).collect();
+    for t in &tenants {
+        meter.db_time(*t, Duration::from_micros(7_777));
     }
+    let poisoned = tenants[7];
     let as_app = connect(&app.cp.config().registry_database, true);
-
-    // Act
-    let written = meter.flush(&as_app).await;
-
-    // Assert
-    assert_eq!(written.expect("the flush succeeds"), 20_000);
-    assert!(meter.pending().is_empty(), "nothing is left for a later flush");
     let registry = connect(&app.cp.config().registry_database, false);
+    registry
+        .execute_unprepared(&format!(
+            "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+               IF NEW.tenant_id = '{poisoned}' THEN RAISE EXCEPTION 'poisoned'; END IF; RETURN NEW; END $$; \
+             CREATE TRIGGER poison BEFORE INSERT ON usage_samples FOR EACH ROW EXECUTE FUNCTION poison()"
+        ))
+        .await
+        .unwrap();
+
+    // Act 1: the flush stops at the poisoned slice.
+    let failed = meter.flush(&as_app).await;
+
+    // Assert 1: whole slices before it are written, the rest kept, none twice.
+    assert!(failed.is_err());
+    let written = scalar(&registry, "SELECT count(*) FROM usage_samples WHERE db_time_us = 7777").await;
+    let pending = meter.pending();
+    assert_eq!(written % 1_000, 0, "only whole slices are written: {written}");
+    assert_eq!(written + pending.len() as i64, 20_000);
+    assert!(pending.contains_key(&poisoned));
+    let ids = pending.keys().map(|t| format!("'{t}'")).collect::<Vec<_>>().join(",");
+    assert_eq!(scalar(&registry, &format!("SELECT count(*) FROM usage_samples WHERE tenant_id IN ({ids})")).await, 0);
+
+    // Act 2: the next flush, the registry healthy again.
+    registry.execute_unprepared("DROP TRIGGER poison ON usage_samples").await.unwrap();
+    let rest = meter.flush(&as_app).await;
+
+    // Assert 2: every tenant once, in statements of at most 1,000 tenants.
+    assert_eq!(rest.expect("the flush succeeds") as i64, 20_000 - written);
+    assert!(meter.pending().is_empty(), "nothing is left for a later flush");
+    let once = "SELECT count(DISTINCT tenant_id) FROM usage_samples WHERE db_time_us = 7777";
+    assert_eq!(scalar(&registry, once).await, 20_000);
     assert_eq!(scalar(&registry, "SELECT count(*) FROM usage_samples WHERE db_time_us = 7777").await, 20_000);
+    let statements = "SELECT count(DISTINCT at) FROM usage_samples WHERE db_time_us = 7777";
+    assert_eq!(scalar(&registry, statements).await, 20, "one timestamp per slice");
+    let largest = "SELECT max(n) FROM (SELECT count(*) AS n FROM usage_samples GROUP BY at) s";
+    assert_eq!(scalar(&registry, largest).await, 1_000);
 }
 
 /// A storage pass over a pool of 1,234 tenants (several count batches and

@@ -12,6 +12,12 @@ use std::time::Duration;
 use sea_orm::{DatabaseConnection, DbErr};
 use uuid::Uuid;
 
+/// Tenants per INSERT of a flush. 10,000 tenants' counts in one statement
+/// hold a registry core for tens of milliseconds, long enough to queue
+/// requests behind it on a busy host; slices of 1,000, each followed by a pause
+/// as long as it took, keep every statement short (the fold does the same).
+pub const FLUSH_SLICE_TENANTS: usize = 1_000;
+
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counts {
     pub requests: i64,
@@ -72,25 +78,43 @@ impl UsageMeter {
         self.counts.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    /// Appends everything counted so far to the registry; on failure the counts
-    /// are kept for the next flush. Returns the tenants written.
+    /// Appends everything counted so far to the registry, in slices of
+    /// [`FLUSH_SLICE_TENANTS`] tenants each followed by a pause as long as it
+    /// took; on failure the counts not yet written are kept for the next
+    /// flush. Returns the tenants written.
     pub async fn flush(&self, registry: &DatabaseConnection) -> Result<usize, DbErr> {
-        let drained = std::mem::take(&mut *self.counts.lock().unwrap_or_else(|p| p.into_inner()));
-        if drained.is_empty() {
-            return Ok(0);
+        let drained: Vec<(Uuid, Counts)> =
+            std::mem::take(&mut *self.counts.lock().unwrap_or_else(|p| p.into_inner())).into_iter().collect();
+        let mut written = 0;
+        for slice in drained.chunks(FLUSH_SLICE_TENANTS) {
+            let started = std::time::Instant::now();
+            if let Err(e) = Self::append(registry, slice).await {
+                for (tenant, c) in &drained[written..] {
+                    self.add(*tenant, *c);
+                }
+                return Err(e);
+            }
+            written += slice.len();
+            if written < drained.len() {
+                tokio::time::sleep(started.elapsed()).await;
+            }
         }
-        // One statement with five arrays, whatever the number of tenants (one
-        // parameter per tenant and column would pass PostgreSQL's 65,535
-        // parameter limit at 13,108 tenants and fail every flush after).
+        Ok(written)
+    }
+
+    /// One INSERT of `slice`'s counts: five arrays, whatever the number of
+    /// tenants (one parameter per tenant and column would pass PostgreSQL's
+    /// 65,535 parameter limit at 13,108 tenants).
+    async fn append(registry: &DatabaseConnection, slice: &[(Uuid, Counts)]) -> Result<(), DbErr> {
         let mut cols: (Vec<Uuid>, Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>) = Default::default();
-        for (tenant, c) in &drained {
+        for (tenant, c) in slice {
             cols.0.push(*tenant);
             cols.1.push(c.requests);
             cols.2.push(c.client_errors);
             cols.3.push(c.server_errors);
             cols.4.push(c.db_time_us);
         }
-        let insert = sea_orm::sqlx::query(
+        sea_orm::sqlx::query(
             "INSERT INTO usage_samples (tenant_id, at, requests, client_errors, server_errors, db_time_us) \
              SELECT t, now(), r, c, s, d FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) \
              AS u(t, r, c, s, d)",
@@ -102,16 +126,8 @@ impl UsageMeter {
         .bind(cols.4)
         .execute(registry.get_postgres_connection_pool())
         .await
-        .map_err(|e| DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e.into())));
-        match insert {
-            Ok(_) => Ok(drained.len()),
-            Err(e) => {
-                for (tenant, c) in drained {
-                    self.add(tenant, c);
-                }
-                Err(e)
-            }
-        }
+        .map(|_| ())
+        .map_err(|e| DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e.into())))
     }
 }
 
