@@ -4,7 +4,7 @@
 //! tenant's database time. [`OpenCap`] caps the connections open at once
 //! (idle ones included) at the same number.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
@@ -63,18 +63,43 @@ static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 /// minute or so.
 const USE_MEMORY: Duration = Duration::from_secs(10);
 
-/// A pool's recent use: requests, each decayed by its age.
-#[derive(Clone, Copy)]
+/// A pool's recent use: its requests, each decayed by its age, as of `at`
+/// (microseconds since [`EPOCH`]). Lock-free and approximate: two requests
+/// touching the pool at the same instant may count once, which a choice of
+/// which connection to close can afford on the request path.
+#[derive(Default)]
 struct Use {
-    score: f64,
-    at: Duration,
+    score: AtomicU64,
+    at: AtomicU64,
 }
 
 impl Use {
-    fn at(self, now: Duration) -> f64 {
-        let age = now.saturating_sub(self.at).as_secs_f64();
-        self.score * (-age / USE_MEMORY.as_secs_f64()).exp()
+    fn decayed(score: f64, since: u64, now: u64) -> f64 {
+        let age = now.saturating_sub(since) as f64 / 1e6;
+        score * (-age / USE_MEMORY.as_secs_f64()).exp()
     }
+
+    /// The score as of `now` (microseconds since [`EPOCH`]).
+    fn at(&self, now: u64) -> f64 {
+        Self::decayed(f64::from_bits(self.score.load(Ordering::Relaxed)), self.at.load(Ordering::Relaxed), now)
+    }
+
+    /// One more request at `now`. Within a millisecond of the last decay the
+    /// request is only added (the decay over it is below 0.01 %).
+    fn count(&self, now: u64) {
+        let since = self.at.load(Ordering::Relaxed);
+        let score = f64::from_bits(self.score.load(Ordering::Relaxed));
+        if now.saturating_sub(since) < 1_000 {
+            self.score.store((score + 1.0).to_bits(), Ordering::Relaxed);
+        } else {
+            self.score.store((Self::decayed(score, since, now) + 1.0).to_bits(), Ordering::Relaxed);
+            self.at.store(now, Ordering::Relaxed);
+        }
+    }
+}
+
+fn micros_now() -> u64 {
+    EPOCH.elapsed().as_micros() as u64
 }
 
 /// A backend's pool, how much requests have used it lately, and how many
@@ -86,7 +111,7 @@ impl Use {
 #[derive(Clone)]
 pub(crate) struct BackendPool {
     pub(crate) db: DatabaseConnection,
-    used: Arc<std::sync::Mutex<Use>>,
+    used: Arc<Use>,
     busy: Arc<AtomicUsize>,
     /// Straight to PostgreSQL (not through a pooler): see [`hang_up`].
     direct: bool,
@@ -94,25 +119,22 @@ pub(crate) struct BackendPool {
 
 impl BackendPool {
     pub(crate) fn new(db: DatabaseConnection, direct: bool) -> Self {
-        let unused = Use { score: 0.0, at: EPOCH.elapsed() };
-        BackendPool { db, used: Arc::new(std::sync::Mutex::new(unused)), busy: Arc::new(AtomicUsize::new(0)), direct }
+        BackendPool { db, used: Arc::new(Use::default()), busy: Arc::new(AtomicUsize::new(0)), direct }
     }
 
     /// Counts one request on the pool.
     pub(crate) fn touch(&self) {
-        let now = EPOCH.elapsed();
-        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        *used = Use { score: used.at(now) + 1.0, at: now };
+        self.used.count(micros_now());
     }
 
     /// The pool's use as of `now`.
-    fn use_at(&self, now: Duration) -> f64 {
-        self.used.lock().unwrap_or_else(|p| p.into_inner()).at(now)
+    fn use_at(&self, now: u64) -> f64 {
+        self.used.at(now)
     }
 
     /// The least used of `pools` (as of one instant).
     fn least_used<'a>(pools: impl Iterator<Item = &'a BackendPool>) -> Option<&'a BackendPool> {
-        let now = EPOCH.elapsed();
+        let now = micros_now();
         pools.map(|p| (p.use_at(now), p)).min_by(|a, b| a.0.total_cmp(&b.0)).map(|(_, p)| p)
     }
 
