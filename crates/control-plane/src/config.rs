@@ -290,7 +290,7 @@ fn default_workers() -> usize {
 
 /// Fewest characters an app password needs for a SCRAM count below
 /// PostgreSQL's: a generated secret (hex or base64 of 16+ bytes, Terraform's
-/// `random_password` of 32).
+/// `random_password` of 40 in `deploy/terraform/aws`).
 pub const GENERATED_SECRET_CHARS: usize = 24;
 
 /// `control_plane.app_scram_iterations`: 1 to 10,000,000, and below 4,096 only
