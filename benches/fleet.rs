@@ -261,11 +261,10 @@ async fn main() -> anyhow::Result<()> {
         warmup: env_or("BENCH_WARMUP", 3),
     };
     tenantry::testkit::set_max_connections(env_or("BENCH_MAX_CONNECTIONS", 300) as u32);
-    // Every connection start reads its database's catalogs (pg_class,
-    // pg_attribute, the policies ...): 1,000 databases' worth does not stay in
-    // the test clusters' 128 MB, so each cold start re-reads them from the
-    // kernel's cache. A host for 1,000 databases gives shared_buffers a
-    // quarter of 8 GB; BENCH_SHARED_BUFFERS=128MB measures the small setting.
+    // Sized like a host for 1,000 databases (shared_buffers a quarter of
+    // 8 GB) rather than the test clusters' 128 MB; BENCH_SHARED_BUFFERS=128MB
+    // measures the small setting (it served the same latencies: a connection
+    // start's cost is the backend's start and exit, docs/benchmarks.md).
     let shared_buffers = common::size_cluster("2GB");
     let tc = tokio::task::spawn_blocking(tenantry::testkit::cluster).await?;
     let password = tc.secrets.superuser_password.clone();

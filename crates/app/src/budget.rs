@@ -127,15 +127,10 @@ impl BackendPool {
         self.used.count(micros_now());
     }
 
-    /// The pool's use as of `now`.
-    fn use_at(&self, now: u64) -> f64 {
-        self.used.at(now)
-    }
-
     /// The least used of `pools` (as of one instant).
     fn least_used<'a>(pools: impl Iterator<Item = &'a BackendPool>) -> Option<&'a BackendPool> {
         let now = micros_now();
-        pools.map(|p| (p.use_at(now), p)).min_by(|a, b| a.0.total_cmp(&b.0)).map(|(_, p)| p)
+        pools.map(|p| (p.used.at(now), p)).min_by(|a, b| a.0.total_cmp(&b.0)).map(|(_, p)| p)
     }
 
     pub(crate) fn pg(&self) -> &PgPool {
