@@ -188,9 +188,13 @@ mod tests {
         [app.credentials]
         user = "tenantry_app"
         password = "app-secret"
+        [app.gate]
+        current = "gate-secret-gate-secret-gate-secret"
         [control_plane]
         admin_token = "token"
         app_role = "tenantry_app"
+        [control_plane.gate]
+        current = "gate-secret-gate-secret-gate-secret"
         [control_plane.owner]
         user = "tenantry_owner"
         password = "owner-secret"
@@ -208,7 +212,7 @@ mod tests {
         assert_eq!(s.app.registry.port, 6432);
         assert_eq!(s.log.format, LogFormat::Text);
         let printed = format!("{s:?}");
-        for secret in ["app-secret", "owner-secret", "pg-secret"] {
+        for secret in ["app-secret", "owner-secret", "pg-secret", "gate-secret"] {
             assert!(!printed.contains(secret), "{secret} leaked into Debug output");
         }
     }
@@ -219,6 +223,10 @@ mod tests {
         let secrets = r#"
             [app.credentials]
             password = "a"
+            [app.gate]
+            current = "0123456789abcdef0123456789abcdef"
+            [control_plane.gate]
+            current = "0123456789abcdef0123456789abcdef"
             [control_plane]
             admin_token = "t"
             app_password = "a"

@@ -38,6 +38,10 @@ pub struct DevSecrets {
     pub owner_password: String,
     pub app_password: String,
     pub admin_token: String,
+    /// The tenant gate's key (both sides); a data folder made before it
+    /// existed gets one at its next start.
+    #[serde(default)]
+    pub gate_key: String,
     #[serde(default)]
     pub demo_keys: Vec<(String, String)>,
 }
@@ -55,14 +59,26 @@ impl DevSecrets {
             owner_password: random_secret(16),
             app_password: random_secret(16),
             admin_token: random_secret(24),
+            gate_key: random_secret(32),
             demo_keys: vec![],
         }
+    }
+
+    /// The gate keys both sides of the stack use.
+    pub fn gate_keys(&self) -> tenantry_core::gate::GateKeys {
+        tenantry_core::gate::GateKeys { current: self.gate_key.clone().into(), previous: None }
     }
 
     fn load_or_create(path: &Path) -> anyhow::Result<Self> {
         if path.exists() {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            return serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()));
+            let mut secrets: Self =
+                serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+            if secrets.gate_key.is_empty() {
+                secrets.gate_key = random_secret(32);
+                secrets.save(path)?;
+            }
+            return Ok(secrets);
         }
         let s = Self::generate();
         s.save(path)?;
@@ -118,6 +134,7 @@ pub fn settings_for(
             listen: app_listen,
             registry: RegistryAddress { host: "127.0.0.1".into(), port: pg_port, database: registry_db.into() },
             credentials: Credentials { user: APP_ROLE.into(), password: secrets.app_password.clone().into() },
+            gate: secrets.gate_keys(),
             max_connections_total: 64,
             connections_per_pool: 8,
             connection_wait_ms: 2000,
@@ -132,6 +149,7 @@ pub fn settings_for(
         control_plane: ControlPlaneConfig {
             listen: admin_listen,
             admin_token: secrets.admin_token.clone().into(),
+            gate: secrets.gate_keys(),
             // Derived from a generated secret of this data folder, never printed.
             secrets_key: Some(format!("estates:{}", secrets.owner_password).into()),
             registry_database: registry_db.into(),

@@ -98,6 +98,28 @@ pub fn connect_as_superuser(database: &str) -> sea_orm::DatabaseConnection {
 }
 
 /// A database name unique to this run.
+/// SQL that puts a backend at tenant schema 6 back to schema 5's gates, for a
+/// test or benchmark of a backend one schema behind: `tenantry_enter`, and
+/// policies on a bare `app.tenant_id` (the registry must then say 5 too).
+pub fn schema_5_gates_sql() -> String {
+    let fence = include_str!("../../migrations/tenant/0004_crash_safe_fence.sql");
+    let enter = &fence[fence.find("CREATE OR REPLACE FUNCTION tenantry_enter").expect("schema 4's tenantry_enter")..];
+    let mut sql = String::from(
+        "CREATE OR REPLACE FUNCTION tenantry_current_tenant() RETURNS uuid LANGUAGE sql STABLE PARALLEL SAFE \
+         AS $$ SELECT nullif(current_setting('app.tenant_id', true), '')::uuid $$;\n",
+    );
+    sql.push_str(&enter.replace("{app_role}", crate::dev::APP_ROLE));
+    for table in
+        tenantry_core::entities::TENANT_TABLES.iter().chain(&["maintenance_overdue", "tenantry_move_sentinels"])
+    {
+        sql.push_str(&format!(
+            "\nALTER POLICY tenant_isolation ON {table} USING (tenant_id = tenantry_current_tenant()) \
+             WITH CHECK (tenant_id = tenantry_current_tenant());"
+        ));
+    }
+    sql
+}
+
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
 }

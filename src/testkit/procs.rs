@@ -27,6 +27,8 @@ database = "{registry}"
 [app.credentials]
 user = "tenantry_app"
 password = "{app_pw}"
+[app.gate]
+current = "{gate}"
 [app.jobs]
 overdue_interval_secs = 0
 [control_plane]
@@ -37,6 +39,8 @@ registry_database = "{registry}"
 template_database = "{template}"
 secrets_key = "estates:{owner_pw}"
 {extra}
+[control_plane.gate]
+current = "{gate}"
 [control_plane.owner]
 user = "tenantry_owner"
 password = "{owner_pw}"
@@ -49,6 +53,7 @@ admin_password = "{su_pw}"
         app_pw = tc.secrets.app_password,
         owner_pw = tc.secrets.owner_password,
         su_pw = tc.secrets.superuser_password,
+        gate = tc.secrets.gate_key,
     );
     std::fs::write(&path, text).expect("write a child configuration");
     path

@@ -5,8 +5,11 @@ use sea_orm::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, SqlxPostgresConnector, Statement};
 use serde_json::{Value, json};
 
+use sea_orm::sqlx::postgres::PgConnection;
+use sea_orm::sqlx::{self, AssertSqlSafe, Connection};
 use tenantry::dev::{APP_ROLE, SUPERUSER};
 use tenantry_control_plane::ControlPlane;
+use tenantry_core::gate::{self, Binding, GateKey, GateKeys};
 
 pub use tenantry::testkit::cluster;
 
@@ -318,4 +321,42 @@ impl TestApp {
         let backend = self.cp.backend(t.placement.expect("placed").backend_id).await.expect("backend");
         backend.database
     }
+}
+
+// --- The tenant gate as the app drives it, on single connections (the
+// forgery and isolation tests play the app and the attacker).
+
+pub fn gate_key() -> GateKey {
+    GateKeys { current: cluster().secrets.gate_key.clone().into(), previous: None }.signer()
+}
+
+/// One connection as the app role, straight to PostgreSQL or through the
+/// harness's PgBouncer.
+pub async fn app_conn(database: &str, through_pgbouncer: bool) -> PgConnection {
+    let tc = cluster();
+    let port = if through_pgbouncer { tenantry::testkit::pgbouncer().port } else { tc.cluster.port() };
+    let mut opts = PgConnectOptions::new()
+        .host("127.0.0.1")
+        .port(port)
+        .database(database)
+        .username(APP_ROLE)
+        .password(&tc.secrets.app_password);
+    if through_pgbouncer {
+        opts = opts.statement_cache_capacity(0).extra_float_digits(None);
+    }
+    PgConnection::connect_with(&opts).await.expect("an app-role connection")
+}
+
+pub async fn run(conn: &mut PgConnection, sql: &str) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(AssertSqlSafe(sql.to_string())).execute(conn).await.map(|_| ())
+}
+
+/// The app's own gate on a direct connection: the gate opened, a proof for
+/// `tenant` at epoch 1 with this connection's pid and counter; the statement
+/// the app sends (`BEGIN; SELECT tenantry_gate(...)`).
+pub async fn vouched_begin(conn: &mut PgConnection, tenant: &str) -> (i32, String) {
+    let (pid, n): (i32, i64) =
+        sqlx::query_as("SELECT pg_backend_pid(), tenantry_gate_open()").fetch_one(&mut *conn).await.expect("open");
+    let binding = Binding::Direct { pid: pid as u32, n };
+    (pid, format!("BEGIN; SELECT {}", gate::call(&gate_key(), tenant.parse().unwrap(), 1, binding, false)))
 }

@@ -6,7 +6,10 @@ use reqwest::{Method, StatusCode};
 use sea_orm::ConnectionTrait;
 use serde_json::json;
 
-use crate::helpers::{TestApp, connect, scalar, spawn_app};
+use sea_orm::sqlx::{self, AssertSqlSafe};
+use tenantry_core::gate::{self, Binding};
+
+use crate::helpers::{TestApp, app_conn, connect, gate_key, run, scalar, spawn_app, vouched_begin};
 
 async fn b_cannot_reach_a(a_tier: &str, b_tier: &str) {
     b_cannot_reach_a_via(a_tier, b_tier, false).await;
@@ -221,36 +224,32 @@ async fn a_tenant_entered_on_the_shared_pool_sees_only_its_own_rows() {
     let b = app.create_tenant("tenant-b", "shared").await;
     app.seed(&a.key, "T-1").await;
     app.seed(&b.key, "T-1").await;
-    let app_role = connect(&app.pool_name, true);
-    let txn = sea_orm::TransactionTrait::begin(&app_role).await.unwrap();
-    sea_orm::ConnectionTrait::execute_unprepared(&txn, &format!("SELECT tenantry_enter('{}', 1)", a.id)).await.unwrap();
+    let mut conn = app_conn(&app.pool_name, false).await;
+    let (_, begin) = vouched_begin(&mut conn, &a.id).await;
+    run(&mut conn, &begin).await.expect("the app's gate enters A");
     for table in tenantry_core::entities::TENANT_TABLES {
-        let row = sea_orm::ConnectionTrait::query_one_raw(
-            &txn,
-            sea_orm::Statement::from_string(
-                sea_orm::DbBackend::Postgres,
-                format!("SELECT count(*) AS n, count(*) FILTER (WHERE tenant_id <> '{}') AS other FROM {table}", a.id),
-            ),
-        )
-        .await
-        .unwrap()
-        .unwrap();
-        let (n, other): (i64, i64) = (row.try_get("", "n").unwrap(), row.try_get("", "other").unwrap());
+        let q = format!("SELECT count(*), count(*) FILTER (WHERE tenant_id <> '{}') FROM {table}", a.id);
+        let (n, other): (i64, i64) = sqlx::query_as(AssertSqlSafe(q)).fetch_one(&mut conn).await.unwrap();
         assert_eq!((n, other), (1, 0), "{table}: A sees its row and nothing of B's");
     }
     // RLS WITH CHECK: even a raw insert for B is refused while entered as A.
-    let err = sea_orm::ConnectionTrait::execute_unprepared(
-        &txn,
+    let err = run(
+        &mut conn,
         &format!("INSERT INTO assets (tenant_id, id, name, tag, status) VALUES ('{}', gen_random_uuid(), 'x', 'x', 'active')", b.id),
     )
     .await;
     assert!(err.is_err(), "an insert for another tenant must violate the policy");
-    txn.rollback().await.unwrap();
-    // Wrong epoch: refused with the distinct SQLSTATE.
-    let err = sea_orm::ConnectionTrait::execute_unprepared(&app_role, &format!("SELECT tenantry_enter('{}', 2)", a.id))
-        .await
-        .unwrap_err();
-    assert_eq!(tenantry_core::db::sqlstate(&err).as_deref(), Some("TR001"));
+    run(&mut conn, "ROLLBACK").await.unwrap();
+    // Wrong epoch: refused with the distinct SQLSTATE, after the proof checked out.
+    let (pid, n): (i32, i64) =
+        sqlx::query_as("SELECT pg_backend_pid(), tenantry_gate_open()").fetch_one(&mut conn).await.unwrap();
+    let call = gate::call(&gate_key(), a.id.parse().unwrap(), 2, Binding::Direct { pid: pid as u32, n }, false);
+    let err = run(&mut conn, &format!("SELECT {call}")).await.unwrap_err();
+    let code = match &err {
+        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+        _ => None,
+    };
+    assert_eq!(code.as_deref(), Some("TR001"), "{err}");
 }
 
 #[tokio::test]
@@ -302,21 +301,25 @@ async fn the_read_gate_admits_only_a_tenant_resident_at_its_epoch_and_shows_the_
     app.seed(&a.key, "A-1").await;
     app.seed(&b.key, "B-1").await;
     let superuser = connect(&app.pool_name, false);
-    let app_role = connect(&app.pool_name, true);
-    // The app's one-statement read: A's rows behind the read gate for `who` at `epoch`.
-    let read = |who: &str, epoch: i64| {
-        format!(
-            "SELECT count(*) FROM assets WHERE tenant_id = '{}' AND (SELECT pg_catalog.set_config('app.tenant_id', \
-             g.tenant_id::text, true) FROM tenantry_admitted g WHERE g.tenant_id = '{who}' AND g.epoch = {epoch}) IS NOT NULL",
-            a.id
-        )
+    let mut conn = app_conn(&app.pool_name, false).await;
+    let (pid, start): (i32, i64) =
+        sqlx::query_as("SELECT pg_backend_pid(), tenantry_gate_open()").fetch_one(&mut conn).await.unwrap();
+    let counter = std::sync::atomic::AtomicI64::new(start);
+    // The app's one-statement read: A's rows behind the vouched read gate for
+    // `who` at `epoch`; its count, or the SQLSTATE that refused it.
+    let mut read = async |who: &str, epoch: i64| -> Result<i64, String> {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let call = gate::call(&gate_key(), who.parse().unwrap(), epoch, Binding::Direct { pid: pid as u32, n }, true);
+        let q = format!("SELECT count(*) FROM assets WHERE tenant_id = '{}' AND (SELECT {call})", a.id);
+        sqlx::query_scalar(AssertSqlSafe(q)).fetch_one(&mut conn).await.map_err(|e| match e {
+            sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()).unwrap_or_default(),
+            other => other.to_string(),
+        })
     };
     let residency = |set: &str| format!("UPDATE tenant_residency SET {set} WHERE tenant_id = '{}'", a.id);
-    assert_eq!(scalar(&app_role, &read(&a.id, 1)).await, 1, "resident at its epoch: admitted");
-    assert_eq!(scalar(&app_role, &read(&a.id, 2)).await, 0, "another epoch: refused");
-    assert_eq!(scalar(&app_role, &read(&b.id, 1)).await, 0, "admitted as B, A's rows stay hidden");
-    // The tenant lasts for the statement's own transaction only.
-    assert_eq!(scalar(&app_role, "SELECT count(*) FROM assets").await, 0);
+    assert_eq!(read(&a.id, 1).await, Ok(1), "resident at its epoch: admitted");
+    assert_eq!(read(&a.id, 2).await, Err("TR001".into()), "another epoch: refused, saying why");
+    assert_eq!(read(&b.id, 1).await, Ok(0), "admitted as B, A's rows stay hidden");
 
     // A move's fence refuses reads until its deadline; a lapsed fence admits
     // again (nobody finished the move); a sealed source refuses for good.
@@ -326,18 +329,18 @@ async fn the_read_gate_admits_only_a_tenant_resident_at_its_epoch_and_shows_the_
         ))
         .await
         .unwrap();
-    assert_eq!(scalar(&app_role, &read(&a.id, 1)).await, 0, "fenced: refused");
+    assert_eq!(read(&a.id, 1).await, Err("TR001".into()), "fenced: refused");
     superuser.execute_unprepared(&residency("fenced_until = now() - interval '1 second'")).await.unwrap();
-    assert_eq!(scalar(&app_role, &read(&a.id, 1)).await, 1, "fence past its deadline: admitted");
+    assert_eq!(read(&a.id, 1).await, Ok(1), "fence past its deadline: admitted");
     superuser.execute_unprepared(&residency("state = 'fenced', fenced_until = NULL")).await.unwrap();
-    assert_eq!(scalar(&app_role, &read(&a.id, 1)).await, 0, "a fence without a deadline (an erasure's) holds");
+    assert_eq!(read(&a.id, 1).await, Err("TR001".into()), "a fence without a deadline (an erasure's) holds");
     superuser
         .execute_unprepared(&residency(
             "state = 'moved', moved_to = gen_random_uuid(), moved_epoch = 2, fenced_until = NULL",
         ))
         .await
         .unwrap();
-    assert_eq!(scalar(&app_role, &read(&a.id, 1)).await, 0, "moved: refused");
+    assert_eq!(read(&a.id, 1).await, Err("TR002".into()), "moved: refused, naming the new home");
 
     // The view names admitted tenants and epochs only (the app's registry knows
     // as much); states, fences and new homes stay in tenant_residency.
@@ -348,6 +351,7 @@ async fn the_read_gate_admits_only_a_tenant_resident_at_its_epoch_and_shows_the_
     )
     .await;
     assert_eq!(columns, 0);
+    let app_role = connect(&app.pool_name, true);
     assert_eq!(scalar(&app_role, "SELECT count(*) FROM tenantry_admitted").await, 1, "B only, A is moved");
     let err = sea_orm::ConnectionTrait::execute_unprepared(&app_role, "UPDATE tenantry_admitted SET epoch = 9").await;
     assert!(err.is_err(), "the view is read-only for the app role");

@@ -13,6 +13,7 @@ mod contract;
 mod cutover;
 mod estates;
 mod fleet;
+mod forgery;
 mod isolation;
 mod migrations;
 mod moves;

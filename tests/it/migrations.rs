@@ -104,15 +104,17 @@ async fn the_migrate_command_reports_every_backend_and_fails_when_one_fails() {
 }
 
 #[tokio::test]
-async fn a_backend_one_tenant_schema_behind_is_read_through_tenantry_enter() {
+async fn a_backend_one_tenant_schema_behind_is_served_through_its_own_gates() {
     let app = spawn_app().await;
     let a = app.create_tenant("behind", "shared").await;
     let (asset, ..) = app.seed(&a.key, "BH-1").await;
-    // The pool as it was before tenant migration 5 (no tenantry_admitted view),
-    // and the registry saying so: still within the range this build serves.
+    // The pool as it was at tenant schema 5 (tenantry_enter, a policy on a
+    // bare app.tenant_id; the read gate over tenantry_admitted), and the
+    // registry saying so: still within the range this build serves.
     let behind = tenantry_core::TENANT_SCHEMA_LATEST - 1;
+    assert_eq!(behind, 5);
     assert!(tenantry_core::supported_tenant_schema().contains(&behind));
-    connect(&app.pool_name, false).execute_unprepared("DROP VIEW tenantry_admitted").await.unwrap();
+    connect(&app.pool_name, false).execute_unprepared(&tenantry::testkit::schema_5_gates_sql()).await.unwrap();
     let registry = connect(&app.cp.config().registry_database, false);
     registry
         .execute_unprepared(&format!(
@@ -122,10 +124,13 @@ async fn a_backend_one_tenant_schema_behind_is_read_through_tenantry_enter() {
         .await
         .unwrap();
 
-    // Reads there take the authoritative gate alone: found, listed, missing.
+    // A write there enters through tenantry_enter.
+    let (s, created) = app.post(&a.key, "/v1/assets", json!({"name": "Behind", "tag": "BH-2"})).await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    // Reads there take schema 5's read gate: found, listed, missing.
     assert_eq!(app.get_until(&a.key, &format!("/v1/assets/{asset}"), StatusCode::OK).await, StatusCode::OK);
     let (s, list) = app.get(&a.key, "/v1/assets").await;
-    assert_eq!((s, list["assets"].as_array().map(Vec::len)), (StatusCode::OK, Some(1)), "{list}");
+    assert_eq!((s, list["assets"].as_array().map(Vec::len)), (StatusCode::OK, Some(2)), "{list}");
     let (s, body) = app.get(&a.key, &format!("/v1/assets/{}", uuid::Uuid::now_v7())).await;
     assert_eq!((s, body["error"]["code"].clone()), (StatusCode::NOT_FOUND, json!("not_found")), "{body}");
 }

@@ -362,12 +362,22 @@ async fn backend_pools_plan_a_prepared_read_once_per_connection_however_skewed_t
         let sizing = tenantry_core::db::PoolSizing { max_connections: 1, generic_plans: generic, ..Default::default() };
         let db = tenantry_core::db::lazy_pool("127.0.0.1", tc.cluster.port(), &app.pool_name, &creds, "plans", sizing);
         let session = db.get_postgres_connection_pool();
-        for _ in 0..8 {
+        // The app's read: the vouched gate, its values bound (one connection,
+        // so one pid and one counter).
+        let (pid, start): (i32, i64) =
+            sea_orm::sqlx::query_as("SELECT pg_backend_pid(), tenantry_gate_open()").fetch_one(session).await.unwrap();
+        let key = crate::helpers::gate_key();
+        for n in start..start + 8 {
             let names: Vec<String> = sea_orm::sqlx::query_scalar(
                 "SELECT name FROM assets WHERE tenant_id = $1 \
-                 AND (SELECT pg_catalog.set_config('app.tenant_id', $1::text, true)) IS NOT NULL ORDER BY id LIMIT 21",
+                 AND (SELECT tenantry_gate($1, 1, $2, $3, NULL, NULL, $4, \
+                      EXISTS (SELECT 1 FROM tenantry_admitted g WHERE g.tenant_id = $1 AND g.epoch = 1))) \
+                 ORDER BY id LIMIT 21",
             )
             .bind(small_id)
+            .bind(key.kid())
+            .bind(n)
+            .bind(key.direct(small_id, 1, pid as u32, n))
             .fetch_all(session)
             .await
             .unwrap();

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 use tenantry_core::db::Credentials;
+use tenantry_core::gate::GateKeys;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +30,11 @@ pub struct AppConfig {
     pub registry: RegistryAddress,
     /// The app role: not owner, not superuser, not BYPASSRLS.
     pub credentials: Credentials,
+    /// The tenant gate's key (`current` signs every tenant transaction's
+    /// proof; at least 32 characters): the same as the control plane's
+    /// `control_plane.gate.current`, which installs it on every backend.
+    /// Required.
+    pub gate: GateKeys,
     /// Connections the process may hold across all backends. Default 256.
     #[serde(default = "default_budget")]
     pub max_connections_total: u32,
@@ -119,7 +125,7 @@ impl AppConfig {
         if self.workers == 0 {
             return Err("app.workers must be at least 1".into());
         }
-        Ok(())
+        self.gate.validate("app")
     }
 }
 

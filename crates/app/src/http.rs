@@ -668,13 +668,15 @@ async fn baseline_get_asset(
 /// on one static pool of the app role: the routed path minus the routing.
 async fn isolated_get_asset(
     pool: web::Data<BaselinePool>,
+    resolver: web::Data<Resolver>,
     id: web::Path<Uuid>,
     q: web::Query<BaselineQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let Some(db) = &pool.isolated else { return Err(ApiError::not_found("route")) };
     let conn = db.get_postgres_connection_pool().acquire().await.map_err(|e| ApiError::internal(&e))?;
     let select = || data::by_id::<assets::Entity>(*id)(crate::scope::scoped(q.tenant));
-    let rows = crate::scope::read_once(conn, q.tenant, q.epoch, select, true)
+    let schema = tenantry_core::TENANT_SCHEMA_LATEST;
+    let rows = crate::scope::read_once(conn, (q.tenant, q.epoch), select, schema, resolver.gate())
         .await
         .map_err(|_| ApiError::internal(&"isolated baseline: the read was refused"))?;
     let asset = first(rows, "asset")?;

@@ -5,6 +5,7 @@
 pub mod budget;
 pub mod config;
 pub mod data;
+pub(crate) mod gate;
 pub mod http;
 pub mod jobs;
 pub mod limits;

@@ -27,7 +27,8 @@ use sea_orm::Select;
 use tenantry_core::entities::TenantScoped;
 
 use crate::budget::{BackendPool, OpenCap, Slot};
-use crate::scope::{ADMITTED_VIEW_SCHEMA, EnterError, Entry, Pooled, TenantTx, read_once, read_pooled, scoped};
+use crate::gate::Gate;
+use crate::scope::{EnterError, Entry, Pooled, TenantTx, read_once, read_pooled, scoped};
 use crate::usage::UsageMeter;
 
 /// Registry notifications channel (see migrations/registry).
@@ -79,6 +80,8 @@ struct Inner {
     budget: Arc<Semaphore>,
     /// The same number as a strict cap on open connections, idle ones included.
     cap: Arc<OpenCap>,
+    /// The tenant gate's key and each connection's gate state.
+    gate: Arc<Gate>,
 }
 
 /// One pool per backend and tenant statement timeout: the timeout is the
@@ -158,6 +161,11 @@ impl Resolver {
                 .build(),
             budget: Arc::new(Semaphore::new(cfg.max_connections_total as usize)),
             cap,
+            gate: Arc::new(Gate::new(
+                cfg.gate.signer(),
+                u64::from(cfg.max_connections_total),
+                Duration::from_secs(cfg.pool_idle_secs.max(60)),
+            )),
             gates: Default::default(),
             usage: Default::default(),
             jobs: Default::default(),
@@ -261,8 +269,9 @@ impl Resolver {
     pub async fn enter(&self, tenant: &KeyOwner) -> Result<TenantTx, ApiError> {
         let tenant_id = tenant.tenant_id;
         let (tx, slot) = self
-            .on_backend(tenant, move |conn, entry| async move {
-                TenantTx::begin(conn, tenant_id, entry.epoch, entry.pooled).await
+            .on_backend(tenant, move |conn, entry| {
+                let gate = self.inner.gate.clone();
+                async move { TenantTx::begin(conn, tenant_id, entry, &gate).await }
             })
             .await?;
         Ok(tx.holding(slot))
@@ -417,12 +426,14 @@ impl Resolver {
         let (rows, _slot) = self
             .on_backend(tenant, |conn, entry| {
                 let Entry { epoch, pooled, schema_version } = entry;
+                let gate = &self.inner.gate;
                 async move {
-                    let admitted_view = schema_version >= ADMITTED_VIEW_SCHEMA;
                     match pooled {
                         // Through a pooler: one simple-protocol message.
-                        Some(pooled) => read_pooled(conn, (tenant_id, epoch), pooled, select, admitted_view).await,
-                        None => read_once(conn, tenant_id, epoch, select, admitted_view).await,
+                        Some(pooled) => {
+                            read_pooled(conn, (tenant_id, epoch), pooled, select, schema_version, gate).await
+                        }
+                        None => read_once(conn, (tenant_id, epoch), select, schema_version, gate).await,
                     }
                 }
             })
@@ -548,6 +559,18 @@ impl Resolver {
                 }
                 // A statement timeout is a 503 `statement_timeout`, anything else a 500.
                 Err(EnterError::Query(e)) => return Err(e.into()),
+                Err(EnterError::Gate) => {
+                    tracing::error!(
+                        backend = %route.backend.id,
+                        "the backend refused the tenant gate's proof after the gate was opened anew: \
+                         is this app's gate key installed there (`tenantry migrate` installs the control plane's)?"
+                    );
+                    return Err(ApiError::unavailable(
+                        "gate_refused",
+                        "the tenant's database refused this server's credentials; retry shortly",
+                        RETRY_AFTER_SECS,
+                    ));
+                }
             }
         }
         Err(ApiError::unavailable("tenant_moving", "the tenant is being moved; retry shortly", RETRY_AFTER_SECS))
@@ -561,6 +584,11 @@ impl Resolver {
     /// Counters of the background jobs this process runs.
     pub fn job_stats(&self) -> Arc<crate::jobs::JobStats> {
         self.inner.jobs.clone()
+    }
+
+    /// The tenant gate's key and connections' gate state.
+    pub(crate) fn gate(&self) -> &Arc<Gate> {
+        &self.inner.gate
     }
 
     /// The registry's read model (for jobs that visit every tenant).

@@ -4,9 +4,11 @@
 //! private to this module, so no handler can run an unscoped query.
 //!
 //! The transaction is opened and the tenant entered in one round trip: a
-//! simple-protocol `BEGIN; SELECT tenantry_enter(<uuid>, <epoch>)` (both values
-//! are typed, so inlining them cannot inject anything). sea-orm queries then run
-//! on the same pooled connection through [`TxConn`]'s `ConnectionTrait`.
+//! simple-protocol `BEGIN; SELECT tenantry_gate(<uuid>, <epoch>, <proof> ...)`
+//! (every value is typed, so inlining them cannot inject anything; the proof is
+//! good for this transaction on this connection only, see `crate::gate`).
+//! sea-orm queries then run on the same pooled connection through [`TxConn`]'s
+//! `ConnectionTrait`.
 
 use std::sync::Arc;
 
@@ -23,6 +25,9 @@ use uuid::Uuid;
 use sea_orm::sea_query::Expr;
 use tenantry_core::db::{MOVED, NOT_RESIDENT, moved_to, moved_to_db, sqlstate};
 use tenantry_core::entities::TenantScoped;
+use tenantry_core::gate::{self, Binding, GATE_SCHEMA, GateKey};
+
+use crate::gate::Gate;
 
 /// Why a tenant could not be entered (or a one-shot read failed).
 pub enum EnterError {
@@ -36,12 +41,21 @@ pub enum EnterError {
     PoolClosed,
     /// A one-shot read failed.
     Query(DbErr),
+    /// The backend refused the gate's proof or counter, again after the gate
+    /// was opened anew (a gate key it does not have).
+    Gate,
+}
+
+/// The backend refused the gate's proof or counter.
+fn refused_db(e: &DbErr) -> bool {
+    matches!(sqlstate(e).as_deref(), Some(tenantry_core::gate::NOT_VOUCHED | tenantry_core::gate::GATE_CLOSED))
 }
 
 pub(crate) fn classify(e: sqlx::Error) -> EnterError {
     match &e {
         sqlx::Error::PoolClosed => EnterError::PoolClosed,
         sqlx::Error::Database(db) if db.code().as_deref() == Some(NOT_RESIDENT) => EnterError::NotResident,
+        _ if crate::gate::refused(&e) => EnterError::Gate,
         _ => match moved_to(&e) {
             Some((backend, epoch)) => EnterError::Moved { backend, epoch },
             None => EnterError::Backend(e.to_string()),
@@ -58,11 +72,10 @@ pub fn scoped<E: TenantScoped>(tenant_id: Uuid) -> Select<E> {
 /// (tenant migration 5); on older ones every read takes [`enter_gate`].
 pub const ADMITTED_VIEW_SCHEMA: i32 = 5;
 
-/// The read gate: admits the tenant at `epoch` (an InitPlan over
-/// `tenantry_admitted` that sets `app.tenant_id` for this statement's
-/// implicit transaction), or yields no row, so the read returns nothing. No
-/// function call and no fence lock: a SELECT writes nothing for a fence to
-/// wait for (see migrations/tenant/0005_read_gate.sql).
+/// The schema-5 read gate (a backend one schema behind): admits the tenant at
+/// `epoch` (an InitPlan over `tenantry_admitted` that sets `app.tenant_id`
+/// for this statement's implicit transaction), or yields no row, so the read
+/// returns nothing.
 fn admitted_gate(tenant_id: Uuid, epoch: i64) -> sea_orm::sea_query::SimpleExpr {
     Expr::cust_with_values(
         "(SELECT pg_catalog.set_config('app.tenant_id', g.tenant_id::text, true) \
@@ -71,8 +84,8 @@ fn admitted_gate(tenant_id: Uuid, epoch: i64) -> sea_orm::sea_query::SimpleExpr 
     )
 }
 
-/// The authoritative gate: `tenantry_enter` takes the shared fence lock,
-/// checks residency and sets the tenant, or raises TR001/TR002 saying why not.
+/// The schema-5 authoritative gate: `tenantry_enter` takes the shared fence
+/// lock, checks residency and sets the tenant, or raises TR001/TR002.
 fn enter_gate(tenant_id: Uuid, epoch: i64) -> sea_orm::sea_query::SimpleExpr {
     Expr::cust_with_values(
         "(SELECT tenantry_enter($1::uuid, $2::bigint))",
@@ -80,29 +93,73 @@ fn enter_gate(tenant_id: Uuid, epoch: i64) -> sea_orm::sea_query::SimpleExpr {
     )
 }
 
+/// The vouched read gate (schema 6) on a direct connection, its values bound
+/// as parameters (so no proof is ever in a statement's text): an InitPlan
+/// that checks residency over `tenantry_admitted` in the read's own snapshot
+/// and hands the answer to `tenantry_gate`, which verifies the proof and sets
+/// the tenant, or raises why not (TR001/TR002; TR003/TR004: the proof or
+/// counter was refused).
+fn vouched_gate(key: &GateKey, tenant_id: Uuid, epoch: i64, binding: Binding) -> sea_orm::sea_query::SimpleExpr {
+    let Binding::Direct { pid, n } = binding else {
+        unreachable!("a direct connection's read is bound to its pid and counter")
+    };
+    Expr::cust_with_values(
+        "(SELECT tenantry_gate($1::uuid, $2::bigint, $3::integer, $4::bigint, NULL, NULL, $5::bytea, \
+          EXISTS (SELECT 1 FROM tenantry_admitted g WHERE g.tenant_id = $6::uuid AND g.epoch = $7::bigint)))",
+        [
+            sea_orm::Value::from(tenant_id),
+            sea_orm::Value::from(epoch),
+            sea_orm::Value::from(key.kid()),
+            sea_orm::Value::from(n),
+            sea_orm::Value::from(key.direct(tenant_id, epoch, pid, n)),
+            sea_orm::Value::from(tenant_id),
+            sea_orm::Value::from(epoch),
+        ],
+    )
+}
+
 /// A single scoped query in one round trip and one prepared statement:
 /// `SELECT ... WHERE <scope> AND <gate>`. The gate's sub-select has no column
 /// references, so PostgreSQL runs it as an InitPlan behind a one-time filter,
-/// before the scan starts: the residency check and `app.tenant_id` precede
-/// reading any row, and all of it lives in the statement's own implicit
-/// transaction. Should a plan ever evaluate the RLS policy first, it sees no
-/// tenant and returns no rows: the ordering can fail closed, never open.
+/// before the scan starts: the residency check and the tenant's context
+/// precede reading any row, and all of it lives in the statement's own
+/// implicit transaction. Should a plan ever evaluate the RLS policy first, it
+/// sees no tenant and returns no rows: the ordering can fail closed, never
+/// open.
 ///
-/// With `admitted_view` (the backend's schema has it) the read first goes
-/// through [`admitted_gate`]; rows mean the tenant was admitted. No rows may
-/// be a refusal, so the read is asked again through [`enter_gate`], which
-/// raises the refusal or answers for an admitted tenant (an empty page, a
-/// missing id): an empty answer is never a refusal in disguise.
-/// (`select` builds the scoped query: a second time only for that second ask.)
+/// On a schema-6 backend the gate is [`vouched_gate`], which raises any
+/// refusal itself: one statement, whatever the answer. A refused proof or
+/// counter (the connection's gate state was lost) opens the gate again and
+/// reads once more. On a schema-5 backend the read first goes through
+/// [`admitted_gate`]; no rows may be a refusal, so it is asked again through
+/// [`enter_gate`], which raises the refusal or answers for an admitted tenant.
+/// (`select` builds the scoped query: a second time only for a second ask.)
 pub(crate) async fn read_once<E: TenantScoped>(
-    conn: PoolConnection<Postgres>,
-    tenant_id: Uuid,
-    epoch: i64,
+    mut conn: PoolConnection<Postgres>,
+    (tenant_id, epoch): (Uuid, i64),
     select: impl Fn() -> Select<E>,
-    admitted_view: bool,
+    schema_version: i32,
+    gate: &Gate,
 ) -> Result<Vec<E::Model>, EnterError> {
+    if schema_version >= GATE_SCHEMA {
+        let mut session = gate.session(&mut conn).await.map_err(classify)?;
+        let db = TxConn(Mutex::new(Some(conn)), false);
+        let mut reopened = false;
+        loop {
+            let gated = select().filter(vouched_gate(gate.key(), tenant_id, epoch, session.binding()));
+            match gated.all(&db).await {
+                Err(e) if !reopened && refused_db(&e) => {
+                    reopened = true;
+                    let mut guard = db.0.lock().await;
+                    let conn = guard.as_mut().ok_or_else(|| EnterError::Query(gone()))?;
+                    session = gate.reopen(conn).await.map_err(classify)?;
+                }
+                rows => return rows.map_err(read_err),
+            }
+        }
+    }
     let db = TxConn(Mutex::new(Some(conn)), false);
-    if admitted_view {
+    if schema_version >= ADMITTED_VIEW_SCHEMA {
         let rows = select().filter(admitted_gate(tenant_id, epoch)).all(&db).await.map_err(read_err)?;
         if !rows.is_empty() {
             return Ok(rows);
@@ -118,14 +175,16 @@ pub(crate) async fn read_once<E: TenantScoped>(
 /// sea-query's PostgreSQL quoting (strings as escaped literals, uuids and
 /// numbers typed), after the tenant's `SET LOCAL statement_timeout` when it
 /// has one: one message and one implicit transaction, so the pooler keeps one
-/// server for all of it and `app.tenant_id` ends with it. One round trip where
-/// `BEGIN`/enter, the select and `COMMIT` took three.
+/// server for all of it and the tenant's context ends with it. The app cannot
+/// know which server it reaches, so on a schema-6 backend the proof is bound
+/// to a single-use nonce and the time instead of a pid and counter.
 pub(crate) async fn read_pooled<E: TenantScoped>(
     mut conn: PoolConnection<Postgres>,
     (tenant_id, epoch): (Uuid, i64),
     pooled: Pooled,
     select: impl Fn() -> Select<E>,
-    admitted_view: bool,
+    schema_version: i32,
+    gate: &Gate,
 ) -> Result<Vec<E::Model>, EnterError> {
     let timeout = pooled.local_timeout();
     let message = |gated: Select<E>| {
@@ -134,7 +193,21 @@ pub(crate) async fn read_pooled<E: TenantScoped>(
         let sql = sea_orm::sea_query::inject_parameters(&stmt.sql, &values, &sea_orm::sea_query::PostgresQueryBuilder);
         format!("{timeout}{sql}")
     };
-    if admitted_view {
+    if schema_version >= GATE_SCHEMA {
+        let vouched = || {
+            let binding = Binding::pooled_now();
+            let call = gate::call(gate.key(), tenant_id, epoch, binding, true);
+            let claim = gate::claim(gate.key(), tenant_id, epoch, binding);
+            format!("{claim}{}", message(select().filter(Expr::cust(format!("(SELECT {call})")))))
+        };
+        return match fetch_simple::<E>(&mut conn, vouched()).await {
+            // A proof outside the backend's time window (a clock step): once
+            // more with a fresh one.
+            Err(EnterError::Gate) => fetch_simple::<E>(&mut conn, vouched()).await,
+            rows => rows,
+        };
+    }
+    if schema_version >= ADMITTED_VIEW_SCHEMA {
         let rows = fetch_simple::<E>(&mut conn, message(select().filter(admitted_gate(tenant_id, epoch)))).await?;
         if !rows.is_empty() {
             return Ok(rows);
@@ -157,6 +230,9 @@ async fn fetch_simple<E: TenantScoped>(
 }
 
 fn read_err(e: DbErr) -> EnterError {
+    if refused_db(&e) {
+        return EnterError::Gate;
+    }
     match (sqlstate(&e).as_deref(), &e) {
         (Some(NOT_RESIDENT), _) => EnterError::NotResident,
         (Some(MOVED), _) => match moved_to_db(&e) {
@@ -269,22 +345,54 @@ impl TenantTx {
     pub(crate) async fn begin(
         mut conn: PoolConnection<Postgres>,
         tenant_id: Uuid,
-        epoch: i64,
-        pooled: Option<Pooled>,
+        entry: Entry,
+        gate: &Gate,
     ) -> Result<Self, EnterError> {
-        // One message: BEGIN and the enter gate. (The tenant's statement timeout
-        // is the session default of the pool the resolver chose; through a
-        // pooler it is set for this transaction only.)
+        // One message: BEGIN and the gate. (The tenant's statement timeout is
+        // the session default of the pool the resolver chose; through a pooler
+        // it is set for this transaction only.)
+        let Entry { epoch, pooled, schema_version } = entry;
         let timeout = pooled.map(Pooled::local_timeout).unwrap_or_default();
-        let sql = format!("BEGIN; {timeout}SELECT tenantry_enter('{tenant_id}'::uuid, {epoch}::bigint)");
-        match sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await {
-            Ok(_) => Ok(Self { conn: TxConn(Mutex::new(Some(conn)), pooled.is_some()), tenant_id, _slot: None }),
-            Err(e) => {
-                if sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.is_err() {
-                    // Never hand a connection in an unknown state back to the pool.
-                    let _ = conn.close().await;
+        let mut session = None;
+        let mut reopened = false;
+        loop {
+            let (claim, enter) = if schema_version < GATE_SCHEMA {
+                (String::new(), format!("tenantry_enter('{tenant_id}'::uuid, {epoch}::bigint)"))
+            } else if pooled.is_some() {
+                let binding = Binding::pooled_now();
+                (
+                    gate::claim(gate.key(), tenant_id, epoch, binding),
+                    gate::call(gate.key(), tenant_id, epoch, binding, false),
+                )
+            } else {
+                let current = match session.take() {
+                    Some(s) => s,
+                    None => gate.session(&mut conn).await.map_err(classify)?,
+                };
+                let call = gate::call(gate.key(), tenant_id, epoch, current.binding(), false);
+                session = Some(current);
+                (String::new(), call)
+            };
+            let sql = format!("{claim}BEGIN; {timeout}SELECT {enter}");
+            match sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await {
+                Ok(_) => {
+                    return Ok(Self { conn: TxConn(Mutex::new(Some(conn)), pooled.is_some()), tenant_id, _slot: None });
                 }
-                Err(classify(e))
+                Err(e) => {
+                    if sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.is_err() {
+                        // Never hand a connection in an unknown state back to the pool.
+                        let _ = conn.close().await;
+                        return Err(classify(e));
+                    }
+                    // A refused proof or counter: open the gate anew, once.
+                    if reopened || !crate::gate::refused(&e) {
+                        return Err(classify(e));
+                    }
+                    reopened = true;
+                    if pooled.is_none() && schema_version >= GATE_SCHEMA {
+                        session = Some(gate.reopen(&mut conn).await.map_err(classify)?);
+                    }
+                }
             }
         }
     }

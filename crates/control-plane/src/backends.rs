@@ -281,13 +281,28 @@ impl ControlPlane {
                 "tenantry-control-plane",
                 PoolSizing { max_connections: 1, ..PoolSizing::default() },
             );
-            let result = migrate::apply(&pool, set, &cfg.app_role).await;
+            let result = self.migrate_and_install(&pool, set).await;
             pool.close().await?;
             result
         } else {
             let pool = self.owner_pool(id, addr).await;
-            migrate::apply(&pool, set, &cfg.app_role).await
+            self.migrate_and_install(&pool, set).await
         }
+    }
+
+    /// Applies `set` and, on a tenant schema with the vouched gate, makes the
+    /// backend's gate keys this control plane's (a rotation reaches every
+    /// backend with the next migration run).
+    async fn migrate_and_install(
+        &self,
+        pool: &sea_orm::DatabaseConnection,
+        set: &[migrate::Migration],
+    ) -> Result<i32, sea_orm::DbErr> {
+        let version = migrate::apply(pool, set, &self.config().app_role).await?;
+        if migrate::is_tenant(set) && version >= tenantry_core::gate::GATE_SCHEMA {
+            migrate::install_gate_keys(pool, &self.config().gate).await?;
+        }
+        Ok(version)
     }
 
     /// Marks a backend retired (its storage is gone).

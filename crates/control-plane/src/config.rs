@@ -72,6 +72,11 @@ pub struct ControlPlaneConfig {
     pub owner: Credentials,
     /// Role the app connects as; migrations grant it DML only.
     pub app_role: String,
+    /// The tenant gate's keys, installed on every backend (at registration
+    /// and by every migration run, `tenantry migrate`): `current` is the one
+    /// apps sign with (`app.gate.current`), `previous` the one being rotated
+    /// out. At least 32 characters each. Required.
+    pub gate: tenantry_core::gate::GateKeys,
     /// The app role's password, needed to create the role on new RDS
     /// instances. Default: none (RDS bootstrap then fails with a clear error).
     #[serde(default)]
@@ -324,6 +329,7 @@ impl ControlPlaneConfig {
         named(&self.app_role, "app_role")?;
         named(&self.cluster.admin_user, "cluster.admin_user")?;
         named(&self.default_region, "default_region")?;
+        self.gate.validate("control_plane")?;
         if self.registry_database == self.template_database {
             return Err("control_plane.registry_database and template_database must differ".into());
         }

@@ -77,7 +77,17 @@ pub const TENANT: &[Migration] = &[
         sql: include_str!("../../../migrations/tenant/0004_crash_safe_fence.sql"),
     },
     Migration { version: 5, name: "read_gate", sql: include_str!("../../../migrations/tenant/0005_read_gate.sql") },
+    Migration {
+        version: 6,
+        name: "vouched_context",
+        sql: include_str!("../../../migrations/tenant/0006_vouched_context.sql"),
+    },
 ];
+
+/// Whether `set` is the tenant-data schema's (some tests migrate a prefix of it).
+pub fn is_tenant(set: &[Migration]) -> bool {
+    set.first().map(|m| m.name) == TENANT.first().map(|m| m.name)
+}
 
 /// The version a fully migrated database of this set reports.
 pub fn latest(set: &[Migration]) -> i32 {
@@ -150,4 +160,30 @@ mod tests {
         }
         assert_eq!(latest(TENANT), tenantry_core::TENANT_SCHEMA_LATEST);
     }
+}
+
+/// Makes a backend's gate keys exactly `keys` (their HMAC pads; the app role
+/// cannot read them), in one transaction.
+pub async fn install_gate_keys(db: &DatabaseConnection, keys: &tenantry_core::gate::GateKeys) -> Result<(), DbErr> {
+    let installed = keys.installed();
+    let txn = db.begin().await?;
+    let kids: Vec<i32> = installed.iter().map(|k| k.kid()).collect();
+    txn.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "DELETE FROM tenantry_gate_keys WHERE kid <> ALL($1)",
+        [kids.into()],
+    ))
+    .await?;
+    for key in &installed {
+        let (ipad, opad) = key.pads();
+        txn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "INSERT INTO tenantry_gate_keys (kid, ipad, opad) VALUES ($1, $2, $3) \
+             ON CONFLICT (kid) DO UPDATE SET ipad = EXCLUDED.ipad, opad = EXCLUDED.opad \
+             WHERE (tenantry_gate_keys.ipad, tenantry_gate_keys.opad) IS DISTINCT FROM (EXCLUDED.ipad, EXCLUDED.opad)",
+            [key.kid().into(), ipad.into(), opad.into()],
+        ))
+        .await?;
+    }
+    txn.commit().await
 }

@@ -5,6 +5,7 @@
 pub mod api_key;
 pub mod db;
 pub mod entities;
+pub mod gate;
 pub mod metrics;
 pub mod registry;
 pub mod settings;
@@ -16,7 +17,7 @@ pub use types::{BackendKind, BackendStatus, Engine, ParseError, Placement, Tenan
 /// The tenant-data schema version this build was written against (the last
 /// migration under `migrations/tenant`). Expand/contract: a build serves
 /// backends at this version and at the one before it.
-pub const TENANT_SCHEMA_LATEST: i32 = 5;
+pub const TENANT_SCHEMA_LATEST: i32 = 6;
 
 /// Tenant-schema versions this build can serve.
 pub fn supported_tenant_schema() -> std::ops::RangeInclusive<i32> {
