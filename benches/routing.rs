@@ -5,7 +5,9 @@
 //! run, alternating rounds so drift hits both sides alike. A third path is
 //! the same routed request for a tenant on a second shared pool that the app
 //! reaches through a real PgBouncer 1.18 in transaction mode (unnamed
-//! statements, the read inside a transaction).
+//! statements, the read inside a transaction). A fifth is the routed request
+//! for a tenant on a pool put back to tenant schema 5's gates, the forgeable
+//! context the vouched gate replaced: before against after, same run.
 //!
 //! cargo bench --bench routing            (BENCH_SECS, BENCH_ROUNDS, BENCH_CONCURRENCY, BENCH_ONLY)
 
@@ -141,9 +143,36 @@ async fn main() -> anyhow::Result<()> {
         pooled.placement.as_ref().map(|p| p.backend_id) == Some(pooled_backend.id),
         "the pooled tenant landed on the pooled pool"
     );
+    // The same routed read on a pool put back to tenant schema 5's gates (a
+    // context the app role could set itself): the cost of the vouched gate,
+    // before against after, in the same run.
+    let pool3 = tenantry::testkit::unique("pool");
+    let before_backend = cp.register_backend("bench", &pool3, tenantry_core::BackendKind::SharedPool).await?;
+    let before = shared_tenant(&cp, "bench-before", "Bench at schema 5").await?.tenant;
+    anyhow::ensure!(
+        before.placement.as_ref().map(|p| p.backend_id) == Some(before_backend.id),
+        "the schema-5 tenant landed on the third pool"
+    );
+    {
+        use sea_orm::ConnectionTrait;
+        let superuser = |db: &str| {
+            tenantry_core::db::lazy_pool(
+                "127.0.0.1",
+                tc.cluster.port(),
+                db,
+                &Credentials { user: SUPERUSER.into(), password: tc.secrets.superuser_password.clone().into() },
+                "bench",
+                Default::default(),
+            )
+        };
+        superuser(&pool3).execute_unprepared(&tenantry::testkit::schema_5_gates_sql()).await?;
+        superuser(&cp.config().registry_database)
+            .execute_unprepared(&format!("UPDATE backends SET schema_version = 5 WHERE id = '{}'", before_backend.id))
+            .await?;
+    }
     let resolver = stack.resolver();
     let mut seeded = Vec::new();
-    for (slug, id) in [("bench", tenant.id), ("bench-pooled", pooled.id)] {
+    for (slug, id) in [("bench", tenant.id), ("bench-pooled", pooled.id), ("bench-before", before.id)] {
         let key = cp.create_api_key("bench", id, "bench").await?.key;
         // Measure the request path, not the tier's default rate limit.
         cp.update_settings("bench", slug, &limits).await?;
@@ -170,10 +199,12 @@ async fn main() -> anyhow::Result<()> {
     }
     let (key, ids) = seeded.remove(0);
     let (pooled_key, pooled_ids) = seeded.remove(0);
+    let (before_key, before_ids) = seeded.remove(0);
     let app = format!("http://127.0.0.1:{}", stack.app_port());
     tokio::spawn(stack.run_until_stopped());
 
     let routed: Arc<Vec<String>> = Arc::new(ids.iter().map(|id| format!("{app}/v1/assets/{id}")).collect());
+    let schema_5: Arc<Vec<String>> = Arc::new(before_ids.iter().map(|id| format!("{app}/v1/assets/{id}")).collect());
     let through: Arc<Vec<String>> = Arc::new(pooled_ids.iter().map(|id| format!("{app}/v1/assets/{id}")).collect());
     let baseline: Arc<Vec<String>> =
         Arc::new(ids.iter().map(|id| format!("{app}/bench/baseline/assets/{id}?tenant={}", tenant.id)).collect());
@@ -182,11 +213,12 @@ async fn main() -> anyhow::Result<()> {
         ids.iter().map(|id| format!("{app}/bench/isolated/assets/{id}?tenant={}&epoch={epoch}", tenant.id)).collect(),
     );
     let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency as usize).build()?;
-    let paths: [(&str, Arc<Vec<String>>, Option<&str>); 4] = [
+    let paths: [(&str, Arc<Vec<String>>, Option<&str>); 5] = [
         ("baseline (static pool, no RLS, no txn)", baseline, None),
         ("routed (full request path), direct", routed, Some(&key)),
         ("routed, through PgBouncer (transaction mode)", through, Some(&pooled_key)),
         ("isolated baseline (static pool, the routed statement: gate + RLS)", isolated, None),
+        ("routed, direct, tenant schema 5's forgeable gate (before)", schema_5, Some(&before_key)),
     ];
 
     // Warm up caches and pools on every path.
@@ -194,7 +226,8 @@ async fn main() -> anyhow::Result<()> {
         run_load(&client, urls.clone(), *key, concurrency, 1).await;
     }
     // BENCH_ONLY=<n> loads one path for BENCH_SECS, for a profiler to attach
-    // to (0 baseline, 1 routed, 2 through PgBouncer, 3 isolated baseline); see
+    // to (0 baseline, 1 routed, 2 through PgBouncer, 3 isolated baseline, 4
+    // routed at schema 5); see
     // docs/benchmarks.md.
     if let Ok(only) = std::env::var("BENCH_ONLY") {
         let (name, urls, key) = &paths[only.parse::<usize>()?.min(paths.len() - 1)];
@@ -232,8 +265,10 @@ async fn main() -> anyhow::Result<()> {
         println!("| {name} | {r:.0} | {:.2} | {:.2} | {errors} |", pct(lat, 0.5), pct(lat, 0.99));
     }
     println!(
-        "\nrouted/baseline throughput = {:.3}, through PgBouncer/direct = {:.3}  ({} rounds x {secs} s, concurrency {concurrency}, {rows} rows)",
+        "\nrouted/baseline throughput = {:.3} (schema 5's gate: {:.3}; the vouched gate costs {:.3}), through PgBouncer/direct = {:.3}  ({} rounds x {secs} s, concurrency {concurrency}, {rows} rows)",
         rps[1] / rps[0],
+        rps[4] / rps[0],
+        rps[4] / rps[0] - rps[1] / rps[0],
         rps[2] / rps[1],
         rounds,
     );

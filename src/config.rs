@@ -191,7 +191,7 @@ mod tests {
         [app.gate]
         current = "gate-secret-gate-secret-gate-secret"
         [control_plane]
-        admin_token = "token"
+        admin_token = "token-token-token-token-token-token"
         app_role = "tenantry_app"
         [control_plane.gate]
         current = "gate-secret-gate-secret-gate-secret"
@@ -218,6 +218,16 @@ mod tests {
     }
 
     #[test]
+    fn a_short_admin_token_or_gate_key_is_refused() {
+        let path = write(&MINIMAL.replace("token-token-token-token-token-token", "short"));
+        let err = Settings::load_for(Some(&path), Role::ControlPlane).unwrap_err();
+        assert!(err.contains("admin_token must have at least 32"), "{err}");
+        let path = write(&MINIMAL.replace("gate-secret-gate-secret-gate-secret", "gate"));
+        let err = Settings::load_for(Some(&path), Role::App).unwrap_err();
+        assert!(err.contains("app.gate.current must have at least 32"), "{err}");
+    }
+
+    #[test]
     fn the_example_configuration_is_valid_once_secrets_are_given() {
         let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/tenantry.example.toml");
         let secrets = r#"
@@ -228,7 +238,7 @@ mod tests {
             [control_plane.gate]
             current = "0123456789abcdef0123456789abcdef"
             [control_plane]
-            admin_token = "t"
+            admin_token = "t-t-t-t-t-t-t-t-t-t-t-t-t-t-t-t-t"
             app_password = "a"
             [control_plane.owner]
             password = "o"
@@ -303,7 +313,7 @@ mod tests {
 
         // The full file for an app: the control plane's section is not even read
         // (a broken one does not matter) and is reported as superfluous.
-        let path = write(&MINIMAL.replace("admin_token = \"token\"", "admin_token = 42"));
+        let path = write(&MINIMAL.replace("admin_token = \"token-token-token-token-token-token\"", "admin_token = 42"));
         let s = Settings::load_for(Some(&path), Role::App).expect("unused sections are not read");
         assert_eq!(s.ignored, vec!["control_plane"]);
         assert!(Settings::load_for(Some(&path), Role::ControlPlane).unwrap_err().contains("admin_token"));

@@ -149,6 +149,9 @@ pub fn settings_for(
         control_plane: ControlPlaneConfig {
             listen: admin_listen,
             admin_token: secrets.admin_token.clone().into(),
+            // Served over plain HTTP on loopback.
+            console_secure_cookie: false,
+            console_idle_minutes: 30,
             gate: secrets.gate_keys(),
             // Derived from a generated secret of this data folder, never printed.
             secrets_key: Some(format!("estates:{}", secrets.owner_password).into()),

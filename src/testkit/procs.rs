@@ -33,7 +33,7 @@ current = "{gate}"
 overdue_interval_secs = 0
 [control_plane]
 listen = "127.0.0.1:0"
-admin_token = "unused"
+admin_token = "unused-unused-unused-unused-unused-0"
 app_role = "tenantry_app"
 registry_database = "{registry}"
 template_database = "{template}"

@@ -129,13 +129,20 @@ impl TestApp {
     /// Another app process on the same registry (no operation workers); its
     /// base URL. `configure` adjusts its settings.
     pub async fn another_app(&self, configure: impl FnOnce(&mut tenantry::Settings)) -> String {
+        self.another_stack(configure).await.0
+    }
+
+    /// Another stack on the same registry (no operation workers): its app and
+    /// admin base URLs.
+    pub async fn another_stack(&self, configure: impl FnOnce(&mut tenantry::Settings)) -> (String, String) {
         let mut s = self.settings.clone();
         s.control_plane.operation_workers = 0;
         configure(&mut s);
         let stack = tenantry::Stack::build(&s).await.expect("a second stack");
-        let url = format!("http://127.0.0.1:{}", stack.app_port());
+        let urls =
+            (format!("http://127.0.0.1:{}", stack.app_port()), format!("http://127.0.0.1:{}", stack.admin_port()));
         tokio::spawn(stack.run_until_stopped());
-        url
+        urls
     }
 
     pub async fn admin_call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
@@ -272,9 +279,20 @@ impl TestApp {
         }
     }
 
+    /// The Prometheus text at `{base}/metrics` (the admin listener's needs the token).
+    pub async fn metrics_text(&self, base: &str) -> String {
+        let mut req = self.http.get(format!("{base}/metrics"));
+        if base == self.admin {
+            req = req.bearer_auth(&self.token);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{base}/metrics");
+        res.text().await.unwrap()
+    }
+
     /// A counter or gauge from the Prometheus text at `{base}/metrics`.
     pub async fn metric(&self, base: &str, name: &str) -> f64 {
-        let text = self.http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+        let text = self.metrics_text(base).await;
         text.lines()
             .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
             .unwrap_or_else(|| panic!("no {name} in {base}/metrics"))

@@ -207,7 +207,7 @@ async fn both_listeners_export_prometheus_series_by_route_status_and_tier() {
 
     let (s, _) = app.admin_call(Method::GET, "/v1/tenants", None).await;
     assert_eq!(s, StatusCode::OK);
-    let text = app.http.get(format!("{}/metrics", app.admin)).send().await.unwrap().text().await.unwrap();
+    let text = app.metrics_text(&app.admin).await;
     assert_eq!(
         sample(
             &text,

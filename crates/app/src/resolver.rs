@@ -35,6 +35,18 @@ use crate::usage::UsageMeter;
 const CHANNEL: &str = "tenantry_registry";
 /// Most API keys kept in memory.
 const MAX_CACHED_KEYS: u64 = 100_000;
+/// Unknown keys remembered (a flood of one forged key costs one registry
+/// query), and for how long: a key is never presented before it is created
+/// (its 160 random bits are not guessed), so remembering briefly misses
+/// nothing.
+const MAX_UNKNOWN_KEYS: u64 = 10_000;
+const UNKNOWN_KEY_TTL: Duration = Duration::from_secs(10);
+/// Registry lookups of uncached keys at once: a flood of distinct forged keys
+/// holds at most these of the registry pool's 8 connections, so route lookups
+/// of real tenants always find one. A lookup waits this long for its turn,
+/// then answers 503.
+const KEY_LOOKUPS: usize = 4;
+const KEY_LOOKUP_WAIT: Duration = Duration::from_secs(2);
 /// Most tenant routes kept in memory.
 const MAX_CACHED_ROUTES: u64 = 100_000;
 /// Pools kept (an idle pool holds no connection once the cap closed them;
@@ -49,6 +61,8 @@ const RETRY_AFTER_SECS: u64 = 1;
 /// Route cache counters, for `/metrics` and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheStats {
+    /// API keys looked up in the registry (not cached, not known unknown).
+    pub key_misses: u64,
     pub route_misses: u64,
     pub notifications: u64,
     pub stale_routes: u64,
@@ -73,6 +87,10 @@ struct Inner {
     registry: RegistryReader,
     cfg: AppConfig,
     keys: Cache<[u8; 32], Arc<KeyOwner>>,
+    /// Key hashes the registry did not know, briefly (see [`UNKNOWN_KEY_TTL`]).
+    unknown_keys: Cache<[u8; 32], ()>,
+    /// Turns of the registry lookups of uncached keys.
+    key_lookups: Arc<Semaphore>,
     routes: Cache<Uuid, Arc<Route>>,
     pools: Cache<PoolKey, BackendPool>,
     /// One permit per connection the process may use at once, across every
@@ -140,6 +158,8 @@ impl Resolver {
         let inner = Arc::new(Inner {
             registry: RegistryReader::new(registry.clone()),
             keys: Cache::builder().max_capacity(MAX_CACHED_KEYS).time_to_live(ttl).build(),
+            unknown_keys: Cache::builder().max_capacity(MAX_UNKNOWN_KEYS).time_to_live(UNKNOWN_KEY_TTL).build(),
+            key_lookups: Arc::new(Semaphore::new(KEY_LOOKUPS)),
             routes: Cache::builder().max_capacity(MAX_CACHED_ROUTES).time_to_live(ttl).build(),
             pools: Cache::builder()
                 .max_capacity(MAX_POOLS)
@@ -205,8 +225,25 @@ impl Resolver {
             self.inner.key_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(owner);
         }
+        if self.inner.unknown_keys.contains_key(&hash) {
+            return Err(unauthorized());
+        }
         self.inner.key_misses.fetch_add(1, Ordering::Relaxed);
-        let owner = Arc::new(self.inner.registry.key_owner(&hash).await?.ok_or_else(unauthorized)?);
+        let _turn = match tokio::time::timeout(KEY_LOOKUP_WAIT, self.inner.key_lookups.clone().acquire_owned()).await {
+            Ok(Ok(turn)) => turn,
+            _ => {
+                return Err(ApiError::unavailable(
+                    "busy",
+                    "too many unknown API keys are being checked; retry shortly",
+                    RETRY_AFTER_SECS,
+                ));
+            }
+        };
+        let Some(owner) = self.inner.registry.key_owner(&hash).await? else {
+            self.inner.unknown_keys.insert(hash, ());
+            return Err(unauthorized());
+        };
+        let owner = Arc::new(owner);
         self.inner.keys.insert(hash, owner.clone());
         Ok(owner)
     }
@@ -307,6 +344,7 @@ impl Resolver {
     pub fn cache_stats(&self) -> CacheStats {
         let inner = &self.inner;
         CacheStats {
+            key_misses: inner.key_misses.load(Ordering::Relaxed),
             route_misses: inner.route_misses.load(Ordering::Relaxed),
             notifications: inner.notifications.load(Ordering::Relaxed),
             stale_routes: inner.stale_routes.load(Ordering::Relaxed),

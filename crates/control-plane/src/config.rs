@@ -43,8 +43,18 @@ pub struct ControlPlaneConfig {
     /// Admin API listener. Default `127.0.0.1:8081`.
     #[serde(default = "default_admin_listen")]
     pub listen: SocketAddr,
-    /// Bearer token for the admin API.
+    /// Bearer token for the admin API and the console's sign-in: at least 32
+    /// characters. Changing it ends every console session.
     pub admin_token: SecretString,
+    /// A console session ends after this many minutes without a request.
+    /// Default 30.
+    #[serde(default = "default_console_idle")]
+    pub console_idle_minutes: u32,
+    /// The console's session cookie carries `Secure` (sent over HTTPS only).
+    /// Default true; the dev stack, served over plain HTTP on loopback, turns
+    /// it off. Over TLS it is set whatever this says.
+    #[serde(default = "default_true_cp")]
+    pub console_secure_cookie: bool,
     /// Key (any length; hashed to 256 bits) encrypting secrets the registry
     /// keeps, such as a legacy estate's password. Without it estates cannot be
     /// added. Default: none.
@@ -323,6 +333,12 @@ impl ControlPlaneConfig {
             if v.trim().is_empty() { Err(format!("control_plane.{field} must not be empty")) } else { Ok(()) }
         };
         named(self.admin_token.expose_secret(), "admin_token")?;
+        if self.admin_token.expose_secret().chars().count() < MIN_ADMIN_TOKEN {
+            return Err(format!("control_plane.admin_token must have at least {MIN_ADMIN_TOKEN} characters"));
+        }
+        if self.console_idle_minutes == 0 {
+            return Err("control_plane.console_idle_minutes must be at least 1".into());
+        }
         named(&self.registry_database, "registry_database")?;
         named(&self.template_database, "template_database")?;
         named(&self.owner.user, "owner.user")?;
@@ -372,4 +388,15 @@ impl ControlPlaneConfig {
         }
         Ok(())
     }
+}
+
+/// Shortest admin token accepted: a generated secret, not a password.
+pub const MIN_ADMIN_TOKEN: usize = 32;
+
+fn default_console_idle() -> u32 {
+    30
+}
+
+fn default_true_cp() -> bool {
+    true
 }

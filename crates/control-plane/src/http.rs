@@ -549,6 +549,7 @@ async fn asset_report(cp: Cp, _admin: Admin) -> Result<HttpResponse, ApiError> {
 /// Prometheus text: the admin listener's requests and latencies, and the
 /// registry's tenants, operations, backends and top tenants.
 async fn metrics(
+    _admin: Admin,
     cp: Cp,
     http: Option<web::Data<tenantry_core::metrics::HttpMetrics>>,
 ) -> Result<HttpResponse, ApiError> {

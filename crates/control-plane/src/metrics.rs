@@ -73,6 +73,16 @@ impl ControlPlane {
             .unwrap_or(0);
 
         let mut out = String::new();
+        {
+            use std::fmt::Write;
+            let _ = writeln!(
+                out,
+                "# HELP tenantry_admin_console_sign_ins_refused_total Console sign-ins refused (not the admin token) since start.\n\
+                 # TYPE tenantry_admin_console_sign_ins_refused_total counter\n\
+                 tenantry_admin_console_sign_ins_refused_total {}",
+                self.console_sign_ins_refused()
+            );
+        }
         gauge_family(
             &mut out,
             "tenantry_tenants",

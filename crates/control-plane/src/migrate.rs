@@ -56,6 +56,11 @@ pub const REGISTRY: &[Migration] = &[
         name: "usage_fold_fillfactor",
         sql: include_str!("../../../migrations/registry/0011_usage_fold_fillfactor.sql"),
     },
+    Migration {
+        version: 12,
+        name: "console_session_bounds",
+        sql: include_str!("../../../migrations/registry/0012_console_session_bounds.sql"),
+    },
 ];
 
 /// The tenant-data schema's migrations, in order.

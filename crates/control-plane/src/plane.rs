@@ -39,6 +39,10 @@ pub struct ControlPlane {
     backend_pools: Cache<Uuid, DatabaseConnection>,
     /// The console's heavy-tenant badges (see `heavy_tenants_cached`).
     pub(crate) heavy: Cache<(), Arc<HeavyTenants>>,
+    /// Console sign-in attempts per client address in the current minute.
+    pub(crate) sign_in_attempts: Cache<std::net::IpAddr, Arc<std::sync::atomic::AtomicU32>>,
+    /// Refused console sign-ins (a metric).
+    pub(crate) sign_ins_refused: std::sync::atomic::AtomicU64,
 }
 
 impl ControlPlane {
@@ -74,6 +78,11 @@ impl ControlPlane {
             provisioner,
             backend_pools,
             heavy,
+            sign_in_attempts: Cache::builder()
+                .max_capacity(crate::console::session::SIGN_IN_CLIENTS)
+                .time_to_live(crate::console::session::SIGN_IN_WINDOW)
+                .build(),
+            sign_ins_refused: Default::default(),
         })
     }
 

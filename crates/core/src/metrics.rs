@@ -2,7 +2,8 @@
 //! status and tier, and a latency histogram. Each listener owns one
 //! [`HttpMetrics`] (its own registry), so two listeners in one process never
 //! mix their series. Route labels are actix's route patterns (`/v1/assets/{id}`),
-//! so cardinality is bounded by the route table, never by ids.
+//! so cardinality is bounded by the route table, never by ids; methods are
+//! the standard ones or `other`; statuses are three digits.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -71,15 +72,33 @@ pub async fn record(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
     let metrics = req.app_data::<web::Data<HttpMetrics>>().cloned();
-    // Cheap: the standard methods are stored inline.
-    let method = req.method().clone();
+    let method = method_label(req.method());
     let res = next.call(req).await?;
     if let Some(m) = metrics {
         let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".to_string());
         let tier = res.request().extensions().get::<TierLabel>().map_or("none", |t| t.0);
-        m.observe(&route, method.as_str(), res.status().as_str(), tier, started.elapsed().as_secs_f64());
+        m.observe(&route, method, res.status().as_str(), tier, started.elapsed().as_secs_f64());
     }
     Ok(res)
+}
+
+/// The method label: one of the standard methods, or `other` for whatever
+/// else a client sends, so the label set is bounded by construction (as the
+/// route is by the route table and the status by its three digits).
+pub fn method_label(method: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
 }
 
 /// Writes one gauge family with its HELP and TYPE lines.

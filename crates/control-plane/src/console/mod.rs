@@ -98,13 +98,14 @@ struct SignIn {
 
 async fn login(cp: Cp, req: HttpRequest, form: web::Form<SignIn>) -> Page {
     let next = safe_next(form.next.as_deref().unwrap_or("/console")).to_string();
-    match cp.console_sign_in(&form.token, form.name.trim()).await {
+    let client = req.peer_addr().map(|a| a.ip());
+    match cp.console_sign_in(&form.token, form.name.trim(), client).await {
         Ok((cookie, _)) => {
             let cookie = Cookie::build(COOKIE, cookie)
                 .path("/console")
                 .http_only(true)
                 .same_site(SameSite::Strict)
-                .secure(is_tls(&req))
+                .secure(cp.config().console_secure_cookie || is_tls(&req))
                 .max_age(actix_web::cookie::time::Duration::hours(SESSION_HOURS))
                 .finish();
             let mut res = see_other(&next);
@@ -113,6 +114,9 @@ async fn login(cp: Cp, req: HttpRequest, form: web::Form<SignIn>) -> Page {
         }
         Err(Error::Invalid { message, .. }) => {
             Ok(html(StatusCode::UNAUTHORIZED, views::sign_in(&next, Some(&message), form.name.trim())))
+        }
+        Err(Error::Busy { message, .. }) => {
+            Ok(html(StatusCode::TOO_MANY_REQUESTS, views::sign_in(&next, Some(&message), form.name.trim())))
         }
         Err(e) => Err(e.into()),
     }

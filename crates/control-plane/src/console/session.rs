@@ -19,6 +19,8 @@ use crate::error::Error;
 use crate::plane::ControlPlane;
 use crate::registry::audit;
 use crate::registry::stmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use actix_web::http::StatusCode;
 use tenantry_core::web::ApiError;
@@ -86,32 +88,63 @@ pub fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || ".-_@".contains(c))
 }
 
+/// Sign-in attempts one client address may make in [`SIGN_IN_WINDOW`].
+pub const SIGN_IN_ATTEMPTS: u32 = 10;
+pub const SIGN_IN_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+/// Client addresses whose attempts are counted at once (a flood from more
+/// addresses than this forgets the oldest, which then start over).
+pub(crate) const SIGN_IN_CLIENTS: u64 = 100_000;
+
+/// What identifies the admin token a session signed in with, never the token.
+fn fingerprint(token: &[u8]) -> Vec<u8> {
+    Sha256::new().chain_update(b"tenantry console session|").chain_update(token).finalize().to_vec()
+}
+
 impl ControlPlane {
     /// Checks the admin token and opens a session for `name`: the cookie value
-    /// and the session. Audited either way.
-    pub async fn console_sign_in(&self, token: &str, name: &str) -> Result<(String, Session), Error> {
+    /// and the session. A refusal is counted (`tenantry_admin_console_sign_ins_refused_total`)
+    /// and logged with the client's address, never audited under the name it
+    /// gave (which nobody verified); a client address gets
+    /// [`SIGN_IN_ATTEMPTS`] attempts a minute.
+    pub async fn console_sign_in(
+        &self,
+        token: &str,
+        name: &str,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<(String, Session), Error> {
+        if let Some(ip) = client {
+            let attempts = self.sign_in_attempts.get_with(ip, async { Arc::new(AtomicU32::new(0)) }).await;
+            if attempts.fetch_add(1, Ordering::Relaxed) >= SIGN_IN_ATTEMPTS {
+                return Err(Error::Busy {
+                    code: "too_many_sign_ins",
+                    message: "too many sign-in attempts from this address; wait a minute".into(),
+                });
+            }
+        }
         if !valid_name(name) {
             return Err(Error::invalid("invalid_name", "your name: 1-64 letters, digits, `.`, `_`, `-` or `@`"));
         }
-        let actor = format!("console:{name}");
         let expected = self.config().admin_token.expose_secret().as_bytes().to_vec();
         if !crate::auth::constant_time_eq(token.trim().as_bytes(), &expected) {
-            audit(self.registry(), &actor, "console.sign_in_refused", None, json!({})).await?;
+            self.sign_ins_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(client = ?client, "console sign-in refused: not the admin token");
             // Slows guessing down; the token's entropy does the rest.
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;
             return Err(Error::Invalid { code: "wrong_token", message: "that is not the admin token".into() });
         }
+        let actor = format!("console:{name}");
         let cookie = random_token();
         let session = Session { actor: actor.clone(), csrf: random_token(), id_hash: hash(&cookie) };
         self.registry()
             .execute_raw(stmt(
-                "INSERT INTO console_sessions (id_hash, actor, csrf, expires_at) \
-                 VALUES ($1, $2, $3, now() + make_interval(hours => $4))",
+                "INSERT INTO console_sessions (id_hash, actor, csrf, expires_at, token_fingerprint) \
+                 VALUES ($1, $2, $3, now() + make_interval(hours => $4), $5)",
                 vec![
                     session.id_hash.clone().into(),
                     actor.clone().into(),
                     session.csrf.clone().into(),
                     (SESSION_HOURS as i32).into(),
+                    fingerprint(&expected).into(),
                 ],
             ))
             .await?;
@@ -123,12 +156,23 @@ impl ControlPlane {
         Ok((cookie, session))
     }
 
+    /// Refused console sign-ins since this process started.
+    pub fn console_sign_ins_refused(&self) -> u64 {
+        self.sign_ins_refused.load(Ordering::Relaxed)
+    }
+
     /// The live session a cookie names, if any.
     pub async fn console_session(&self, cookie: &str) -> Result<Option<Session>, Error> {
+        // Live: not revoked, not expired, signed in with today's admin token,
+        // used within the idle time (and so kept alive, once a minute at most).
+        let token = fingerprint(self.config().admin_token.expose_secret().as_bytes());
         Ok(Session::find_by_statement(stmt(
-            "SELECT actor, csrf, id_hash FROM console_sessions \
-             WHERE id_hash = $1 AND revoked_at IS NULL AND expires_at > now()",
-            vec![hash(cookie).into()],
+            "UPDATE console_sessions SET last_seen_at = CASE \
+                 WHEN last_seen_at < now() - interval '1 minute' THEN now() ELSE last_seen_at END \
+             WHERE id_hash = $1 AND revoked_at IS NULL AND expires_at > now() AND token_fingerprint = $2 \
+               AND last_seen_at > now() - make_interval(mins => $3) \
+             RETURNING actor, csrf, id_hash",
+            vec![hash(cookie).into(), token.into(), (self.config().console_idle_minutes as i32).into()],
         ))
         .one(self.registry())
         .await?)
