@@ -218,6 +218,16 @@ mod tests {
     }
 
     #[test]
+    fn the_benchmark_routes_are_refused_on_a_listener_beyond_loopback() {
+        let bench = "[app.baseline]\nhost = \"127.0.0.1\"\nport = 5432\ndatabase = \"pool\"\n[app.baseline.credentials]\nuser = \"u\"\npassword = \"p\"\n";
+        let path = write(&format!("{MINIMAL}\n{bench}"));
+        assert!(Settings::load_for(Some(&path), Role::App).is_ok(), "loopback (the default listener)");
+        let path = write(&format!("[app]\nlisten = \"0.0.0.0:8080\"\n{MINIMAL}\n{bench}"));
+        let err = Settings::load_for(Some(&path), Role::App).unwrap_err();
+        assert!(err.contains("only on a loopback"), "{err}");
+    }
+
+    #[test]
     fn a_short_admin_token_or_gate_key_is_refused() {
         let path = write(&MINIMAL.replace("token-token-token-token-token-token", "short"));
         let err = Settings::load_for(Some(&path), Role::ControlPlane).unwrap_err();

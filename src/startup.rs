@@ -79,6 +79,7 @@ impl Stack {
         };
         let app = match &settings.app {
             Some(cfg) => {
+                cfg.validate().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
                 let resolver = Resolver::start(cfg.clone()).await?;
                 workers.push(AbortOnDrop(tokio::spawn(tenantry_app::jobs::run(
                     resolver.clone(),
@@ -89,6 +90,11 @@ impl Stack {
                     .map_err(|e| anyhow::anyhow!("cannot listen on {} (app): {e}", cfg.listen))?;
                 let port = listener.local_addr()?.port();
                 let baseline = cfg.baseline.as_ref().map(|b| {
+                    tracing::warn!(
+                        listen = %cfg.listen,
+                        "benchmark routes /bench/baseline and /bench/isolated are mounted (app.baseline): \
+                         unauthenticated reads of any tenant, on this loopback listener only"
+                    );
                     let pool = |creds: &tenantry_core::db::Credentials, name: &str| {
                         tenantry_core::db::lazy_pool(
                             &b.host,

@@ -245,17 +245,27 @@ pub fn pgbouncer() -> &'static PgBouncer {
         );
         let ini_path = dir.join("pgbouncer.ini");
         std::fs::write(&ini_path, ini).expect("pgbouncer.ini");
-        let bin =
+        let pgbouncer =
             std::env::var_os("TENANTRY_PGBOUNCER").map_or_else(|| PathBuf::from("/usr/sbin/pgbouncer"), PathBuf::from);
+        let mut bin = pgbouncer.clone();
         let mut args = Vec::new();
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } == 0 {
-            // PgBouncer refuses to run as root; it drops to `postgres` itself.
-            args.extend(["-u".to_string(), "postgres".to_string()]);
+            // PgBouncer refuses to run as root. Its own `-u` drops to another
+            // user after the parent-death signal is set, which clears it, and
+            // the server outlived the tests; setpriv changes the user first
+            // and then sets the signal, which the exec keeps.
+            bin = PathBuf::from("setpriv");
+            args.extend(
+                ["--reuid=postgres", "--regid=postgres", "--init-groups", "--pdeathsig=KILL"].map(String::from),
+            );
+            args.push(pgbouncer.display().to_string());
             for f in ["userlist.txt", "pgbouncer.ini"] {
                 use std::os::unix::fs::PermissionsExt;
                 let _ = std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o644));
             }
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755));
         }
         args.push(ini_path.display().to_string());
         keep_running(&bin, &args, port, "run scripts/test, which installs pgbouncer");

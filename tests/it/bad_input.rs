@@ -185,4 +185,19 @@ async fn a_nul_character_anywhere_is_refused_with_422_not_500() {
         .await
         .unwrap();
     assert_eq!(form.status(), StatusCode::UNPROCESSABLE_ENTITY, "a NUL in a console form");
+    // Every JSON media type the JSON extractor takes, not only application/json.
+    for kind in ["text/json", "application/merge-patch+json", "application/json; charset=utf-8"] {
+        let res = app
+            .http
+            .post(format!("{}/v1/assets", app.app))
+            .bearer_auth(&t.key)
+            .header("content-type", kind)
+            .body(r#"{"name": "a\u0000b", "tag": "N-9"}"#)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        let answer: Value = res.json().await.unwrap();
+        refused(status, &answer, kind);
+    }
 }

@@ -55,7 +55,8 @@ pub struct AppConfig {
     /// HTTP worker threads. Default 2.
     #[serde(default = "default_workers")]
     pub workers: usize,
-    /// Benchmarks only: mounts `GET /bench/baseline/assets/{id}?tenant=`, the
+    /// Benchmarks only, and only on a loopback `listen` (refused otherwise;
+    /// said at start-up): mounts `GET /bench/baseline/assets/{id}?tenant=`, the
     /// same tenant-filtered query on one static pool with no routing, no RLS and
     /// no transaction (and, with `isolated`, `/bench/isolated/...`). Absent (the
     /// default): not mounted.
@@ -124,6 +125,13 @@ impl AppConfig {
         }
         if self.workers == 0 {
             return Err("app.workers must be at least 1".into());
+        }
+        if self.baseline.is_some() && !self.listen.ip().is_loopback() {
+            return Err(format!(
+                "app.baseline mounts the benchmark's unauthenticated, RLS-free routes (/bench/...): only on a loopback \
+                 listener, not {}",
+                self.listen
+            ));
         }
         self.gate.validate("app")
     }

@@ -172,6 +172,14 @@ pub async fn request_id_header(
 /// request carrying one (`%00` in its path or query, `\u0000` in a JSON body,
 /// `%00` in a form body) is refused with 422 before any handler runs, on every
 /// endpoint of both listeners. Register it innermost (first `wrap`).
+/// Every JSON media type actix's JSON extractor may accept: `*/json` and
+/// `*/*+json` (`application/json`, `text/json`, `application/merge-patch+json`),
+/// parameters aside.
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    essence.split_once('/').is_some_and(|(_, sub)| sub == "json" || sub.ends_with("+json"))
+}
+
 pub async fn refuse_nul(
     mut req: actix_web::dev::ServiceRequest,
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
@@ -184,7 +192,7 @@ pub async fn refuse_nul(
         return Err(nul("the URL").into());
     }
     let kind = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
-    let json = kind.starts_with("application/json");
+    let json = is_json(&kind);
     let form = kind.starts_with("application/x-www-form-urlencoded");
     if json || form {
         let declared = req
@@ -287,6 +295,25 @@ impl utoipa::Modify for ErrorStatuses {
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod json_kind_tests {
+    #[test]
+    fn every_json_media_type_is_checked_for_nul() {
+        for json in [
+            "application/json",
+            "text/json",
+            "application/merge-patch+json",
+            "application/json; charset=utf-8",
+            "text/json ;x=1",
+        ] {
+            assert!(super::is_json(json), "{json}");
+        }
+        for other in ["text/plain", "application/jsonx", "application/x-www-form-urlencoded", ""] {
+            assert!(!super::is_json(other), "{other}");
         }
     }
 }

@@ -236,6 +236,11 @@ resource "random_password" "admin_token" {
   special = false
 }
 
+resource "random_password" "gate_key" {
+  length  = 48
+  special = false
+}
+
 resource "random_password" "rds_master_key" {
   length  = 48
   special = false
@@ -244,13 +249,16 @@ resource "random_password" "rds_master_key" {
 resource "aws_secretsmanager_secret" "app" {
   #checkov:skip=CKV2_AWS_57:Rotating the app role's password is a coordinated change (ALTER ROLE on every backend, then the apps); docs/deploy.md describes it.
   name        = "${var.name}/app"
-  description = "TENANTRY_APP__CREDENTIALS__PASSWORD: the app role's password (the only secret an app process holds)"
+  description = "The app process's secrets: the app role's password and the tenant gate's key (TENANTRY_* variables)"
   kms_key_id  = aws_kms_key.tenantry.arn
 }
 
 resource "aws_secretsmanager_secret_version" "app" {
-  secret_id     = aws_secretsmanager_secret.app.id
-  secret_string = random_password.app.result
+  secret_id = aws_secretsmanager_secret.app.id
+  secret_string = jsonencode({
+    TENANTRY_APP__CREDENTIALS__PASSWORD = random_password.app.result
+    TENANTRY_APP__GATE__CURRENT         = random_password.gate_key.result
+  })
 }
 
 resource "aws_secretsmanager_secret" "control_plane" {
@@ -267,6 +275,7 @@ resource "aws_secretsmanager_secret_version" "control_plane" {
     TENANTRY_CONTROL_PLANE__OWNER__PASSWORD               = random_password.owner.result
     TENANTRY_CONTROL_PLANE__APP_PASSWORD                  = random_password.app.result
     TENANTRY_CONTROL_PLANE__RDS__MASTER_PASSWORD_KEY      = random_password.rds_master_key.result
+    TENANTRY_CONTROL_PLANE__GATE__CURRENT                 = random_password.gate_key.result
   })
 }
 
@@ -292,8 +301,11 @@ data "aws_iam_policy_document" "provisioner" {
       aws_db_subnet_group.tenantry.arn,
     ]
   }
+  # Only dedicated tenants' instances: made by the control plane, tagged
+  # managed-by = tenantry and with the tenant's id. The shared pool's instance
+  # is Terraform's (no tenant tag, and denied by name below).
   statement {
-    sid       = "ChangeAndDeleteOnlyItsOwn"
+    sid       = "ChangeAndDeleteOnlyDedicatedTenants"
     actions   = ["rds:ModifyDBInstance", "rds:DeleteDBInstance", "rds:CreateDBSnapshot", "rds:ListTagsForResource"]
     resources = ["${local.arn}:rds:${var.region}:${local.account}:db:tenantry-*"]
     condition {
@@ -301,6 +313,17 @@ data "aws_iam_policy_document" "provisioner" {
       variable = "aws:ResourceTag/managed-by"
       values   = ["tenantry"]
     }
+    condition {
+      test     = "Null"
+      variable = "aws:ResourceTag/tenantry:tenant-id"
+      values   = ["false"]
+    }
+  }
+  statement {
+    sid       = "NeverTheSharedPool"
+    effect    = "Deny"
+    actions   = ["rds:ModifyDBInstance", "rds:DeleteDBInstance", "rds:RebootDBInstance", "rds:StopDBInstance"]
+    resources = [aws_db_instance.shared_pool.arn]
   }
   statement {
     sid       = "FinalSnapshots"

@@ -46,7 +46,7 @@ output "process_security_group_id" {
 }
 
 output "app_secret_arn" {
-  description = "TENANTRY_APP__CREDENTIALS__PASSWORD"
+  description = "The app processes' secrets as JSON of TENANTRY_* variables (app role password, gate key)"
   value       = aws_secretsmanager_secret.app.arn
 }
 
