@@ -28,6 +28,13 @@ const MAX_BACKEND_POOLS: u64 = 64;
 /// and the usage loop share them.
 const REGISTRY_CONNECTIONS: u32 = 8;
 
+/// Console sign-in attempts one client address may make in [`SIGN_IN_WINDOW`].
+pub const SIGN_IN_ATTEMPTS: u32 = 10;
+pub const SIGN_IN_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+/// Client addresses whose attempts are counted at once (a flood from more
+/// addresses than this forgets the oldest, which then start over).
+const SIGN_IN_CLIENTS: u64 = 100_000;
+
 pub struct ControlPlane {
     pub(crate) worker_wakeup: tokio::sync::Notify,
     /// Operation worker loops running in this process (for `/readyz`).
@@ -78,10 +85,7 @@ impl ControlPlane {
             provisioner,
             backend_pools,
             heavy,
-            sign_in_attempts: Cache::builder()
-                .max_capacity(crate::console::session::SIGN_IN_CLIENTS)
-                .time_to_live(crate::console::session::SIGN_IN_WINDOW)
-                .build(),
+            sign_in_attempts: Cache::builder().max_capacity(SIGN_IN_CLIENTS).time_to_live(SIGN_IN_WINDOW).build(),
             sign_ins_refused: Default::default(),
         })
     }

@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::Error;
 use crate::plane::ControlPlane;
+use crate::plane::SIGN_IN_ATTEMPTS;
 use crate::registry::audit;
 use crate::registry::stmt;
 use std::sync::Arc;
@@ -87,13 +88,6 @@ fn hash(cookie: &str) -> Vec<u8> {
 pub fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || ".-_@".contains(c))
 }
-
-/// Sign-in attempts one client address may make in [`SIGN_IN_WINDOW`].
-pub const SIGN_IN_ATTEMPTS: u32 = 10;
-pub const SIGN_IN_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
-/// Client addresses whose attempts are counted at once (a flood from more
-/// addresses than this forgets the oldest, which then start over).
-pub(crate) const SIGN_IN_CLIENTS: u64 = 100_000;
 
 /// What identifies the admin token a session signed in with, never the token.
 fn fingerprint(token: &[u8]) -> Vec<u8> {
