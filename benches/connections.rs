@@ -72,7 +72,7 @@ async fn main() -> anyhow::Result<()> {
             password: tc.secrets.superuser_password.clone().into(),
         },
         "bench-watch",
-        Default::default(),
+        tenantry_core::db::PoolSizing { tls: tc.tls(), ..Default::default() },
     );
     let peak = Arc::new(AtomicI64::new(0));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -283,9 +283,14 @@ async fn main() -> anyhow::Result<()> {
     let app = format!("http://127.0.0.1:{}", stack.app_port());
     let template = cp.config().template_database.clone();
     tokio::spawn(stack.run_until_stopped());
-    let admin =
-        LogicalProvisioner::connect("127.0.0.1", tc.cluster.port(), tenantry::dev::SUPERUSER, &password.clone().into())
-            .await?;
+    let admin = LogicalProvisioner::connect(
+        "127.0.0.1",
+        tc.cluster.port(),
+        tenantry::dev::SUPERUSER,
+        &password.clone().into(),
+        |o| tc.tls().apply(o),
+    )
+    .await?;
 
     // Raw template copies: the floor of a provision.
     let mut raw = Vec::new();

@@ -50,9 +50,14 @@ async fn pgcopydb_clone(port: u16, password: &str, source: &str) -> anyhow::Resu
     let assets: i64 = sqlx::query_scalar("SELECT count(*) FROM assets").fetch_one(&mut c).await?;
     c.close().await?;
     let target = tenantry::testkit::unique("pgcopydb");
-    let admin =
-        tenantry_provisioner::LogicalProvisioner::connect("127.0.0.1", port, SUPERUSER, &password.to_string().into())
-            .await?;
+    let admin = tenantry_provisioner::LogicalProvisioner::connect(
+        "127.0.0.1",
+        port,
+        SUPERUSER,
+        &password.to_string().into(),
+        |o| tenantry::testkit::cluster().tls().apply(o),
+    )
+    .await?;
     admin.create_database(&target, SUPERUSER, Some("template0")).await?;
     let dir = std::env::temp_dir().join(&target);
     let uri = |db: &str| format!("postgres://{SUPERUSER}@127.0.0.1:{port}/{db}");
@@ -155,7 +160,10 @@ async fn main() -> anyhow::Result<()> {
         // Raw COPY of the same rows into an empty copy of the schema.
         let scratch = tenantry::testkit::unique("raw");
         let admin =
-            tenantry_provisioner::LogicalProvisioner::connect("127.0.0.1", port, SUPERUSER, &pw.clone().into()).await?;
+            tenantry_provisioner::LogicalProvisioner::connect("127.0.0.1", port, SUPERUSER, &pw.clone().into(), |o| {
+                tenantry::testkit::cluster().tls().apply(o)
+            })
+            .await?;
         admin.create_database(&scratch, SUPERUSER, Some(&cp.config().template_database)).await?;
         let mut dst = superuser(port, &pw, &scratch).await?;
         let t0 = Instant::now();

@@ -162,7 +162,7 @@ async fn main() -> anyhow::Result<()> {
                 db,
                 &Credentials { user: SUPERUSER.into(), password: tc.secrets.superuser_password.clone().into() },
                 "bench",
-                Default::default(),
+                tenantry_core::db::PoolSizing { tls: tc.tls(), ..Default::default() },
             )
         };
         superuser(&pool3).execute_unprepared(&tenantry::testkit::schema_5_gates_sql()).await?;

@@ -110,7 +110,8 @@ pub async fn prepare_roles(cluster: &LocalCluster, secrets: &DevSecrets) -> anyh
 
 async fn superuser(cluster: &LocalCluster, secrets: &DevSecrets) -> anyhow::Result<LogicalProvisioner> {
     let password = SecretString::from(secrets.superuser_password.clone());
-    Ok(LogicalProvisioner::connect("127.0.0.1", cluster.port(), SUPERUSER, &password).await?)
+    let tls = verified(&cluster.ca_file());
+    Ok(LogicalProvisioner::connect("127.0.0.1", cluster.port(), SUPERUSER, &password, |o| tls.apply(o)).await?)
 }
 
 /// Creates the registry database (owned by the owner role) when absent.
@@ -121,9 +122,16 @@ pub async fn create_registry(cluster: &LocalCluster, secrets: &DevSecrets, regis
     Ok(())
 }
 
+/// Every connection to a local cluster verifies its certificate against the
+/// CA the cluster made (`LocalCluster::ca_file`), as in production.
+pub fn verified(ca_file: &Path) -> tenantry_core::db::Tls {
+    tenantry_core::db::Tls { mode: tenantry_core::db::TlsMode::VerifyFull, ca_file: Some(ca_file.to_path_buf()) }
+}
+
 /// Settings for a stack on a local cluster.
 pub fn settings_for(
     pg_port: u16,
+    ca_file: &Path,
     secrets: &DevSecrets,
     registry_db: &str,
     app_listen: SocketAddr,
@@ -132,7 +140,13 @@ pub fn settings_for(
     Settings {
         app: AppConfig {
             listen: app_listen,
-            registry: RegistryAddress { host: "127.0.0.1".into(), port: pg_port, database: registry_db.into() },
+            registry: RegistryAddress {
+                host: "127.0.0.1".into(),
+                port: pg_port,
+                database: registry_db.into(),
+                tls: verified(ca_file),
+            },
+            backend_tls: verified(ca_file),
             credentials: Credentials { user: APP_ROLE.into(), password: secrets.app_password.clone().into() },
             gate: secrets.gate_keys(),
             max_connections_total: 64,
@@ -165,12 +179,15 @@ pub fn settings_for(
             app_scram_iterations: APP_SCRAM_ITERATIONS,
             rds: None,
             rds_bootstrap_override: None,
+            backend_tls: verified(ca_file),
+            estate_tls: verified(ca_file),
             cluster: ClusterConfig {
                 host: "127.0.0.1".into(),
                 port: pg_port,
                 admin_user: SUPERUSER.into(),
                 admin_password: secrets.superuser_password.clone().into(),
                 region: "local".into(),
+                tls: verified(ca_file),
             },
             default_region: "local".into(),
             workers: 1,
@@ -236,7 +253,7 @@ async fn serve(
 ) -> anyhow::Result<()> {
     prepare_roles(cluster, secrets).await?;
     create_registry(cluster, secrets, "tenantry").await?;
-    let settings = settings_for(cluster.port(), secrets, "tenantry", *app, *admin);
+    let settings = settings_for(cluster.port(), &cluster.ca_file(), secrets, "tenantry", *app, *admin);
     let stack = crate::Stack::build(&settings).await?;
     let cp = stack.control_plane();
     cp.register_backend("dev", SHARED_POOL, BackendKind::SharedPool).await?;

@@ -107,6 +107,7 @@ impl Stack {
                                 // As the routed path's pools, for a like-for-like baseline.
                                 check_idle_after: Some(tenantry_app::resolver::CHECK_IDLE_AFTER),
                                 generic_plans: true,
+                                tls: cfg.backend_tls.clone(),
                                 ..Default::default()
                             },
                         )

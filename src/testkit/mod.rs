@@ -16,6 +16,13 @@ pub struct TestCluster {
     pub secrets: DevSecrets,
 }
 
+impl TestCluster {
+    /// How a client verifies the test cluster: verify-full against its CA.
+    pub fn tls(&self) -> tenantry_core::db::Tls {
+        crate::dev::verified(&self.cluster.ca_file())
+    }
+}
+
 static CLUSTER: OnceLock<TestCluster> = OnceLock::new();
 /// `max_connections` of the process's cluster (read when it starts).
 static MAX_CONNECTIONS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(400);
@@ -93,7 +100,7 @@ pub fn connect_as_superuser(database: &str) -> sea_orm::DatabaseConnection {
         user: SUPERUSER.into(),
         password: tc.secrets.superuser_password.clone().into(),
     };
-    let sizing = tenantry_core::db::PoolSizing { max_connections: 2, ..Default::default() };
+    let sizing = tenantry_core::db::PoolSizing { max_connections: 2, tls: tc.tls(), ..Default::default() };
     tenantry_core::db::lazy_pool("127.0.0.1", tc.cluster.port(), database, &creds, "tenantry-testkit", sizing)
 }
 
@@ -135,7 +142,8 @@ pub async fn spawn_stack(configure: impl FnOnce(&mut crate::Settings, &str)) -> 
     let registry_db = unique("reg");
     crate::dev::create_registry(&tc.cluster, &tc.secrets, &registry_db).await?;
     let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let mut settings = crate::dev::settings_for(tc.cluster.port(), &tc.secrets, &registry_db, any, any);
+    let mut settings =
+        crate::dev::settings_for(tc.cluster.port(), &tc.cluster.ca_file(), &tc.secrets, &registry_db, any, any);
     let pool_name = unique("pool");
     // Tests and benches seed past-due schedules: the overdue job runs only where
     // a test turns it on.
@@ -219,12 +227,23 @@ pub struct PgBouncer {
 }
 
 static PGBOUNCER: OnceLock<PgBouncer> = OnceLock::new();
+static CLEARTEXT_PGBOUNCER: OnceLock<PgBouncer> = OnceLock::new();
 
 pub fn pgbouncer() -> &'static PgBouncer {
-    PGBOUNCER.get_or_init(|| {
+    PGBOUNCER.get_or_init(|| start_pgbouncer(true))
+}
+
+/// A second PgBouncer like [`pgbouncer`] that offers no TLS at all: a
+/// cleartext-only server for the tests of `require`.
+pub fn cleartext_pgbouncer() -> &'static PgBouncer {
+    CLEARTEXT_PGBOUNCER.get_or_init(|| start_pgbouncer(false))
+}
+
+fn start_pgbouncer(tls: bool) -> PgBouncer {
+    {
         let tc = cluster();
         let port = free_port();
-        let dir = std::env::temp_dir().join(format!("tenantry-pgbouncer-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("tenantry-pgbouncer-{}-{tls}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("a pgbouncer folder");
         let users = format!(
             "\"{}\" \"{}\"\n\"{}\" \"{}\"\n",
@@ -234,11 +253,23 @@ pub fn pgbouncer() -> &'static PgBouncer {
             tc.secrets.superuser_password
         );
         std::fs::write(dir.join("userlist.txt"), users).expect("userlist");
+        // It serves the cluster's own certificate (made for 127.0.0.1; the key
+        // belongs to the user both run as), so the app verifies it as it
+        // verifies the cluster.
+        let client_tls = if tls {
+            format!(
+                "client_tls_sslmode = allow\nclient_tls_cert_file = {}\nclient_tls_key_file = {}\n",
+                tc.cluster.ca_file().with_file_name("server.crt").display(),
+                tc.cluster.ca_file().with_file_name("server.key").display(),
+            )
+        } else {
+            String::new()
+        };
         let ini = format!(
             "[databases]\n* = host=127.0.0.1 port={pg}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
              unix_socket_dir =\nauth_type = scram-sha-256\nauth_file = {auth}\npool_mode = transaction\n\
              max_client_conn = 1000\ndefault_pool_size = 20\n\
-             ignore_startup_parameters = extra_float_digits\nstats_users = {app}\nlogfile =\npidfile =\n",
+             ignore_startup_parameters = extra_float_digits\nstats_users = {app}\nlogfile =\npidfile =\n{client_tls}",
             pg = tc.cluster.port(),
             auth = dir.join("userlist.txt").display(),
             app = crate::dev::APP_ROLE,
@@ -270,7 +301,7 @@ pub fn pgbouncer() -> &'static PgBouncer {
         args.push(ini_path.display().to_string());
         keep_running(&bin, &args, port, "run scripts/test, which installs pgbouncer");
         PgBouncer { port }
-    })
+    }
 }
 
 static CHROMEDRIVER: OnceLock<String> = OnceLock::new();

@@ -24,11 +24,15 @@ listen = "127.0.0.1:0"
 [app.registry]
 port = {port}
 database = "{registry}"
+tls = {{ mode = "verify-full", ca_file = "{ca}" }}
 [app.credentials]
 user = "tenantry_app"
 password = "{app_pw}"
 [app.gate]
 current = "{gate}"
+[app.backend_tls]
+mode = "verify-full"
+ca_file = "{ca}"
 [app.jobs]
 overdue_interval_secs = 0
 [control_plane]
@@ -41,6 +45,12 @@ secrets_key = "estates:{owner_pw}"
 {extra}
 [control_plane.gate]
 current = "{gate}"
+[control_plane.backend_tls]
+mode = "verify-full"
+ca_file = "{ca}"
+[control_plane.estate_tls]
+mode = "verify-full"
+ca_file = "{ca}"
 [control_plane.owner]
 user = "tenantry_owner"
 password = "{owner_pw}"
@@ -48,12 +58,14 @@ password = "{owner_pw}"
 port = {port}
 admin_user = "postgres"
 admin_password = "{su_pw}"
+tls = {{ mode = "verify-full", ca_file = "{ca}" }}
 "#,
         port = tc.cluster.port(),
         app_pw = tc.secrets.app_password,
         owner_pw = tc.secrets.owner_password,
         su_pw = tc.secrets.superuser_password,
         gate = tc.secrets.gate_key,
+        ca = tc.cluster.ca_file().display(),
     );
     std::fs::write(&path, text).expect("write a child configuration");
     path

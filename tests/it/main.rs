@@ -22,5 +22,6 @@ mod operations;
 mod rds;
 mod reports;
 mod routing;
+mod tls;
 mod topology;
 mod usage;

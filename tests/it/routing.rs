@@ -359,7 +359,12 @@ async fn backend_pools_plan_a_prepared_read_once_per_connection_however_skewed_t
     };
     let small_id: uuid::Uuid = small.id.parse().unwrap();
     for generic in [true, false] {
-        let sizing = tenantry_core::db::PoolSizing { max_connections: 1, generic_plans: generic, ..Default::default() };
+        let sizing = tenantry_core::db::PoolSizing {
+            max_connections: 1,
+            generic_plans: generic,
+            tls: tc.tls(),
+            ..Default::default()
+        };
         let db = tenantry_core::db::lazy_pool("127.0.0.1", tc.cluster.port(), &app.pool_name, &creds, "plans", sizing);
         let session = db.get_postgres_connection_pool();
         // The app's read: the vouched gate, its values bound (one connection,

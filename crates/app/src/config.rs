@@ -18,6 +18,9 @@ pub struct RegistryAddress {
     /// Default `tenantry`.
     #[serde(default = "default_registry_db")]
     pub database: String,
+    /// How the registry's server is verified. Default `verify-full`.
+    #[serde(default)]
+    pub tls: tenantry_core::db::Tls,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -35,6 +38,10 @@ pub struct AppConfig {
     /// `control_plane.gate.current`, which installs it on every backend.
     /// Required.
     pub gate: GateKeys,
+    /// How backends' servers (and poolers in front of them) are verified.
+    /// Default `verify-full`.
+    #[serde(default)]
+    pub backend_tls: tenantry_core::db::Tls,
     /// Connections the process may hold across all backends. Default 256.
     #[serde(default = "default_budget")]
     pub max_connections_total: u32,

@@ -150,7 +150,7 @@ impl Resolver {
             &r.database,
             &cfg.credentials,
             "tenantry-app-registry",
-            PoolSizing { max_connections: 8, ..PoolSizing::default() },
+            PoolSizing { max_connections: 8, tls: r.tls.clone(), ..PoolSizing::default() },
         );
         let ttl = Duration::from_secs(cfg.cache_ttl_secs);
         let cap = Arc::new(OpenCap::new(cfg.max_connections_total as usize));
@@ -290,6 +290,7 @@ impl Resolver {
                         pooled: backend.pooler.is_some(),
                         check_idle_after: Some(CHECK_IDLE_AFTER),
                         generic_plans: true,
+                        tls: cfg.backend_tls.clone(),
                         ..PoolSizing::default()
                     },
                 ),

@@ -38,11 +38,13 @@ pub(crate) const LOCK_NOT_AVAILABLE: &str = "55P03";
 pub(crate) struct Side {
     pub(crate) backend: BackendView,
     pub(crate) admin: Credentials,
+    /// How its server is verified (`control_plane.backend_tls`).
+    pub(crate) tls: tenantry_core::db::Tls,
 }
 
 impl Side {
     pub(crate) fn options(&self, creds: &Credentials) -> PgConnectOptions {
-        connect_options(&self.backend, creds, "tenantry-move")
+        connect_options(&self.backend, creds, "tenantry-move", &self.tls)
     }
 
     /// A session as the backend's administrator.
@@ -52,8 +54,13 @@ impl Side {
 }
 
 /// How to reach `backend` as `creds`.
-pub(crate) fn connect_options(backend: &BackendView, creds: &Credentials, application: &str) -> PgConnectOptions {
-    PgConnectOptions::new()
+pub(crate) fn connect_options(
+    backend: &BackendView,
+    creds: &Credentials,
+    application: &str,
+    tls: &tenantry_core::db::Tls,
+) -> PgConnectOptions {
+    tls.apply(PgConnectOptions::new())
         .host(&backend.host)
         .port(u16::try_from(backend.port).unwrap_or(5432))
         .database(&backend.database)
@@ -112,7 +119,7 @@ impl ControlPlane {
                 ));
             }
         };
-        Ok(Side { backend, admin })
+        Ok(Side { backend, admin, tls: self.config().backend_tls.clone() })
     }
 
     /// A session as the owner role scoped to one tenant (RLS lets it see that
@@ -126,7 +133,8 @@ impl ControlPlane {
 
     /// A session on a backend as the owner role (subject to RLS).
     pub(crate) async fn owner_conn(&self, b: &BackendView, application: &str) -> Result<PgConnection, Error> {
-        Ok(PgConnection::connect_with(&connect_options(b, &self.config().owner, application)).await?)
+        let tls = &self.config().backend_tls;
+        Ok(PgConnection::connect_with(&connect_options(b, &self.config().owner, application, tls)).await?)
     }
 
     /// Marks the tenant fenced on its backend under its exclusive lock (so the
@@ -174,7 +182,10 @@ impl ControlPlane {
         let snapshot =
             self.rds_engine()?.retire_with(name, final_snapshot).await.map_err(tenantry_provisioner::Error::from)?;
         if let Some(o) = &self.config().rds_bootstrap_override {
-            let admin = LogicalProvisioner::connect(&o.host, o.port, &o.admin_user, &o.admin_password).await?;
+            let tls = self.config().backend_tls.clone();
+            let admin =
+                LogicalProvisioner::connect(&o.host, o.port, &o.admin_user, &o.admin_password, |c| tls.apply(c))
+                    .await?;
             admin.drop_database(database).await?;
         }
         Ok(snapshot)

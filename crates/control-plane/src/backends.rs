@@ -279,7 +279,7 @@ impl ControlPlane {
                 &addr.database,
                 &cfg.owner,
                 "tenantry-control-plane",
-                PoolSizing { max_connections: 1, ..PoolSizing::default() },
+                PoolSizing { max_connections: 1, tls: cfg.cluster.tls.clone(), ..PoolSizing::default() },
             );
             let result = self.migrate_and_install(&pool, set).await;
             pool.close().await?;

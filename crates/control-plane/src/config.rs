@@ -23,6 +23,10 @@ pub struct ClusterConfig {
     /// Data-residency region of this cluster. Default `local`.
     #[serde(default = "default_region")]
     pub region: String,
+    /// How the cluster's server is verified (registry, administrator,
+    /// template, replication sweeps). Default `verify-full`.
+    #[serde(default)]
+    pub tls: tenantry_core::db::Tls,
 }
 
 /// Test-only: bootstrap RDS instances on this cluster instead of their
@@ -87,6 +91,13 @@ pub struct ControlPlaneConfig {
     /// apps sign with (`app.gate.current`), `previous` the one being rotated
     /// out. At least 32 characters each. Required.
     pub gate: tenantry_core::gate::GateKeys,
+    /// How every backend's server is verified (owner pools, a move's
+    /// sessions and its subscription, RDS bootstrap). Default `verify-full`.
+    #[serde(default)]
+    pub backend_tls: tenantry_core::db::Tls,
+    /// How a legacy estate's server is verified. Default `verify-full`.
+    #[serde(default)]
+    pub estate_tls: tenantry_core::db::Tls,
     /// The app role's password, needed to create the role on new RDS
     /// instances. Default: none (RDS bootstrap then fails with a clear error).
     #[serde(default)]

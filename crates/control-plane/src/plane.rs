@@ -62,9 +62,11 @@ impl ControlPlane {
             &cfg.registry_database,
             &cfg.owner,
             "tenantry-control-plane",
-            PoolSizing { max_connections: REGISTRY_CONNECTIONS, ..PoolSizing::default() },
+            PoolSizing { max_connections: REGISTRY_CONNECTIONS, tls: c.tls.clone(), ..PoolSizing::default() },
         );
-        let provisioner = LogicalProvisioner::connect(&c.host, c.port, &c.admin_user, &c.admin_password).await?;
+        let tls = c.tls.clone();
+        let provisioner =
+            LogicalProvisioner::connect(&c.host, c.port, &c.admin_user, &c.admin_password, |o| tls.apply(o)).await?;
         let backend_pools = Cache::builder()
             .max_capacity(MAX_BACKEND_POOLS)
             .time_to_idle(BACKEND_POOL_IDLE)
@@ -123,6 +125,7 @@ impl ControlPlane {
                     PoolSizing {
                         max_connections: BACKEND_POOL_CONNECTIONS,
                         idle_timeout: BACKEND_POOL_IDLE,
+                        tls: self.cfg.backend_tls.clone(),
                         ..PoolSizing::default()
                     },
                 )

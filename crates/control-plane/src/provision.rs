@@ -122,9 +122,15 @@ impl NewDatabase {
             }
             Step::Bootstrap => {
                 let target = self.bootstrap_target(cp, op).await?;
-                let admin =
-                    LogicalProvisioner::connect(&target.host, target.port, &target.admin_user, &target.admin_password)
-                        .await?;
+                let tls = cfg.backend_tls.clone();
+                let admin = LogicalProvisioner::connect(
+                    &target.host,
+                    target.port,
+                    &target.admin_user,
+                    &target.admin_password,
+                    |c| tls.apply(c),
+                )
+                .await?;
                 if !target.roles_exist {
                     let app_password = cfg.app_password.clone().ok_or_else(|| {
                         Error::invalid("app_password_missing", "control_plane.app_password is needed to bootstrap RDS")

@@ -15,9 +15,73 @@ pub struct Credentials {
     pub password: SecretString,
 }
 
+/// How a connection checks the server it reaches (libpq's `sslmode`):
+/// `disable` sends everything in clear; `require` encrypts but trusts any
+/// certificate; `verify-ca` also checks that the certificate chains to the
+/// CA bundle; `verify-full` also checks that it names the host connected
+/// to. Default `verify-full`: every connection verifies its peer. Only the
+/// dev stack and a loopback test use less.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    Disable,
+    Require,
+    VerifyCa,
+    #[default]
+    VerifyFull,
+}
+
+/// TLS for the connections to one kind of PostgreSQL address.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// Default `verify-full`.
+    #[serde(default)]
+    pub mode: TlsMode,
+    /// The CA bundle (PEM) the server's certificate must chain to: the RDS
+    /// bundle on AWS (docs/deploy.md). Default: the platform's web roots.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+impl Tls {
+    /// `opts` with this TLS mode and CA bundle.
+    pub fn apply(&self, opts: PgConnectOptions) -> PgConnectOptions {
+        use sea_orm::sqlx::postgres::PgSslMode;
+        let mode = match self.mode {
+            TlsMode::Disable => PgSslMode::Disable,
+            TlsMode::Require => PgSslMode::Require,
+            TlsMode::VerifyCa => PgSslMode::VerifyCa,
+            TlsMode::VerifyFull => PgSslMode::VerifyFull,
+        };
+        let opts = opts.ssl_mode(mode);
+        match &self.ca_file {
+            Some(ca) => opts.ssl_root_cert(ca),
+            None => opts,
+        }
+    }
+
+    /// libpq's `sslmode` (and `sslrootcert`) words for a connection string.
+    pub fn conninfo(&self) -> String {
+        let mode = match self.mode {
+            TlsMode::Disable => "disable",
+            TlsMode::Require => "require",
+            TlsMode::VerifyCa => "verify-ca",
+            TlsMode::VerifyFull => "verify-full",
+        };
+        match &self.ca_file {
+            Some(ca) => format!(
+                "sslmode={mode} sslrootcert='{}'",
+                ca.display().to_string().replace('\\', "\\\\").replace('\'', "\\'")
+            ),
+            None => format!("sslmode={mode}"),
+        }
+    }
+}
+
 /// How big a pool may grow, how long an idle connection is kept, and the
 /// statement timeout its sessions start with.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct PoolSizing {
     pub max_connections: u32,
     pub idle_timeout: Duration,
@@ -46,6 +110,9 @@ pub struct PoolSizing {
     /// 10,000 tenants on a 10 M-row pool that doubled each read's server time.
     /// Not sent through a pooler (it drops startup options).
     pub generic_plans: bool,
+    /// How the server is checked. Default `verify-full` against the
+    /// platform's roots.
+    pub tls: Tls,
 }
 
 impl Default for PoolSizing {
@@ -58,6 +125,7 @@ impl Default for PoolSizing {
             pooled: false,
             check_idle_after: None,
             generic_plans: false,
+            tls: Tls::default(),
         }
     }
 }
@@ -78,6 +146,7 @@ pub fn lazy_pool(
         .username(&creds.user)
         .password(creds.password.expose_secret())
         .application_name(application_name);
+    opts = sizing.tls.apply(opts);
     if sizing.pooled {
         opts = opts.statement_cache_capacity(0).extra_float_digits(None);
     } else {

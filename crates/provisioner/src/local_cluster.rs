@@ -107,10 +107,19 @@ impl LocalCluster {
         if !pgdata.join("PG_VERSION").exists() {
             Self::initdb(&bin, &spec, &pgdata, &owner)?;
         }
+        let tls = Self::certificates(&spec.base_dir, &owner)?;
         let log_path = spec.base_dir.join("postgres.log");
         let log = fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io_err)?;
         let mut cmd = owner.command(&bin.join("postgres"));
+        // The server's own libpq (a subscription's connection) looks for a
+        // client certificate under $HOME/.postgresql: the data folder's, not
+        // the (unreadable) home of whoever started it.
+        cmd.env("HOME", &spec.base_dir);
         cmd.arg("-D").arg(&pgdata).arg("-p").arg(spec.port.to_string());
+        // TLS always: clients of a managed cluster verify it (verify-full).
+        cmd.arg("-c").arg("ssl=on");
+        cmd.arg("-c").arg(format!("ssl_cert_file={}", tls.join("server.crt").display()));
+        cmd.arg("-c").arg(format!("ssl_key_file={}", tls.join("server.key").display()));
         for (k, v) in &spec.settings {
             cmd.arg("-c").arg(format!("{k}={v}"));
         }
@@ -133,6 +142,78 @@ impl LocalCluster {
         let cluster = LocalCluster { spec, pid, keeper: Some(keeper) };
         cluster.wait_ready(&bin, &log_path)?;
         Ok(cluster)
+    }
+
+    /// The CA bundle clients of this cluster verify its certificate with.
+    pub fn ca_file(&self) -> PathBuf {
+        self.spec.base_dir.join("tls").join("ca.crt")
+    }
+
+    /// A CA of this data folder's own and a certificate it signs for
+    /// 127.0.0.1 (the only address the server listens on), made once with the
+    /// `openssl` command and kept under `<base>/tls`.
+    fn certificates(base: &Path, owner: &ServiceUser) -> Result<PathBuf, Error> {
+        let dir = base.join("tls");
+        let io_err = |source| Error::DataDir { path: dir.clone(), source };
+        if dir.join("server.crt").exists() && dir.join("server.key").exists() && dir.join("ca.crt").exists() {
+            return Ok(dir);
+        }
+        fs::create_dir_all(&dir).map_err(io_err)?;
+        fs::write(
+            dir.join("server.ext"),
+            "subjectAltName = IP:127.0.0.1\nbasicConstraints = critical, CA:FALSE\n\
+             keyUsage = critical, digitalSignature\nextendedKeyUsage = serverAuth\n",
+        )
+        .map_err(io_err)?;
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        let steps: [Vec<&str>; 3] = [
+            [&["req", "-x509"][..], &ec, &["-keyout", "ca.key", "-out", "ca.crt", "-days", "3650"]].concat(),
+            [&["req"][..], &ec, &["-keyout", "server.key", "-out", "server.csr"]].concat(),
+            vec![
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.crt",
+                "-days",
+                "3650",
+                "-extfile",
+                "server.ext",
+            ],
+        ];
+        for (i, args) in steps.iter().enumerate() {
+            let subject: &[&str] = match i {
+                0 => &["-subj", "/CN=Tenantry local cluster CA"],
+                1 => &["-subj", "/CN=127.0.0.1"],
+                _ => &[],
+            };
+            let out = Command::new("openssl").args(args).args(subject).current_dir(&dir).stdin(Stdio::null()).output();
+            let out = out.map_err(|e| Error::Command {
+                what: "openssl (install it: apt-get install openssl)".into(),
+                status: e.to_string(),
+                output: String::new(),
+            })?;
+            if !out.status.success() {
+                return Err(Error::Command {
+                    what: format!("openssl {}", args[0]),
+                    status: out.status.to_string(),
+                    output: String::from_utf8_lossy(&[out.stdout, out.stderr].concat()).into_owned(),
+                });
+            }
+        }
+        fs::set_permissions(dir.join("server.key"), fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+        fs::set_permissions(dir.join("ca.key"), fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+        for f in ["server.key", "server.crt"] {
+            owner.chown(&dir.join(f)).map_err(io_err)?;
+        }
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).map_err(io_err)?;
+        Ok(dir)
     }
 
     fn initdb(bin: &Path, spec: &ClusterSpec, pgdata: &Path, owner: &ServiceUser) -> Result<(), Error> {

@@ -46,8 +46,15 @@ pub struct LogicalProvisioner {
 }
 
 impl LogicalProvisioner {
-    /// Connects to the cluster's maintenance database (`postgres`) as `user`.
-    pub async fn connect(host: &str, port: u16, user: &str, password: &SecretString) -> Result<Self, Error> {
+    /// Connects to the cluster's maintenance database (`postgres`) as `user`;
+    /// `tls` sets how the server is verified (the caller's configuration).
+    pub async fn connect(
+        host: &str,
+        port: u16,
+        user: &str,
+        password: &SecretString,
+        tls: impl FnOnce(PgConnectOptions) -> PgConnectOptions,
+    ) -> Result<Self, Error> {
         let opts = PgConnectOptions::new()
             .host(host)
             .port(port)
@@ -55,6 +62,7 @@ impl LogicalProvisioner {
             .username(user)
             .password(password.expose_secret())
             .application_name("tenantry-provisioner");
+        let opts = tls(opts);
         let pool = PgPoolOptions::new().max_connections(2).min_connections(0).connect_lazy_with(opts);
         let admin = SqlxPostgresConnector::from_sqlx_postgres_pool(pool);
         Ok(Self { admin, host: host.to_string(), port })

@@ -111,6 +111,8 @@ struct EstateRow {
 pub(crate) struct Estate {
     pub(crate) view: EstateView,
     password: SecretString,
+    /// How its server is verified (`control_plane.estate_tls`).
+    tls: tenantry_core::db::Tls,
 }
 
 impl Estate {
@@ -122,6 +124,7 @@ impl Estate {
             database.unwrap_or(&self.view.database),
             &self.view.user,
             &self.password,
+            &self.tls,
         )
         .await
     }
@@ -133,8 +136,10 @@ async fn connect(
     database: &str,
     user: &str,
     password: &SecretString,
+    tls: &tenantry_core::db::Tls,
 ) -> Result<PgConnection, Error> {
-    let opts = PgConnectOptions::new()
+    let opts = tls
+        .apply(PgConnectOptions::new())
         .host(host)
         .port(port)
         .database(database)
@@ -260,7 +265,8 @@ impl ControlPlane {
         }
         let mapping = new.mapping.unwrap_or_default();
         mapping.validate()?;
-        let mut conn = connect(&new.host, new.port, &new.database, &new.user, &new.password).await?;
+        let mut conn =
+            connect(&new.host, new.port, &new.database, &new.user, &new.password, &self.config().estate_tls).await?;
         let missing = requirements(&mut conn).await?;
         let _ = sqlx::Connection::close(conn).await;
         if !missing.is_empty() {
@@ -313,7 +319,7 @@ impl ControlPlane {
             .ok_or(Error::NotFound("estate"))?;
         let (view, sealed) = view(row)?;
         let password = open(self, view.id, &sealed)?;
-        Ok(Estate { view, password })
+        Ok(Estate { view, password, tls: self.config().estate_tls.clone() })
     }
 
     /// Forgets an estate; refused while an adoption of it is in flight. Audited.

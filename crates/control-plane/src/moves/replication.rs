@@ -22,12 +22,13 @@ use crate::registry::stmt;
 fn conninfo(side: &Side) -> String {
     let v = |s: &str| format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"));
     format!(
-        "host={} port={} dbname={} user={} password={}",
+        "host={} port={} dbname={} user={} password={} {}",
         v(&side.backend.host),
         side.backend.port,
         v(&side.backend.database),
         v(&side.admin.user),
-        v(side.admin.password.expose_secret())
+        v(side.admin.password.expose_secret()),
+        side.tls.conninfo(),
     )
 }
 

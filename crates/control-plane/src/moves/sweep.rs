@@ -33,13 +33,15 @@ impl ControlPlane {
             .collect();
         let c = &self.config().cluster;
         let options = |db: &str| {
-            PgConnectOptions::new()
-                .host(&c.host)
-                .port(c.port)
-                .database(db)
-                .username(&c.admin_user)
-                .password(c.admin_password.expose_secret())
-                .application_name("tenantry-sweep")
+            c.tls.apply(
+                PgConnectOptions::new()
+                    .host(&c.host)
+                    .port(c.port)
+                    .database(db)
+                    .username(&c.admin_user)
+                    .password(c.admin_password.expose_secret())
+                    .application_name("tenantry-sweep"),
+            )
         };
         // Only databases of this registry's backends: other registries may share
         // the cluster, and their moves are theirs.
