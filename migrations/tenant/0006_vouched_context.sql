@@ -135,7 +135,9 @@ DECLARE
 BEGIN
     PERFORM tenantry_gate_sweep();
     PERFORM tenantry_gate_sequences(false);
-    EXECUTE format('DROP SEQUENCE IF EXISTS tenantry_gate.%I', 'n' || pg_backend_pid());
+    IF to_regclass('tenantry_gate.n' || pg_backend_pid()) IS NOT NULL THEN
+        EXECUTE format('DROP SEQUENCE tenantry_gate.%I', 'n' || pg_backend_pid());
+    END IF;
     EXECUTE format('CREATE UNLOGGED SEQUENCE tenantry_gate.%I MINVALUE %s START %s',
                    'n' || pg_backend_pid(), start, start);
     RETURN start;
