@@ -146,11 +146,20 @@ impl TestApp {
     }
 
     pub async fn admin_call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req = self.http.request(method, format!("{}{path}", self.admin)).bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("admin request");
+        let build = |method: Method| {
+            let mut req = self.http.request(method, format!("{}{path}", self.admin)).bearer_auth(&self.token);
+            if let Some(b) = &body {
+                req = req.json(b);
+            }
+            req
+        };
+        let resp = match build(method.clone()).send().await {
+            Ok(resp) => resp,
+            // A kept-alive connection the server closed just as it was reused
+            // (hyper's IncompleteMessage): a GET is asked again, once.
+            Err(e) if method == Method::GET && e.is_request() => build(method).send().await.expect("admin request"),
+            Err(e) => panic!("admin request: {e:?}"),
+        };
         let status = resp.status();
         (status, resp.json().await.unwrap_or(Value::Null))
     }
