@@ -34,7 +34,13 @@ impl Session {
     /// The binding of the next gate call on this connection (each call,
     /// accepted or not, advances the server's counter once).
     pub(crate) fn binding(&self) -> Binding {
-        Binding::Direct { pid: self.pid, n: self.next.fetch_add(1, Ordering::Relaxed) }
+        let (pid, n) = self.next_call();
+        Binding::Direct { pid, n }
+    }
+
+    /// The pid and the counter value of the next gate call (see [`Session::binding`]).
+    pub(crate) fn next_call(&self) -> (u32, i64) {
+        (self.pid, self.next.fetch_add(1, Ordering::Relaxed))
     }
 }
 

@@ -99,10 +99,7 @@ fn enter_gate(tenant_id: Uuid, epoch: i64) -> sea_orm::sea_query::SimpleExpr {
 /// and hands the answer to `tenantry_gate`, which verifies the proof and sets
 /// the tenant, or raises why not (TR001/TR002; TR003/TR004: the proof or
 /// counter was refused).
-fn vouched_gate(key: &GateKey, tenant_id: Uuid, epoch: i64, binding: Binding) -> sea_orm::sea_query::SimpleExpr {
-    let Binding::Direct { pid, n } = binding else {
-        unreachable!("a direct connection's read is bound to its pid and counter")
-    };
+fn vouched_gate(key: &GateKey, tenant_id: Uuid, epoch: i64, (pid, n): (u32, i64)) -> sea_orm::sea_query::SimpleExpr {
     Expr::cust_with_values(
         "(SELECT tenantry_gate($1::uuid, $2::bigint, $3::integer, $4::bigint, NULL, NULL, $5::bytea, \
           EXISTS (SELECT 1 FROM tenantry_admitted g WHERE g.tenant_id = $6::uuid AND g.epoch = $7::bigint)))",
@@ -146,7 +143,7 @@ pub(crate) async fn read_once<E: TenantScoped>(
         let db = TxConn(Mutex::new(Some(conn)), false);
         let mut reopened = false;
         loop {
-            let gated = select().filter(vouched_gate(gate.key(), tenant_id, epoch, session.binding()));
+            let gated = select().filter(vouched_gate(gate.key(), tenant_id, epoch, session.next_call()));
             match gated.all(&db).await {
                 Err(e) if !reopened && refused_db(&e) => {
                     reopened = true;
