@@ -66,14 +66,22 @@ REVOKE ALL ON tenantry_gate_nonces FROM PUBLIC;
 CREATE FUNCTION tenantry_gate_window() RETURNS bigint
     LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 30000::bigint $$;
 
--- The context digest: 60 bits of sha256(tenant | this transaction's start).
--- The sequences hold no secret; what makes the context unforgeable is that
--- only the gate, as the owner, writes them.
+-- The context digest: 64 bits of (tenant, this transaction's start). The
+-- sequences hold no secret; what makes the context unforgeable is that only
+-- the gate, as the owner, writes them. So the digest need not be a MAC, only
+-- a function whose collisions an attacker cannot steer: the policy accepts
+-- tenant T in a transaction that started at t2 when digest(T, t2) equals the
+-- value the gate wrote for (A, t1). T must be a real tenant's id to reach any
+-- row and t2 is the server's clock at BEGIN, neither chosen freely; even one
+-- who inverts the hash (PostgreSQL's hash_any, not cryptographic) for a
+-- victim's id gets a start time spread over 2^64 microseconds, not one in the
+-- next hours, so a hit costs on the order of 2^64 attempts. It is four
+-- function calls and no text: the policies evaluate it once per statement,
+-- and every node of it is compiled per statement.
 CREATE FUNCTION tenantry_gate_digest(p_tenant uuid) RETURNS bigint
     LANGUAGE sql STABLE PARALLEL RESTRICTED
-    AS $$ SELECT ('x' || pg_catalog.substr(pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(
-                 p_tenant::pg_catalog.text || '|' || EXTRACT(EPOCH FROM pg_catalog.now())::pg_catalog.text,
-                 'UTF8')), 'hex'), 1, 15))::pg_catalog.bit(60)::pg_catalog.int8 $$;
+    AS $$ SELECT pg_catalog.uuid_hash_extended(p_tenant,
+                 pg_catalog.timestamp_hash_extended(pg_catalog.timezone('UTC', pg_catalog.now()), 6)) $$;
 
 -- 60 bits of sha256 of a claimed pooled proof's nonce and tenant.
 CREATE FUNCTION tenantry_gate_claim_digest(p_nonce uuid, p_tenant uuid, p_epoch bigint) RETURNS bigint
@@ -113,7 +121,8 @@ AS $$
 BEGIN
     IF to_regclass('tenantry_gate.t' || pg_backend_pid()) IS NULL THEN
         PERFORM tenantry_gate_sweep();
-        EXECUTE format('CREATE UNLOGGED SEQUENCE IF NOT EXISTS tenantry_gate.%I', 't' || pg_backend_pid());
+        EXECUTE format('CREATE UNLOGGED SEQUENCE IF NOT EXISTS tenantry_gate.%I MINVALUE %s',
+                       't' || pg_backend_pid(), -9223372036854775807 - 1);
         EXECUTE format('GRANT SELECT ON SEQUENCE tenantry_gate.%I TO {app_role}', 't' || pg_backend_pid());
     END IF;
     IF p_claims AND to_regclass('tenantry_gate.c' || pg_backend_pid()) IS NULL THEN
@@ -214,6 +223,28 @@ DECLARE
     message pg_catalog.text;
     done pg_catalog.text;
 BEGIN
+    -- The hot path, a direct read whose statement found the tenant admitted:
+    -- one query, whose CASE orders the steps (proof, then counter, then the
+    -- context). Per transaction plpgsql compiles every expression it meets
+    -- and starts an executor for every query, so the whole of it is one.
+    -- Anything amiss (a wrong proof, the counter elsewhere, no context
+    -- sequence) falls through to the checks below, which say which: a wrong
+    -- proof has advanced nothing; a counter found elsewhere has moved on, and
+    -- moves on again below (TR004 either way). (CASE, not AND: NULL AND x
+    -- evaluates x, and a writing transaction's p_admitted is NULL.)
+    IF (CASE WHEN p_admitted IS TRUE AND p_nonce IS NULL THEN (
+        SELECT CASE WHEN p_proof = pg_catalog.sha256(key.opad || pg_catalog.sha256(key.ipad || pg_catalog.convert_to(
+                             pg_catalog.concat_ws('|', 'gate', p_tenant, p_epoch, pg_catalog.pg_backend_pid(), p_n),
+                             'UTF8')))
+                     AND pg_catalog.nextval(pg_catalog.to_regclass('tenantry_gate.n' || pg_catalog.pg_backend_pid()))
+                         = p_n
+                    THEN pg_catalog.setval(pg_catalog.to_regclass('tenantry_gate.t' || pg_catalog.pg_backend_pid()),
+                                           public.tenantry_gate_digest(p_tenant)) IS NOT NULL
+                         AND pg_catalog.set_config('app.tenant_id', p_tenant::pg_catalog.text, true) IS NOT NULL
+               END
+          FROM public.tenantry_gate_keys key WHERE key.kid = p_kid) ELSE false END) THEN
+        RETURN true;
+    END IF;
     IF p_nonce IS NULL THEN
         SELECT ipad, opad INTO k FROM public.tenantry_gate_keys WHERE kid = p_kid;
         message := pg_catalog.concat_ws('|', 'gate', p_tenant, p_epoch, pg_catalog.pg_backend_pid(), p_n);
