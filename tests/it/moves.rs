@@ -38,7 +38,8 @@ pub(crate) async fn rows_in(db: &str, tenant: &str) -> i64 {
     total
 }
 
-/// Replication objects of moves (and table-sync slots) in these databases.
+/// Replication objects of moves (and table-sync slots, and the moves' roles
+/// holding grants) in these databases.
 pub(crate) async fn leftovers(dbs: &[&str]) -> i64 {
     let postgres = connect("postgres", false);
     let list = dbs.iter().map(|d| format!("'{d}'")).collect::<Vec<_>>().join(", ");
@@ -48,7 +49,11 @@ pub(crate) async fn leftovers(dbs: &[&str]) -> i64 {
             "SELECT (SELECT count(*) FROM pg_replication_slots WHERE database IN ({list}) \
                        AND (slot_name LIKE 'tenantry_mv_%' OR slot_name LIKE 'pg_%_sync_%')) \
                   + (SELECT count(*) FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid \
-                       WHERE d.datname IN ({list}) AND s.subname LIKE 'tenantry_mv_%')"
+                       WHERE d.datname IN ({list}) AND s.subname LIKE 'tenantry_mv_%') \
+                  + (SELECT count(DISTINCT r.oid) FROM pg_roles r \
+                       JOIN pg_shdepend s ON s.refclassid = 'pg_authid'::regclass AND s.refobjid = r.oid \
+                       JOIN pg_database d ON d.oid = s.dbid \
+                       WHERE d.datname IN ({list}) AND r.rolname LIKE 'tenantry_mv_%')"
         ),
     )
     .await;
@@ -384,6 +389,30 @@ async fn cancelling_before_the_cutover_rolls_everything_back() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert_eq!(rows_in(&pool2_name, &a.id).await, 15, "the initial copy reached the target");
+    // The subscription logs in as the move's own role, not the administrator.
+    let role = format!("tenantry_mv_{}", op.replace('-', ""));
+    let postgres = connect("postgres", false);
+    let q = |sql: String| {
+        let postgres = &postgres;
+        async move { scalar(postgres, &sql).await }
+    };
+    assert_eq!(
+        q(format!(
+            "SELECT count(*) FROM pg_roles WHERE rolname = '{role}' AND rolcanlogin AND rolreplication \
+             AND rolbypassrls AND NOT rolsuper AND NOT rolcreaterole AND NOT rolcreatedb"
+        ))
+        .await,
+        1
+    );
+    assert_eq!(
+        q(format!(
+            "SELECT count(*) FROM pg_subscription WHERE subname = '{role}' \
+             AND subconninfo LIKE '%user=''{role}''%' AND subconninfo LIKE '%sslmode=verify-full%'"
+        ))
+        .await,
+        1
+    );
+    assert_eq!(q(format!("SELECT count(*) FROM pg_stat_replication WHERE usename = '{role}'")).await, 1);
     let (s, _) = app.admin_call(Method::POST, &format!("/v1/operations/{op}/cancel"), None).await;
     assert_eq!(s, StatusCode::ACCEPTED);
     let done = app.wait_operation(&op).await;
@@ -392,6 +421,11 @@ async fn cancelling_before_the_cutover_rolls_everything_back() {
     assert_eq!(rows_in(&pool2_name, &a.id).await, 0, "copied rows removed from the target");
     assert_eq!(rows_in(&app.pool_name, &a.id).await, 15, "the source is untouched");
     assert_eq!(leftovers(&[&app.pool_name, &pool2_name]).await, 0);
+    assert_eq!(
+        q(format!("SELECT count(*) FROM pg_roles WHERE rolname = '{role}'")).await,
+        0,
+        "the move's role is dropped"
+    );
     let t = app.cp.tenant(&a.id).await.unwrap();
     assert_eq!(t.placement.unwrap().epoch, 1);
     assert_eq!(app.post(&a.key, "/v1/assets", json!({"name": "after", "tag": "AFTER"})).await.0, StatusCode::CREATED);
@@ -472,10 +506,20 @@ async fn orphaned_replication_objects_are_found_and_dropped() {
         .await
         .unwrap();
     pool.execute_unprepared(&format!("SELECT pg_create_logical_replication_slot('{name}', 'pgoutput')")).await.unwrap();
-    assert_eq!(leftovers(&[&app.pool_name]).await, 2);
+    // A move's role, made with its grants as a move makes it.
+    pool.execute_unprepared(&format!(
+        "CREATE ROLE {name} LOGIN REPLICATION; GRANT CONNECT ON DATABASE {db} TO {name}; \
+         GRANT SELECT ON assets TO {name}",
+        db = app.pool_name
+    ))
+    .await
+    .unwrap();
+    assert_eq!(leftovers(&[&app.pool_name]).await, 3);
     let dropped = app.cp.sweep_move_orphans().await.unwrap();
     assert!(dropped.iter().any(|d| d.contains(&name)), "{dropped:?}");
+    assert!(dropped.contains(&format!("role {name}")), "{dropped:?}");
     assert_eq!(leftovers(&[&app.pool_name]).await, 0);
+    assert_eq!(scalar(&pool, &format!("SELECT count(*) FROM pg_roles WHERE rolname = '{name}'")).await, 0);
 }
 
 #[tokio::test]

@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
+use rand::RngCore;
 use sea_orm::ConnectionTrait;
 use sea_orm::sqlx::postgres::PgConnection;
 use sea_orm::sqlx::{self, AssertSqlSafe, Connection, Row};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 
 use tenantry_provisioner::quote_ident;
 
@@ -18,18 +19,84 @@ use crate::moves::facts::{Facts, MoveParams};
 use crate::operation::OperationKind;
 use crate::registry::stmt;
 
-/// `CONNECTION` string for a subscription reading from `side`.
-fn conninfo(side: &Side) -> String {
+/// `CONNECTION` string for a subscription reading from `side` as `login`.
+fn conninfo(side: &Side, login: &Login) -> String {
     let v = |s: &str| format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"));
     format!(
         "host={} port={} dbname={} user={} password={} {}",
         v(&side.backend.host),
         side.backend.port,
         v(&side.backend.database),
-        v(&side.admin.user),
-        v(side.admin.password.expose_secret()),
+        v(&login.user),
+        v(login.password.expose_secret()),
         side.tls.conninfo(),
     )
+}
+
+/// Who a move's subscription logs in as on its source.
+struct Login {
+    user: String,
+    password: SecretString,
+}
+
+/// The move's own replication role on the source, named like its slot: able
+/// to log in, replicate and read the tenant tables (past their row policies:
+/// the initial copy is a SELECT), with a fresh random password each time a
+/// subscription is about to be made. The password is sent to the source only
+/// as a SCRAM verifier and is kept nowhere but in the target's subscription
+/// (readable by superusers only); the role is dropped at cleanup, at a
+/// rollback and by the orphan sweep, so no long-lived secret is in any
+/// conninfo. Only a superuser may make a role that replicates and bypasses
+/// row security; an administrator that is not one (RDS's master user) lends
+/// its own login, as before, and says so in the log.
+async fn move_login(src: &mut PgConnection, f: &Facts) -> Result<Login, Error> {
+    let may_make_role: bool =
+        sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetch_one(&mut *src).await?;
+    if !may_make_role {
+        tracing::warn!(
+            operation = %f.op.id,
+            "the source's administrator may not make a role that replicates past row security: \
+             the move's subscription logs in as the administrator"
+        );
+        return Ok(Login { user: f.source.admin.user.clone(), password: f.source.admin.password.clone() });
+    }
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let password = hex::encode(bytes);
+    let verifier =
+        tenantry_provisioner::scram::scram_secret(&password, tenantry_provisioner::scram::DEFAULT_ITERATIONS);
+    let role = quote_ident(&f.name);
+    let exists = exists(src, "SELECT 1 FROM pg_roles WHERE rolname = $1", &f.name).await?;
+    let verb = if exists { "ALTER" } else { "CREATE" };
+    let tables: Vec<String> = f.tables.iter().map(|t| format!("public.{}", quote_ident(t))).collect();
+    let sql = format!(
+        "{verb} ROLE {role} WITH LOGIN REPLICATION BYPASSRLS NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {secret}; \
+         GRANT CONNECT ON DATABASE {db} TO {role}; GRANT USAGE ON SCHEMA public TO {role}; \
+         GRANT SELECT ON {tables} TO {role}",
+        secret = tenantry_provisioner::quote_literal(&verifier),
+        db = quote_ident(&f.source.backend.database),
+        tables = tables.join(", "),
+    );
+    sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *src).await?;
+    Ok(Login { user: f.name.clone(), password: SecretString::from(password) })
+}
+
+/// Drops a move's replication role on the source (after its slots, whose
+/// walsenders use it): its grants in this database and on it, any session
+/// still logged in as it, then the role. Safe to repeat.
+pub(crate) async fn drop_role(source: &mut PgConnection, name: &str) -> Result<(), Error> {
+    if !exists(source, "SELECT 1 FROM pg_roles WHERE rolname = $1", name).await? {
+        return Ok(());
+    }
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1")
+        .bind(name)
+        .execute(&mut *source)
+        .await?;
+    let role = quote_ident(name);
+    sqlx::raw_sql(AssertSqlSafe(format!("DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}")))
+        .execute(&mut *source)
+        .await?;
+    Ok(())
 }
 
 pub(crate) async fn subscribe(run: &Run<'_, MoveParams>, f: &Facts) -> Result<(), Stop> {
@@ -57,9 +124,10 @@ pub(crate) async fn subscribe(run: &Run<'_, MoveParams>, f: &Facts) -> Result<()
             .execute(&mut src)
             .await?;
     }
-    src.close().await?;
     let mut dst = f.target.admin().await?;
     if !exists(&mut dst, "SELECT 1 FROM pg_subscription WHERE subname = $1", &f.name).await? {
+        let login = move_login(&mut src, f).await?;
+        src.close().await?;
         // A promotion's fresh database is loaded without its secondary
         // indexes; `copy` builds them once every table is in.
         if run.kind == OperationKind::Promote {
@@ -78,10 +146,16 @@ pub(crate) async fn subscribe(run: &Run<'_, MoveParams>, f: &Facts) -> Result<()
             "CREATE SUBSCRIPTION {n} CONNECTION {c} PUBLICATION {n} \
              WITH (create_slot = false, slot_name = {s}, copy_data = true)",
             n = quote_ident(&f.name),
-            c = tenantry_provisioner::quote_literal(&conninfo(&f.source)),
+            c = tenantry_provisioner::quote_literal(&conninfo(&f.source, &login)),
             s = tenantry_provisioner::quote_literal(&f.name),
         );
+        // The statement carries the move role's password: keep it out of the
+        // target's statement log where the administrator may (a superuser).
+        let _ =
+            sqlx::raw_sql("SET log_statement = 'none'; SET log_min_error_statement = 'panic'").execute(&mut dst).await;
         sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut dst).await?;
+    } else {
+        src.close().await?;
     }
     dst.close().await?;
     Ok(())
@@ -96,6 +170,7 @@ pub(crate) async fn cleanup(run: &Run<'_, MoveParams>, f: &Facts) -> Result<(), 
     let mut sadmin = f.source.admin().await?;
     drop_slots(&mut sadmin, &f.name, oid).await?;
     drop_publication(&mut sadmin, &f.name).await?;
+    drop_role(&mut sadmin, &f.name).await?;
     sadmin.close().await?;
     let mut t = run.cp.tenant_conn(&f.target, f.tenant).await?;
     sqlx::query("DELETE FROM tenantry_move_sentinels WHERE tenant_id = $1").bind(f.tenant).execute(&mut t).await?;

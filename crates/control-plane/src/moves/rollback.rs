@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::kind::{Run, Stop};
 use crate::moves::facts::{MoveParams, replication_name};
 use crate::moves::release::purge;
-use crate::moves::replication::{drop_publication, drop_slots, drop_subscription};
+use crate::moves::replication::{drop_publication, drop_role, drop_slots, drop_subscription};
 use crate::operation::{OperationKind, OperationState};
 use crate::registry::{audit, past_seal};
 
@@ -57,6 +57,7 @@ pub(crate) async fn roll_back(
     let mut admin = source.admin().await?;
     drop_slots(&mut admin, &name, sub_oid).await?;
     drop_publication(&mut admin, &name).await?;
+    drop_role(&mut admin, &name).await?;
     admin.close().await?;
     let mut s = cp.tenant_conn(&source, tenant).await?;
     sqlx::query(

@@ -4,13 +4,14 @@
 
 use sea_orm::ConnectionTrait;
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgConnection};
-use sea_orm::sqlx::{self, Connection};
+use sea_orm::sqlx::{self, AssertSqlSafe, Connection};
 use secrecy::ExposeSecret;
+use tenantry_provisioner::quote_ident;
 use uuid::Uuid;
 
 use crate::error::Error;
 use crate::moves::facts::{NAME_PREFIX, replication_name};
-use crate::moves::replication::{drop_publication, drop_slots, drop_subscription};
+use crate::moves::replication::{drop_publication, drop_role, drop_slots, drop_subscription};
 use crate::plane::ControlPlane;
 use crate::registry::stmt;
 
@@ -85,7 +86,34 @@ impl ControlPlane {
         )
         .fetch_all(&mut home)
         .await?;
+        // Moves' replication roles, with the databases they hold grants in
+        // (a role is made with its grants, in one statement): only those of
+        // this registry's databases.
+        let roles: Vec<(String, Vec<String>)> = sqlx::query_as(
+            "SELECT r.rolname::text, array_agg(DISTINCT d.datname::text) FROM pg_roles r \
+             JOIN pg_shdepend s ON s.refclassid = 'pg_authid'::regclass AND s.refobjid = r.oid \
+             JOIN pg_database d ON d.oid = s.dbid \
+             WHERE r.rolname LIKE 'tenantry\\_mv\\_%' GROUP BY r.rolname",
+        )
+        .fetch_all(&mut home)
+        .await?;
         home.close().await?;
+        for (role, held) in
+            roles.into_iter().filter(|(r, d)| !active.contains(r) && d.iter().all(|d| known.contains(d)))
+        {
+            for (i, db) in held.iter().enumerate() {
+                let mut conn = PgConnection::connect_with(&options(db)).await?;
+                if i + 1 == held.len() {
+                    drop_role(&mut conn, &role).await?;
+                } else {
+                    sqlx::raw_sql(AssertSqlSafe(format!("DROP OWNED BY {}", quote_ident(&role))))
+                        .execute(&mut conn)
+                        .await?;
+                }
+                conn.close().await?;
+            }
+            dropped.push(format!("role {role}"));
+        }
         for db in dbs.into_iter().filter(|d| known.contains(d)) {
             let Ok(mut conn) = PgConnection::connect_with(&options(&db)).await else { continue };
             let pubs: Vec<String> =
