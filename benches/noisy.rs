@@ -2,9 +2,12 @@
 //! another tenant on the same pool goes about its business. The quiet tenant's
 //! latency is measured alone, beside the noisy one with its limit enforced, and
 //! beside it with no limit (what the pool would suffer without limits), all in
-//! one run.
+//! one run. A fourth phase floods the app with made-up API keys (a new one
+//! per request, well formed, so no cache answers and each is looked up) from
+//! many tasks beside the quiet tenant: its latency and errors then, and what
+//! the flood was answered.
 //!
-//! cargo bench --bench noisy     (NOISY_LIMIT=100 QUIET_RATE=50 PHASE_SECS=8)
+//! cargo bench --bench noisy     (NOISY_LIMIT=100 QUIET_RATE=50 PHASE_SECS=8 FLOOD_RATE=2000)
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -19,6 +22,7 @@ async fn main() -> anyhow::Result<()> {
     let limit = env_or("NOISY_LIMIT", 100);
     let quiet_rate = env_or("QUIET_RATE", 50);
     let secs = env_or("PHASE_SECS", 8);
+    let flood_rate = env_or("FLOOD_RATE", 2000);
 
     let spawned = tenantry::testkit::spawn_stack(|_, _| {}).await?;
     let stack = spawned.stack;
@@ -92,7 +96,22 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
-    for s in [&mut alone, &mut limited, &mut unlimited] {
+    // The key flood, twice (after each round's quiet-alone phase would be
+    // no fairer: the quiet tenant's alone figures cover both rounds).
+    let (mut flooded, mut answers) = (Seen::default(), Flood::default());
+    for _ in 0..2 {
+        let stop = Arc::new(AtomicBool::new(false));
+        let quiet = load(client.clone(), app.clone(), keys[1].clone(), quiet_rate, 2, stop.clone());
+        let forged = flood(client.clone(), app.clone(), flood_rate, stop.clone());
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        merge(&mut flooded, quiet.await?);
+        let f = forged.await?;
+        answers.unauthorized += f.unauthorized;
+        answers.busy += f.busy;
+        answers.other += f.other;
+    }
+    for s in [&mut alone, &mut limited, &mut unlimited, &mut flooded] {
         s.latencies_ms.sort_by(f64::total_cmp);
     }
 
@@ -115,10 +134,52 @@ async fn main() -> anyhow::Result<()> {
     row("quiet alone", &alone, &Seen::default());
     row(&format!("noisy at {}/s, limited to {limit}/s", limit * 10), &limited, &n_limited);
     row(&format!("noisy at {}/s, no limit (baseline)", limit * 10), &unlimited, &n_unlimited);
+    row(&format!("forged keys at {flood_rate}/s, each new"), &flooded, &Seen::default());
+    println!(
+        "\nthe forged keys were answered: {} x 401, {} x 503 busy (unknown keys being checked), {} other",
+        answers.unauthorized, answers.busy, answers.other
+    );
     println!(
         "\n2 rounds x {secs} s per phase (order flipped in the second), after an unmeasured warm-up; quiet tenant \
          {quiet_rate} req/s, noisy {}/s, both half reads, half writes; same shared pool",
         limit * 10
     );
     Ok(())
+}
+
+/// How a flood of forged keys was answered.
+#[derive(Default)]
+struct Flood {
+    unauthorized: u64,
+    busy: u64,
+    other: u64,
+}
+
+/// Open-loop requests at `rate` per second, each with a new well-formed key
+/// no tenant has, until `stop` is set.
+fn flood(client: reqwest::Client, app: String, rate: u64, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Flood> {
+    use rand::RngCore;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut tasks = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            tick.tick().await;
+            let mut bytes = [0u8; 20];
+            rand::rng().fill_bytes(&mut bytes);
+            let req = client
+                .get(format!("{app}/v1/assets"))
+                .bearer_auth(format!("tnry_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()));
+            tasks.push(tokio::spawn(async move { req.send().await.map(|r| r.status().as_u16()).unwrap_or(0) }));
+        }
+        let mut f = Flood::default();
+        for t in tasks {
+            match t.await.unwrap_or(0) {
+                401 => f.unauthorized += 1,
+                503 => f.busy += 1,
+                _ => f.other += 1,
+            }
+        }
+        f
+    })
 }
