@@ -757,3 +757,151 @@ async fn the_console_adopts_a_source_behind_its_dry_run_and_offers_revert_and_re
     assert_eq!(source_state(&app, &estate, "tenant_acme").await["state"], "released");
     assert_eq!(app.cp.tenant("acme-console").await.unwrap().status, tenantry_core::TenantStatus::Active);
 }
+
+/// An estate laid out the way web frameworks' schema-per-tenant libraries
+/// lay it out: their table names, a migrations table in every schema, and
+/// `NOT NULL` columns whose defaults the application fills, not the database.
+/// A row made in Tenantry after the cutover has no value for such a column:
+/// the revert's dry run names it, the revert is refused with a 422 before the
+/// tenant is fenced (it keeps serving), the mapping's `legacy_values` fills
+/// one column and the row's `attributes` the other, and then the revert
+/// writes every row back and the legacy writer works again.
+#[tokio::test]
+async fn a_revert_of_rows_the_legacy_columns_refuse_is_refused_before_the_fence_and_then_written_back() {
+    let app = spawn_app().await;
+    let db = tenantry::testkit::unique("framework");
+    connect("postgres", false).execute_unprepared(&format!("CREATE DATABASE {db}")).await.unwrap();
+    connect(&db, false)
+        .execute_unprepared(
+            "CREATE SCHEMA tenant_shop;
+             CREATE TABLE tenant_shop.django_migrations (id bigserial PRIMARY KEY, app varchar(255) NOT NULL,
+                 name varchar(255) NOT NULL, applied timestamptz NOT NULL);
+             INSERT INTO tenant_shop.django_migrations (app, name, applied) VALUES ('inventory', '0001_initial', now());
+             CREATE TABLE tenant_shop.inventory_item (id bigserial PRIMARY KEY, name varchar(200) NOT NULL,
+                 sku varchar(64) NOT NULL, state varchar(20) NOT NULL, is_archived boolean NOT NULL,
+                 serial_number varchar(64) NOT NULL, CONSTRAINT sku_short CHECK (length(sku) <= 8));
+             INSERT INTO tenant_shop.inventory_item (name, sku, state, is_archived, serial_number)
+                 VALUES ('Pump', 'P-1', 'active', false, 'SN-1'), ('Valve', 'V-1', 'active', true, 'SN-2');",
+        )
+        .await
+        .unwrap();
+    let mut body =
+        estate_body(&tenantry::testkit::unique("est"), &db, "postgres", &cluster().secrets.superuser_password);
+    body["mapping"] = json!({
+        "tables": {"assets": {"from": "inventory_item", "columns": {"tag": "sku", "status": "state"},
+                              "legacy_values": {"is_archived": false}}},
+        "ignore": ["django_migrations"]
+    });
+    let (s, e) = add(&app, body).await;
+    assert_eq!(s, StatusCode::CREATED, "{e}");
+    let estate = e["id"].as_str().unwrap().to_string();
+    let (s, op) = adopt(&app, &estate, json!({"source": "tenant_shop", "slug": "shop", "tier": "shared"})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    assert_eq!(app.wait_operation(op["id"].as_str().unwrap()).await["state"], "succeeded");
+    let tenant = op["tenant_id"].as_str().unwrap().to_string();
+    let key = app.cp.create_api_key("test", tenant.parse().unwrap(), "k").await.unwrap().key;
+
+    // A row made in Tenantry: no serial number, no is_archived.
+    let (s, fan) = app.post(&key, "/v1/assets", json!({"name": "Fan", "tag": "F-9"})).await;
+    assert_eq!(s, StatusCode::CREATED, "{fan}");
+    let fan_id = fan["id"].as_str().unwrap().to_string();
+
+    let plan_path = format!("/v1/estates/{estate}/revert-plan?source=tenant_shop");
+    let (s, plan) = app.admin_call(Method::GET, &plan_path, None).await;
+    assert_eq!(s, StatusCode::OK, "{plan}");
+    assert_eq!(plan["writable"], false, "{plan}");
+    assert_eq!(
+        plan["unwritable"],
+        json!([{"table": "inventory_item", "column": "serial_number", "rows": [fan_id], "count": 1}]),
+        "is_archived comes from legacy_values; serial_number from nowhere"
+    );
+    let revert_path = format!("/v1/estates/{estate}/revert");
+    let revert = || app.admin_call(Method::POST, &revert_path, Some(json!({"source": "tenant_shop"})));
+    let (s, body) = revert().await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("unwritable_rows")),
+        "{body}"
+    );
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("`inventory_item`") && message.contains("`serial_number`") && message.contains(&fan_id),
+        "{message}"
+    );
+    assert_eq!(source_state(&app, &estate, "tenant_shop").await["state"], "adopted");
+    let reverts = format!("SELECT count(*) FROM operations WHERE kind = 'revert' AND tenant_id = '{tenant}'");
+    assert_eq!(scalar(app.cp.registry(), &reverts).await, 0, "no revert was queued");
+    // Still serving from Tenantry, writes included.
+    let (s, _) = app
+        .post(&key, "/v1/assets", json!({"name": "Heater", "tag": "H-1", "attributes": {"serial_number": "SN-7"}}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+
+    // The missing value, given on the row itself.
+    let (s, _) = app
+        .call(
+            &key,
+            Method::PATCH,
+            &format!("/v1/assets/{fan_id}"),
+            Some(json!({"attributes": {"serial_number": "SN-9"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, plan) = app.admin_call(Method::GET, &plan_path, None).await;
+    assert_eq!((s, &plan["writable"]), (StatusCode::OK, &json!(true)), "{plan}");
+
+    // A row the legacy table's CHECK refuses: found by a write-back tried and
+    // rolled back, before anything is fenced.
+    let (s, crane) = app
+        .post(
+            &key,
+            "/v1/assets",
+            json!({"name": "Crane", "tag": "CRANE-LONG-1", "attributes": {"serial_number": "SN-8"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{crane}");
+    let (s, plan) = app.admin_call(Method::GET, &plan_path, None).await;
+    assert_eq!((s, &plan["writable"], &plan["unwritable"]), (StatusCode::OK, &json!(false), &json!([])), "{plan}");
+    let refused = plan["refused"].as_str().unwrap_or_default();
+    assert!(refused.contains("CHECK constraint") && refused.contains("sku_short"), "{plan}");
+    let (s, body) = revert().await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("unwritable_rows")),
+        "{body}"
+    );
+    assert_eq!(scalar(app.cp.registry(), &reverts).await, 0, "no revert was queued");
+    let mut c = legacy_conn(&db).await;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM tenant_shop.inventory_item").fetch_one(&mut c).await.unwrap();
+    assert_eq!(n, 2, "the trial wrote nothing that stayed");
+    let (s, _) = app.call(&key, Method::DELETE, &format!("/v1/assets/{}", crane["id"].as_str().unwrap()), None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+
+    let (s, rev) = revert().await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{rev}");
+    let done = app.wait_operation(rev["id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+
+    let rows: Vec<(String, String, bool, String)> =
+        sqlx::query_as("SELECT sku, name, is_archived, serial_number FROM tenant_shop.inventory_item ORDER BY sku")
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            ("F-9".into(), "Fan".into(), false, "SN-9".into()),
+            ("H-1".into(), "Heater".into(), false, "SN-7".into()),
+            ("P-1".into(), "Pump".into(), false, "SN-1".into()),
+            ("V-1".into(), "Valve".into(), true, "SN-2".into()),
+        ]
+    );
+    sqlx::raw_sql(
+        "INSERT INTO tenant_shop.inventory_item (name, sku, state, is_archived, serial_number) \
+         VALUES ('Again', 'A-1', 'active', false, 'SN-10')",
+    )
+    .execute(&mut c)
+    .await
+    .expect("the legacy writer works again");
+    assert_eq!(scalar(&connect(&db, false), "SELECT count(*) FROM tenant_shop.django_migrations").await, 1);
+}

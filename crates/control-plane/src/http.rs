@@ -593,6 +593,7 @@ async fn readyz(cp: Cp) -> HttpResponse {
         crate::http_estates::adoption_plan,
         crate::http_estates::adopt,
         crate::http_estates::adopt_all,
+        crate::http_estates::revert_plan,
         crate::http_estates::revert,
         crate::http_estates::release,
         promote,

@@ -131,12 +131,38 @@ pub(crate) async fn adopt_all(
     Ok(HttpResponse::Accepted().json(cp.adopt_all(&admin.actor, *id, body.into_inner()).await?))
 }
 
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct RevertPlanParams {
+    /// The adopted source.
+    pub source: String,
+}
+
+/// The dry run of a revert: whether every row made or changed in Tenantry
+/// since the cutover can be written back to the legacy source, and which
+/// cannot (a legacy column `NOT NULL` without a default they have no value
+/// for). A revert of such rows is refused with the same 422 before the
+/// tenant is fenced.
+#[utoipa::path(get, path = "/v1/estates/{id}/revert-plan", params(("id" = Uuid, Path), RevertPlanParams),
+    responses((status = 200, body = crate::estates::request::RevertPlan), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(id = %id))]
+pub(crate) async fn revert_plan(
+    cp: Cp,
+    _admin: Admin,
+    id: web::Path<Uuid>,
+    q: web::Query<RevertPlanParams>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(cp.revert_plan(*id, &q.source).await?))
+}
+
 /// Give an adopted source back to its legacy system (before release): the
 /// tenant's changes since the cutover are applied back, the legacy source
 /// takes writes again, the tenant stops serving (`reverted`).
 #[utoipa::path(post, path = "/v1/estates/{id}/revert", params(("id" = Uuid, Path)),
     request_body = crate::estates::request::RevertRequest,
-    responses((status = 202, body = OperationView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 202, body = OperationView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
 #[tracing::instrument(skip_all, fields(id = %id, source = %body.source))]
 pub(crate) async fn revert(
     cp: Cp,
@@ -173,6 +199,7 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/estates/{id}/adoption-plan", web::get().to(adoption_plan))
         .route("/estates/{id}/adopt", web::post().to(adopt))
         .route("/estates/{id}/adopt-all", web::post().to(adopt_all))
+        .route("/estates/{id}/revert-plan", web::get().to(revert_plan))
         .route("/estates/{id}/revert", web::post().to(revert))
         .route("/estates/{id}/release", web::post().to(release));
 }

@@ -71,6 +71,13 @@ pub struct TableMapping {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schema(value_type = Object)]
     pub values: BTreeMap<String, serde_json::Value>,
+    /// Legacy column -> value a revert writes back for a row that has none
+    /// (a legacy column `NOT NULL` without a database default, which the
+    /// legacy application fills itself): rows made in Tenantry after the
+    /// cutover carry no value for it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(value_type = Object)]
+    pub legacy_values: BTreeMap<String, serde_json::Value>,
 }
 
 /// An estate's mapping onto Tenantry's tables. Default: the legacy tables use
@@ -97,6 +104,12 @@ impl Mapping {
                     ),
                 ));
             };
+            if let Some((col, _)) = m.legacy_values.iter().find(|(_, v)| v.is_null()) {
+                return Err(Error::invalid(
+                    "invalid_mapping",
+                    format!("`{table}`: legacy_values.{col} is null; give the value a revert writes back"),
+                ));
+            }
             for col in m.columns.keys().chain(m.values.keys()) {
                 if !cols.iter().any(|(c, _)| c == col) {
                     return Err(Error::invalid("invalid_mapping", format!("`{table}` has no column `{col}`")));

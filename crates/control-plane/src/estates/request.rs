@@ -15,8 +15,9 @@ use tenantry_core::{BackendKind, BackendStatus, Engine, TenantSlug, Tier, new_id
 use tenantry_provisioner::quote_ident;
 
 use super::Layout;
-use super::adopt::{Adopt, AdoptParams};
-use super::revert::{Revert, RevertParams};
+use super::adopt::{Adopt, AdoptParams, target_conn};
+use super::legacy::Source;
+use super::revert::{Revert, RevertParams, Unwritable, adoption_for, trial_write_back, unwritable, unwritable_error};
 use super::sources::{SourceState, parse_state, source_names};
 use crate::error::Error;
 use crate::kind::enqueue;
@@ -73,6 +74,21 @@ pub struct AdoptAll {
 #[serde(deny_unknown_fields)]
 pub struct RevertRequest {
     pub source: String,
+}
+
+/// `GET /v1/estates/{id}/revert-plan`: the revert's dry run.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RevertPlan {
+    pub source: String,
+    pub tenant_id: Uuid,
+    /// Every row can be written back; a revert would be accepted.
+    pub writable: bool,
+    /// Per legacy table and column, the rows that could not.
+    pub unwritable: Vec<Unwritable>,
+    /// When every row has its values: what a write-back tried and rolled
+    /// back met instead (a `CHECK`, unique or foreign-key refusal), in words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// `POST /v1/estates/{id}/release`.
@@ -293,11 +309,70 @@ impl ControlPlane {
         }
     }
 
+    /// Whether the tenant's rows can all be written back to the legacy
+    /// source (the revert's dry run).
+    pub async fn revert_plan(&self, estate: Uuid, source: &str) -> Result<RevertPlan, Error> {
+        let (e, tenant) = self.adopted_source(estate, source).await?;
+        let (unwritable, refused) = self.write_back_check(&e, source, tenant).await?;
+        Ok(RevertPlan {
+            source: source.to_string(),
+            tenant_id: tenant,
+            writable: unwritable.is_empty() && refused.is_none(),
+            unwritable,
+            refused,
+        })
+    }
+
+    /// Rows a revert could not write back (a legacy `NOT NULL` column they
+    /// have no value for), and, when there are none, what the legacy side's
+    /// other constraints say of a write-back tried and rolled back.
+    async fn write_back_check(
+        &self,
+        e: &super::Estate,
+        source: &str,
+        tenant: Uuid,
+    ) -> Result<(Vec<Unwritable>, Option<String>), Error> {
+        let t = self.tenant(&tenant.to_string()).await?;
+        let placement = t.placement.ok_or(Error::Conflict {
+            code: "tenant_not_placed",
+            message: "the adopted tenant has no backend".into(),
+        })?;
+        let legacy_source = Source::read(e, source).await?;
+        let mut legacy = legacy_source.connect(e).await?;
+        let side = self.side(placement.backend_id).await?;
+        let mut target = target_conn(&side, tenant).await?;
+        let found = async {
+            let rows = unwritable(&legacy_source, &mut legacy, &mut target, tenant).await?;
+            if !rows.is_empty() {
+                return Ok((rows, None));
+            }
+            let adoption = adoption_for(self, tenant).await?;
+            match trial_write_back(&legacy_source, &mut legacy, &mut target, tenant, adoption).await {
+                Ok(()) => Ok((rows, None)),
+                Err(Error::Invalid { code: "unwritable_rows", message }) => Ok((rows, Some(message))),
+                Err(e) => Err(e),
+            }
+        }
+        .await;
+        let _ = sqlx::Connection::close(legacy).await;
+        let _ = sqlx::Connection::close(target).await;
+        found
+    }
+
     /// Queues the way back for an adopted source not yet released: the
     /// tenant's changes since the cutover go back to the legacy source, which
     /// takes writes again, and the tenant stops serving.
     pub async fn revert_source(&self, actor: &str, estate: Uuid, req: RevertRequest) -> Result<OperationView, Error> {
-        let (_, tenant) = self.adopted_source(estate, &req.source).await?;
+        let (e, tenant) = self.adopted_source(estate, &req.source).await?;
+        // Refused before anything moves when a row could not be written back
+        // (checked again inside the revert, once the tenant is fenced).
+        let (problems, refused) = self.write_back_check(&e, &req.source, tenant).await?;
+        if !problems.is_empty() {
+            return Err(unwritable_error(&problems));
+        }
+        if let Some(message) = refused {
+            return Err(Error::invalid("unwritable_rows", message));
+        }
         let t = self.tenant(&tenant.to_string()).await?;
         let placement = t.placement.ok_or(Error::Conflict {
             code: "tenant_not_placed",

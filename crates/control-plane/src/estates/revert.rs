@@ -140,6 +140,142 @@ fn legacy_values(t: &Table, row: &Map<String, Json>, parents: &BTreeMap<Uuid, St
     out
 }
 
+/// `values` with the mapping's `legacy_values` for columns it lacks or has
+/// as null, and which columns those were.
+fn filled(t: &Table, mut values: Map<String, Json>) -> (Map<String, Json>, Vec<String>) {
+    let mut fills = Vec::new();
+    for (c, v) in &t.mapping.legacy_values {
+        if values.get(c).is_none_or(Json::is_null) && t.columns.contains(c) {
+            values.insert(c.clone(), v.clone());
+            fills.push(c.clone());
+        }
+    }
+    (values, fills)
+}
+
+/// Legacy columns a revert filled from `legacy_values`, per target table and
+/// legacy key: the legacy side holds a value the tenant's row never had, which
+/// the verification leaves out of its comparison.
+type Fills<'a> = BTreeMap<&'a str, BTreeMap<String, Vec<String>>>;
+
+/// The legacy table's columns that refuse NULL and have no default (nor an
+/// identity or generation): a written-back row must bring their values.
+async fn required_columns(conn: &mut PgConnection, source: &Source, t: &Table) -> Result<Vec<String>, Error> {
+    Ok(sqlx::query_scalar(
+        "SELECT attname::text FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 \
+         AND NOT attisdropped AND attnotnull AND NOT atthasdef AND attidentity = '' AND attgenerated = '' \
+         ORDER BY attnum",
+    )
+    .bind(source.qualified(&t.legacy))
+    .fetch_all(conn)
+    .await?)
+}
+
+/// The tenant's rows of `t`'s target table, as JSON, by id.
+async fn tenant_rows(target: &mut PgConnection, t: &Table, tenant: Uuid) -> Result<Vec<(Uuid, Json)>, Error> {
+    Ok(sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT id, to_jsonb(r) FROM public.{} r WHERE tenant_id = $1",
+        quote_ident(t.target)
+    )))
+    .bind(tenant)
+    .fetch_all(target)
+    .await?)
+}
+
+/// Rows a revert could not write back: a legacy column `NOT NULL` without a
+/// default that the row has no value for.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Unwritable {
+    /// The legacy table.
+    pub table: String,
+    pub column: String,
+    /// Tenantry ids of the rows (the first 20).
+    pub rows: Vec<Uuid>,
+    /// How many rows in all.
+    pub count: usize,
+}
+
+/// Which of the tenant's rows on its Tenantry backend could not be written
+/// back to the legacy source as they are: checked before a revert is queued
+/// (so it is refused before the tenant is fenced) and again inside it.
+pub(crate) async fn unwritable(
+    source: &Source,
+    legacy: &mut PgConnection,
+    target: &mut PgConnection,
+    tenant: Uuid,
+) -> Result<Vec<Unwritable>, Error> {
+    let mut out = Vec::new();
+    // Asset ids the legacy side will know: its own, and new ones (given keys
+    // as they are inserted). A placeholder stands for the latter here.
+    let mut parents: BTreeMap<Uuid, String> = BTreeMap::new();
+    for t in &source.tables {
+        let required = required_columns(legacy, source, t).await?;
+        let keys: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT {}::text FROM {}",
+            quote_ident(&t.key),
+            source.qualified(&t.legacy)
+        )))
+        .fetch_all(&mut *legacy)
+        .await?;
+        let mut known = BTreeSet::new();
+        for k in keys {
+            known.insert(adopted_id(tenant, t.target, &k).map_err(|e| Error::invalid("unmappable_row", e))?);
+        }
+        let rows = tenant_rows(target, t, tenant).await?;
+        let mut missing: BTreeMap<&str, Vec<Uuid>> = BTreeMap::new();
+        for (id, row) in &rows {
+            let Json::Object(row) = row else { continue };
+            let (values, _) = filled(t, legacy_values(t, row, &parents));
+            let new = !known.contains(id);
+            for c in required.iter().filter(|c| **c != t.key) {
+                let lacks = match values.get(c) {
+                    None => new,
+                    Some(v) => v.is_null(),
+                };
+                if lacks {
+                    missing.entry(c.as_str()).or_default().push(*id);
+                }
+            }
+            if t.target == "assets" {
+                parents.insert(*id, if new { "new".into() } else { String::new() });
+            }
+        }
+        for (column, ids) in missing {
+            out.push(Unwritable {
+                table: t.legacy.clone(),
+                column: column.to_string(),
+                count: ids.len(),
+                rows: ids.into_iter().take(20).collect(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The refusal for rows that cannot be written back, in words.
+pub(crate) fn unwritable_error(problems: &[Unwritable]) -> Error {
+    let each: Vec<String> = problems
+        .iter()
+        .map(|p| {
+            format!(
+                "{} row(s) of `{}` have no value for `{}`, which is NOT NULL without a default there (e.g. {})",
+                p.count,
+                p.table,
+                p.column,
+                p.rows.iter().take(3).map(Uuid::to_string).collect::<Vec<_>>().join(", ")
+            )
+        })
+        .collect();
+    Error::invalid(
+        "unwritable_rows",
+        format!(
+            "the revert cannot write the tenant's rows back: {}; give the rows the value (in `attributes`), or the \
+             estate's mapping a `legacy_values` entry for the column",
+            each.join("; ")
+        ),
+    )
+}
+
 async fn apply_back(run: &Run<'_, RevertParams>, tenant: Uuid) -> Result<(), Stop> {
     let estate = run.cp.estate(run.params.estate_id).await?;
     let source = Source::read(&estate, &run.params.source).await?;
@@ -157,12 +293,67 @@ async fn apply_back(run: &Run<'_, RevertParams>, tenant: Uuid) -> Result<(), Sto
     }
     let side = run.cp.side(run.params.backend_id).await?;
     let mut target = target_conn(&side, tenant).await?;
+    let problems = unwritable(&source, &mut legacy, &mut target, tenant).await?;
+    if !problems.is_empty() {
+        // Rolled back: the tenant serves from Tenantry again.
+        return Err(Stop::Failed(unwritable_error(&problems)));
+    }
     let mut tx = legacy.begin().await?;
     fence::lift(&mut tx, &source.schema, adoption).await?;
+    let counts = write_back(&source, &mut tx, &mut target, tenant).await.map_err(worded)?;
+    run.heartbeat(json!({"sealing": true, "applied_back": counts})).await?;
+    failpoint("revert.apply_back.sealed");
+    tx.commit().await?;
+    target.close().await?;
+    legacy.close().await?;
+    Ok(())
+}
+
+/// A write-back refused by one of the legacy side's constraints, in words
+/// (`NOT NULL`, `CHECK`, unique, foreign key: SQLSTATE class 23); anything
+/// else as it is.
+fn worded(e: Error) -> Error {
+    let Error::Backend(sqlx::Error::Database(db)) = &e else { return e };
+    if !db.code().is_some_and(|c| c.starts_with("23")) {
+        return e;
+    }
+    let pg = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>();
+    let what = match db.code().as_deref() {
+        Some("23502") => "a NOT NULL column without a default",
+        Some("23514") => "a CHECK constraint",
+        Some("23505") => "a unique index",
+        Some("23503") => "a foreign key",
+        _ => "an integrity constraint",
+    };
+    let table = pg.and_then(|p| p.table()).unwrap_or("?");
+    let detail = match (pg.and_then(|p| p.column()), pg.and_then(|p| p.constraint())) {
+        (Some(c), _) => format!("column `{c}`"),
+        (None, Some(c)) => format!("constraint `{c}`"),
+        _ => db.message().to_string(),
+    };
+    Error::invalid(
+        "unwritable_rows",
+        format!(
+            "the legacy table `{table}` refuses the tenant's rows: {what} ({detail}) does not hold for a row made or \
+             changed in Tenantry; nothing was written back"
+        ),
+    )
+}
+
+/// Writes every change made through Tenantry since the cutover back into the
+/// legacy source, inside the caller's transaction (whose fence is lifted),
+/// and verifies it there. Returns the counts per table.
+pub(crate) async fn write_back(
+    source: &Source,
+    tx: &mut PgConnection,
+    target: &mut PgConnection,
+    tenant: Uuid,
+) -> Result<Map<String, Json>, Error> {
     // Target id -> legacy key, per target table, as the legacy side will hold them.
     let mut keys: BTreeMap<&str, BTreeMap<Uuid, String>> = BTreeMap::new();
     let mut counts = Map::new();
     let mut deletes: Vec<(&Table, Vec<String>)> = Vec::new();
+    let mut filled_in: Fills = BTreeMap::new();
     for t in &source.tables {
         let q = source.qualified(&t.legacy);
         let key = quote_ident(&t.key);
@@ -175,26 +366,23 @@ async fn apply_back(run: &Run<'_, RevertParams>, tenant: Uuid) -> Result<(), Sto
             let id = adopted_id(tenant, t.target, &k).map_err(|e| Error::invalid("unmappable_row", e))?;
             by_id.insert(id, (k, row));
         }
-        let rows: Vec<(Uuid, Json)> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT id, to_jsonb(r) FROM public.{} r WHERE tenant_id = $1",
-            quote_ident(t.target)
-        )))
-        .bind(tenant)
-        .fetch_all(&mut target)
-        .await?;
+        let rows = tenant_rows(target, t, tenant).await?;
         let parents = keys.get("assets").cloned().unwrap_or_default();
         let (mut inserted, mut updated) = (0, 0);
         let mut seen = BTreeSet::new();
         let mut table_keys = BTreeMap::new();
         for (id, row) in &rows {
             let Json::Object(row) = row else { continue };
-            let values = legacy_values(t, row, &parents);
+            let (values, fills) = filled(t, legacy_values(t, row, &parents));
             let cols: Vec<String> = values.keys().map(|c| quote_ident(c)).collect();
             let list = cols.join(", ");
             match by_id.get(id) {
                 Some((k, now)) => {
                     seen.insert(*id);
                     table_keys.insert(*id, k.clone());
+                    if !fills.is_empty() {
+                        filled_in.entry(t.target).or_default().insert(k.clone(), fills.clone());
+                    }
                     let same = values.iter().all(|(c, v)| as_text(v) == now.get(c).and_then(as_text));
                     if same || cols.is_empty() {
                         continue;
@@ -214,6 +402,9 @@ async fn apply_back(run: &Run<'_, RevertParams>, tenant: Uuid) -> Result<(), Sto
                     );
                     let k: String =
                         sqlx::query_scalar(AssertSqlSafe(sql)).bind(Json::Object(values)).fetch_one(&mut *tx).await?;
+                    if !fills.is_empty() {
+                        filled_in.entry(t.target).or_default().insert(k.clone(), fills);
+                    }
                     table_keys.insert(*id, k);
                     inserted += 1;
                 }
@@ -238,13 +429,25 @@ async fn apply_back(run: &Run<'_, RevertParams>, tenant: Uuid) -> Result<(), Sto
         );
         sqlx::query(AssertSqlSafe(sql)).bind(gone).execute(&mut *tx).await?;
     }
-    verify_back(&source, &mut tx, &mut target, tenant, &keys).await?;
-    run.heartbeat(json!({"sealing": true, "applied_back": counts})).await?;
-    failpoint("revert.apply_back.sealed");
-    tx.commit().await?;
-    target.close().await?;
-    legacy.close().await?;
-    Ok(())
+    verify_back(source, tx, target, tenant, &keys, &filled_in).await?;
+    Ok(counts)
+}
+
+/// The write-back tried in a transaction that is rolled back, so that every
+/// legacy constraint (`CHECK`, unique, foreign key) is asked before a revert
+/// fences anything. The legacy source stays fenced and unchanged.
+pub(crate) async fn trial_write_back(
+    source: &Source,
+    legacy: &mut PgConnection,
+    target: &mut PgConnection,
+    tenant: Uuid,
+    adoption: Uuid,
+) -> Result<(), Error> {
+    let mut tx = legacy.begin().await?;
+    fence::lift(&mut tx, &source.schema, adoption).await?;
+    let tried = write_back(source, &mut tx, target, tenant).await;
+    tx.rollback().await?;
+    tried.map(|_| ()).map_err(worded)
 }
 
 /// The legacy source (inside the revert's transaction) mapped forward again
@@ -255,6 +458,7 @@ async fn verify_back(
     target: &mut PgConnection,
     tenant: Uuid,
     keys: &BTreeMap<&str, BTreeMap<Uuid, String>>,
+    filled_in: &Fills<'_>,
 ) -> Result<(), Error> {
     let back: BTreeMap<&str, BTreeMap<&String, Uuid>> =
         keys.iter().map(|(t, m)| (*t, m.iter().map(|(id, k)| (k, *id)).collect())).collect();
@@ -270,6 +474,12 @@ async fn verify_back(
             let rows = legacy::copy_page(legacy, source, t, after.as_deref(), 5000).await?;
             let mut m = mapped(tenant, t, &rows)?;
             for (row, r) in m.iter_mut().zip(&rows) {
+                let fills = key_text(t, r).and_then(|k| filled_in.get(t.target).and_then(|f| f.get(&k)));
+                if let (Some(cols), Some(Json::Object(a))) = (fills, row.get_mut("attributes")) {
+                    for c in cols {
+                        a.remove(c);
+                    }
+                }
                 if let Some(id) = key_text(t, r).and_then(|k| ids.get(&k)) {
                     row.insert("id".into(), Json::String(id.to_string()));
                 }
@@ -312,13 +522,17 @@ async fn verify_back(
 
 /// The adoption that placed the tenant (its fence names it).
 async fn adoption_of(run: &Run<'_, RevertParams>) -> Result<Uuid, Error> {
-    let row = run
-        .cp
+    adoption_for(run.cp, run.tenant()?).await
+}
+
+/// The operation that adopted `tenant` (its legacy fence is named after it).
+pub(crate) async fn adoption_for(cp: &crate::plane::ControlPlane, tenant: Uuid) -> Result<Uuid, Error> {
+    let row = cp
         .registry()
         .query_one_raw(stmt(
             "SELECT id FROM operations WHERE kind = 'adopt' AND tenant_id = $1 AND state = 'succeeded' \
              ORDER BY created_at DESC LIMIT 1",
-            vec![run.tenant()?.into()],
+            vec![tenant.into()],
         ))
         .await?
         .ok_or(Error::NotFound("adoption"))?;
