@@ -225,6 +225,16 @@ async fn a_schema_is_adopted_onto_the_shared_pool_while_the_legacy_app_writes() 
     assert_eq!((src["state"].as_str(), src["tenant_id"].as_str()), (Some("adopted"), Some(tenant.as_str())), "{src}");
     assert_eq!(replication_leftovers(&db).await, 0, "slot and publication dropped");
     assert_eq!(source_state(&app, &estate, "tenant_broken").await["state"], "not_adopted", "other sources untouched");
+    // The fence now says the adoption is done, and how to get the writes back.
+    let mut c = legacy_conn(&db).await;
+    let refused = sqlx::raw_sql("INSERT INTO tenant_acme.assets (name, tag) VALUES ('Late', 'L-1')")
+        .execute(&mut c)
+        .await
+        .expect_err("still fenced");
+    let refused = refused.as_database_error().map(|d| (d.code().map(|c| c.to_string()), d.message().to_string()));
+    let (code, message) = refused.unwrap();
+    assert_eq!(code.as_deref(), Some("TA001"));
+    assert!(message.contains("was adopted by Tenantry") && message.contains("revert"), "{message}");
 
     // Release with drop: the legacy schema goes; releasing twice is a conflict.
     let (s, body) = app
@@ -303,6 +313,18 @@ async fn a_database_per_tenant_source_is_adopted_onto_a_dedicated_database_with_
     let (_, issues) = app.get(&key, "/v1/issues?limit=200").await;
     let issue7 = issues["issues"].as_array().unwrap().iter().find(|i| i["title"] == "Issue 7").cloned();
     assert_eq!(issue7.map(|i| i["asset_id"].clone()), Some(unit["id"].clone()), "the child followed its parent's id");
+
+    // Released without drop: the legacy copy stays, and its fence says it is frozen.
+    let (s, body) =
+        app.admin_call(Method::POST, &format!("/v1/estates/{estate}/release"), Some(json!({"source": source}))).await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{body}");
+    let mut c = legacy_conn(&source).await;
+    let refused = sqlx::raw_sql("INSERT INTO assets (label, tag) VALUES ('Late', 'L-1')")
+        .execute(&mut c)
+        .await
+        .expect_err("still fenced");
+    let message = refused.as_database_error().map(|d| d.message().to_string()).unwrap_or_default();
+    assert!(message.contains("released: this copy is frozen"), "{message}");
 }
 
 /// A legacy writer on a database-per-tenant source: inserts until fenced.

@@ -508,6 +508,7 @@ async fn place(run: &Run<'_, AdoptParams>, f: &Facts, side: &Side) -> Result<(),
 async fn cleanup(run: &Run<'_, AdoptParams>, f: &Facts) -> Result<(), Stop> {
     let mut legacy = f.legacy().await?;
     stream::drop(&mut legacy, &f.name).await?;
+    fence::restate(&mut legacy, &f.source.schema, run.id, fence::Stage::Adopted).await?;
     legacy.close().await?;
     let txn = run.cp.registry().begin().await.map_err(Error::from)?;
     audit(

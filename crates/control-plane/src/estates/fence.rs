@@ -21,6 +21,47 @@ fn names(operation: Uuid) -> (String, String) {
     (format!("tenantry_adopt_fence_{short}"), format!("tenantry_adopt_fenced_{short}"))
 }
 
+/// Where the adoption behind a fence stands, which its refusal names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Copying and catching up; the cutover is under way.
+    Adopting,
+    /// The tenant serves from Tenantry; the source can still be reverted.
+    Adopted,
+    /// The way back is closed: the legacy copy is frozen for good.
+    Released,
+}
+
+/// The fence's trigger function, refusing with a message for `stage`.
+fn refusal(schema: &str, operation: Uuid, stage: Stage) -> String {
+    let (function, _) = names(operation);
+    let f = format!("{}.{}", quote_ident(schema), quote_ident(&function));
+    let said = match stage {
+        Stage::Adopting => format!("is being adopted by Tenantry (operation {operation})"),
+        Stage::Adopted => format!(
+            "was adopted by Tenantry (operation {operation}) and is served from there; a revert of the source gives \
+             it its writes back"
+        ),
+        Stage::Released => {
+            format!("was adopted by Tenantry (operation {operation}) and released: this copy is frozen")
+        }
+    };
+    format!(
+        "CREATE OR REPLACE FUNCTION {f}() RETURNS trigger LANGUAGE plpgsql AS $fence$ \
+         BEGIN RAISE EXCEPTION 'tenant data in %.% {said}; the legacy source no longer takes writes', \
+         TG_TABLE_SCHEMA, TG_TABLE_NAME USING ERRCODE = '{FENCED}'; END $fence$"
+    )
+}
+
+/// Says `stage` in the refusal of `operation`'s fence on `schema`, when the
+/// fence is there. Repeatable.
+pub async fn restate(conn: &mut PgConnection, schema: &str, operation: Uuid, stage: Stage) -> Result<(), sqlx::Error> {
+    if is_fenced(conn, schema, operation).await? {
+        sqlx::raw_sql(AssertSqlSafe(refusal(schema, operation, stage))).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 /// Fences `tables` of `schema` for `operation`, in one transaction (all or
 /// none), waiting at most `lock_timeout_ms` for in-flight writes. Repeatable.
 pub async fn fence(
@@ -42,14 +83,7 @@ pub async fn fence(
     )))
     .execute(&mut *tx)
     .await?;
-    sqlx::raw_sql(AssertSqlSafe(format!(
-        "CREATE OR REPLACE FUNCTION {f}() RETURNS trigger LANGUAGE plpgsql AS $fence$ \
-         BEGIN RAISE EXCEPTION 'tenant data in %.% is being adopted by Tenantry (operation {operation}); \
-         the legacy source no longer takes writes', TG_TABLE_SCHEMA, TG_TABLE_NAME USING ERRCODE = '{FENCED}'; END \
-         $fence$"
-    )))
-    .execute(&mut *tx)
-    .await?;
+    sqlx::raw_sql(AssertSqlSafe(refusal(schema, operation, Stage::Adopting))).execute(&mut *tx).await?;
     for table in tables {
         let t = format!("{}.{}", quote_ident(schema), quote_ident(table));
         let (tr, tt) = (quote_ident(&trigger), quote_ident(&format!("{trigger}_truncate")));

@@ -412,6 +412,13 @@ impl ControlPlane {
             };
             sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut conn).await?;
             let _ = sqlx::Connection::close(conn).await;
+        } else {
+            // The copy stays, frozen for good: its fence says so.
+            let legacy_source = Source::read(&e, &req.source).await?;
+            let mut legacy = legacy_source.connect(&e).await?;
+            let adoption = adoption_for(self, tenant).await?;
+            super::fence::restate(&mut legacy, &legacy_source.schema, adoption, super::fence::Stage::Released).await?;
+            let _ = sqlx::Connection::close(legacy).await;
         }
         txn.execute_raw(stmt(
             "UPDATE estate_sources SET state = 'released', updated_at = now() WHERE estate_id = $1 AND name = $2",
