@@ -195,8 +195,18 @@ pub(crate) async fn drop_subscription(target: &mut PgConnection, name: &str) -> 
         return Ok(None);
     }
     let ident = quote_ident(name);
-    if sqlx::raw_sql(AssertSqlSafe(format!("DROP SUBSCRIPTION IF EXISTS {ident}"))).execute(&mut *target).await.is_err()
-    {
+    // Bounded: a DROP SUBSCRIPTION holds a transaction open while it drops
+    // the slots on the publisher, and a table-sync worker creating its slot
+    // there waits for every running transaction to end, this one included,
+    // while the DROP waits for that slot: neither would end. Past the bound
+    // the subscription is detached from its slots (below), which
+    // `drop_slots` then drops on the source, ending their walsenders.
+    // Each its own statement: DROP SUBSCRIPTION may not run in a transaction block.
+    sqlx::raw_sql("SET statement_timeout = '5s'").execute(&mut *target).await?;
+    let dropped =
+        sqlx::raw_sql(AssertSqlSafe(format!("DROP SUBSCRIPTION IF EXISTS {ident}"))).execute(&mut *target).await;
+    sqlx::raw_sql("RESET statement_timeout").execute(&mut *target).await?;
+    if dropped.is_err() {
         sqlx::raw_sql(AssertSqlSafe(format!(
             "ALTER SUBSCRIPTION {ident} DISABLE; ALTER SUBSCRIPTION {ident} SET (slot_name = NONE); \
              DROP SUBSCRIPTION IF EXISTS {ident}"
