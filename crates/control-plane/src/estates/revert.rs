@@ -206,7 +206,8 @@ pub(crate) async fn unwritable(
 ) -> Result<Vec<Unwritable>, Error> {
     let mut out = Vec::new();
     // Asset ids the legacy side will know: its own, and new ones (given keys
-    // as they are inserted). A placeholder stands for the latter here.
+    // as they are inserted). Only whether a parent has a key matters here,
+    // so an empty one stands for each.
     let mut parents: BTreeMap<Uuid, String> = BTreeMap::new();
     for t in &source.tables {
         let required = required_columns(legacy, source, t).await?;
@@ -237,7 +238,7 @@ pub(crate) async fn unwritable(
                 }
             }
             if t.target == "assets" {
-                parents.insert(*id, if new { "new".into() } else { String::new() });
+                parents.insert(*id, String::new());
             }
         }
         for (column, ids) in missing {
@@ -381,7 +382,7 @@ pub(crate) async fn write_back(
                     seen.insert(*id);
                     table_keys.insert(*id, k.clone());
                     if !fills.is_empty() {
-                        filled_in.entry(t.target).or_default().insert(k.clone(), fills.clone());
+                        filled_in.entry(t.target).or_default().insert(k.clone(), fills);
                     }
                     let same = values.iter().all(|(c, v)| as_text(v) == now.get(c).and_then(as_text));
                     if same || cols.is_empty() {
