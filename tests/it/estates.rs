@@ -416,6 +416,33 @@ async fn mapped_legacy_rows_apply_idempotently_and_the_tenant_serves_them() {
     assert_eq!(apply::delete(&mut tx, "assets", tenant, &[id]).await.unwrap(), 1);
     tx.commit().await.unwrap();
     assert_eq!(app.get(&t.key, "/v1/assets/by-tag/P-1").await.0, StatusCode::NOT_FOUND, "a delete by the mapped id");
+
+    // The initial copy's bulk path: a plain insert, and the same page written
+    // again (a crash between its write and its cursor) lands on the same rows.
+    let page: Vec<_> = ["Pump", "Valve"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            map_row(
+                tenant,
+                "assets",
+                &TableMapping::default(),
+                &asset_cols,
+                &[text(&format!("{}", 100 + i)), text(name), text(&format!("B-{i}")), text("active"), text("blue")],
+            )
+            .unwrap()
+        })
+        .collect();
+    let batch = apply::CopyBatch::new("assets", &page).unwrap().expect("two rows");
+    for round in ["first", "again"] {
+        let mut tx = in_scope(&mut conn, tenant).await;
+        assert_eq!(apply::insert_bulk(&mut tx, &batch).await.unwrap(), 2, "{round}");
+        tx.commit().await.unwrap();
+    }
+    let (_, all) = app.get(&t.key, "/v1/assets").await;
+    let names: std::collections::BTreeSet<_> =
+        all["assets"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap().to_string()).collect();
+    assert_eq!(names, ["Pump".to_string(), "Valve".to_string()].into(), "each row once: {all}");
 }
 
 /// The legacy fence: a trigger refuses every write to the source's tables

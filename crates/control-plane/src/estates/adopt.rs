@@ -248,25 +248,41 @@ async fn copy(run: &Run<'_, AdoptParams>, f: &Facts) -> Result<(), Stop> {
         admin.close().await?;
     }
     let mut legacy = f.legacy().await?;
-    let mut target = target_conn(&side, f.tenant).await?;
+    // Two writers: the target's index upkeep is most of the copy's cost,
+    // and one backend inserting leaves a core idle.
+    let mut writers = [target_conn(&side, f.tenant).await?, target_conn(&side, f.tenant).await?];
     for t in &f.source.tables {
-        loop {
-            let after = match cursors.get(&t.legacy) {
-                Some(Json::Bool(true)) => break,
-                Some(Json::String(k)) => Some(k.clone()),
-                _ => None,
+        let after = match cursors.get(&t.legacy) {
+            Some(Json::Bool(true)) => continue,
+            Some(Json::String(k)) => Some(k.as_str()),
+            _ => None,
+        };
+        // Pipelined: the next pages are read and mapped while these are
+        // written, one page per writer. The cursor saved is past the pages
+        // written.
+        let mut pages = read_pages(&mut legacy, f, t, after).await?;
+        while let Some((_, _, last)) = pages.last() {
+            let more = pages.iter().all(|(n, _, _)| *n == COPY_PAGE as usize) && last.is_some();
+            let read_next = async {
+                match last {
+                    Some(k) if more => read_pages(&mut legacy, f, t, Some(k)).await,
+                    _ => Ok(vec![]),
+                }
             };
-            let rows = legacy::copy_page(&mut legacy, &f.source, t, after.as_deref(), COPY_PAGE).await?;
-            let rows_mapped = mapped(f.tenant, t, &rows)?;
-            super::apply::upsert_bulk(&mut target, t.target, &rows_mapped).await?;
-            *copied.entry(t.legacy.clone()).or_default() += rows.len() as i64;
-            let next = match rows.last().and_then(|r| key_text(t, r)) {
-                Some(k) if rows.len() as i64 == COPY_PAGE => Json::String(k),
+            let [first, second] = &mut writers;
+            let (a, b, next) =
+                tokio::join!(write_page(first, pages.first()), write_page(second, pages.get(1)), read_next);
+            a?;
+            b?;
+            *copied.entry(t.legacy.clone()).or_default() += pages.iter().map(|(n, _, _)| *n as i64).sum::<i64>();
+            let cursor = match last {
+                Some(k) if more => Json::String(k.clone()),
                 _ => Json::Bool(true),
             };
-            cursors.insert(t.legacy.clone(), next);
+            cursors.insert(t.legacy.clone(), cursor);
             let all: i64 = copied.values().sum();
             run.heartbeat(json!({"rows_copied": all, "rows_copied_by_table": copied, "copy_cursor": cursors})).await?;
+            pages = next?;
         }
     }
     if fresh {
@@ -274,10 +290,59 @@ async fn copy(run: &Run<'_, AdoptParams>, f: &Facts) -> Result<(), Stop> {
         let (rebuilt, ms) = crate::moves::deferred::rebuild(run, side.options(&side.admin), None).await?;
         run.heartbeat(json!({"indexes_rebuilt": rebuilt, "index_build_ms": ms})).await?;
     }
+    let [target, other] = writers;
+    other.close().await?;
+    let mut target = target;
     sqlx::raw_sql(AssertSqlSafe(format!("ANALYZE {}", table_list(&tables)))).execute(&mut target).await?;
     legacy.close().await?;
     target.close().await?;
     Ok(())
+}
+
+/// A page of the copy: how many legacy rows, the rows mapped and ready for
+/// COPY, and the last row's key (the cursor past it).
+type Page = (usize, Option<super::apply::CopyBatch>, Option<String>);
+
+async fn read_page(legacy: &mut PgConnection, f: &Facts, t: &Table, after: Option<&str>) -> Result<Page, Error> {
+    let rows = legacy::copy_page(legacy, &f.source, t, after, COPY_PAGE).await?;
+    let last = rows.last().and_then(|r| key_text(t, r));
+    // Off the async thread, so the page being written meanwhile keeps moving.
+    let (tenant, table, n) = (f.tenant, t.clone(), rows.len());
+    let batch = move || -> Result<_, Error> {
+        Ok(super::apply::CopyBatch::new(table.target, &mapped(tenant, &table, &rows)?)?)
+    };
+    let mapped = match tokio::task::spawn_blocking(batch).await {
+        Ok(mapped) => mapped?,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => return Err(Error::Busy { code: "shutting_down", message: "the process is stopping".into() }),
+    };
+    Ok((n, mapped, last))
+}
+
+async fn write_page(conn: &mut PgConnection, page: Option<&Page>) -> Result<u64, sqlx::Error> {
+    match page {
+        Some((_, Some(batch), _)) => super::apply::insert_bulk(conn, batch).await,
+        _ => Ok(0),
+    }
+}
+
+/// The next pages of `t` past `after`, one per writer (fewer at the table's end).
+async fn read_pages(legacy: &mut PgConnection, f: &Facts, t: &Table, after: Option<&str>) -> Result<Vec<Page>, Error> {
+    let mut pages: Vec<Page> = Vec::with_capacity(2);
+    let mut after = after.map(str::to_string);
+    while pages.len() < 2 {
+        let page = read_page(legacy, f, t, after.as_deref()).await?;
+        let (n, _, last) = &page;
+        let full = *n == COPY_PAGE as usize && last.is_some();
+        after = last.clone();
+        if *n > 0 || pages.is_empty() {
+            pages.push(page);
+        }
+        if !full {
+            break;
+        }
+    }
+    Ok(pages)
 }
 
 async fn catch_up(run: &Run<'_, AdoptParams>, f: &Facts) -> Result<(), Stop> {

@@ -35,19 +35,20 @@ pub fn map_row(
     if columns.len() != values.len() {
         return Err(format!("{} columns but {} values", columns.len(), values.len()));
     }
-    let value_of = |legacy: &str| columns.iter().position(|c| c == legacy).map(|i| &values[i]);
+    let position = |legacy: &str| columns.iter().position(|c| c == legacy);
     let mut row = Map::new();
     row.insert("tenant_id".into(), Json::String(tenant.to_string()));
-    let mut used = Vec::new();
+    let mut used = vec![false; columns.len()];
     for (col, _) in targets {
         let legacy = mapping.columns.get(*col).map(String::as_str).unwrap_or(col);
-        let Some(value) = value_of(legacy) else {
+        let Some(i) = position(legacy) else {
             if let Some(v) = mapping.values.get(*col) {
                 row.insert(col.to_string(), v.clone());
             }
             continue;
         };
-        used.push(legacy.to_string());
+        used[i] = true;
+        let value = &values[i];
         let mapped = match (col, value) {
             (_, Value::Unchanged) => continue,
             (_, Value::Null) => Json::Null,
@@ -63,8 +64,8 @@ pub fn map_row(
             Some(Json::Object(m)) => m,
             _ => Map::new(),
         };
-        for (c, v) in columns.iter().zip(values) {
-            if used.contains(c) {
+        for ((c, v), used) in columns.iter().zip(values).zip(used) {
+            if used {
                 continue;
             }
             // A NULL is left out: an absent attribute reads the same, and a
