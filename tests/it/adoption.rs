@@ -499,6 +499,61 @@ async fn verification_catches_a_change_behind_the_adoptions_back_and_a_cancel_le
     assert_eq!(source_state(&app, &estate, "tenant_acme").await["state"], "not_adopted");
 }
 
+/// A row changed directly on the target after the comparison pass looked at
+/// it (here while the fence waits for a legacy transaction in flight) is
+/// caught in the pause from the target's own record of what was written
+/// since the pass began (the rows' transaction ids), and the adoption is
+/// rolled back: the legacy source as it was, nothing left on the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_change_on_the_target_after_its_row_was_compared_is_caught_in_the_pause() {
+    let app = spawn_app_with(|s| {
+        s.control_plane.operation_workers = 0;
+        s.control_plane.lease_secs = 1;
+        // Long enough for the test to act while the fence waits.
+        s.control_plane.moves.fence_timeout_ms = 60_000;
+    })
+    .await;
+    let db = legacy_estate().await;
+    let estate = estate(&app, &db).await;
+    let before = legacy_rows(&db, "tenant_acme").await;
+    let (s, op) = adopt(&app, &estate, json!({"source": "tenant_acme", "slug": "acme-behind", "tier": "shared"})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    let (id, tenant) = (op["id"].as_str().unwrap().to_string(), op["tenant_id"].as_str().unwrap().to_string());
+    crash_at(&app.config_file("lease_secs = 1"), "adopt.after.catch_up").await;
+    // A legacy write in flight: the cutover compares every row, then its
+    // fence waits for this transaction.
+    let mut holder = legacy_conn(&db).await;
+    sqlx::raw_sql("BEGIN; UPDATE tenant_acme.assets SET status = status WHERE tag = 'P-1'")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let worker = tokio::spawn(app.cp.clone().run_worker(tokio_util::sync::CancellationToken::new()));
+    let mut watch = legacy_conn(&db).await;
+    let waiting =
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE NOT granted AND relation = 'tenant_acme.assets'::regclass)";
+    while !sqlx::query_scalar::<_, bool>(waiting).fetch_one(&mut watch).await.unwrap() {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let pool = connect(&app.pool_name, false);
+    pool.execute_unprepared(&format!(
+        "UPDATE assets SET name = 'changed behind' WHERE tenant_id = '{tenant}' AND tag = 'P-1'"
+    ))
+    .await
+    .unwrap();
+    sqlx::raw_sql("ROLLBACK").execute(&mut holder).await.unwrap();
+    let done = app.wait_operation(&id).await;
+    worker.abort();
+    assert_eq!(done["state"], "failed", "{done}");
+    let error = done["error"].as_str().unwrap();
+    assert!(error.contains("verification_failed") || error.contains("differs"), "{done}");
+    assert!(error.contains("(changed on the target)"), "caught from the target's record, not by the pass: {done}");
+    assert_eq!(legacy_rows(&db, "tenant_acme").await, before, "the legacy source as it was");
+    let mut c = legacy_conn(&db).await;
+    sqlx::raw_sql("UPDATE tenant_acme.assets SET status = 'active'").execute(&mut c).await.expect("no fence left");
+    assert_eq!(target_rows(&app.pool_name, &tenant).await.0.len(), 0, "nothing left on the target");
+    assert_eq!(source_state(&app, &estate, "tenant_acme").await["state"], "failed");
+}
+
 /// Bad input: an estate or source that does not exist, a source with
 /// problems (no primary key, duplicate tags, orphans), a bad slug or tier.
 #[tokio::test]

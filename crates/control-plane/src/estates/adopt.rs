@@ -452,18 +452,48 @@ async fn compare_all(
 }
 
 /// Rows per table: the legacy source's and the tenant's on the target.
-async fn counts(f: &Facts, legacy: &mut PgConnection, target: &mut PgConnection) -> Result<Json, Error> {
+/// Each table's rows on both sides; and, given the target's transaction
+/// horizon when the comparison pass began (`since`, from [`horizon`]), the
+/// ids of the target rows written since, per legacy table: read in the same
+/// pass over the tenant's rows as the count.
+async fn counts(
+    f: &Facts,
+    legacy: &mut PgConnection,
+    target: &mut PgConnection,
+    since: Option<i64>,
+) -> Result<(Json, BTreeMap<String, Vec<Uuid>>), Error> {
     let mut out = serde_json::Map::new();
+    let mut written = BTreeMap::new();
     for t in &f.source.tables {
         let l: i64 =
             sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {}", f.source.qualified(&t.legacy))))
                 .fetch_one(&mut *legacy)
                 .await?;
-        let sql = format!("SELECT count(*) FROM public.{} WHERE tenant_id = $1", quote_ident(t.target));
-        let r: i64 = sqlx::query_scalar(AssertSqlSafe(sql)).bind(f.tenant).fetch_one(&mut *target).await?;
+        // A row's xmin is the 32-bit id of the transaction that wrote it; it
+        // follows `since` when their difference modulo 2^32 is under 2^31
+        // (PostgreSQL keeps every live id within 2^31 of the next). 0-2 are
+        // the special ids (frozen rows among them): old by definition.
+        let sql = format!(
+            "SELECT count(*), coalesce(array_agg(id) FILTER (WHERE $2::int8 IS NOT NULL AND xmin::text::int8 > 2 \
+                 AND ((xmin::text::int8 - $2::int8) % 4294967296 + 4294967296) % 4294967296 < 2147483648), '{{}}') \
+             FROM public.{} WHERE tenant_id = $1",
+            quote_ident(t.target)
+        );
+        let (r, ids): (i64, Vec<Uuid>) = sqlx::query_as(AssertSqlSafe(sql))
+            .bind(f.tenant)
+            .bind(since.map(|x| x % 4_294_967_296))
+            .fetch_one(&mut *target)
+            .await?;
         out.insert(t.target.to_string(), json!({"legacy": l, "target": r}));
+        written.insert(t.legacy.clone(), ids);
     }
-    Ok(Json::Object(out))
+    Ok((Json::Object(out), written))
+}
+
+/// The target's next transaction id (64-bit): every transaction from now on
+/// has this id or a later one.
+async fn horizon(target: &mut PgConnection) -> Result<i64, Error> {
+    Ok(sqlx::query_scalar("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::int8").fetch_one(&mut *target).await?)
 }
 
 async fn cutover(run: &Run<'_, AdoptParams>, f: &Facts) -> Result<(), Stop> {
@@ -477,12 +507,17 @@ async fn cutover(run: &Run<'_, AdoptParams>, f: &Facts) -> Result<(), Stop> {
     let fenced = fence::is_fenced(&mut legacy, &f.source.schema, run.id).await?;
     let mut compared = 0;
     let started;
+    let mut since = None;
     if !fenced {
         // Outside the pause: every row compared, the rows that differ and the
-        // rows changed meanwhile kept for a second look inside it.
+        // rows changed meanwhile kept for a second look inside it. Changed on
+        // either side: every change the applier writes from here on is noted
+        // (the legacy's), and so is the target's transaction horizon, past
+        // which any row the applier did not write was written behind the
+        // adoption's back.
         applier.drain(&mut legacy, &mut target).await?;
-        let since: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text").fetch_one(&mut legacy).await?;
-        applier.dirty = Some(Dirty { since: stream::lsn(&since), keys: BTreeMap::new() });
+        applier.dirty = Some(Dirty::default());
+        since = Some(horizon(&mut target).await?);
         let (differ, n) = compare_all(run, f, &mut legacy, &mut target).await?;
         compared = n;
         applier.drain(&mut legacy, &mut target).await?;
@@ -502,11 +537,13 @@ async fn cutover(run: &Run<'_, AdoptParams>, f: &Facts) -> Result<(), Stop> {
     applier.drain(&mut legacy, &mut target).await?;
     let mut reverified = 0;
     let mut mismatched: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut dirty_keys = BTreeMap::new();
     match applier.dirty.take() {
         Some(dirty) => {
+            dirty_keys = dirty.keys;
             for t in &f.source.tables {
                 let keys: Vec<String> =
-                    dirty.keys.get(&t.legacy).map(|k| k.iter().cloned().collect()).unwrap_or_default();
+                    dirty_keys.get(&t.legacy).map(|k| k.iter().cloned().collect()).unwrap_or_default();
                 for chunk in keys.chunks(PAGE as usize) {
                     let rows = legacy::by_keys(&mut legacy, &f.source, t, chunk).await?;
                     let ids: Vec<Uuid> = chunk.iter().filter_map(|k| adopted_id(f.tenant, t.target, k).ok()).collect();
@@ -528,7 +565,27 @@ async fn cutover(run: &Run<'_, AdoptParams>, f: &Facts) -> Result<(), Stop> {
             }
         }
     }
-    let counts = counts(f, &mut legacy, &mut target).await?;
+    let (counts, written) = counts(f, &mut legacy, &mut target, since).await?;
+    // Rows written on the target since the pass that no legacy change
+    // explains: changed behind the adoption's back, after they were compared.
+    for t in &f.source.tables {
+        let explained: BTreeSet<Uuid> = dirty_keys
+            .get(&t.legacy)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| adopted_id(f.tenant, t.target, k).ok())
+            .collect();
+        let behind: Vec<String> = written
+            .get(&t.legacy)
+            .into_iter()
+            .flatten()
+            .filter(|id| !explained.contains(id))
+            .map(|id| format!("{id} (changed on the target)"))
+            .collect();
+        if !behind.is_empty() {
+            mismatched.entry(t.legacy.clone()).or_default().extend(behind);
+        }
+    }
     let counts_differ = counts.as_object().is_some_and(|m| m.values().any(|v| v["legacy"] != v["target"]));
     if !mismatched.is_empty() || counts_differ {
         let sample: BTreeMap<&String, Vec<&String>> =

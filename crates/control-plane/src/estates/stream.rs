@@ -17,7 +17,7 @@ use tenantry_provisioner::quote_ident;
 
 use super::apply;
 use super::legacy::Source;
-use super::pgoutput::{Message, Relation, Value, decode, parse_lsn};
+use super::pgoutput::{Message, Relation, Value, decode};
 use super::rows::{adopted_id, map_row};
 use crate::error::Error;
 
@@ -79,11 +79,10 @@ pub(crate) async fn lag(conn: &mut PgConnection, name: &str) -> Result<i64, Erro
     lag.ok_or_else(|| Error::invalid("slot_missing", format!("the adoption's slot `{name}` is gone")))
 }
 
-/// Keys (text form) of legacy rows changed by transactions that committed at
-/// or after `since`, per legacy table: what the verification looks at again.
+/// Keys (text form) of legacy rows whose changes were applied since it was
+/// set, per legacy table: what the verification looks at again.
 #[derive(Debug, Default)]
 pub(crate) struct Dirty {
-    pub(crate) since: u64,
     pub(crate) keys: BTreeMap<String, BTreeSet<String>>,
 }
 
@@ -134,20 +133,19 @@ impl<'a> Applier<'a> {
             }
             let mut tx = target.begin().await?;
             let mut committed = None;
-            let mut at = 0u64;
             for (_, data) in &rows {
                 let message = decode(data).map_err(|e| Error::invalid("stream_undecodable", e.to_string()))?;
                 match message {
                     Message::Relation(r) => {
                         self.relations.insert(r.id, r);
                     }
-                    Message::Begin { final_lsn, .. } => at = final_lsn,
+                    Message::Begin { .. } => {}
                     Message::Commit { end_lsn, .. } => committed = Some(end_lsn),
-                    Message::Insert { relation, new } => self.upsert(&mut tx, relation, None, &new, at).await?,
+                    Message::Insert { relation, new } => self.upsert(&mut tx, relation, None, &new).await?,
                     Message::Update { relation, old, new } => {
-                        self.upsert(&mut tx, relation, old.as_deref(), &new, at).await?
+                        self.upsert(&mut tx, relation, old.as_deref(), &new).await?
                     }
-                    Message::Delete { relation, old } => self.delete(&mut tx, relation, &old, at).await?,
+                    Message::Delete { relation, old } => self.delete(&mut tx, relation, &old).await?,
                     Message::Truncate { relations } => {
                         for r in relations {
                             let (target, _) = self.table_of(r)?;
@@ -185,10 +183,8 @@ impl<'a> Applier<'a> {
         Ok((t.target, key))
     }
 
-    fn note(&mut self, relation: u32, key: &Value, at: u64) {
-        if let (Some(d), Some(r), Value::Text(k)) = (self.dirty.as_mut(), self.relations.get(&relation), key)
-            && at >= d.since
-        {
+    fn note(&mut self, relation: u32, key: &Value) {
+        if let (Some(d), Some(r), Value::Text(k)) = (self.dirty.as_mut(), self.relations.get(&relation), key) {
             d.keys.entry(r.name.clone()).or_default().insert(k.clone());
         }
     }
@@ -199,7 +195,6 @@ impl<'a> Applier<'a> {
         relation: u32,
         old: Option<&[Value]>,
         new: &[Value],
-        at: u64,
     ) -> Result<(), Error> {
         let (target, key) = self.table_of(relation)?;
         let source: &'a Source = self.source;
@@ -213,19 +208,19 @@ impl<'a> Applier<'a> {
             let id = adopted_id(self.tenant, target, was).map_err(|e| Error::invalid("unmappable_row", e))?;
             apply::delete(tx, target, self.tenant, &[id]).await?;
             let was = Value::Text(was.clone());
-            self.note(relation, &was, at);
+            self.note(relation, &was);
         }
         let row = map_row(self.tenant, target, &t.mapping, &columns, new)
             .map_err(|e| Error::invalid("unmappable_row", format!("`{name}`: {e}")))?;
         apply::upsert(tx, target, &[row]).await?;
         self.applied += 1;
         if let Some(k) = new.get(key) {
-            self.note(relation, &k.clone(), at);
+            self.note(relation, &k.clone());
         }
         Ok(())
     }
 
-    async fn delete(&mut self, tx: &mut PgConnection, relation: u32, old: &[Value], at: u64) -> Result<(), Error> {
+    async fn delete(&mut self, tx: &mut PgConnection, relation: u32, old: &[Value]) -> Result<(), Error> {
         let (target, key) = self.table_of(relation)?;
         let Some(Value::Text(k)) = old.get(key) else {
             return Err(Error::invalid("stream_undecodable", "a delete without its key"));
@@ -234,12 +229,7 @@ impl<'a> Applier<'a> {
         apply::delete(tx, target, self.tenant, &[id]).await?;
         self.applied += 1;
         let k = Value::Text(k.clone());
-        self.note(relation, &k, at);
+        self.note(relation, &k);
         Ok(())
     }
-}
-
-/// The LSN text as a number (0 when unreadable).
-pub(crate) fn lsn(text: &str) -> u64 {
-    parse_lsn(text).unwrap_or(0)
 }
