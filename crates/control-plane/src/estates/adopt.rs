@@ -469,13 +469,12 @@ async fn counts(
             sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {}", f.source.qualified(&t.legacy))))
                 .fetch_one(&mut *legacy)
                 .await?;
-        // A row's xmin is the 32-bit id of the transaction that wrote it; it
-        // follows `since` when their difference modulo 2^32 is under 2^31
-        // (PostgreSQL keeps every live id within 2^31 of the next). 0-2 are
-        // the special ids (frozen rows among them): old by definition.
+        // A row's xmin is the 32-bit id of the transaction that wrote it, and
+        // age() is its distance back from now, modulo 2^32 (PostgreSQL keeps
+        // every live id within 2^31 of the next; a frozen row's age is the
+        // largest): a row written at or after `since` is no older than `since`.
         let sql = format!(
-            "SELECT count(*), coalesce(array_agg(id) FILTER (WHERE $2::int8 IS NOT NULL AND xmin::text::int8 > 2 \
-                 AND ((xmin::text::int8 - $2::int8) % 4294967296 + 4294967296) % 4294967296 < 2147483648), '{{}}') \
+            "SELECT count(*), coalesce(array_agg(id) FILTER (WHERE age(xmin) <= age($2::text::xid)), '{{}}') \
              FROM public.{} WHERE tenant_id = $1",
             quote_ident(t.target)
         );
