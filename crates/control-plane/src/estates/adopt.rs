@@ -261,12 +261,14 @@ async fn copy(run: &Run<'_, AdoptParams>, f: &Facts) -> Result<(), Stop> {
         // written, one page per writer. The cursor saved is past the pages
         // written.
         let mut pages = read_pages(&mut legacy, f, t, after).await?;
-        while let Some((_, _, last)) = pages.last() {
-            let more = pages.iter().all(|(n, _, _)| *n == COPY_PAGE as usize) && last.is_some();
+        // read_pages stops at the first page that is not full: the table goes
+        // on exactly when its last page is full.
+        while let Some(last) = pages.last() {
+            let more = last.next_after();
             let read_next = async {
-                match last {
-                    Some(k) if more => read_pages(&mut legacy, f, t, Some(k)).await,
-                    _ => Ok(vec![]),
+                match more {
+                    Some(k) => read_pages(&mut legacy, f, t, Some(k)).await,
+                    None => Ok(vec![]),
                 }
             };
             let [first, second] = &mut writers;
@@ -274,11 +276,8 @@ async fn copy(run: &Run<'_, AdoptParams>, f: &Facts) -> Result<(), Stop> {
                 tokio::join!(write_page(first, pages.first()), write_page(second, pages.get(1)), read_next);
             a?;
             b?;
-            *copied.entry(t.legacy.clone()).or_default() += pages.iter().map(|(n, _, _)| *n as i64).sum::<i64>();
-            let cursor = match last {
-                Some(k) if more => Json::String(k.clone()),
-                _ => Json::Bool(true),
-            };
+            *copied.entry(t.legacy.clone()).or_default() += pages.iter().map(|p| p.rows as i64).sum::<i64>();
+            let cursor = more.map_or(Json::Bool(true), |k| Json::String(k.to_string()));
             cursors.insert(t.legacy.clone(), cursor);
             let all: i64 = copied.values().sum();
             run.heartbeat(json!({"rows_copied": all, "rows_copied_by_table": copied, "copy_cursor": cursors})).await?;
@@ -290,9 +289,8 @@ async fn copy(run: &Run<'_, AdoptParams>, f: &Facts) -> Result<(), Stop> {
         let (rebuilt, ms) = crate::moves::deferred::rebuild(run, side.options(&side.admin), None).await?;
         run.heartbeat(json!({"indexes_rebuilt": rebuilt, "index_build_ms": ms})).await?;
     }
-    let [target, other] = writers;
+    let [mut target, other] = writers;
     other.close().await?;
-    let mut target = target;
     sqlx::raw_sql(AssertSqlSafe(format!("ANALYZE {}", table_list(&tables)))).execute(&mut target).await?;
     legacy.close().await?;
     target.close().await?;
@@ -301,7 +299,19 @@ async fn copy(run: &Run<'_, AdoptParams>, f: &Facts) -> Result<(), Stop> {
 
 /// A page of the copy: how many legacy rows, the rows mapped and ready for
 /// COPY, and the last row's key (the cursor past it).
-type Page = (usize, Option<super::apply::CopyBatch>, Option<String>);
+struct Page {
+    rows: usize,
+    batch: Option<super::apply::CopyBatch>,
+    last: Option<String>,
+}
+
+impl Page {
+    /// The key the table's next page starts after; `None` when this page
+    /// was its last (not full).
+    fn next_after(&self) -> Option<&str> {
+        self.last.as_deref().filter(|_| self.rows == COPY_PAGE as usize)
+    }
+}
 
 async fn read_page(legacy: &mut PgConnection, f: &Facts, t: &Table, after: Option<&str>) -> Result<Page, Error> {
     let rows = legacy::copy_page(legacy, &f.source, t, after, COPY_PAGE).await?;
@@ -311,38 +321,30 @@ async fn read_page(legacy: &mut PgConnection, f: &Facts, t: &Table, after: Optio
     let batch = move || -> Result<_, Error> {
         Ok(super::apply::CopyBatch::new(table.target, &mapped(tenant, &table, &rows)?)?)
     };
-    let mapped = match tokio::task::spawn_blocking(batch).await {
-        Ok(mapped) => mapped?,
+    let batch = match tokio::task::spawn_blocking(batch).await {
+        Ok(batch) => batch?,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         Err(_) => return Err(Error::Busy { code: "shutting_down", message: "the process is stopping".into() }),
     };
-    Ok((n, mapped, last))
+    Ok(Page { rows: n, batch, last })
 }
 
 async fn write_page(conn: &mut PgConnection, page: Option<&Page>) -> Result<u64, sqlx::Error> {
     match page {
-        Some((_, Some(batch), _)) => super::apply::insert_bulk(conn, batch).await,
+        Some(Page { batch: Some(batch), .. }) => super::apply::insert_bulk(conn, batch).await,
         _ => Ok(0),
     }
 }
 
 /// The next pages of `t` past `after`, one per writer (fewer at the table's end).
 async fn read_pages(legacy: &mut PgConnection, f: &Facts, t: &Table, after: Option<&str>) -> Result<Vec<Page>, Error> {
-    let mut pages: Vec<Page> = Vec::with_capacity(2);
-    let mut after = after.map(str::to_string);
-    while pages.len() < 2 {
-        let page = read_page(legacy, f, t, after.as_deref()).await?;
-        let (n, _, last) = &page;
-        let full = *n == COPY_PAGE as usize && last.is_some();
-        after = last.clone();
-        if *n > 0 || pages.is_empty() {
-            pages.push(page);
-        }
-        if !full {
-            break;
-        }
-    }
-    Ok(pages)
+    let first = read_page(legacy, f, t, after).await?;
+    let second = match first.next_after() {
+        Some(k) => Some(read_page(legacy, f, t, Some(k)).await?),
+        None => None,
+    };
+    // An empty page after a full one says only that the table ended.
+    Ok(std::iter::once(first).chain(second.filter(|p| p.rows > 0)).collect())
 }
 
 async fn catch_up(run: &Run<'_, AdoptParams>, f: &Facts) -> Result<(), Stop> {
