@@ -982,3 +982,175 @@ async fn a_revert_of_rows_the_legacy_columns_refuse_is_refused_before_the_fence_
     .expect("the legacy writer works again");
     assert_eq!(scalar(&connect(&db, false), "SELECT count(*) FROM tenant_shop.django_migrations").await, 1);
 }
+
+/// Composite and text keys: a legacy `equipment` keyed by `(org_id, code)`
+/// (codes with spaces, commas and quotes) and its `issues` keyed by a text
+/// `ref` (`042` and `42` both), naming their equipment by a two-column
+/// foreign key. Adopted while the legacy app writes; each id is the UUID v5
+/// of `"<table>:<key text>"`, the key text as PostgreSQL itself writes it
+/// (`ROW(org_id, code)::text`); changed in Tenantry and reverted, the legacy
+/// side has every change under its own keys and takes writes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn composite_and_text_keys_are_adopted_by_their_key_text_and_reverted_under_their_own_keys() {
+    let app = spawn_app().await;
+    let db = tenantry::testkit::unique("keys");
+    connect("postgres", false).execute_unprepared(&format!("CREATE DATABASE {db}")).await.unwrap();
+    connect(&db, false)
+        .execute_unprepared(
+            r#"CREATE SCHEMA tenant_org;
+             CREATE SEQUENCE tenant_org.codes;
+             CREATE TABLE tenant_org.equipment (org_id integer NOT NULL,
+                 code text NOT NULL DEFAULT 'E-' || nextval('tenant_org.codes'), name text NOT NULL,
+                 tag text NOT NULL, status text NOT NULL DEFAULT 'active', PRIMARY KEY (org_id, code));
+             CREATE TABLE tenant_org.issues (ref varchar(20) PRIMARY KEY DEFAULT 'ISS-' || nextval('tenant_org.codes'),
+                 org_id integer NOT NULL, equipment_code text NOT NULL, title text NOT NULL,
+                 status text NOT NULL, priority text NOT NULL,
+                 FOREIGN KEY (equipment_code, org_id) REFERENCES tenant_org.equipment (code, org_id));
+             INSERT INTO tenant_org.equipment (org_id, code, name, tag) VALUES
+                 (7, 'A 1', 'Pump', 'P-1'), (7, 'B,"2"', 'Valve', 'V-1'), (8, 'A 1', 'Crane', 'C-1');
+             INSERT INTO tenant_org.issues (ref, org_id, equipment_code, title, status, priority) VALUES
+                 ('042', 7, 'A 1', 'Leak', 'open', 'high'), ('42', 7, 'B,"2"', 'Stuck', 'open', 'low'),
+                 ('x', 8, 'A 1', 'Rust', 'open', 'medium');
+             CREATE SCHEMA tenant_odd;
+             CREATE TABLE tenant_odd.equipment (org_id integer, code text, name text, tag text, status text,
+                 PRIMARY KEY (org_id, code));
+             CREATE TABLE tenant_odd.issues (ref timestamptz PRIMARY KEY, org_id integer, equipment_code text,
+                 title text, status text, priority text);"#,
+        )
+        .await
+        .unwrap();
+    let mut body =
+        estate_body(&tenantry::testkit::unique("est"), &db, "postgres", &cluster().secrets.superuser_password);
+    body["mapping"] = json!({"tables": {
+        "assets": {"from": "equipment", "legacy_values": {"org_id": 7}},
+        "asset_issues": {"from": "issues"}
+    }});
+    let (s, e) = add(&app, body).await;
+    assert_eq!(s, StatusCode::CREATED, "{e}");
+    let estate = e["id"].as_str().unwrap().to_string();
+    let source = source_state(&app, &estate, "tenant_org").await;
+    assert_eq!(source["problems"], json!([]), "{source}");
+    let tables = source["tables"].as_array().unwrap();
+    let key_of = |t: &str| tables.iter().find(|x| x["legacy"] == t).unwrap()["primary_key"].clone();
+    assert_eq!(key_of("equipment"), json!("(org_id integer, code text) -> uuid v5 of \"assets:(org_id,code)\""));
+    assert_eq!(key_of("issues"), json!("ref character varying(20) -> uuid v5 of \"asset_issues:<ref>\""));
+    let odd = source_state(&app, &estate, "tenant_odd").await["problems"].to_string();
+    assert!(odd.contains("names its asset by (org_id, code) of `equipment`, and declares no foreign key"), "{odd}");
+    assert!(odd.contains("key column `ref` is `timestamp with time zone`"), "{odd}");
+
+    // The legacy app keeps writing: new equipment, and a title changed by key.
+    let writer = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            let mut c = legacy_conn(&db).await;
+            let mut acknowledged = Vec::new();
+            for i in 0.. {
+                let sql = format!(
+                    "INSERT INTO tenant_org.equipment (org_id, code, name, tag) VALUES (7, 'W ({i})', 'W{i}', 'W-{i}'); \
+                     UPDATE tenant_org.issues SET title = 'Stuck {i}' WHERE ref = '42'"
+                );
+                match sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut c).await {
+                    Ok(_) => acknowledged.push(format!("W-{i}")),
+                    Err(e) if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("TA001") => {
+                        return acknowledged;
+                    }
+                    Err(e) => panic!("legacy write failed: {e}"),
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            unreachable!()
+        })
+    };
+    let (s, op) = adopt(&app, &estate, json!({"source": "tenant_org", "slug": "org", "tier": "shared"})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    let done = app.wait_operation(op["id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let written = tokio::time::timeout(std::time::Duration::from_secs(60), writer).await.unwrap().unwrap();
+    assert!(!written.is_empty(), "the legacy app wrote during the adoption");
+    let tenant: uuid::Uuid = op["tenant_id"].as_str().unwrap().parse().unwrap();
+    let key = app.cp.create_api_key("test", tenant, "k").await.unwrap().key;
+
+    // Every id from the key text PostgreSQL writes for it.
+    let mut c = legacy_conn(&db).await;
+    let keys: Vec<(String, String)> = sqlx::query_as("SELECT tag, ROW(org_id, code)::text FROM tenant_org.equipment")
+        .fetch_all(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 3 + written.len());
+    for (tag, text) in &keys {
+        let (s, asset) = app.get(&key, &format!("/v1/assets/by-tag/{tag}")).await;
+        assert_eq!(s, StatusCode::OK, "{tag}: {asset}");
+        let want = uuid::Uuid::new_v5(&tenant, format!("assets:{text}").as_bytes());
+        assert_eq!(asset["id"], want.to_string(), "{tag} keyed {text}");
+        assert_eq!(asset["attributes"], json!({}), "key columns make the id, not attributes");
+    }
+    assert!(keys.iter().any(|(_, k)| k == "(7,\"B,\"\"2\"\"\")"), "{keys:?}");
+    let issue_id = |r: &str| uuid::Uuid::new_v5(&tenant, format!("asset_issues:{r}").as_bytes()).to_string();
+    let (_, leak) = app.get(&key, &format!("/v1/issues/{}", issue_id("042"))).await;
+    let (_, stuck) = app.get(&key, &format!("/v1/issues/{}", issue_id("42"))).await;
+    assert_eq!(
+        (leak["title"].as_str(), stuck["title"].as_str()),
+        (Some("Leak"), Some(format!("Stuck {}", written.len() - 1).as_str()))
+    );
+    let (_, pump) = app.get(&key, "/v1/assets/by-tag/P-1").await;
+    let (_, crane) = app.get(&key, "/v1/assets/by-tag/C-1").await;
+    assert_eq!(leak["asset_id"], pump["id"], "the two-column foreign key names the asset");
+    let (_, rust) = app.get(&key, &format!("/v1/issues/{}", issue_id("x"))).await;
+    assert_eq!(rust["asset_id"], crane["id"], "(8,'A 1') is not (7,'A 1')");
+
+    // Changes in Tenantry: an update, a delete, a new asset with a new issue.
+    let pump_id = pump["id"].as_str().unwrap();
+    let (s, _) =
+        app.call(&key, Method::PATCH, &format!("/v1/assets/{pump_id}"), Some(json!({"name": "Big pump"}))).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, fan) = app.post(&key, "/v1/assets", json!({"name": "Fan", "tag": "F-9"})).await;
+    assert_eq!(s, StatusCode::CREATED, "{fan}");
+    let noisy = json!({"title": "Noisy", "priority": "low"});
+    let (s, _) = app.post(&key, &format!("/v1/assets/{}/issues", fan["id"].as_str().unwrap()), noisy).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, _) = app.call(&key, Method::DELETE, &format!("/v1/issues/{}", issue_id("42")), None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+
+    let (s, plan) =
+        app.admin_call(Method::GET, &format!("/v1/estates/{estate}/revert-plan?source=tenant_org"), None).await;
+    assert_eq!((s, &plan["writable"]), (StatusCode::OK, &json!(true)), "{plan}");
+    let (s, rev) = app
+        .admin_call(Method::POST, &format!("/v1/estates/{estate}/revert"), Some(json!({"source": "tenant_org"})))
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{rev}");
+    let done = app.wait_operation(rev["id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+
+    let equipment: Vec<(i32, String, String)> = sqlx::query_as(
+        "SELECT org_id, code, name FROM tenant_org.equipment WHERE tag IN ('P-1', 'V-1', 'C-1', 'F-9') ORDER BY tag",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(equipment.len(), 4, "{equipment:?}");
+    assert_eq!(equipment[0], (8, "A 1".to_string(), "Crane".to_string()));
+    assert_eq!(equipment[2], (7, "A 1".to_string(), "Big pump".to_string()), "updated under its own key");
+    assert_eq!(equipment[3], (7, "B,\"2\"".to_string(), "Valve".to_string()));
+    let fan_row = &equipment[1];
+    assert!(
+        fan_row.0 == 7 && fan_row.1.starts_with("E-") && fan_row.2 == "Fan",
+        "org_id from legacy_values, code from its default: {fan_row:?}"
+    );
+    let issues: Vec<(String, i32, String, String)> =
+        sqlx::query_as("SELECT ref::text, org_id, equipment_code, title FROM tenant_org.issues ORDER BY title")
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+    assert_eq!(issues.len(), 3, "42 deleted under its own key: {issues:?}");
+    assert_eq!((issues[0].0.as_str(), issues[0].3.as_str()), ("042", "Leak"));
+    assert_eq!(
+        (&issues[1].1, &issues[1].2, issues[1].3.as_str()),
+        (&7, &fan_row.1, "Noisy"),
+        "the new issue names its new asset by both key columns"
+    );
+    assert!(issues[1].0.starts_with("ISS-"));
+    sqlx::raw_sql("INSERT INTO tenant_org.equipment (org_id, name, tag) VALUES (7, 'Again', 'A-1')")
+        .execute(&mut c)
+        .await
+        .expect("the legacy source takes writes again");
+}

@@ -350,7 +350,8 @@ async fn in_scope(
 #[tokio::test]
 async fn mapped_legacy_rows_apply_idempotently_and_the_tenant_serves_them() {
     use sea_orm::sqlx::{Connection, postgres::PgConnectOptions};
-    use tenantry_control_plane::estates::{apply, mapping::TableMapping, pgoutput::Value, rows::map_row};
+    use tenantry_control_plane::estates::{apply, keys::Key, legacy::Table, mapping::TableMapping};
+    use tenantry_control_plane::estates::{pgoutput::Value, rows::map_row};
     let app = spawn_app().await;
     let t = app.create_tenant("adopted", "shared").await;
     let tenant: uuid::Uuid = t.id.parse().unwrap();
@@ -365,20 +366,25 @@ async fn mapped_legacy_rows_apply_idempotently_and_the_tenant_serves_them() {
     let text = |v: &str| Value::Text(v.into());
     let asset_cols: Vec<String> = ["id", "name", "tag", "status", "color"].map(String::from).into();
     let sched_cols: Vec<String> = ["id", "asset_id", "title", "interval_days", "next_due_at"].map(String::from).into();
+    let int_key = Key::new(&[("id".into(), "integer".into())]).unwrap();
+    let table = |target: &'static str, columns: &[String], parent: Option<Key>| Table {
+        target,
+        legacy: target.into(),
+        key: int_key.clone(),
+        parent,
+        columns: columns.to_vec(),
+        mapping: TableMapping::default(),
+    };
+    let assets = table("assets", &asset_cols, None);
+    let schedules =
+        table("maintenance_schedules", &sched_cols, Some(Key::referring(&int_key, vec!["asset_id".into()])));
     let pump = |name: &str| {
-        map_row(
-            tenant,
-            "assets",
-            &TableMapping::default(),
-            &asset_cols,
-            &[text("42"), text(name), text("P-1"), text("active"), text("red")],
-        )
-        .unwrap()
+        map_row(tenant, &assets, &asset_cols, &[text("42"), text(name), text("P-1"), text("active"), text("red")])
+            .unwrap()
     };
     let oil = map_row(
         tenant,
-        "maintenance_schedules",
-        &TableMapping::default(),
+        &schedules,
         &sched_cols,
         &[text("7"), text("42"), text("Oil"), text("30"), text("2027-01-01 00:00:00+00")],
     )
@@ -425,8 +431,7 @@ async fn mapped_legacy_rows_apply_idempotently_and_the_tenant_serves_them() {
         .map(|(i, name)| {
             map_row(
                 tenant,
-                "assets",
-                &TableMapping::default(),
+                &assets,
                 &asset_cols,
                 &[text(&format!("{}", 100 + i)), text(name), text(&format!("B-{i}")), text("active"), text("blue")],
             )

@@ -36,7 +36,7 @@ use tenantry_provisioner::quote_ident;
 use super::Estate;
 use super::fence;
 use super::legacy::{self, Source, Table};
-use super::rows::{adopted_id, map_row};
+use super::rows::map_row;
 use super::stream::{self, Applier, Dirty};
 use crate::backend::{PINNED_FORMATS, Side, enter, table_list, tenant_tables};
 use crate::error::Error;
@@ -218,17 +218,10 @@ pub(super) fn mapped(
 ) -> Result<Vec<serde_json::Map<String, Json>>, Error> {
     rows.iter()
         .map(|r| {
-            map_row(tenant, table.target, &table.mapping, &table.columns, r)
+            map_row(tenant, table, &table.columns, r)
                 .map_err(|e| Error::invalid("unmappable_row", format!("`{}`: {e}", table.legacy)))
         })
         .collect()
-}
-
-pub(super) fn key_text(table: &Table, row: &[super::pgoutput::Value]) -> Option<String> {
-    match row.get(table.key_index()) {
-        Some(super::pgoutput::Value::Text(k)) => Some(k.clone()),
-        _ => None,
-    }
 }
 
 async fn copy(run: &Run<'_, AdoptParams>, f: &Facts) -> Result<(), Stop> {
@@ -315,7 +308,7 @@ impl Page {
 
 async fn read_page(legacy: &mut PgConnection, f: &Facts, t: &Table, after: Option<&str>) -> Result<Page, Error> {
     let rows = legacy::copy_page(legacy, &f.source, t, after, COPY_PAGE).await?;
-    let last = rows.last().and_then(|r| key_text(t, r));
+    let last = rows.last().and_then(|r| t.key_text(r));
     // Off the async thread, so the page being written meanwhile keeps moving.
     let (tenant, table, n) = (f.tenant, t.clone(), rows.len());
     let batch = move || -> Result<_, Error> {
@@ -380,7 +373,7 @@ pub(super) async fn differing(
     also: &[Uuid],
 ) -> Result<Vec<String>, Error> {
     let mapped = mapped(tenant, table, rows)?;
-    let keys: Vec<Option<String>> = rows.iter().map(|r| key_text(table, r)).collect();
+    let keys: Vec<Option<String>> = rows.iter().map(|r| table.key_text(r)).collect();
     differing_mapped(target, tenant, table.target, &mapped, &keys, also).await
 }
 
@@ -443,7 +436,7 @@ async fn compare_all(
             compared += rows.len() as i64;
             let bad = differing(target, f.tenant, t, &rows, &[]).await?;
             out.entry(t.legacy.clone()).or_default().extend(bad);
-            after = rows.last().and_then(|r| key_text(t, r));
+            after = rows.last().and_then(|r| t.key_text(r));
             run.heartbeat(json!({"rows_compared": compared})).await?;
             if (rows.len() as i64) < COPY_PAGE {
                 break;
@@ -547,7 +540,7 @@ async fn cutover(run: &Run<'_, AdoptParams>, f: &Facts) -> Result<(), Stop> {
                     dirty_keys.get(&t.legacy).map(|k| k.iter().cloned().collect()).unwrap_or_default();
                 for chunk in keys.chunks(PAGE as usize) {
                     let rows = legacy::by_keys(&mut legacy, &f.source, t, chunk).await?;
-                    let ids: Vec<Uuid> = chunk.iter().filter_map(|k| adopted_id(f.tenant, t.target, k).ok()).collect();
+                    let ids: Vec<Uuid> = chunk.iter().filter_map(|k| t.id(f.tenant, k).ok()).collect();
                     reverified += chunk.len();
                     let bad = differing(&mut target, f.tenant, t, &rows, &ids).await?;
                     if !bad.is_empty() {
@@ -570,12 +563,8 @@ async fn cutover(run: &Run<'_, AdoptParams>, f: &Facts) -> Result<(), Stop> {
     // Rows written on the target since the pass that no legacy change
     // explains: changed behind the adoption's back, after they were compared.
     for t in &f.source.tables {
-        let explained: BTreeSet<Uuid> = dirty_keys
-            .get(&t.legacy)
-            .into_iter()
-            .flatten()
-            .filter_map(|k| adopted_id(f.tenant, t.target, k).ok())
-            .collect();
+        let explained: BTreeSet<Uuid> =
+            dirty_keys.get(&t.legacy).into_iter().flatten().filter_map(|k| t.id(f.tenant, k).ok()).collect();
         let behind: Vec<String> = written
             .get(&t.legacy)
             .into_iter()

@@ -8,8 +8,9 @@ use sea_orm::sqlx::postgres::PgConnection;
 use sea_orm::sqlx::{self, AssertSqlSafe};
 use uuid::Uuid;
 
-use tenantry_provisioner::{quote_ident, quote_literal};
+use tenantry_provisioner::quote_ident;
 
+use super::keys::Key;
 use super::mapping::{TARGETS, TableMapping};
 use super::pgoutput::Value;
 use super::sources::legacy_tables;
@@ -18,21 +19,29 @@ use crate::error::Error;
 
 /// One legacy table an adoption copies.
 #[derive(Debug, Clone)]
-pub(crate) struct Table {
+pub struct Table {
     /// The Tenantry table it fills.
-    pub(crate) target: &'static str,
-    pub(crate) legacy: String,
-    /// The primary key column and its type (`integer`, `bigint`, `uuid`...).
-    pub(crate) key: String,
-    pub(crate) key_type: String,
-    pub(crate) columns: Vec<String>,
-    pub(crate) mapping: TableMapping,
+    pub target: &'static str,
+    pub legacy: String,
+    /// Its primary key.
+    pub key: Key,
+    /// For a child of `assets`: its columns naming the asset's key.
+    pub parent: Option<Key>,
+    pub columns: Vec<String>,
+    pub mapping: TableMapping,
 }
 
 impl Table {
-    /// The key's position among the columns.
-    pub(crate) fn key_index(&self) -> usize {
-        self.columns.iter().position(|c| *c == self.key).unwrap_or(0)
+    /// The canonical text of a row's key (`row` in `columns` order).
+    pub fn key_text(&self, row: &[Value]) -> Option<String> {
+        self.key.text_of(&self.columns, row)
+    }
+
+    /// The Tenantry id of the legacy key `text`.
+    pub(crate) fn id(&self, tenant: Uuid, text: &str) -> Result<Uuid, Error> {
+        self.key
+            .id(tenant, self.target, text)
+            .map_err(|e| Error::invalid("unmappable_row", format!("`{}`: {e}", self.legacy)))
     }
 }
 
@@ -46,8 +55,8 @@ pub(crate) struct Source {
 }
 
 impl Source {
-    /// Reads `name`'s mapped tables; a table without a one-column primary key
-    /// is refused (the sources listing names it as a problem).
+    /// Reads `name`'s mapped tables; a table whose key cannot be adopted is
+    /// refused (the sources listing names it as a problem).
     pub(crate) async fn read(estate: &Estate, name: &str) -> Result<Source, Error> {
         let (database, schema) = match estate.view.layout {
             Layout::SchemaPerTenant => (None, name.to_string()),
@@ -62,17 +71,14 @@ impl Source {
         for (target, _) in TARGETS {
             let legacy = mapping.legacy_table(target);
             let Some(t) = found.iter().find(|t| t.name == legacy) else { continue };
-            let [(key, key_type)] = t.primary_key.as_slice() else {
-                return Err(Error::invalid(
-                    "source_not_adoptable",
-                    format!("table `{}` of `{name}` has no one-column primary key", t.name),
-                ));
-            };
+            let refused = |e: String| Error::invalid("source_not_adoptable", format!("`{name}`: {e}"));
+            let key = t.key().map_err(refused)?;
+            let parent = t.parent_key(&found, target, mapping).map_err(refused)?;
             tables.push(Table {
                 target,
                 legacy: t.name.clone(),
-                key: key.clone(),
-                key_type: key_type.clone(),
+                key,
+                parent,
                 columns: t.columns.iter().map(|(c, _)| c.clone()).collect(),
                 mapping: mapping.tables.get(*target).cloned().unwrap_or_default(),
             });
@@ -126,10 +132,10 @@ pub(crate) async fn copy_page(
     limit: i64,
 ) -> Result<Vec<Vec<Value>>, Error> {
     use futures::StreamExt;
-    let key = quote_ident(&table.key);
+    let key = table.key.order();
     let values = table.columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
     let from = match after {
-        Some(a) => format!("WHERE {key} > {}::{}", quote_literal(a), table.key_type),
+        Some(a) => format!("WHERE {}", table.key.after(a).map_err(|e| Error::invalid("unmappable_row", e))?),
         None => String::new(),
     };
     let sql = format!(
@@ -184,12 +190,15 @@ pub(crate) async fn by_keys(
 ) -> Result<Vec<Vec<Value>>, Error> {
     let values = table.columns.iter().map(|c| format!("{}::text", quote_ident(c))).collect::<Vec<_>>().join(", ");
     let sql = format!(
-        "SELECT ARRAY[{values}]::text[] FROM {} WHERE {} = ANY($1::text[]::{}[])",
+        "SELECT ARRAY[{values}]::text[] FROM {} WHERE {}",
         source.qualified(&table.legacy),
-        quote_ident(&table.key),
-        table.key_type
+        table.key.among_params(1)
     );
-    let got: Vec<Vec<Option<String>>> = sqlx::query_scalar(AssertSqlSafe(sql)).bind(keys).fetch_all(&mut *conn).await?;
+    let mut query = sqlx::query_scalar(AssertSqlSafe(sql));
+    for column in table.key.columns_of(keys).map_err(|e| Error::invalid("unmappable_row", e))? {
+        query = query.bind(column);
+    }
+    let got: Vec<Vec<Option<String>>> = query.fetch_all(&mut *conn).await?;
     Ok(got.into_iter().map(texts).collect())
 }
 

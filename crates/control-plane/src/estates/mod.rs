@@ -8,6 +8,7 @@
 pub mod adopt;
 pub mod apply;
 pub mod fence;
+pub mod keys;
 pub mod legacy;
 pub mod mapping;
 pub mod pgoutput;

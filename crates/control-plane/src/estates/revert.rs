@@ -33,11 +33,9 @@ use uuid::Uuid;
 use tenantry_core::BackendKind;
 use tenantry_provisioner::quote_ident;
 
-use super::adopt::{differing_mapped, key_text, mapped, target_conn};
+use super::adopt::{differing_mapped, mapped, target_conn};
 use super::fence;
 use super::legacy::{self, Source, Table};
-use super::pgoutput::Value;
-use super::rows::adopted_id;
 use crate::backend::tenant_tables;
 use crate::error::Error;
 use crate::kind::{Kind, Policy, Run, Stop, failpoint};
@@ -120,22 +118,30 @@ fn as_text(v: &Json) -> Option<String> {
 fn legacy_values(t: &Table, row: &Map<String, Json>, parents: &BTreeMap<Uuid, String>) -> Map<String, Json> {
     let mut out = Map::new();
     let attributes = row.get("attributes").and_then(Json::as_object);
-    for c in t.columns.iter().filter(|c| **c != t.key) {
+    let fk: &[String] = t.parent.as_ref().map_or(&[], |p| &p.columns);
+    for c in t.columns.iter().filter(|c| !t.key.columns.contains(c) && !fk.contains(c)) {
         let renamed = t.mapping.columns.iter().find(|(_, legacy)| *legacy == c).map(|(target, _)| target.as_str());
         let target_col = renamed.unwrap_or(c);
-        let value = match (target_col, row.get(target_col)) {
-            ("asset_id", Some(Json::String(id))) => Uuid::parse_str(id)
-                .ok()
-                .and_then(|u| parents.get(&u))
-                .map(|k| Json::String(k.clone()))
-                .unwrap_or(Json::Null),
-            (_, Some(v)) if renamed.is_some() || !t.mapping.columns.contains_key(c.as_str()) => v.clone(),
+        let value = match row.get(target_col) {
+            Some(v) if renamed.is_some() || !t.mapping.columns.contains_key(c.as_str()) => v.clone(),
             _ => match attributes.and_then(|a| a.get(c.as_str())) {
                 Some(v) if t.target == "assets" => v.clone(),
                 _ => continue,
             },
         };
         out.insert(c.clone(), value);
+    }
+    // The foreign key's columns: the parts of the asset's legacy key.
+    if let Some(p) = &t.parent {
+        let parts = row
+            .get("asset_id")
+            .and_then(Json::as_str)
+            .and_then(|id| Uuid::parse_str(id).ok())
+            .and_then(|u| parents.get(&u))
+            .and_then(|k| p.parts(k).ok());
+        for (i, c) in p.columns.iter().enumerate() {
+            out.insert(c.clone(), parts.as_ref().map_or(Json::Null, |ps| Json::String(ps[i].clone())));
+        }
     }
     out
 }
@@ -212,15 +218,15 @@ pub(crate) async fn unwritable(
     for t in &source.tables {
         let required = required_columns(legacy, source, t).await?;
         let keys: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT {}::text FROM {}",
-            quote_ident(&t.key),
+            "SELECT {} FROM {}",
+            t.key.sql_text(None),
             source.qualified(&t.legacy)
         )))
         .fetch_all(&mut *legacy)
         .await?;
         let mut known = BTreeSet::new();
         for k in keys {
-            known.insert(adopted_id(tenant, t.target, &k).map_err(|e| Error::invalid("unmappable_row", e))?);
+            known.insert(t.id(tenant, &k)?);
         }
         let rows = tenant_rows(target, t, tenant).await?;
         let mut missing: BTreeMap<&str, Vec<Uuid>> = BTreeMap::new();
@@ -228,7 +234,8 @@ pub(crate) async fn unwritable(
             let Json::Object(row) = row else { continue };
             let (values, _) = filled(t, legacy_values(t, row, &parents));
             let new = !known.contains(id);
-            for c in required.iter().filter(|c| **c != t.key) {
+            // An existing row keeps its key; a new one needs one.
+            for c in required.iter().filter(|c| new || !t.key.columns.contains(c)) {
                 let lacks = match values.get(c) {
                     None => new,
                     Some(v) => v.is_null(),
@@ -238,7 +245,7 @@ pub(crate) async fn unwritable(
                 }
             }
             if t.target == "assets" {
-                parents.insert(*id, String::new());
+                parents.insert(*id, t.key.join(&vec![""; t.key.columns.len()]));
             }
         }
         for (column, ids) in missing {
@@ -357,15 +364,12 @@ pub(crate) async fn write_back(
     let mut filled_in: Fills = BTreeMap::new();
     for t in &source.tables {
         let q = source.qualified(&t.legacy);
-        let key = quote_ident(&t.key);
+        let key = t.key.sql_text(None);
         let current: Vec<(String, Json)> =
-            sqlx::query_as(AssertSqlSafe(format!("SELECT {key}::text, to_jsonb(r) FROM {q} r")))
-                .fetch_all(&mut *tx)
-                .await?;
+            sqlx::query_as(AssertSqlSafe(format!("SELECT {key}, to_jsonb(r) FROM {q} r"))).fetch_all(&mut *tx).await?;
         let mut by_id: BTreeMap<Uuid, (String, Json)> = BTreeMap::new();
         for (k, row) in current {
-            let id = adopted_id(tenant, t.target, &k).map_err(|e| Error::invalid("unmappable_row", e))?;
-            by_id.insert(id, (k, row));
+            by_id.insert(t.id(tenant, &k)?, (k, row));
         }
         let rows = tenant_rows(target, t, tenant).await?;
         let parents = keys.get("assets").cloned().unwrap_or_default();
@@ -374,11 +378,13 @@ pub(crate) async fn write_back(
         let mut table_keys = BTreeMap::new();
         for (id, row) in &rows {
             let Json::Object(row) = row else { continue };
-            let (values, fills) = filled(t, legacy_values(t, row, &parents));
-            let cols: Vec<String> = values.keys().map(|c| quote_ident(c)).collect();
-            let list = cols.join(", ");
+            let (mut values, fills) = filled(t, legacy_values(t, row, &parents));
             match by_id.get(id) {
                 Some((k, now)) => {
+                    // An existing row keeps its key.
+                    values.retain(|c, _| !t.key.columns.contains(c));
+                    let cols: Vec<String> = values.keys().map(|c| quote_ident(c)).collect();
+                    let list = cols.join(", ");
                     seen.insert(*id);
                     table_keys.insert(*id, k.clone());
                     if !fills.is_empty() {
@@ -390,16 +396,21 @@ pub(crate) async fn write_back(
                     }
                     let sql = format!(
                         "UPDATE {q} SET ({list}) = (SELECT {list} FROM jsonb_populate_record(NULL::{q}, $1)) \
-                         WHERE {key} = $2::text::{}",
-                        t.key_type
+                         WHERE {}",
+                        t.key.equals_params(2)
                     );
-                    sqlx::query(AssertSqlSafe(sql)).bind(Json::Object(values)).bind(k).execute(&mut *tx).await?;
+                    let mut update = sqlx::query(AssertSqlSafe(sql)).bind(Json::Object(values));
+                    for part in t.key.parts(k).map_err(|e| Error::invalid("unmappable_row", e))? {
+                        update = update.bind(part);
+                    }
+                    update.execute(&mut *tx).await?;
                     updated += 1;
                 }
                 None => {
+                    let list = values.keys().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
                     let sql = format!(
                         "INSERT INTO {q} ({list}) SELECT {list} FROM jsonb_populate_record(NULL::{q}, $1) \
-                         RETURNING {key}::text"
+                         RETURNING {key}"
                     );
                     let k: String =
                         sqlx::query_scalar(AssertSqlSafe(sql)).bind(Json::Object(values)).fetch_one(&mut *tx).await?;
@@ -422,13 +433,12 @@ pub(crate) async fn write_back(
     }
     // Children before parents.
     for (t, gone) in deletes.iter().rev().filter(|(_, g)| !g.is_empty()) {
-        let sql = format!(
-            "DELETE FROM {} WHERE {} = ANY($1::text[]::{}[])",
-            source.qualified(&t.legacy),
-            quote_ident(&t.key),
-            t.key_type
-        );
-        sqlx::query(AssertSqlSafe(sql)).bind(gone).execute(&mut *tx).await?;
+        let sql = format!("DELETE FROM {} WHERE {}", source.qualified(&t.legacy), t.key.among_params(1));
+        let mut delete = sqlx::query(AssertSqlSafe(sql));
+        for column in t.key.columns_of(gone).map_err(|e| Error::invalid("unmappable_row", e))? {
+            delete = delete.bind(column);
+        }
+        delete.execute(&mut *tx).await?;
     }
     verify_back(source, tx, target, tenant, &keys, &filled_in).await?;
     Ok(counts)
@@ -467,30 +477,28 @@ async fn verify_back(
     for t in &source.tables {
         let ids = back.get(t.target).unwrap_or(&none);
         let assets = back.get("assets").unwrap_or(&none);
-        let parent_col = t.mapping.columns.get("asset_id").map(String::as_str).unwrap_or("asset_id");
-        let parent_at = t.columns.iter().position(|c| c == parent_col);
         let mut after: Option<String> = None;
         let mut rows_seen = 0usize;
         loop {
             let rows = legacy::copy_page(legacy, source, t, after.as_deref(), 5000).await?;
             let mut m = mapped(tenant, t, &rows)?;
             for (row, r) in m.iter_mut().zip(&rows) {
-                let fills = key_text(t, r).and_then(|k| filled_in.get(t.target).and_then(|f| f.get(&k)));
+                let fills = t.key_text(r).and_then(|k| filled_in.get(t.target).and_then(|f| f.get(&k)));
                 if let (Some(cols), Some(Json::Object(a))) = (fills, row.get_mut("attributes")) {
                     for c in cols {
                         a.remove(c);
                     }
                 }
-                if let Some(id) = key_text(t, r).and_then(|k| ids.get(&k)) {
+                if let Some(id) = t.key_text(r).and_then(|k| ids.get(&k)) {
                     row.insert("id".into(), Json::String(id.to_string()));
                 }
-                if let Some(Value::Text(p)) = parent_at.and_then(|i| r.get(i))
-                    && let Some(id) = assets.get(p)
+                if let Some(p) = t.parent.as_ref().and_then(|p| p.text_of(&t.columns, r))
+                    && let Some(id) = assets.get(&p)
                 {
                     row.insert("asset_id".into(), Json::String(id.to_string()));
                 }
             }
-            let keys: Vec<Option<String>> = rows.iter().map(|r| key_text(t, r)).collect();
+            let keys: Vec<Option<String>> = rows.iter().map(|r| t.key_text(r)).collect();
             let bad = differing_mapped(target, tenant, t.target, &m, &keys, &[]).await?;
             if !bad.is_empty() {
                 return Err(Error::invalid(
@@ -504,7 +512,7 @@ async fn verify_back(
                 ));
             }
             rows_seen += rows.len();
-            after = rows.last().and_then(|r| key_text(t, r));
+            after = rows.last().and_then(|r| t.key_text(r));
             if rows.len() < 5000 {
                 break;
             }

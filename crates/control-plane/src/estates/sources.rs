@@ -2,10 +2,9 @@
 //! the estate's pattern), how each legacy table maps onto Tenantry's tables,
 //! what would stop an adoption, and the dry run of one.
 //!
-//! Ids: a uuid legacy id is kept; an integer id becomes the UUID v5 of
-//! `"<target table>:<legacy id>"` in the namespace of the tenant's id (so
-//! `assets:42`), and foreign keys map the same way: re-running an adoption
-//! yields the same ids, and integrations can compute them.
+//! Ids: see `keys.rs` (a uuid legacy id is kept; any other key, one column or
+//! several, becomes the UUID v5 of `"<target table>:<key text>"`), and
+//! foreign keys map the same way.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,6 +16,7 @@ use uuid::Uuid;
 
 use tenantry_provisioner::quote_ident;
 
+use super::keys::Key;
 use super::mapping::{Mapping, TARGETS, target_columns};
 use super::{Estate, Layout, requirements};
 use crate::error::Error;
@@ -80,28 +80,111 @@ pub(super) struct LegacyTable {
     pub(super) name: String,
     pub(super) columns: Vec<(String, String)>,
     pub(super) primary_key: Vec<(String, String)>,
+    /// Declared foreign keys: the parent table, and (own column, parent
+    /// column) pairs.
+    pub(super) foreign_keys: Vec<(String, Vec<(String, String)>)>,
+}
+
+impl LegacyTable {
+    /// This table's key.
+    pub(super) fn key(&self) -> Result<Key, String> {
+        Key::new(&self.primary_key).map_err(|e| format!("table `{}` {e}", self.name))
+    }
+
+    /// The key naming its asset, for a child of `assets`: one column (the
+    /// mapping's `asset_id`, by default `asset_id`) for a one-column asset
+    /// key; for a key of several columns, the foreign key declared to the
+    /// assets table, in the asset key's order.
+    pub(super) fn parent_key(
+        &self,
+        found: &[LegacyTable],
+        target: &str,
+        mapping: &Mapping,
+    ) -> Result<Option<Key>, String> {
+        if target == "assets" {
+            return Ok(None);
+        }
+        let assets = mapping.legacy_table("assets");
+        let Some(parent) = found.iter().find(|f| f.name == assets) else { return Ok(None) };
+        let Ok(parent_key) = parent.key() else { return Ok(None) };
+        if parent_key.columns.len() == 1 {
+            let col =
+                mapping.tables.get(target).and_then(|m| m.columns.get("asset_id")).map_or("asset_id", String::as_str);
+            return Ok(Some(Key::referring(&parent_key, vec![col.to_string()])));
+        }
+        let declared = self.foreign_keys.iter().filter(|(p, _)| *p == parent.name).find_map(|(_, pairs)| {
+            parent_key
+                .columns
+                .iter()
+                .map(|pc| pairs.iter().find(|(_, p)| p == pc).map(|(c, _)| c.clone()))
+                .collect::<Option<Vec<String>>>()
+        });
+        match declared {
+            Some(cols) => Ok(Some(Key::referring(&parent_key, cols))),
+            None => Err(format!(
+                "`{}` names its asset by ({}) of `{assets}`, and declares no foreign key to it saying which of its \
+                 columns do: declare one",
+                self.name,
+                parent_key.columns.join(", ")
+            )),
+        }
+    }
 }
 
 pub(super) async fn legacy_tables(conn: &mut PgConnection, schema: &str) -> Result<Vec<LegacyTable>, Error> {
-    let rows: Vec<(String, String, String, bool)> = sqlx::query_as(
-        "SELECT c.relname::text, a.attname::text, format_type(a.atttypid, a.atttypmod), \
-                coalesce(a.attnum = ANY (i.indkey), false) \
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT c.relname::text, a.attname::text, format_type(a.atttypid, a.atttypmod) \
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
          JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
-         LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary \
          WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') ORDER BY c.relname, a.attnum",
     )
     .bind(schema)
     .fetch_all(&mut *conn)
     .await?;
+    // Key columns in the key's order, not the table's.
+    let keys: Vec<(String, Vec<String>)> = sqlx::query_as(
+        "SELECT c.relname::text, array_agg(a.attname::text ORDER BY k.i) \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         JOIN pg_index x ON x.indrelid = c.oid AND x.indisprimary \
+         CROSS JOIN LATERAL unnest(x.indkey::int2[]) WITH ORDINALITY AS k(attnum, i) \
+         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum \
+         WHERE n.nspname = $1 GROUP BY c.relname",
+    )
+    .bind(schema)
+    .fetch_all(&mut *conn)
+    .await?;
+    let fks: Vec<(String, String, Vec<String>, Vec<String>)> = sqlx::query_as(
+        "SELECT c.relname::text, p.relname::text, array_agg(a.attname::text ORDER BY k.i), \
+                array_agg(pa.attname::text ORDER BY k.i) \
+         FROM pg_constraint f JOIN pg_class c ON c.oid = f.conrelid JOIN pg_class p ON p.oid = f.confrelid \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         CROSS JOIN LATERAL unnest(f.conkey, f.confkey) WITH ORDINALITY AS k(own, parent, i) \
+         JOIN pg_attribute a ON a.attrelid = f.conrelid AND a.attnum = k.own \
+         JOIN pg_attribute pa ON pa.attrelid = f.confrelid AND pa.attnum = k.parent \
+         WHERE f.contype = 'f' AND n.nspname = $1 GROUP BY f.oid, c.relname, p.relname",
+    )
+    .bind(schema)
+    .fetch_all(&mut *conn)
+    .await?;
     let mut tables: Vec<LegacyTable> = Vec::new();
-    for (table, column, ty, in_pk) in rows {
+    for (table, column, ty) in rows {
         if tables.last().is_none_or(|t| t.name != table) {
-            tables.push(LegacyTable { name: table, columns: Vec::new(), primary_key: Vec::new() });
+            let order = keys.iter().find(|(t, _)| *t == table).map(|(_, k)| k.clone()).unwrap_or_default();
+            let foreign_keys = fks
+                .iter()
+                .filter(|(c, ..)| *c == table)
+                .map(|(_, p, own, theirs)| (p.clone(), own.iter().cloned().zip(theirs.iter().cloned()).collect()))
+                .collect();
+            tables.push(LegacyTable {
+                name: table,
+                columns: Vec::new(),
+                primary_key: order.into_iter().map(|c| (c, String::new())).collect(),
+                foreign_keys,
+            });
         }
         let t = tables.last_mut().expect("pushed");
-        if in_pk {
-            t.primary_key.push((column.clone(), ty.clone()));
+        if let Some(k) = t.primary_key.iter_mut().find(|(c, _)| *c == column) {
+            k.1 = ty.clone();
         }
         t.columns.push((column, ty));
     }
@@ -150,30 +233,30 @@ async fn inspect(
             continue;
         };
         let m = mapping.tables.get(target).cloned().unwrap_or_default();
-        let primary_key = match t.primary_key.as_slice() {
-            [] => {
-                problems.push(format!("table `{}` has no primary key", t.name));
-                None
-            }
-            [(col, ty)] if ty == "integer" || ty == "bigint" || ty == "smallint" => {
-                Some(format!("{col} {ty} -> uuid v5 of \"{target}:<id>\""))
-            }
-            [(col, ty)] if ty == "uuid" => Some(format!("{col} uuid (kept)")),
-            other => {
-                problems.push(format!(
-                    "table `{}`: primary key ({}) is not one integer or uuid column",
-                    t.name,
-                    other.iter().map(|(c, ty)| format!("{c} {ty}")).collect::<Vec<_>>().join(", ")
-                ));
-                None
-            }
-        };
+        let key = t.key().map_err(|e| problems.push(e)).ok();
+        let parent = t.parent_key(&found, target, mapping).map_err(|e| problems.push(e)).ok().flatten();
+        let primary_key = key.as_ref().map(|k| k.describe(target));
         let legacy_of =
             |target_col: &str| m.columns.get(target_col).map(String::as_str).unwrap_or(target_col).to_string();
         let mut used = BTreeSet::new();
         let mut columns = Vec::new();
+        // The key's columns make the id, the foreign key's the asset id.
+        for (k, col) in key.iter().map(|k| (k, "id")).chain(parent.iter().map(|k| (k, "asset_id"))) {
+            for c in k.columns.iter().filter(|c| t.columns.iter().any(|(n, _)| n == *c)) {
+                used.insert(c.clone());
+                columns.push(ColumnMap { legacy: c.clone(), target: Some(col.to_string()) });
+            }
+        }
         for (col, required) in target_columns(target).unwrap_or(&[]) {
             let legacy = legacy_of(col);
+            let made = match *col {
+                "id" => key.is_some(),
+                "asset_id" => parent.as_ref().is_some_and(|p| p.columns.iter().all(|c| used.contains(c))),
+                _ => false,
+            };
+            if made {
+                continue;
+            }
             if t.columns.iter().any(|(c, _)| *c == legacy) {
                 used.insert(legacy.clone());
                 columns.push(ColumnMap { legacy, target: Some(col.to_string()) });
@@ -210,20 +293,22 @@ async fn inspect(
                 ));
             }
         }
-        if target != "assets" && used.contains(&legacy_of("asset_id")) && found.iter().any(|f| f.name == assets) {
-            let parent_pk = found
+        if let (Some(p), Some(parent)) = (&parent, found.iter().find(|f| f.name == assets))
+            && p.columns.iter().all(|c| used.contains(c))
+        {
+            let pairs: Vec<String> = p
+                .columns
                 .iter()
-                .find(|f| f.name == assets)
-                .and_then(|f| f.primary_key.first().map(|(c, _)| c.clone()))
-                .unwrap_or_else(|| "id".into());
+                .zip(&parent.primary_key)
+                .map(|(own, (theirs, _))| format!("p.{} = c.{}", quote_ident(theirs), quote_ident(own)))
+                .collect();
             let orphans = scalar(
                 conn,
                 format!(
-                    "SELECT count(*) FROM {} c WHERE NOT EXISTS (SELECT 1 FROM {} p WHERE p.{} = c.{})",
+                    "SELECT count(*) FROM {} c WHERE NOT EXISTS (SELECT 1 FROM {} p WHERE {})",
                     q(&t.name),
                     q(assets),
-                    quote_ident(&parent_pk),
-                    quote_ident(&legacy_of("asset_id"))
+                    pairs.join(" AND ")
                 ),
             )
             .await?;

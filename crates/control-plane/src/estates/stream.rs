@@ -16,9 +16,9 @@ use uuid::Uuid;
 use tenantry_provisioner::quote_ident;
 
 use super::apply;
-use super::legacy::Source;
+use super::legacy::{Source, Table};
 use super::pgoutput::{Message, Relation, Value, decode};
-use super::rows::{adopted_id, map_row};
+use super::rows::map_row;
 use crate::error::Error;
 
 /// Changes read per call; a transaction is never split.
@@ -148,8 +148,8 @@ impl<'a> Applier<'a> {
                     Message::Delete { relation, old } => self.delete(&mut tx, relation, &old).await?,
                     Message::Truncate { relations } => {
                         for r in relations {
-                            let (target, _) = self.table_of(r)?;
-                            let sql = format!("DELETE FROM public.{} WHERE tenant_id = $1", quote_ident(target));
+                            let (t, _) = self.table_of(r)?;
+                            let sql = format!("DELETE FROM public.{} WHERE tenant_id = $1", quote_ident(t.target));
                             sqlx::query(AssertSqlSafe(sql)).bind(self.tenant).execute(&mut *tx).await?;
                             self.applied += 1;
                         }
@@ -168,24 +168,30 @@ impl<'a> Applier<'a> {
         }
     }
 
-    /// The target table and the key's position for a relation of the stream.
-    fn table_of(&self, relation: u32) -> Result<(&'static str, usize), Error> {
+    /// The mapped table and the legacy column names of a relation of the stream.
+    fn table_of(&self, relation: u32) -> Result<(&'a Table, Vec<String>), Error> {
         let r = self
             .relations
             .get(&relation)
             .ok_or_else(|| Error::invalid("stream_undecodable", format!("a change to unknown relation {relation}")))?;
-        let t = self.source.table(&r.name).ok_or_else(|| {
+        let source: &'a Source = self.source;
+        let t = source.table(&r.name).ok_or_else(|| {
             Error::invalid("stream_unmapped", format!("a change to `{}.{}`, which does not map", r.schema, r.name))
         })?;
-        let key = r.columns.iter().position(|c| c.name == t.key).ok_or_else(|| {
-            Error::invalid("stream_unmapped", format!("`{}` no longer has its key column `{}`", r.name, t.key))
-        })?;
-        Ok((t.target, key))
+        let columns: Vec<String> = r.columns.iter().map(|c| c.name.clone()).collect();
+        if let Some(gone) = t.key.columns.iter().find(|k| !columns.contains(k)) {
+            return Err(Error::invalid(
+                "stream_unmapped",
+                format!("`{}` no longer has its key column `{gone}`", r.name),
+            ));
+        }
+        Ok((t, columns))
     }
 
-    fn note(&mut self, relation: u32, key: &Value) {
-        if let (Some(d), Some(r), Value::Text(k)) = (self.dirty.as_mut(), self.relations.get(&relation), key) {
-            d.keys.entry(r.name.clone()).or_default().insert(k.clone());
+    /// A change to the row keyed `key` of `t`, for the pause's second look.
+    fn note(&mut self, t: &Table, key: Option<String>) {
+        if let (Some(d), Some(k)) = (self.dirty.as_mut(), key) {
+            d.keys.entry(t.legacy.clone()).or_default().insert(k);
         }
     }
 
@@ -196,40 +202,31 @@ impl<'a> Applier<'a> {
         old: Option<&[Value]>,
         new: &[Value],
     ) -> Result<(), Error> {
-        let (target, key) = self.table_of(relation)?;
-        let source: &'a Source = self.source;
-        let r = &self.relations[&relation];
-        let (name, columns): (String, Vec<String>) =
-            (r.name.clone(), r.columns.iter().map(|c| c.name.clone()).collect());
-        let t = source.table(&name).expect("mapped in table_of");
-        if let Some(Value::Text(was)) = old.and_then(|o| o.get(key))
-            && Some(&Value::Text(was.clone())) != new.get(key)
+        let (t, columns) = self.table_of(relation)?;
+        let key = t.key.text_of(&columns, new);
+        // The old key, sent when the key changed.
+        if let Some(was) = old.and_then(|o| t.key.text_of(&columns, o))
+            && Some(&was) != key.as_ref()
         {
-            let id = adopted_id(self.tenant, target, was).map_err(|e| Error::invalid("unmappable_row", e))?;
-            apply::delete(tx, target, self.tenant, &[id]).await?;
-            let was = Value::Text(was.clone());
-            self.note(relation, &was);
+            apply::delete(tx, t.target, self.tenant, &[t.id(self.tenant, &was)?]).await?;
+            self.note(t, Some(was));
         }
-        let row = map_row(self.tenant, target, &t.mapping, &columns, new)
-            .map_err(|e| Error::invalid("unmappable_row", format!("`{name}`: {e}")))?;
-        apply::upsert(tx, target, &[row]).await?;
+        let row = map_row(self.tenant, t, &columns, new)
+            .map_err(|e| Error::invalid("unmappable_row", format!("`{}`: {e}", t.legacy)))?;
+        apply::upsert(tx, t.target, &[row]).await?;
         self.applied += 1;
-        if let Some(k) = new.get(key) {
-            self.note(relation, &k.clone());
-        }
+        self.note(t, key);
         Ok(())
     }
 
     async fn delete(&mut self, tx: &mut PgConnection, relation: u32, old: &[Value]) -> Result<(), Error> {
-        let (target, key) = self.table_of(relation)?;
-        let Some(Value::Text(k)) = old.get(key) else {
+        let (t, columns) = self.table_of(relation)?;
+        let Some(k) = t.key.text_of(&columns, old) else {
             return Err(Error::invalid("stream_undecodable", "a delete without its key"));
         };
-        let id = adopted_id(self.tenant, target, k).map_err(|e| Error::invalid("unmappable_row", e))?;
-        apply::delete(tx, target, self.tenant, &[id]).await?;
+        apply::delete(tx, t.target, self.tenant, &[t.id(self.tenant, &k)?]).await?;
         self.applied += 1;
-        let k = Value::Text(k.clone());
-        self.note(relation, &k);
+        self.note(t, Some(k));
         Ok(())
     }
 }
