@@ -211,7 +211,12 @@ async fn a_schema_is_adopted_onto_the_shared_pool_while_the_legacy_app_writes() 
     assert!(p["pause_ms"].is_i64(), "{p}");
     for (table, c) in p["counts"].as_object().unwrap() {
         assert_eq!(c["legacy"], c["target"], "{table}: {c}");
+        let sums = &p["checksums"][table];
+        assert_eq!(sums["legacy"], sums["target"], "{table}: the legacy source as of the fence and the target");
+        assert_eq!(sums["legacy"].as_str().map(str::len), Some(16), "{sums}");
+        assert_eq!(sums["legacy_rows_hashed"], c["legacy"], "every legacy row hashed, as of the fence: {sums}");
     }
+    assert_ne!(p["checksums"]["assets"]["target"], p["checksums"]["maintenance_schedules"]["target"], "{p}");
     // The tenant serves: ids are UUID v5 of "assets:<id>", extra columns in attributes.
     let tenant_id = uuid::Uuid::parse_str(&tenant).unwrap();
     let (s, pump) = app.get(&key, "/v1/assets/by-tag/P-1").await;
@@ -547,6 +552,10 @@ async fn a_change_on_the_target_after_its_row_was_compared_is_caught_in_the_paus
     let error = done["error"].as_str().unwrap();
     assert!(error.contains("verification_failed") || error.contains("differs"), "{done}");
     assert!(error.contains("(changed on the target)"), "caught from the target's record, not by the pass: {done}");
+    let sums = &done["progress"]["checksums"];
+    assert_ne!(sums["assets"]["legacy"], sums["assets"]["target"], "the checksums differ too: {sums}");
+    let schedules = &sums["maintenance_schedules"];
+    assert_eq!(schedules["legacy"], schedules["target"], "an untouched table's agree: {sums}");
     assert_eq!(legacy_rows(&db, "tenant_acme").await, before, "the legacy source as it was");
     let mut c = legacy_conn(&db).await;
     sqlx::raw_sql("UPDATE tenant_acme.assets SET status = 'active'").execute(&mut c).await.expect("no fence left");

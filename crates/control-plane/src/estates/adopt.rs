@@ -36,8 +36,8 @@ use tenantry_provisioner::quote_ident;
 use super::Estate;
 use super::fence;
 use super::legacy::{self, Source, Table};
-use super::rows::map_row;
 use super::stream::{self, Applier, Dirty};
+use super::verify::{self, differing, mapped};
 use crate::backend::{PINNED_FORMATS, Side, enter, table_list, tenant_tables};
 use crate::error::Error;
 use crate::kind::{Kind, Policy, Run, Stop, failpoint};
@@ -210,20 +210,6 @@ async fn subscribe(run: &Run<'_, AdoptParams>, f: &Facts) -> Result<(), Stop> {
     run.heartbeat(json!({"rows_total": all, "rows_total_by_table": total, "rows_copied": 0})).await
 }
 
-/// Maps a page of legacy rows (in `table.columns` order) onto the target.
-pub(super) fn mapped(
-    tenant: Uuid,
-    table: &Table,
-    rows: &[Vec<super::pgoutput::Value>],
-) -> Result<Vec<serde_json::Map<String, Json>>, Error> {
-    rows.iter()
-        .map(|r| {
-            map_row(tenant, table, &table.columns, r)
-                .map_err(|e| Error::invalid("unmappable_row", format!("`{}`: {e}", table.legacy)))
-        })
-        .collect()
-}
-
 async fn copy(run: &Run<'_, AdoptParams>, f: &Facts) -> Result<(), Stop> {
     let progress = run.view().await?.progress;
     let mut cursors: BTreeMap<String, Json> =
@@ -361,65 +347,6 @@ async fn catch_up(run: &Run<'_, AdoptParams>, f: &Facts) -> Result<(), Stop> {
     Ok(())
 }
 
-/// Rows of `table` that differ between the legacy rows given (mapped) and
-/// the target, looking at the target rows with these ids (the legacy rows'
-/// own, plus `also`: ids whose legacy row may be gone). Returns the legacy
-/// keys (or target ids) that differ.
-pub(super) async fn differing(
-    target: &mut PgConnection,
-    tenant: Uuid,
-    table: &Table,
-    rows: &[Vec<super::pgoutput::Value>],
-    also: &[Uuid],
-) -> Result<Vec<String>, Error> {
-    let mapped = mapped(tenant, table, rows)?;
-    let keys: Vec<Option<String>> = rows.iter().map(|r| table.key_text(r)).collect();
-    differing_mapped(target, tenant, table.target, &mapped, &keys, also).await
-}
-
-/// [`differing`] for rows already mapped (`keys`: each row's legacy key).
-pub(super) async fn differing_mapped(
-    target: &mut PgConnection,
-    tenant: Uuid,
-    table: &str,
-    mapped: &[serde_json::Map<String, Json>],
-    keys: &[Option<String>],
-    also: &[Uuid],
-) -> Result<Vec<String>, Error> {
-    let mut by_id: BTreeMap<String, String> = BTreeMap::new();
-    for (m, k) in mapped.iter().zip(keys) {
-        if let (Some(Json::String(id)), Some(k)) = (m.get("id"), k) {
-            by_id.insert(id.clone(), k.clone());
-        }
-    }
-    let mut ids: BTreeSet<Uuid> = also.iter().copied().collect();
-    ids.extend(by_id.keys().filter_map(|i| Uuid::parse_str(i).ok()));
-    if ids.is_empty() {
-        return Ok(vec![]);
-    }
-    let cols: Vec<String> = mapped
-        .first()
-        .map(|m| m.keys().filter(|k| *k != "tenant_id").map(|k| quote_ident(k)).collect())
-        .unwrap_or_else(|| vec!["id".into()]);
-    let row_of = |alias: &str| {
-        let list: Vec<String> = cols.iter().map(|c| format!("{alias}.{c}")).collect();
-        format!("md5(ROW({})::text)", list.join(", "))
-    };
-    let staged = super::apply::stage(target, table, mapped).await?;
-    let sql = format!(
-        "SELECT coalesce(l.id, r.id)::text FROM {staged} l FULL JOIN \
-             (SELECT * FROM public.{} WHERE tenant_id = $1 AND id = ANY($2)) r ON r.id = l.id \
-         WHERE l.id IS NULL OR r.id IS NULL OR {} IS DISTINCT FROM {}",
-        quote_ident(table),
-        row_of("l"),
-        row_of("r")
-    );
-    let ids: Vec<Uuid> = ids.into_iter().collect();
-    let bad: Vec<String> =
-        sqlx::query_scalar(AssertSqlSafe(sql)).bind(tenant).bind(&ids).fetch_all(&mut *target).await?;
-    Ok(bad.into_iter().map(|id| by_id.get(&id).cloned().unwrap_or(id)).collect())
-}
-
 /// Every legacy row against the target; the legacy keys that differ.
 async fn compare_all(
     run: &Run<'_, AdoptParams>,
@@ -446,42 +373,45 @@ async fn compare_all(
     Ok((out, compared))
 }
 
-/// Rows per table: the legacy source's and the tenant's on the target.
-/// Each table's rows on both sides; and, given the target's transaction
-/// horizon when the comparison pass began (`since`, from [`horizon`]), the
-/// ids of the target rows written since, per legacy table: read in the same
-/// pass over the tenant's rows as the count.
-async fn counts(
+/// What the pause reads of each table, whole: rows on both sides, the
+/// checksums (the legacy side's from the comparisons' hashes, see
+/// `verify.rs`), and the ids of target rows written since the target's
+/// transaction horizon `since` (from [`horizon`]).
+struct Tally {
+    counts: Json,
+    checksums: Json,
+    /// Legacy table -> ids written on the target since the horizon.
+    written: BTreeMap<String, Vec<Uuid>>,
+    /// Counts or checksums differ (or the comparisons hashed fewer rows
+    /// than the legacy table holds).
+    differ: bool,
+}
+
+async fn tally(
     f: &Facts,
     legacy: &mut PgConnection,
     target: &mut PgConnection,
     since: Option<i64>,
-) -> Result<(Json, BTreeMap<String, Vec<Uuid>>), Error> {
-    let mut out = serde_json::Map::new();
+) -> Result<Tally, Error> {
+    let (mut counts, mut checksums) = (serde_json::Map::new(), serde_json::Map::new());
     let mut written = BTreeMap::new();
+    let mut differ = false;
     for t in &f.source.tables {
         let l: i64 =
             sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {}", f.source.qualified(&t.legacy))))
                 .fetch_one(&mut *legacy)
                 .await?;
-        // A row's xmin is the 32-bit id of the transaction that wrote it, and
-        // age() is its distance back from now, modulo 2^32 (PostgreSQL keeps
-        // every live id within 2^31 of the next; a frozen row's age is the
-        // largest): a row written at or after `since` is no older than `since`.
-        let sql = format!(
-            "SELECT count(*), coalesce(array_agg(id) FILTER (WHERE age(xmin) <= age($2::text::xid)), '{{}}') \
-             FROM public.{} WHERE tenant_id = $1",
-            quote_ident(t.target)
+        let (hashed, legacy_sum) = verify::legacy_checksum(target, t).await?;
+        let (r, target_sum, ids) = verify::target_checksum(target, f.tenant, t, since).await?;
+        differ |= l != r || hashed != l || legacy_sum != target_sum;
+        counts.insert(t.target.to_string(), json!({"legacy": l, "target": r}));
+        checksums.insert(
+            t.target.to_string(),
+            json!({"legacy": legacy_sum, "target": target_sum, "legacy_rows_hashed": hashed}),
         );
-        let (r, ids): (i64, Vec<Uuid>) = sqlx::query_as(AssertSqlSafe(sql))
-            .bind(f.tenant)
-            .bind(since.map(|x| x % 4_294_967_296))
-            .fetch_one(&mut *target)
-            .await?;
-        out.insert(t.target.to_string(), json!({"legacy": l, "target": r}));
         written.insert(t.legacy.clone(), ids);
     }
-    Ok((Json::Object(out), written))
+    Ok(Tally { counts: Json::Object(counts), checksums: Json::Object(checksums), written, differ })
 }
 
 /// The target's next transaction id (64-bit): every transaction from now on
@@ -559,7 +489,7 @@ async fn cutover(run: &Run<'_, AdoptParams>, f: &Facts) -> Result<(), Stop> {
             }
         }
     }
-    let (counts, written) = counts(f, &mut legacy, &mut target, since).await?;
+    let Tally { counts, checksums, written, differ } = tally(f, &mut legacy, &mut target, since).await?;
     // Rows written on the target since the pass that no legacy change
     // explains: changed behind the adoption's back, after they were compared.
     for t in &f.source.tables {
@@ -576,16 +506,15 @@ async fn cutover(run: &Run<'_, AdoptParams>, f: &Facts) -> Result<(), Stop> {
             mismatched.entry(t.legacy.clone()).or_default().extend(behind);
         }
     }
-    let counts_differ = counts.as_object().is_some_and(|m| m.values().any(|v| v["legacy"] != v["target"]));
-    if !mismatched.is_empty() || counts_differ {
+    if !mismatched.is_empty() || differ {
         let sample: BTreeMap<&String, Vec<&String>> =
             mismatched.iter().map(|(t, k)| (t, k.iter().take(5).collect())).collect();
-        run.heartbeat(json!({"counts": counts, "mismatched": sample})).await?;
+        run.heartbeat(json!({"counts": counts, "checksums": checksums, "mismatched": sample})).await?;
         return Err(Stop::Failed(Error::invalid(
             "verification_failed",
             format!(
-                "the target differs from the legacy source as of the fence: counts {counts}, differing rows (legacy keys) {sample:?}; \
-                 the adoption is rolled back and the legacy source left as it was"
+                "the target differs from the legacy source as of the fence: counts {counts}, checksums {checksums}, \
+                 differing rows (legacy keys) {sample:?}; the adoption is rolled back and the legacy source left as it was"
             ),
         )));
     }
@@ -594,6 +523,7 @@ async fn cutover(run: &Run<'_, AdoptParams>, f: &Facts) -> Result<(), Stop> {
     run.heartbeat(json!({
         "sealing": true,
         "counts": counts,
+        "checksums": checksums,
         "verified": {"rows_compared": compared, "rows_compared_again_in_pause": reverified, "mismatched": 0},
     }))
     .await?;

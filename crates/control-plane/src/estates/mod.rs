@@ -17,6 +17,7 @@ pub mod revert;
 pub mod rows;
 pub mod sources;
 pub mod stream;
+pub mod verify;
 
 use chrono::{DateTime, Utc};
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};

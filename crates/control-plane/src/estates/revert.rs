@@ -33,9 +33,10 @@ use uuid::Uuid;
 use tenantry_core::BackendKind;
 use tenantry_provisioner::quote_ident;
 
-use super::adopt::{differing_mapped, mapped, target_conn};
+use super::adopt::target_conn;
 use super::fence;
 use super::legacy::{self, Source, Table};
+use super::verify::{differing_mapped, mapped};
 use crate::backend::tenant_tables;
 use crate::error::Error;
 use crate::kind::{Kind, Policy, Run, Stop, failpoint};
@@ -499,7 +500,7 @@ async fn verify_back(
                 }
             }
             let keys: Vec<Option<String>> = rows.iter().map(|r| t.key_text(r)).collect();
-            let bad = differing_mapped(target, tenant, t.target, &m, &keys, &[]).await?;
+            let bad = differing_mapped(target, tenant, t, &m, &keys, &[]).await?;
             if !bad.is_empty() {
                 return Err(Error::invalid(
                     "verification_failed",

@@ -86,6 +86,26 @@ pub fn map_row(tenant: Uuid, table: &Table, columns: &[String], values: &[Value]
     Ok(row)
 }
 
+/// The target columns [`map_row`] gives for every row of `table` (with all
+/// its columns): what a comparison compares.
+pub fn mapped_columns(table: &Table) -> Vec<&'static str> {
+    let has = |c: &String| table.columns.contains(c);
+    target_columns(table.target)
+        .unwrap_or(&[])
+        .iter()
+        .map(|(c, _)| *c)
+        .filter(|c| match *c {
+            "id" => true,
+            "asset_id" => table.parent.as_ref().is_some_and(|p| p.columns.iter().all(has)),
+            "attributes" if table.target == "assets" => true,
+            other => {
+                let legacy = table.mapping.columns.get(other).map_or(other, String::as_str);
+                table.columns.iter().any(|x| x == legacy) || table.mapping.values.contains_key(other)
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
