@@ -37,7 +37,7 @@ use super::Estate;
 use super::fence;
 use super::legacy::{self, Source, Table};
 use super::stream::{self, Applier, Dirty};
-use super::verify::{self, differing, mapped};
+use super::verify::{self, Sums, differing, mapped};
 use crate::backend::{PINNED_FORMATS, Side, enter, table_list, tenant_tables};
 use crate::error::Error;
 use crate::kind::{Kind, Policy, Run, Stop, failpoint};
@@ -347,12 +347,17 @@ async fn catch_up(run: &Run<'_, AdoptParams>, f: &Facts) -> Result<(), Stop> {
     Ok(())
 }
 
-/// Every legacy row against the target; the legacy keys that differ.
+/// Per target table, what the comparisons added up (see `verify.rs`).
+type Checksums = BTreeMap<&'static str, Sums>;
+
+/// Every legacy row against the target; the legacy keys that differ, the
+/// rows compared, and the checksums made on the way (added to `sums`).
 async fn compare_all(
     run: &Run<'_, AdoptParams>,
     f: &Facts,
     legacy: &mut PgConnection,
     target: &mut PgConnection,
+    sums: &mut Checksums,
 ) -> Result<(BTreeMap<String, BTreeSet<String>>, i64), Stop> {
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut compared = 0i64;
@@ -361,7 +366,8 @@ async fn compare_all(
         loop {
             let rows = legacy::copy_page(legacy, &f.source, t, after.as_deref(), COPY_PAGE).await?;
             compared += rows.len() as i64;
-            let bad = differing(target, f.tenant, t, &rows, &[]).await?;
+            let (bad, delta) = differing(target, f.tenant, t, &rows, &[]).await?;
+            *sums.entry(t.target).or_default() += delta;
             out.entry(t.legacy.clone()).or_default().extend(bad);
             after = rows.last().and_then(|r| t.key_text(r));
             run.heartbeat(json!({"rows_compared": compared})).await?;
@@ -373,45 +379,41 @@ async fn compare_all(
     Ok((out, compared))
 }
 
-/// What the pause reads of each table, whole: rows on both sides, the
-/// checksums (the legacy side's from the comparisons' hashes, see
-/// `verify.rs`), and the ids of target rows written since the target's
-/// transaction horizon `since` (from [`horizon`]).
-struct Tally {
-    counts: Json,
-    checksums: Json,
-    /// Legacy table -> ids written on the target since the horizon.
-    written: BTreeMap<String, Vec<Uuid>>,
-    /// Counts or checksums differ (or the comparisons hashed fewer rows
-    /// than the legacy table holds).
-    differ: bool,
-}
-
-async fn tally(
+/// Rows per table: the legacy source's and the tenant's on the target; and,
+/// given the target's transaction horizon when the comparison pass began
+/// (`since`, from [`horizon`]), the ids of the target rows written since, per
+/// legacy table: read in the same pass over the tenant's rows as the count.
+async fn counts(
     f: &Facts,
     legacy: &mut PgConnection,
     target: &mut PgConnection,
     since: Option<i64>,
-) -> Result<Tally, Error> {
-    let (mut counts, mut checksums) = (serde_json::Map::new(), serde_json::Map::new());
+) -> Result<(BTreeMap<&'static str, (i64, i64)>, BTreeMap<String, Vec<Uuid>>), Error> {
+    let mut out = BTreeMap::new();
     let mut written = BTreeMap::new();
-    let mut differ = false;
     for t in &f.source.tables {
         let l: i64 =
             sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {}", f.source.qualified(&t.legacy))))
                 .fetch_one(&mut *legacy)
                 .await?;
-        let (hashed, legacy_sum) = verify::legacy_checksum(target, t).await?;
-        let (r, target_sum, ids) = verify::target_checksum(target, f.tenant, t, since).await?;
-        differ |= l != r || hashed != l || legacy_sum != target_sum;
-        counts.insert(t.target.to_string(), json!({"legacy": l, "target": r}));
-        checksums.insert(
-            t.target.to_string(),
-            json!({"legacy": legacy_sum, "target": target_sum, "legacy_rows_hashed": hashed}),
+        // A row's xmin is the 32-bit id of the transaction that wrote it, and
+        // age() is its distance back from now, modulo 2^32 (PostgreSQL keeps
+        // every live id within 2^31 of the next; a frozen row's age is the
+        // largest): a row written at or after `since` is no older than `since`.
+        let sql = format!(
+            "SELECT count(*), coalesce(array_agg(id) FILTER (WHERE age(xmin) <= age($2::text::xid)), '{{}}') \
+             FROM public.{} WHERE tenant_id = $1",
+            quote_ident(t.target)
         );
+        let (r, ids): (i64, Vec<Uuid>) = sqlx::query_as(AssertSqlSafe(sql))
+            .bind(f.tenant)
+            .bind(since.map(|x| x % 4_294_967_296))
+            .fetch_one(&mut *target)
+            .await?;
+        out.insert(t.target, (l, r));
         written.insert(t.legacy.clone(), ids);
     }
-    Ok(Tally { counts: Json::Object(counts), checksums: Json::Object(checksums), written, differ })
+    Ok((out, written))
 }
 
 /// The target's next transaction id (64-bit): every transaction from now on
@@ -432,6 +434,7 @@ async fn cutover(run: &Run<'_, AdoptParams>, f: &Facts) -> Result<(), Stop> {
     let mut compared = 0;
     let started;
     let mut since = None;
+    let mut sums = Checksums::new();
     if !fenced {
         // Outside the pause: every row compared, the rows that differ and the
         // rows changed meanwhile kept for a second look inside it. Changed on
@@ -442,7 +445,7 @@ async fn cutover(run: &Run<'_, AdoptParams>, f: &Facts) -> Result<(), Stop> {
         applier.drain(&mut legacy, &mut target).await?;
         applier.dirty = Some(Dirty::default());
         since = Some(horizon(&mut target).await?);
-        let (differ, n) = compare_all(run, f, &mut legacy, &mut target).await?;
+        let (differ, n) = compare_all(run, f, &mut legacy, &mut target, &mut sums).await?;
         compared = n;
         applier.drain(&mut legacy, &mut target).await?;
         if let Some(d) = applier.dirty.as_mut() {
@@ -472,7 +475,8 @@ async fn cutover(run: &Run<'_, AdoptParams>, f: &Facts) -> Result<(), Stop> {
                     let rows = legacy::by_keys(&mut legacy, &f.source, t, chunk).await?;
                     let ids: Vec<Uuid> = chunk.iter().filter_map(|k| t.id(f.tenant, k).ok()).collect();
                     reverified += chunk.len();
-                    let bad = differing(&mut target, f.tenant, t, &rows, &ids).await?;
+                    let (bad, delta) = differing(&mut target, f.tenant, t, &rows, &ids).await?;
+                    *sums.entry(t.target).or_default() += delta;
                     if !bad.is_empty() {
                         mismatched.entry(t.legacy.clone()).or_default().extend(bad);
                     }
@@ -482,30 +486,40 @@ async fn cutover(run: &Run<'_, AdoptParams>, f: &Facts) -> Result<(), Stop> {
         None => {
             // Resumed with the legacy side fenced: it no longer changes, so
             // every row is compared again (a longer pause, once).
-            let (differ, n) = compare_all(run, f, &mut legacy, &mut target).await?;
+            let (differ, n) = compare_all(run, f, &mut legacy, &mut target, &mut sums).await?;
             compared = n;
             for (t, keys) in differ.into_iter().filter(|(_, k)| !k.is_empty()) {
                 mismatched.insert(t, keys.into_iter().collect());
             }
         }
     }
-    let Tally { counts, checksums, written, differ } = tally(f, &mut legacy, &mut target, since).await?;
+    let (rows, written) = counts(f, &mut legacy, &mut target, since).await?;
     // Rows written on the target since the pass that no legacy change
-    // explains: changed behind the adoption's back, after they were compared.
+    // explains: changed behind the adoption's back, after they were compared
+    // (and hashed again for the target's checksum).
     for t in &f.source.tables {
         let explained: BTreeSet<Uuid> =
             dirty_keys.get(&t.legacy).into_iter().flatten().filter_map(|k| t.id(f.tenant, k).ok()).collect();
-        let behind: Vec<String> = written
-            .get(&t.legacy)
-            .into_iter()
-            .flatten()
-            .filter(|id| !explained.contains(id))
-            .map(|id| format!("{id} (changed on the target)"))
-            .collect();
+        let behind: Vec<Uuid> =
+            written.get(&t.legacy).into_iter().flatten().filter(|id| !explained.contains(id)).copied().collect();
+        *sums.entry(t.target).or_default() += verify::rehash_target(&mut target, f.tenant, t, &behind).await?;
         if !behind.is_empty() {
-            mismatched.entry(t.legacy.clone()).or_default().extend(behind);
+            let named = behind.iter().map(|id| format!("{id} (changed on the target)"));
+            mismatched.entry(t.legacy.clone()).or_default().extend(named);
         }
     }
+    // Counts, and checksums whose rows hashed are the rows counted (a row
+    // deleted on the target behind the adoption's back leaves one more hashed).
+    let mut differ = false;
+    let (mut counts, mut checksums) = (serde_json::Map::new(), serde_json::Map::new());
+    for t in &f.source.tables {
+        let (l, r) = rows.get(t.target).copied().unwrap_or_default();
+        let s = sums.get(t.target).copied().unwrap_or_default();
+        differ |= l != r || !s.agree() || s.legacy_rows != l || s.target_rows != r;
+        counts.insert(t.target.to_string(), json!({"legacy": l, "target": r}));
+        checksums.insert(t.target.to_string(), s.view());
+    }
+    let (counts, checksums) = (Json::Object(counts), Json::Object(checksums));
     if !mismatched.is_empty() || differ {
         let sample: BTreeMap<&String, Vec<&String>> =
             mismatched.iter().map(|(t, k)| (t, k.iter().take(5).collect())).collect();

@@ -500,7 +500,7 @@ async fn verify_back(
                 }
             }
             let keys: Vec<Option<String>> = rows.iter().map(|r| t.key_text(r)).collect();
-            let bad = differing_mapped(target, tenant, t, &m, &keys, &[]).await?;
+            let (bad, _) = differing_mapped(target, tenant, t, &m, &keys, &[]).await?;
             if !bad.is_empty() {
                 return Err(Error::invalid(
                     "verification_failed",

@@ -4,13 +4,18 @@
 //! both sides), and per-table checksums.
 //!
 //! A table's checksum is the sum, modulo 2^64, of the first 64 bits of each
-//! row's md5: independent of row order, so the legacy side's is kept up to
-//! date row by row. Every comparison records the hash of each legacy row it
-//! mapped, by id, in a temporary table of the target session
-//! (`tenantry_pass`); the pause's second look at the rows changed since the
-//! pass replaces their hashes (or drops those of rows gone), so the sum over
-//! that table is the legacy source's checksum as of the fence. The target's
-//! is read whole, in the pause, from the tenant's rows.
+//! row's md5: independent of row order, so each side's is kept up to date row
+//! by row, and the pause never reads a table whole to make one. Every
+//! comparison records the two hashes of each id it looked at (the legacy
+//! row's, the target row's; none for a side without the row) in a temporary
+//! table of the target session (`tenantry_pass`), and returns what that
+//! changed in each side's sum and row count ([`Sums`]): the first look at an
+//! id adds its hashes, a later one (the pause's second look at the rows
+//! changed since the pass) swaps the old for the new. A target row written
+//! behind the adoption's back is looked at again from the target's own
+//! record of what was written ([`rehash_target`]); one deleted behind its back
+//! leaves the target's count of rows hashed above its count of rows, which
+//! fails the adoption like any difference.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -46,7 +51,7 @@ pub(super) async fn differing(
     table: &Table,
     rows: &[Vec<Value>],
     also: &[Uuid],
-) -> Result<Vec<String>, Error> {
+) -> Result<(Vec<String>, Sums), Error> {
     let mapped = mapped(tenant, table, rows)?;
     let keys: Vec<Option<String>> = rows.iter().map(|r| table.key_text(r)).collect();
     differing_mapped(target, tenant, table, &mapped, &keys, also).await
@@ -58,13 +63,71 @@ fn row_hash(table: &Table, alias: &str) -> String {
     format!("md5(ROW({})::text)", list.join(", "))
 }
 
-/// The first 64 bits of an md5 (hex text) as a number, for a sum.
+/// The first 64 bits of an md5 (hex text) as a bigint, for a sum.
 fn bits(md5: &str) -> String {
-    format!("('x' || left({md5}, 16))::bit(64)::bigint::numeric")
+    format!("('x' || left({md5}, 16))::bit(64)::bigint")
+}
+
+/// What a comparison added to a table's checksums: each side's sum of row
+/// hashes (modulo 2^64 when shown) and rows hashed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Sums {
+    pub(crate) legacy: i128,
+    pub(crate) legacy_rows: i64,
+    pub(crate) target: i128,
+    pub(crate) target_rows: i64,
+}
+
+impl std::ops::AddAssign for Sums {
+    fn add_assign(&mut self, o: Sums) {
+        self.legacy += o.legacy;
+        self.legacy_rows += o.legacy_rows;
+        self.target += o.target;
+        self.target_rows += o.target_rows;
+    }
+}
+
+impl Sums {
+    /// The checksums as the progress shows them: 16 hex digits each.
+    pub(crate) fn view(&self) -> Json {
+        serde_json::json!({
+            "legacy": hex(self.legacy),
+            "target": hex(self.target),
+            "legacy_rows_hashed": self.legacy_rows,
+            "target_rows_hashed": self.target_rows,
+        })
+    }
+
+    pub(crate) fn agree(&self) -> bool {
+        hex(self.legacy) == hex(self.target) && self.legacy_rows == self.target_rows
+    }
+}
+
+/// 16 hex digits of a sum modulo 2^64.
+fn hex(sum: i128) -> String {
+    format!("{:016x}", sum.rem_euclid(1 << 64) as u64)
+}
+
+fn number(text: &str) -> Result<i128, Error> {
+    text.parse().map_err(|_| Error::invalid("verification_failed", format!("a checksum sum `{text}`")))
+}
+
+/// The hash table's DDL, and the change a statement made to it: the new
+/// hashes of the ids it wrote (`new`), less the old (`was`).
+const PASS_TABLE: &str = "CREATE TEMP TABLE IF NOT EXISTS tenantry_pass \
+    (tbl text, id uuid, lh bigint, th bigint, PRIMARY KEY (tbl, id))";
+const DELTA: &str = "(SELECT coalesce(sum(lh::numeric), 0) FROM new) - (SELECT coalesce(sum(lh::numeric), 0) FROM was), \
+    (SELECT count(lh) FROM new) - (SELECT count(lh) FROM was), \
+    (SELECT coalesce(sum(th::numeric), 0) FROM new) - (SELECT coalesce(sum(th::numeric), 0) FROM was), \
+    (SELECT count(th) FROM new) - (SELECT count(th) FROM was)";
+
+fn sums(row: &(String, i64, String, i64)) -> Result<Sums, Error> {
+    Ok(Sums { legacy: number(&row.0)?, legacy_rows: row.1, target: number(&row.2)?, target_rows: row.3 })
 }
 
 /// [`differing`] for rows already mapped (`keys`: each row's legacy key).
-/// Records the legacy rows' hashes for the checksum.
+/// Records both sides' hashes of every id looked at; returns the legacy keys
+/// (or target ids) that differ, and what the look changed in the checksums.
 pub(super) async fn differing_mapped(
     target: &mut PgConnection,
     tenant: Uuid,
@@ -72,7 +135,7 @@ pub(super) async fn differing_mapped(
     mapped: &[Map<String, Json>],
     keys: &[Option<String>],
     also: &[Uuid],
-) -> Result<Vec<String>, Error> {
+) -> Result<(Vec<String>, Sums), Error> {
     let mut by_id: BTreeMap<String, String> = BTreeMap::new();
     for (m, k) in mapped.iter().zip(keys) {
         if let (Some(Json::String(id)), Some(k)) = (m.get("id"), k) {
@@ -82,77 +145,73 @@ pub(super) async fn differing_mapped(
     let mut ids: BTreeSet<Uuid> = also.iter().copied().collect();
     ids.extend(by_id.keys().filter_map(|i| Uuid::parse_str(i).ok()));
     if ids.is_empty() {
-        return Ok(vec![]);
+        return Ok((vec![], Sums::default()));
     }
-    sqlx::raw_sql(
-        "CREATE TEMP TABLE IF NOT EXISTS tenantry_pass (tbl text, id uuid, h text NOT NULL, PRIMARY KEY (tbl, id))",
-    )
-    .execute(&mut *target)
-    .await?;
+    sqlx::raw_sql(PASS_TABLE).execute(&mut *target).await?;
     let staged = super::apply::stage(target, table.target, mapped).await?;
-    // The legacy rows' hashes replace those recorded for their ids; an id
-    // looked at whose legacy row is gone loses its hash.
     let sql = format!(
         "WITH l AS (SELECT l.id, {} AS h FROM {staged} l), \
               r AS (SELECT r.id, {} AS h FROM public.{} r WHERE r.tenant_id = $1 AND r.id = ANY($2)), \
-              gone AS (DELETE FROM pg_temp.tenantry_pass p WHERE p.tbl = $3 AND p.id = ANY($2) \
-                       AND p.id NOT IN (SELECT id FROM l)), \
-              kept AS (INSERT INTO pg_temp.tenantry_pass (tbl, id, h) SELECT $3, id, h FROM l \
-                       ON CONFLICT (tbl, id) DO UPDATE SET h = EXCLUDED.h) \
-         SELECT coalesce(l.id, r.id)::text FROM l FULL JOIN r ON r.id = l.id WHERE l.h IS DISTINCT FROM r.h",
+              j AS (SELECT i.id, l.h AS lmd5, r.h AS tmd5 FROM unnest($2::uuid[]) AS i(id) \
+                    LEFT JOIN l ON l.id = i.id LEFT JOIN r ON r.id = i.id), \
+              was AS (SELECT p.lh, p.th FROM pg_temp.tenantry_pass p WHERE p.tbl = $3 AND p.id = ANY($2)), \
+              new AS (INSERT INTO pg_temp.tenantry_pass (tbl, id, lh, th) SELECT $3, id, {}, {} FROM j \
+                      ON CONFLICT (tbl, id) DO UPDATE SET lh = EXCLUDED.lh, th = EXCLUDED.th RETURNING lh, th) \
+         SELECT coalesce((SELECT array_agg(id::text) FROM j WHERE lmd5 IS DISTINCT FROM tmd5), '{{}}'), \
+                ({DELTA})::text",
         row_hash(table, "l"),
         row_hash(table, "r"),
-        quote_ident(table.target)
+        quote_ident(table.target),
+        bits("lmd5"),
+        bits("tmd5"),
     );
     let ids: Vec<Uuid> = ids.into_iter().collect();
-    let bad: Vec<String> = sqlx::query_scalar(AssertSqlSafe(sql))
-        .bind(tenant)
-        .bind(&ids)
-        .bind(table.target)
-        .fetch_all(&mut *target)
-        .await?;
-    Ok(bad.into_iter().map(|id| by_id.get(&id).cloned().unwrap_or(id)).collect())
+    let (bad, delta): (Vec<String>, String) =
+        sqlx::query_as(AssertSqlSafe(sql)).bind(tenant).bind(&ids).bind(table.target).fetch_one(&mut *target).await?;
+    let bad = bad.into_iter().map(|id| by_id.get(&id).cloned().unwrap_or(id)).collect();
+    Ok((bad, parse_delta(&delta)?))
 }
 
-/// A table's checksum as the API shows it: 16 hex digits.
-fn hex(sum: &str) -> Result<String, Error> {
-    let n: i128 = sum.parse().map_err(|_| Error::invalid("verification_failed", format!("checksum `{sum}`")))?;
-    Ok(format!("{:016x}", n.rem_euclid(1 << 64) as u64))
+/// The `(a,b,c,d)` text of the delta row.
+fn parse_delta(text: &str) -> Result<Sums, Error> {
+    let inner = text.trim_start_matches('(').trim_end_matches(')');
+    let parts: Vec<&str> = inner.split(',').collect();
+    let [a, b, c, d] = parts.as_slice() else {
+        return Err(Error::invalid("verification_failed", format!("a checksum delta `{text}`")));
+    };
+    let int = |s: &str| s.parse::<i64>().map_err(|_| Error::invalid("verification_failed", format!("`{s}`")));
+    sums(&(a.to_string(), int(b)?, c.to_string(), int(d)?))
 }
 
-/// The legacy rows the comparisons hashed for `table` (as of the last look at
-/// each) and their checksum.
-pub(super) async fn legacy_checksum(target: &mut PgConnection, table: &Table) -> Result<(i64, String), Error> {
-    let sql =
-        format!("SELECT count(*), coalesce(sum({}), 0)::text FROM pg_temp.tenantry_pass WHERE tbl = $1", bits("h"));
-    let (n, sum): (i64, String) = sqlx::query_as(AssertSqlSafe(sql)).bind(table.target).fetch_one(&mut *target).await?;
-    Ok((n, hex(&sum)?))
-}
-
-/// The tenant's rows of `table` on the target: how many, their checksum, and
-/// (given the target's transaction horizon, see `adopt::horizon`) the ids of
-/// those written since; one pass over the rows.
-pub(super) async fn target_checksum(
+/// The target side of the ids `ids` hashed again (rows written on the target
+/// behind the adoption's back, found by their transaction ids); what that
+/// changed in the target's checksum.
+pub(super) async fn rehash_target(
     target: &mut PgConnection,
     tenant: Uuid,
     table: &Table,
-    since: Option<i64>,
-) -> Result<(i64, String, Vec<Uuid>), Error> {
-    // A row's xmin is the 32-bit id of the transaction that wrote it, and
-    // age() is its distance back from now, modulo 2^32 (PostgreSQL keeps
-    // every live id within 2^31 of the next; a frozen row's age is the
-    // largest): a row written at or after `since` is no older than `since`.
+    ids: &[Uuid],
+) -> Result<Sums, Error> {
+    if ids.is_empty() {
+        return Ok(Sums::default());
+    }
+    sqlx::raw_sql(PASS_TABLE).execute(&mut *target).await?;
     let sql = format!(
-        "SELECT count(*), coalesce(sum({}), 0)::text, \
-                coalesce(array_agg(id) FILTER (WHERE age(xmin) <= age($2::text::xid)), '{{}}') \
-         FROM public.{} r WHERE tenant_id = $1",
-        bits(&row_hash(table, "r")),
-        quote_ident(table.target)
+        "WITH r AS (SELECT r.id, {} AS h FROM public.{} r WHERE r.tenant_id = $1 AND r.id = ANY($2)), \
+              was AS (SELECT NULL::bigint AS lh, p.th FROM pg_temp.tenantry_pass p WHERE p.tbl = $3 AND p.id = ANY($2)), \
+              new AS (INSERT INTO pg_temp.tenantry_pass (tbl, id, th) \
+                      SELECT $3, i.id, {} FROM unnest($2::uuid[]) AS i(id) LEFT JOIN r ON r.id = i.id \
+                      ON CONFLICT (tbl, id) DO UPDATE SET th = EXCLUDED.th RETURNING NULL::bigint AS lh, th) \
+         SELECT ({DELTA})::text",
+        row_hash(table, "r"),
+        quote_ident(table.target),
+        bits("r.h"),
     );
-    let (n, sum, ids): (i64, String, Vec<Uuid>) = sqlx::query_as(AssertSqlSafe(sql))
+    let delta: String = sqlx::query_scalar(AssertSqlSafe(sql))
         .bind(tenant)
-        .bind(since.map(|x| x % 4_294_967_296))
+        .bind(ids)
+        .bind(table.target)
         .fetch_one(&mut *target)
         .await?;
-    Ok((n, hex(&sum)?, ids))
+    parse_delta(&delta)
 }
