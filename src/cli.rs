@@ -119,6 +119,30 @@ pub enum TenantCommand {
         #[arg(long)]
         target: String,
     },
+    /// The tenant's identity providers: the OIDC issuers whose tokens sign its
+    /// users in to the app API.
+    Idp {
+        tenant: String,
+        #[command(subcommand)]
+        action: IdpCommand,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum IdpCommand {
+    /// Create or replace one from a JSON file (`{"issuer", "audience", ...}`;
+    /// `-` reads standard input).
+    Put {
+        name: String,
+        #[arg(long)]
+        file: String,
+    },
+    /// List them.
+    List,
+    /// Remove one: its users sign in no more.
+    Remove { name: String },
+    /// Fetch its discovery document and keys, and say what was found.
+    Test { name: String },
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -425,6 +449,7 @@ pub async fn tenants(args: &AdminArgs, command: TenantCommand) -> anyhow::Result
         TenantCommand::Demote { tenant, pool, no_wait } => {
             start_move(&admin, &tenant, "demote", serde_json::json!({"target_pool_id": pool}), no_wait).await
         }
+        TenantCommand::Idp { tenant, action } => idp(&admin, &tenant, action).await,
         TenantCommand::Plan { tenant, target } => {
             let path = format!("/v1/tenants/{tenant}/move-plan?target={}", urlencode(&target));
             let plan = admin.call(reqwest::Method::GET, &path, None).await?;
@@ -451,6 +476,53 @@ pub async fn tenants(args: &AdminArgs, command: TenantCommand) -> anyhow::Result
             Ok(())
         }
     }
+}
+
+async fn idp(admin: &Admin, tenant: &str, action: IdpCommand) -> anyhow::Result<()> {
+    let base = format!("/v1/tenants/{}/identity-providers", urlencode(tenant));
+    match action {
+        IdpCommand::Put { name, file } => {
+            let text = if file == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("{file}: {e}"))?
+            };
+            let body: serde_json::Value = serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+            let path = format!("{base}/{}", urlencode(&name));
+            print_json(&admin.call(reqwest::Method::PUT, &path, Some(body)).await?);
+        }
+        IdpCommand::List => {
+            let list = admin.call(reqwest::Method::GET, &base, None).await?;
+            for p in list["identity_providers"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<20} {:<50} org {}",
+                    p["name"].as_str().unwrap_or(""),
+                    p["issuer"].as_str().unwrap_or(""),
+                    p["org_value"].as_str().unwrap_or("-")
+                );
+            }
+        }
+        IdpCommand::Remove { name } => {
+            admin.call(reqwest::Method::DELETE, &format!("{base}/{}", urlencode(&name)), None).await?;
+            println!("removed identity provider {name}");
+        }
+        IdpCommand::Test { name } => {
+            let test = admin.call(reqwest::Method::POST, &format!("{base}/{}/test", urlencode(&name)), None).await?;
+            println!("keys at {}", test["jwks_uri"].as_str().unwrap_or("(none found)"));
+            for k in test["keys"].as_array().into_iter().flatten() {
+                println!(
+                    "  {:<48} {}",
+                    k["kid"].as_str().unwrap_or("(no kid)"),
+                    k["algorithm"].as_str().unwrap_or("unused")
+                );
+            }
+            for p in test["problems"].as_array().into_iter().flatten() {
+                println!("  problem: {}", p.as_str().unwrap_or(""));
+            }
+            println!("{}", if test["ok"] == true { "ok" } else { "NOT ok" });
+        }
+    }
+    Ok(())
 }
 
 fn urlencode(s: &str) -> String {

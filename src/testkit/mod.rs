@@ -331,3 +331,60 @@ pub fn rds_config() -> tenantry_provisioner::RdsConfig {
     }))
     .expect("valid RDS settings")
 }
+
+/// An OpenID Connect provider on loopback (`tests/oidc_provider.py`: discovery,
+/// a key set of real RSA, P-256 and Ed25519 keys made by joserfc), its own
+/// process and issuer on each call, killed with this process. The test signs
+/// its users in by having the provider sign their claims (`mint`), rotates its
+/// keys, or takes it down. `scripts/test` installs joserfc under `.tools/oidc`;
+/// `TENANTRY_OIDC_PYTHON` may name another interpreter.
+pub struct OidcProvider {
+    pub issuer: String,
+    http: reqwest::Client,
+}
+
+pub fn oidc_provider() -> OidcProvider {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let local = root.join(".tools/oidc/bin/python");
+    let bin = std::env::var_os("TENANTRY_OIDC_PYTHON")
+        .map(PathBuf::from)
+        .or_else(|| local.exists().then_some(local))
+        .unwrap_or_else(|| PathBuf::from("python3"));
+    let port = free_port();
+    let script = root.join("tests/oidc_provider.py").display().to_string();
+    keep_running(&bin, &[script, port.to_string()], port, "run scripts/test, which installs joserfc");
+    OidcProvider { issuer: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() }
+}
+
+impl OidcProvider {
+    async fn control(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let res = self.http.post(format!("{}/control/{path}", self.issuer)).json(&body).send().await.expect("provider");
+        assert!(res.status().is_success(), "provider /control/{path}: {}", res.status());
+        res.json().await.expect("provider JSON")
+    }
+
+    /// A token of these claims (`iss` added) signed with the provider's key
+    /// for `alg` (`RS256` by default, `ES256`, `EdDSA`), or forged (`none`,
+    /// `HS256-public`).
+    pub async fn mint(&self, claims: serde_json::Value, alg: Option<&str>) -> String {
+        let v = self.control("mint", serde_json::json!({"claims": claims, "alg": alg})).await;
+        v["token"].as_str().expect("a token").to_string()
+    }
+
+    /// Publishes a new key of type `kty` (`RSA`, `EC`, `OKP`) and withdraws
+    /// the old one; the new key's id.
+    pub async fn rotate(&self, kty: &str) -> String {
+        self.control("rotate", serde_json::json!({"kty": kty})).await["kid"].as_str().unwrap().to_string()
+    }
+
+    /// While down, the provider answers every request with 503.
+    pub async fn set_down(&self, down: bool) {
+        self.control("down", serde_json::json!({"down": down})).await;
+    }
+
+    /// How many times its key set was fetched.
+    pub async fn jwks_fetches(&self) -> u64 {
+        let res = self.http.get(format!("{}/control/stats", self.issuer)).send().await.expect("provider");
+        res.json::<serde_json::Value>().await.expect("stats")["jwks_fetches"].as_u64().unwrap()
+    }
+}

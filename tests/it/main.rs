@@ -15,6 +15,7 @@ mod cutover;
 mod estates;
 mod fleet;
 mod forgery;
+mod identity;
 mod isolation;
 mod migrations;
 mod moves;

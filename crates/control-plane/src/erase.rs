@@ -163,6 +163,7 @@ async fn tombstone(run: &Run<'_, EraseParams>) -> Result<(), Error> {
         vec![tenant.into()],
     ))
     .await?;
+    txn.execute_raw(stmt("DELETE FROM identity_providers WHERE tenant_id = $1", vec![tenant.into()])).await?;
     txn.execute_raw(stmt(
         "UPDATE tenants SET status = 'erased', name = '(erased)', settings = '{}'::jsonb, updated_at = now() \
          WHERE id = $1",

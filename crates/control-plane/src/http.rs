@@ -596,6 +596,10 @@ async fn readyz(cp: Cp) -> HttpResponse {
         crate::http_estates::revert_plan,
         crate::http_estates::revert,
         crate::http_estates::release,
+        crate::http_identity::put_provider,
+        crate::http_identity::list_providers,
+        crate::http_identity::remove_provider,
+        crate::http_identity::test_provider,
         promote,
         move_tenant,
         demote,
@@ -657,6 +661,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/operations", web::get().to(list_operations))
                 .route("/operations/{id}", web::get().to(get_operation))
                 .route("/operations/{id}/cancel", web::post().to(cancel_operation))
-                .configure(crate::http_estates::routes),
+                .configure(crate::http_estates::routes)
+                .configure(crate::http_identity::routes),
         );
 }

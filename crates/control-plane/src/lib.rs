@@ -6,7 +6,7 @@
 //! below): `error`, `config`, `operation`, `registry`, `migrate` ->
 //! `plane` (the handle) -> `backends`, `backend`, `placement`, `tenants` ->
 //! `kind` (the trait) -> one file or folder per kind (`provision`, `retire`,
-//! `erase`, `moves/`) -> `runner` and `operations` -> `usage/`, `reports`,
+//! `erase`, `moves/`) -> `runner` and `operations` -> `identity`, `usage/`, `reports`,
 //! `fleet`, `export`, `metrics` -> `http` (the admin API), `console/`, and
 //! `server` mounting both.
 
@@ -22,6 +22,8 @@ pub mod export;
 pub mod fleet;
 pub mod http;
 pub mod http_estates;
+pub mod http_identity;
+pub mod identity;
 pub mod kind;
 pub mod metrics;
 pub mod migrate;

@@ -61,6 +61,11 @@ pub const REGISTRY: &[Migration] = &[
         name: "console_session_bounds",
         sql: include_str!("../../../migrations/registry/0012_console_session_bounds.sql"),
     },
+    Migration {
+        version: 13,
+        name: "identity_providers",
+        sql: include_str!("../../../migrations/registry/0013_identity_providers.sql"),
+    },
 ];
 
 /// The tenant-data schema's migrations, in order.

@@ -6,6 +6,7 @@ pub mod api_key;
 pub mod db;
 pub mod entities;
 pub mod gate;
+pub mod identity;
 pub mod metrics;
 pub mod registry;
 pub mod settings;

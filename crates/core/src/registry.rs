@@ -55,6 +55,57 @@ struct KeyOwnerRow {
     tier_settings: serde_json::Value,
 }
 
+/// A tenant's identity provider, as the request path reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantProvider {
+    pub tenant_id: Uuid,
+    pub slug: String,
+    pub name: String,
+    pub config: crate::identity::ProviderConfig,
+}
+
+/// An identity provider's configuration columns, as the registry holds them
+/// (both sides read them: nest it in a row).
+#[derive(FromQueryResult)]
+pub struct ProviderColumns {
+    issuer: String,
+    audience: String,
+    jwks_uri: Option<String>,
+    org_claim: Option<String>,
+    org_value: Option<String>,
+    role_claim: Option<String>,
+    role_map: serde_json::Value,
+    email_domains: Vec<String>,
+}
+
+/// The columns [`ProviderColumns`] reads, for a select list.
+pub const PROVIDER_COLUMNS: &str =
+    "issuer, audience, jwks_uri, org_claim, org_value, role_claim, role_map, email_domains";
+
+impl ProviderColumns {
+    pub fn config(self) -> Result<crate::identity::ProviderConfig, DbErr> {
+        Ok(crate::identity::ProviderConfig {
+            issuer: self.issuer,
+            audience: self.audience,
+            jwks_uri: self.jwks_uri,
+            org_claim: self.org_claim,
+            org_value: self.org_value,
+            role_claim: self.role_claim,
+            role_map: serde_json::from_value(self.role_map).map_err(corrupt)?,
+            email_domains: self.email_domains,
+        })
+    }
+}
+
+#[derive(FromQueryResult)]
+struct ProviderRow {
+    tenant_id: Uuid,
+    slug: String,
+    name: String,
+    #[sea_orm(nested)]
+    columns: ProviderColumns,
+}
+
 #[derive(FromQueryResult)]
 struct RouteRow {
     backend_id: Uuid,
@@ -118,6 +169,33 @@ impl RegistryReader {
         .one(&self.db)
         .await?;
         row.map(KeyOwner::try_from).transpose()
+    }
+
+    /// The tenant `id` with its effective settings (whatever its status).
+    pub async fn tenant_owner(&self, id: Uuid) -> Result<Option<KeyOwner>, DbErr> {
+        let sql =
+            format!("{OWNER_SELECT} FROM tenants t LEFT JOIN tier_settings ts ON ts.tier = t.tier WHERE t.id = $1");
+        let row = KeyOwnerRow::find_by_statement(Statement::from_sql_and_values(DbBackend::Postgres, sql, [id.into()]))
+            .one(&self.db)
+            .await?;
+        row.map(KeyOwner::try_from).transpose()
+    }
+
+    /// Every tenant's identity provider for tokens of `issuer`.
+    pub async fn providers_for_issuer(&self, issuer: &str) -> Result<Vec<TenantProvider>, DbErr> {
+        let sql = format!(
+            "SELECT p.tenant_id, t.slug, p.name, {PROVIDER_COLUMNS} \
+             FROM identity_providers p JOIN tenants t ON t.id = p.tenant_id WHERE p.issuer = $1 ORDER BY t.slug"
+        );
+        let rows =
+            ProviderRow::find_by_statement(Statement::from_sql_and_values(DbBackend::Postgres, sql, [issuer.into()]))
+                .all(&self.db)
+                .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(TenantProvider { tenant_id: r.tenant_id, slug: r.slug, name: r.name, config: r.columns.config()? })
+            })
+            .collect()
     }
 
     /// Active tenants with their effective settings, in id order after `after`
