@@ -154,6 +154,7 @@ pub fn settings_for(
             connection_wait_ms: 2000,
             pool_idle_secs: 300,
             cache_ttl_secs: 60,
+            token_key_refetch_secs: 30,
             workers: 2,
             baseline: None,
             listen_for_changes: true,

@@ -20,3 +20,4 @@ CREATE TABLE identity_providers (
     CHECK ((org_claim IS NULL) = (org_value IS NULL))
 );
 CREATE UNIQUE INDEX identity_providers_issuer_org ON identity_providers (issuer, coalesce(org_value, ''));
+GRANT SELECT ON identity_providers TO {app_role};

@@ -125,3 +125,183 @@ async fn identity_providers_are_put_listed_tested_and_removed_and_an_issuer_name
         assert!(actions.contains(&a), "{a}: {actions:?}");
     }
 }
+
+/// A token's claims: `sub`, `aud`, `exp` an hour on, and `extra`.
+fn claims(aud: &str, extra: serde_json::Value) -> serde_json::Value {
+    let now = chrono::Utc::now().timestamp();
+    let mut c = json!({"sub": "u-1", "aud": aud, "exp": now + 3600, "iat": now, "email": "ann@acme.example"});
+    for (k, v) in extra.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    c
+}
+
+/// Tenant users signed in by their own identity provider: tokens of RS256,
+/// ES256 and EdDSA keys accepted, each forgery and bad claim refused with 401
+/// `invalid_token` (and its `WWW-Authenticate`), roles per route, a key
+/// rotation taken without a restart, a cross-tenant user choosing with
+/// `X-Tenant` and refused a tenant its claims do not name, one issuer's
+/// organisations kept apart, and a provider that does not answer costing only
+/// its own tenant's sign-ins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_users_sign_in_with_their_providers_tokens_and_hold_the_roles_their_claims_map() {
+    // Key sets fetched again for an unknown kid at most every 3 s (30 by default).
+    let app = crate::helpers::spawn_app_with(|s| s.app.token_key_refetch_secs = 3).await;
+    let acme = app.create_tenant("tok-acme", "shared").await;
+    let globex = app.create_tenant("tok-globex", "shared").await;
+    let initech = app.create_tenant("tok-initech", "shared").await;
+    let hooli = app.create_tenant("tok-hooli", "shared").await;
+    let (own, shared, silent) =
+        (tenantry::testkit::oidc_provider(), tenantry::testkit::oidc_provider(), tenantry::testkit::oidc_provider());
+    let put = |t: &str, body: serde_json::Value| {
+        let p = format!("/v1/tenants/{t}/identity-providers/main");
+        let app = &app;
+        async move {
+            let (s, e) = app.admin_call(Method::PUT, &p, Some(body)).await;
+            assert_eq!(s, StatusCode::CREATED, "{e}");
+        }
+    };
+    put(
+        &acme.id,
+        json!({"issuer": own.issuer, "audience": "tenantry", "role_claim": "roles",
+        "role_map": {"office": "manager", "field": "technician", "boss": "admin"}}),
+    )
+    .await;
+    for (t, org) in [(&globex.id, "g1"), (&initech.id, "i1")] {
+        put(
+            t,
+            json!({"issuer": shared.issuer, "audience": "tenantry", "org_claim": "org_id", "org_value": org,
+            "role_claim": "roles", "role_map": {"office": "manager"}}),
+        )
+        .await;
+    }
+    put(&hooli.id, json!({"issuer": silent.issuer, "audience": "tenantry"})).await;
+    let call = |token: String, method: Method, path: &str, body: Option<serde_json::Value>, tenant: Option<&str>| {
+        let mut req = app.http.request(method, format!("{}{path}", app.app)).bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        if let Some(t) = tenant {
+            req = req.header("X-Tenant", t);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            let www = r.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_string());
+            (r.status(), www, r.json::<serde_json::Value>().await.unwrap_or_default())
+        }
+    };
+
+    // Each key type signs a manager in.
+    for alg in ["RS256", "ES256", "EdDSA"] {
+        let token = own.mint(claims("tenantry", json!({"roles": ["office"]})), Some(alg)).await;
+        let (s, _, me) = call(token, Method::GET, "/v1/me", None, None).await;
+        assert_eq!(s, StatusCode::OK, "{alg}: {me}");
+        assert_eq!((me["tenant"].as_str(), me["role"].as_str()), (Some("tok-acme"), Some("manager")), "{alg}");
+        assert_eq!((me["subject"].as_str(), me["email"].as_str()), (Some("u-1"), Some("ann@acme.example")));
+    }
+    let manager = own.mint(claims("tenantry", json!({"roles": ["office"]})), None).await;
+    let (s, _, pump) =
+        call(manager.clone(), Method::POST, "/v1/assets", Some(json!({"name": "Pump", "tag": "P-1"})), None).await;
+    assert_eq!(s, StatusCode::CREATED, "{pump}");
+    let pump_path = format!("/v1/assets/{}", pump["id"].as_str().unwrap());
+
+    // Refused: 401 invalid_token, with WWW-Authenticate.
+    let now = chrono::Utc::now().timestamp();
+    let refused = [
+        ("alg none", own.mint(claims("tenantry", json!({})), Some("none")).await),
+        ("HS256 keyed with the public key", own.mint(claims("tenantry", json!({})), Some("HS256-public")).await),
+        ("wrong audience", own.mint(claims("someone-else", json!({})), None).await),
+        ("expired", own.mint(claims("tenantry", json!({"exp": now - 3600})), None).await),
+        ("not yet valid", own.mint(claims("tenantry", json!({"nbf": now + 3600})), None).await),
+        ("unknown issuer", own.mint(claims("tenantry", json!({"iss": "http://127.0.0.1:9/evil"})), None).await),
+        ("no subject", own.mint(json!({"aud": "tenantry", "exp": now + 60}), None).await),
+        ("garbage", "a.b.c".to_string()),
+    ];
+    for (why, token) in refused {
+        let (s, www, e) = call(token, Method::GET, "/v1/me", None, None).await;
+        assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_token")), "{why}: {e}");
+        assert_eq!(www.as_deref(), Some("Bearer error=\"invalid_token\""), "{why}");
+    }
+    let skewed = own.mint(claims("tenantry", json!({"exp": now - 30})), None).await;
+    assert_eq!(call(skewed, Method::GET, "/v1/me", None, None).await.0, StatusCode::OK, "30 s of skew is taken");
+
+    // Roles per route.
+    let technician = own.mint(claims("tenantry", json!({"sub": "tech", "roles": "field"})), None).await;
+    let viewer = own.mint(claims("tenantry", json!({"sub": "viewer"})), None).await;
+    let (s, _, e) = call(technician.clone(), Method::DELETE, &pump_path, None, None).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")), "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("`manager`"), "{e}");
+    let (s, _, _) =
+        call(technician.clone(), Method::PATCH, &pump_path, Some(json!({"status": "in_repair"})), None).await;
+    assert_eq!(s, StatusCode::OK, "a technician changes an asset's status");
+    let (s, _, _) = call(technician.clone(), Method::PATCH, &pump_path, Some(json!({"name": "Renamed"})), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "but not its name");
+    let (s, _, _) =
+        call(technician.clone(), Method::POST, &format!("{pump_path}/issues"), Some(json!({"title": "Leak"})), None)
+            .await;
+    assert_eq!(s, StatusCode::CREATED, "a technician files an issue");
+    let (s, _, _) =
+        call(viewer.clone(), Method::POST, "/v1/assets", Some(json!({"name": "X", "tag": "X-1"})), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "a viewer cannot write");
+    assert_eq!(call(viewer, Method::GET, &pump_path, None, None).await.0, StatusCode::OK, "but reads");
+
+    // A key rotation: the new key's tokens are taken after one refetch, the
+    // withdrawn key's no more.
+    // Until the refetch interval since the last fetch has passed, the new
+    // key's tokens are refused without a fetch; then one fetch takes it.
+    let fetches = own.jwks_fetches().await;
+    let new_kid = own.rotate("RSA").await;
+    let rotated = own.mint(claims("tenantry", json!({"roles": ["office"]})), None).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (s, _, e) = call(rotated.clone(), Method::GET, "/v1/me", None, None).await;
+        if s == StatusCode::OK {
+            break;
+        }
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{e}");
+        assert_eq!(own.jwks_fetches().await, fetches, "refused within the interval without a fetch");
+        assert!(std::time::Instant::now() < deadline, "the key signed by {new_kid} is never taken");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(own.jwks_fetches().await, fetches + 1, "one refetch for the unknown kid");
+    let (s, _, _) = call(manager.clone(), Method::GET, "/v1/me", None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "the withdrawn key signs nobody in");
+    assert_eq!(own.jwks_fetches().await, fetches + 1, "and costs no second fetch within the interval");
+
+    // One issuer, two tenants by organisation; a user of both picks one.
+    let of_globex = shared.mint(claims("tenantry", json!({"org_id": "g1", "roles": "office"})), None).await;
+    let (s, _, me) = call(of_globex.clone(), Method::GET, "/v1/me", None, None).await;
+    assert_eq!((s, me["tenant"].as_str()), (StatusCode::OK, Some("tok-globex")), "{me}");
+    let (s, _, e) = call(of_globex.clone(), Method::GET, "/v1/me", None, Some("tok-initech")).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "another organisation's tenant: {e}");
+    let (s, _, e) = call(of_globex.clone(), Method::GET, &pump_path, None, Some("tok-acme")).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_token")), "{e}");
+    let (s, _, e) = call(of_globex, Method::GET, &pump_path, None, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "acme's asset is not globex's: {e}");
+    let both = shared.mint(claims("tenantry", json!({"org_id": ["g1", "i1"]})), None).await;
+    let (s, _, e) = call(both.clone(), Method::GET, "/v1/me", None, None).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("tenant_required")), "{e}");
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(message.contains("tok-globex") && message.contains("tok-initech"), "{message}");
+    for t in ["tok-globex", "tok-initech"] {
+        let (s, _, me) = call(both.clone(), Method::GET, "/v1/me", None, Some(t)).await;
+        assert_eq!((s, me["tenant"].as_str()), (StatusCode::OK, Some(t)), "{me}");
+    }
+    let (s, _, _) = call(both, Method::GET, "/v1/me", None, Some("tok-hooli")).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "a tenant of another issuer");
+
+    // A provider that does not answer: only its own tenant's sign-ins fail.
+    silent.set_down(true).await;
+    let token = silent.mint(claims("tenantry", json!({})), None).await;
+    let (s, _, e) = call(token, Method::GET, "/v1/me", None, None).await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("identity_provider_unavailable")),
+        "{e}"
+    );
+    let again = own.mint(claims("tenantry", json!({"roles": ["office"]})), None).await;
+    assert_eq!(call(again, Method::GET, "/v1/me", None, None).await.0, StatusCode::OK, "others sign in");
+    // API keys keep working, as admins.
+    let (s, me) = app.get(&acme.key, "/v1/me").await;
+    assert_eq!((s, me["role"].as_str(), me["subject"].as_str()), (StatusCode::OK, Some("admin"), Some("api-key")));
+}

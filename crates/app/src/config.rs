@@ -59,6 +59,10 @@ pub struct AppConfig {
     /// them at once). Default 60.
     #[serde(default = "default_cache_ttl")]
     pub cache_ttl_secs: u64,
+    /// An identity provider's key set is fetched again for a token with an
+    /// unknown `kid` at most this often, per key set. Default 30.
+    #[serde(default = "default_token_refetch")]
+    pub token_key_refetch_secs: u64,
     /// HTTP worker threads. Default 2.
     #[serde(default = "default_workers")]
     pub workers: usize,
@@ -174,6 +178,9 @@ fn default_idle() -> u64 {
 }
 fn default_cache_ttl() -> u64 {
     60
+}
+fn default_token_refetch() -> u64 {
+    30
 }
 fn default_workers() -> usize {
     2

@@ -1,30 +1,30 @@
-//! The app API (its own listener). Every `/v1` route authenticates a tenant API
-//! key, enters the tenant's backend through the [`Resolver`] and works only
+//! The app API (its own listener). Every `/v1` route authenticates its caller
+//! (`caller.rs`: an API key or a tenant user's token), checks the route's role,
+//! enters the tenant's backend through the [`Resolver`] and works only
 //! through the tenant-scoped [`TenantTx`]. Another tenant's id answers exactly
 //! like a missing one: 404.
 
 use std::net::TcpListener;
 
-use actix_web::dev::{Payload, Server};
-use actix_web::{FromRequest, HttpRequest, HttpResponse, HttpServer, web};
+use actix_web::dev::Server;
+use actix_web::{HttpResponse, HttpServer, web};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Duration, Utc};
-use futures::future::LocalBoxFuture;
 use sea_orm::{DbErr, IntoActiveModel, Set};
 use serde::Deserialize;
 use tracing_actix_web::{RootSpanBuilder, TracingLogger};
 use utoipa::OpenApi;
 use uuid::Uuid;
 
-use tenantry_core::TenantStatus;
 use tenantry_core::db::{FOREIGN_KEY_VIOLATION, UNIQUE_VIOLATION, sqlstate};
 use tenantry_core::entities::{asset_issues, assets, maintenance_schedules};
+use tenantry_core::identity::Role;
 use tenantry_core::metrics::HttpMetrics;
-use tenantry_core::registry::KeyOwner;
-use tenantry_core::web::{ApiError, ErrorBody, bearer, configure_extractors, healthz, no_route};
+use tenantry_core::web::{ApiError, ErrorBody, configure_extractors, healthz, no_route};
 
 use crate::Resolver;
+use crate::caller::Tenant;
 use crate::data::{self, AssetFilter, NewAsset, NewIssue, NewSchedule};
 use crate::scope::TenantTx;
 use crate::wire::*;
@@ -32,70 +32,6 @@ use crate::wire::*;
 /// Default and largest page sizes of list routes.
 const DEFAULT_PAGE: u64 = 50;
 const MAX_PAGE: u64 = 200;
-
-/// An authenticated tenant.
-/// The authenticated tenant of a request, admitted under its limits (the
-/// concurrency permit, if any, is held until the request ends).
-pub struct Tenant(
-    pub std::sync::Arc<KeyOwner>,
-    // Held for its Drop: releases the tenant's in-flight slot when the request ends.
-    #[allow(dead_code)] Option<tokio::sync::OwnedSemaphorePermit>,
-);
-
-impl FromRequest for Tenant {
-    type Error = ApiError;
-    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
-
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let resolver = req.app_data::<web::Data<Resolver>>().cloned();
-        let key = bearer(req).map(str::to_string);
-        let req = req.clone();
-        Box::pin(async move {
-            let resolver = resolver.ok_or_else(|| ApiError::internal(&"resolver missing from app data"))?;
-            let key = key.ok_or_else(|| ApiError::unauthorized("send `Authorization: Bearer <API key>`"))?;
-            let owner = resolver.authenticate(&key).await?;
-            match owner.status {
-                TenantStatus::Active => {}
-                TenantStatus::Provisioning => {
-                    return Err(ApiError::unavailable("tenant_provisioning", "the tenant is being provisioned", 2));
-                }
-                TenantStatus::Suspended => {
-                    return Err(ApiError::new(
-                        actix_web::http::StatusCode::FORBIDDEN,
-                        "tenant_suspended",
-                        "the tenant is suspended",
-                    ));
-                }
-                TenantStatus::Reverted => {
-                    return Err(ApiError::new(
-                        actix_web::http::StatusCode::FORBIDDEN,
-                        "tenant_reverted",
-                        "the tenant went back to the legacy system it was adopted from",
-                    ));
-                }
-                // From the moment an erasure starts the tenant is gone, as if it
-                // had never existed.
-                TenantStatus::Erasing | TenantStatus::Erased => {
-                    return Err(ApiError::not_found("tenant"));
-                }
-                _ => {
-                    return Err(ApiError::unauthorized("missing, unknown or revoked API key"));
-                }
-            }
-            let span = tracing::Span::current();
-            span.record("tenant_id", tracing::field::display(owner.tenant_id));
-            span.record("tier", owner.tier.as_str());
-            {
-                use actix_web::HttpMessage;
-                let mut ext = req.extensions_mut();
-                ext.insert(tenantry_core::metrics::TierLabel(owner.tier.as_str()));
-                ext.insert(crate::usage::TenantTag(owner.tenant_id));
-            }
-            let permit = resolver.admit(&owner)?;
-            Ok(Tenant(owner, permit))
-        })
-    }
-}
 
 /// Opens the tenant's scoped transaction.
 async fn enter(resolver: &Resolver, tenant: &Tenant) -> Result<TenantTx, ApiError> {
@@ -267,14 +203,35 @@ fn interval(days: i32) -> Result<i32, ApiError> {
 }
 
 /// Who am I: the tenant this key belongs to.
+///
+/// Role: `viewer`.
 #[utoipa::path(get, path = "/v1/tenant", responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody)))]
 async fn whoami(t: Tenant) -> HttpResponse {
     HttpResponse::Ok().json(WhoAmI { id: t.0.tenant_id, slug: t.0.slug.clone(), tier: t.0.tier })
 }
 
+/// Who is asking: the subject (or `api-key`), the tenant, the role.
+///
+/// Role: `viewer`.
+#[utoipa::path(get, path = "/v1/me", responses((status = 200, body = Me), (status = 401, body = ErrorBody)))]
+async fn me(t: Tenant) -> HttpResponse {
+    let c = &t.2;
+    HttpResponse::Ok().json(Me {
+        tenant_id: t.0.tenant_id,
+        tenant: t.0.slug.clone(),
+        subject: c.subject.clone(),
+        issuer: c.issuer.clone(),
+        email: c.email.clone(),
+        name: c.name.clone(),
+        role: c.role,
+    })
+}
+
+/// Role: `manager`.
 #[utoipa::path(post, path = "/v1/assets", request_body = CreateAsset,
     responses((status = 201, body = Asset), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn create_asset(r: R, t: Tenant, body: web::Json<CreateAsset>) -> Result<HttpResponse, ApiError> {
+    t.needs(Role::Manager)?;
     let b = body.into_inner();
     let new = NewAsset {
         name: text("name", &b.name, 200)?,
@@ -290,6 +247,7 @@ async fn create_asset(r: R, t: Tenant, body: web::Json<CreateAsset>) -> Result<H
     Ok(HttpResponse::Created().json(Asset::from(asset)))
 }
 
+/// Role: `viewer`.
 #[utoipa::path(get, path = "/v1/assets", params(ListAssets), responses((status = 200, body = AssetPage)))]
 async fn list_assets(r: R, t: Tenant, q: web::Query<ListAssets>) -> Result<HttpResponse, ApiError> {
     let limit = limit(q.limit, &t)?;
@@ -307,6 +265,7 @@ async fn list_assets(r: R, t: Tenant, q: web::Query<ListAssets>) -> Result<HttpR
     }))
 }
 
+/// Role: `viewer`.
 #[utoipa::path(get, path = "/v1/assets/{id}", params(("id" = Uuid, Path)),
     responses((status = 200, body = Asset), (status = 404, body = ErrorBody)))]
 async fn get_asset(r: R, t: Tenant, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
@@ -314,6 +273,7 @@ async fn get_asset(r: R, t: Tenant, id: web::Path<Uuid>) -> Result<HttpResponse,
     Ok(HttpResponse::Ok().json(Asset::from(asset)))
 }
 
+/// Role: `viewer`.
 #[utoipa::path(get, path = "/v1/assets/by-tag/{tag}", params(("tag" = String, Path)),
     responses((status = 200, body = Asset), (status = 404, body = ErrorBody)))]
 async fn asset_by_tag(r: R, t: Tenant, tag: web::Path<String>) -> Result<HttpResponse, ApiError> {
@@ -321,6 +281,7 @@ async fn asset_by_tag(r: R, t: Tenant, tag: web::Path<String>) -> Result<HttpRes
     Ok(HttpResponse::Ok().json(Asset::from(asset)))
 }
 
+/// Role: technician for `status` and `location` only; otherwise manager.
 #[utoipa::path(patch, path = "/v1/assets/{id}", params(("id" = Uuid, Path)), request_body = UpdateAsset,
     responses((status = 200, body = Asset), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn update_asset(
@@ -330,6 +291,9 @@ async fn update_asset(
     body: web::Json<UpdateAsset>,
 ) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
+    // The field app's change (status, location) is a technician's; the rest a manager's.
+    let field_only = b.name.is_none() && b.tag.is_none() && b.category.is_none() && b.attributes.is_none();
+    t.needs(if field_only { Role::Technician } else { Role::Manager })?;
     let tx = enter(&r, &t).await?;
     let mut m = tx.get::<assets::Entity>(*id).await?.ok_or_else(|| ApiError::not_found("asset"))?.into_active_model();
     if let Some(v) = b.name {
@@ -356,9 +320,11 @@ async fn update_asset(
     Ok(HttpResponse::Ok().json(Asset::from(asset)))
 }
 
+/// Role: `manager`.
 #[utoipa::path(delete, path = "/v1/assets/{id}", params(("id" = Uuid, Path)),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 async fn delete_asset(r: R, t: Tenant, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
+    t.needs(Role::Manager)?;
     let tx = enter(&r, &t).await?;
     if !tx.delete::<assets::Entity>(*id).await? {
         return Err(ApiError::not_found("asset"));
@@ -367,6 +333,7 @@ async fn delete_asset(r: R, t: Tenant, id: web::Path<Uuid>) -> Result<HttpRespon
     Ok(HttpResponse::NoContent().finish())
 }
 
+/// Role: `technician`.
 #[utoipa::path(post, path = "/v1/assets/{id}/maintenance-schedules", params(("id" = Uuid, Path)),
     request_body = CreateSchedule, responses((status = 201, body = Schedule), (status = 404, body = ErrorBody)))]
 async fn create_schedule(
@@ -375,6 +342,7 @@ async fn create_schedule(
     id: web::Path<Uuid>,
     body: web::Json<CreateSchedule>,
 ) -> Result<HttpResponse, ApiError> {
+    t.needs(Role::Technician)?;
     let b = body.into_inner();
     let days = interval(b.interval_days)?;
     let new = NewSchedule {
@@ -390,6 +358,7 @@ async fn create_schedule(
     Ok(HttpResponse::Created().json(Schedule::from(s)))
 }
 
+/// Role: `viewer`.
 #[utoipa::path(get, path = "/v1/assets/{id}/maintenance-schedules", params(("id" = Uuid, Path)),
     responses((status = 200, body = ScheduleList), (status = 404, body = ErrorBody)))]
 async fn list_schedules(r: R, t: Tenant, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
@@ -400,12 +369,14 @@ async fn list_schedules(r: R, t: Tenant, id: web::Path<Uuid>) -> Result<HttpResp
     Ok(HttpResponse::Ok().json(ScheduleList { maintenance_schedules: list.into_iter().map(Schedule::from).collect() }))
 }
 
+/// Role: `viewer`.
 #[utoipa::path(get, path = "/v1/maintenance-schedules/due", params(DueQuery), responses((status = 200, body = ScheduleList)))]
 async fn due_schedules(r: R, t: Tenant, q: web::Query<DueQuery>) -> Result<HttpResponse, ApiError> {
     let list = r.read(&t.0, data::schedules_due(q.before, limit(q.limit, &t)?)).await?;
     Ok(HttpResponse::Ok().json(ScheduleList { maintenance_schedules: list.into_iter().map(Schedule::from).collect() }))
 }
 
+/// Role: `technician`.
 #[utoipa::path(patch, path = "/v1/maintenance-schedules/{id}", params(("id" = Uuid, Path)), request_body = UpdateSchedule,
     responses((status = 200, body = Schedule), (status = 404, body = ErrorBody)))]
 async fn update_schedule(
@@ -414,6 +385,7 @@ async fn update_schedule(
     id: web::Path<Uuid>,
     body: web::Json<UpdateSchedule>,
 ) -> Result<HttpResponse, ApiError> {
+    t.needs(Role::Technician)?;
     let b = body.into_inner();
     let tx = enter(&r, &t).await?;
     let mut m = tx
@@ -439,9 +411,11 @@ async fn update_schedule(
     Ok(HttpResponse::Ok().json(Schedule::from(s)))
 }
 
+/// Role: `manager`.
 #[utoipa::path(delete, path = "/v1/maintenance-schedules/{id}", params(("id" = Uuid, Path)),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 async fn delete_schedule(r: R, t: Tenant, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
+    t.needs(Role::Manager)?;
     let tx = enter(&r, &t).await?;
     if !tx.delete::<maintenance_schedules::Entity>(*id).await? {
         return Err(ApiError::not_found("maintenance schedule"));
@@ -450,6 +424,7 @@ async fn delete_schedule(r: R, t: Tenant, id: web::Path<Uuid>) -> Result<HttpRes
     Ok(HttpResponse::NoContent().finish())
 }
 
+/// Role: `technician`.
 #[utoipa::path(post, path = "/v1/assets/{id}/issues", params(("id" = Uuid, Path)), request_body = CreateIssue,
     responses((status = 201, body = Issue), (status = 404, body = ErrorBody)))]
 async fn create_issue(
@@ -458,6 +433,7 @@ async fn create_issue(
     id: web::Path<Uuid>,
     body: web::Json<CreateIssue>,
 ) -> Result<HttpResponse, ApiError> {
+    t.needs(Role::Technician)?;
     let b = body.into_inner();
     let new = NewIssue {
         asset_id: *id,
@@ -473,6 +449,7 @@ async fn create_issue(
     Ok(HttpResponse::Created().json(Issue::from(i)))
 }
 
+/// Role: `viewer`.
 #[utoipa::path(get, path = "/v1/issues", params(ListIssues), responses((status = 200, body = IssuePage)))]
 async fn list_issues(r: R, t: Tenant, q: web::Query<ListIssues>) -> Result<HttpResponse, ApiError> {
     let lim = limit(q.limit, &t)?;
@@ -484,6 +461,7 @@ async fn list_issues(r: R, t: Tenant, q: web::Query<ListIssues>) -> Result<HttpR
     }))
 }
 
+/// Role: `viewer`.
 #[utoipa::path(get, path = "/v1/issues/{id}", params(("id" = Uuid, Path)),
     responses((status = 200, body = Issue), (status = 404, body = ErrorBody)))]
 async fn get_issue(r: R, t: Tenant, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
@@ -491,6 +469,7 @@ async fn get_issue(r: R, t: Tenant, id: web::Path<Uuid>) -> Result<HttpResponse,
     Ok(HttpResponse::Ok().json(Issue::from(i)))
 }
 
+/// Role: `technician`.
 #[utoipa::path(patch, path = "/v1/issues/{id}", params(("id" = Uuid, Path)), request_body = UpdateIssue,
     responses((status = 200, body = Issue), (status = 404, body = ErrorBody)))]
 async fn update_issue(
@@ -499,6 +478,7 @@ async fn update_issue(
     id: web::Path<Uuid>,
     body: web::Json<UpdateIssue>,
 ) -> Result<HttpResponse, ApiError> {
+    t.needs(Role::Technician)?;
     let b = body.into_inner();
     let tx = enter(&r, &t).await?;
     let mut m =
@@ -521,9 +501,11 @@ async fn update_issue(
     Ok(HttpResponse::Ok().json(Issue::from(i)))
 }
 
+/// Role: `manager`.
 #[utoipa::path(delete, path = "/v1/issues/{id}", params(("id" = Uuid, Path)),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 async fn delete_issue(r: R, t: Tenant, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
+    t.needs(Role::Manager)?;
     let tx = enter(&r, &t).await?;
     if !tx.delete::<asset_issues::Entity>(*id).await? {
         return Err(ApiError::not_found("issue"));
@@ -541,6 +523,7 @@ const APP_ERRORS: tenantry_core::web::ErrorStatuses =
     info(title = "Tenantry app API"),
     paths(
         whoami,
+        me,
         create_asset,
         list_assets,
         get_asset,
@@ -590,6 +573,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             web::scope("/v1")
                 .route("/tenant", web::get().to(whoami))
+                .route("/me", web::get().to(me))
                 .route("/assets", web::post().to(create_asset))
                 .route("/assets", web::get().to(list_assets))
                 .route("/assets/by-tag/{tag}", web::get().to(asset_by_tag))
@@ -617,6 +601,7 @@ impl RootSpanBuilder for TenantSpan {
         tracing_actix_web::root_span!(
             request,
             tenant_id = tracing::field::Empty,
+            user = tracing::field::Empty,
             tier = tracing::field::Empty,
             backend = tracing::field::Empty
         )

@@ -85,6 +85,8 @@ struct Inner {
     /// and re-resolved: what NOTIFY exists to keep at zero.
     stale_routes: AtomicU64,
     registry: RegistryReader,
+    /// Tenant users' bearer tokens.
+    tokens: crate::tokens::Tokens,
     cfg: AppConfig,
     keys: Cache<[u8; 32], Arc<KeyOwner>>,
     /// Key hashes the registry did not know, briefly (see [`UNKNOWN_KEY_TTL`]).
@@ -157,6 +159,11 @@ impl Resolver {
         let closing = cap.clone();
         let inner = Arc::new(Inner {
             registry: RegistryReader::new(registry.clone()),
+            tokens: crate::tokens::Tokens::new(
+                RegistryReader::new(registry.clone()),
+                ttl,
+                Duration::from_secs(cfg.token_key_refetch_secs),
+            ),
             keys: Cache::builder().max_capacity(MAX_CACHED_KEYS).time_to_live(ttl).build(),
             unknown_keys: Cache::builder().max_capacity(MAX_UNKNOWN_KEYS).time_to_live(UNKNOWN_KEY_TTL).build(),
             key_lookups: Arc::new(Semaphore::new(KEY_LOOKUPS)),
@@ -246,6 +253,16 @@ impl Resolver {
         let owner = Arc::new(owner);
         self.inner.keys.insert(hash, owner.clone());
         Ok(owner)
+    }
+
+    /// The person a bearer token signs in, and their tenant (`wanted`: the
+    /// request's `X-Tenant`, for a token naming several).
+    pub async fn sign_in(
+        &self,
+        token: &str,
+        wanted: Option<&str>,
+    ) -> Result<(Arc<KeyOwner>, crate::tokens::Person), ApiError> {
+        self.inner.tokens.sign_in(token, wanted).await
     }
 
     async fn route(&self, tenant_id: Uuid) -> Result<Arc<Route>, ApiError> {

@@ -137,6 +137,22 @@ pub struct ScheduleList {
     pub maintenance_schedules: Vec<Schedule>,
 }
 
+/// `GET /v1/me`: who is asking, for which tenant, with which role.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Me {
+    pub tenant_id: Uuid,
+    pub tenant: String,
+    /// `api-key`, or the subject (`sub`) of the identity provider's token.
+    pub subject: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub role: tenantry_core::identity::Role,
+}
+
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct WhoAmI {
     pub id: Uuid,

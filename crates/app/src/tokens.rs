@@ -1,0 +1,273 @@
+//! Tenant users signed in by their own identity provider: a bearer JWT
+//! checked against the provider's keys, and the tenant and role it names.
+//!
+//! A token is read in this order, and refused at the first thing wrong
+//! (401 `invalid_token`, `WWW-Authenticate: Bearer error="invalid_token"`):
+//! its header (RS256, ES256 or EdDSA, with a `kid`: never `none`, never an
+//! HMAC); its unverified `iss`, which picks the tenants' providers of that
+//! issuer (none: refused); the provider's key of that `kid` (the issuer's key
+//! set cached, fetched again on an unknown `kid` at most once every `app.token_key_refetch_secs`, 30 s by default); the
+//! signature with that key, whose own type must be the header's algorithm;
+//! `iss`, `aud` (the provider's audience), `exp` and `nbf` with 60 s of skew.
+//! Then the tenant: each provider of the issuer whose organisation the token
+//! names (an issuer without one names its one tenant); several: the request's
+//! `X-Tenant` picks one (400 naming the choices without it, 403 for a tenant
+//! the token does not name). A provider whose keys cannot be fetched answers
+//! 503 for its own tokens only.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use moka::sync::Cache;
+use serde_json::Value;
+use uuid::Uuid;
+
+use tenantry_core::identity::{ALGORITHMS, Role, fetch_keys, keys_uri, signing_algorithm};
+use tenantry_core::registry::{KeyOwner, RegistryReader, TenantProvider};
+use tenantry_core::web::ApiError;
+
+/// Skew allowed on `exp` and `nbf`.
+const LEEWAY_SECS: u64 = 60;
+/// How long the providers of an issuer are kept before being read again.
+const PROVIDERS_TTL: Duration = Duration::from_secs(10);
+/// A key set is read again after this long even when every `kid` is known.
+const KEYS_TTL: Duration = Duration::from_secs(3600);
+
+/// Who a token signed in, for one tenant.
+#[derive(Debug, Clone)]
+pub struct Person {
+    pub tenant_id: Uuid,
+    pub issuer: String,
+    pub subject: String,
+    pub email: Option<String>,
+    pub name: Option<String>,
+    pub role: Role,
+}
+
+struct KeySet {
+    keys: Vec<(String, Algorithm, DecodingKey)>,
+}
+
+/// The token checker: providers and key sets cached per issuer, tenants by id.
+pub struct Tokens {
+    registry: RegistryReader,
+    owners: Cache<Uuid, Arc<KeyOwner>>,
+    http: reqwest::Client,
+    providers: Cache<String, Arc<Vec<TenantProvider>>>,
+    keys: Cache<String, Arc<KeySet>>,
+    /// Per key-set address: when it was last fetched, and a lock so that one
+    /// fetch at a time goes to a provider.
+    fetches: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Instant>>>>>,
+    /// A key set is fetched again for an unknown `kid` at most this often.
+    refetch_every: Duration,
+}
+
+fn invalid(why: impl Into<String>) -> ApiError {
+    ApiError::invalid_token(why)
+}
+
+/// The claims of a token, read without checking anything (to find its issuer).
+fn unverified_claims(token: &str) -> Result<serde_json::Map<String, Value>, ApiError> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).ok_or_else(|| invalid("not a JWT"))?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| invalid("the token's claims are not base64url"))?;
+    match serde_json::from_slice(&bytes) {
+        Ok(Value::Object(m)) => Ok(m),
+        _ => Err(invalid("the token's claims are not a JSON object")),
+    }
+}
+
+/// Whether the claim `name` is `value` or a list holding it.
+fn claim_names(claims: &serde_json::Map<String, Value>, name: &str, value: &str) -> bool {
+    match claims.get(name) {
+        Some(Value::String(s)) => s == value,
+        Some(Value::Array(a)) => a.iter().any(|v| v.as_str() == Some(value)),
+        _ => false,
+    }
+}
+
+impl Tokens {
+    /// `ttl`: how long a tenant's status and settings are kept (the app's
+    /// cache time, as for API keys).
+    pub fn new(registry: RegistryReader, ttl: Duration, refetch_every: Duration) -> Self {
+        Tokens {
+            refetch_every,
+            registry,
+            owners: Cache::builder().max_capacity(100_000).time_to_live(ttl).build(),
+            http: tenantry_core::identity::http_client(),
+            providers: Cache::builder().max_capacity(10_000).time_to_live(PROVIDERS_TTL).build(),
+            keys: Cache::builder().max_capacity(10_000).time_to_live(KEYS_TTL).build(),
+            fetches: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `bearer` is shaped like a JWT (three base64url parts).
+    pub fn is_token(bearer: &str) -> bool {
+        bearer.split('.').count() == 3 && !bearer.starts_with("tnry_")
+    }
+
+    async fn providers(&self, issuer: &str) -> Result<Arc<Vec<TenantProvider>>, ApiError> {
+        if let Some(p) = self.providers.get(issuer) {
+            return Ok(p);
+        }
+        let found = Arc::new(self.registry.providers_for_issuer(issuer).await.map_err(|e| ApiError::internal(&e))?);
+        self.providers.insert(issuer.to_string(), found.clone());
+        Ok(found)
+    }
+
+    /// The key set at `uri`, fetched again when `kid` is not in it (at most
+    /// once every 30 s per set).
+    async fn key(&self, provider: &TenantProvider, kid: &str) -> Result<(Algorithm, DecodingKey), ApiError> {
+        let down = |e: String| {
+            tracing::warn!(issuer = %provider.config.issuer, error = %e, "identity provider keys unavailable");
+            ApiError::unavailable(
+                "identity_provider_unavailable",
+                format!("the identity provider `{}` of this tenant does not answer; retry shortly", provider.name),
+                5,
+            )
+        };
+        let uri = match &provider.config.jwks_uri {
+            Some(u) => u.clone(),
+            None => keys_uri(&self.http, &provider.config).await.map_err(down)?,
+        };
+        let find = |set: &KeySet| set.keys.iter().find(|(k, ..)| k == kid).map(|(_, a, d)| (*a, d.clone()));
+        if let Some(found) = self.keys.get(&uri).as_deref().and_then(find) {
+            return Ok(found);
+        }
+        let gate = {
+            let mut all = self.fetches.lock().expect("fetch map");
+            all.entry(uri.clone()).or_default().clone()
+        };
+        let mut last = gate.lock().await;
+        // Fetched by another request meanwhile?
+        if let Some(found) = self.keys.get(&uri).as_deref().and_then(find) {
+            return Ok(found);
+        }
+        if last.is_some_and(|t| t.elapsed() < self.refetch_every) && self.keys.contains_key(&uri) {
+            return Err(invalid("no key of the provider has this token's `kid`"));
+        }
+        *last = Some(Instant::now());
+        let set = fetch_keys(&self.http, &uri).await.map_err(down)?;
+        let keys = set
+            .keys
+            .iter()
+            .filter_map(|k| {
+                let alg = signing_algorithm(k)?;
+                Some((k.common.key_id.clone()?, alg, DecodingKey::from_jwk(k).ok()?))
+            })
+            .collect();
+        let set = Arc::new(KeySet { keys });
+        self.keys.insert(uri, set.clone());
+        find(&set).ok_or_else(|| invalid("no key of the provider has this token's `kid`"))
+    }
+
+    /// The person `token` signs in and their tenant (its status and settings).
+    pub async fn sign_in(&self, token: &str, wanted: Option<&str>) -> Result<(Arc<KeyOwner>, Person), ApiError> {
+        let person = self.verify(token, wanted).await?;
+        if let Some(owner) = self.owners.get(&person.tenant_id) {
+            return Ok((owner, person));
+        }
+        let owner = self
+            .registry
+            .tenant_owner(person.tenant_id)
+            .await
+            .map_err(|e| ApiError::internal(&e))?
+            .ok_or_else(|| ApiError::not_found("tenant"))?;
+        let owner = Arc::new(owner);
+        self.owners.insert(person.tenant_id, owner.clone());
+        Ok((owner, person))
+    }
+
+    /// The person `token` signs in, for the tenant `wanted` names (a slug,
+    /// from `X-Tenant`) when the token names several.
+    pub async fn verify(&self, token: &str, wanted: Option<&str>) -> Result<Person, ApiError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("not a JWT"))?;
+        if !ALGORITHMS.contains(&header.alg) {
+            return Err(invalid(format!("tokens signed with {:?} are refused: RS256, ES256 or EdDSA", header.alg)));
+        }
+        let kid = header.kid.clone().ok_or_else(|| invalid("the token's header has no `kid`"))?;
+        let claims = unverified_claims(token)?;
+        let issuer = claims.get("iss").and_then(Value::as_str).ok_or_else(|| invalid("the token has no `iss`"))?;
+        let providers = self.providers(issuer).await?;
+        // The providers (tenants) this token's organisation claims name.
+        let named: Vec<&TenantProvider> = providers
+            .iter()
+            .filter(|p| match (&p.config.org_claim, &p.config.org_value) {
+                (Some(c), Some(v)) => claim_names(&claims, c, v),
+                _ => true,
+            })
+            .collect();
+        let Some(first) = named.first() else {
+            return Err(invalid("no tenant's identity provider takes tokens of this issuer (and organisation)"));
+        };
+        // One issuer, one key set: the first provider's settings find it.
+        let (alg, key) = self.key(first, &kid).await?;
+        if alg != header.alg {
+            return Err(invalid("the token's algorithm is not its key's"));
+        }
+        let mut validation = Validation::new(alg);
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[issuer]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let audiences: Vec<&str> = named.iter().map(|p| p.config.audience.as_str()).collect();
+        validation.set_audience(&audiences);
+        let verified = jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &key, &validation)
+            .map_err(|e| invalid(format!("the token does not hold: {e}")))?
+            .claims;
+        // Its audience picks among the named providers.
+        let named: Vec<&TenantProvider> =
+            named.into_iter().filter(|p| claim_names(&verified, "aud", &p.config.audience)).collect();
+        let provider = match (named.as_slice(), wanted) {
+            ([only], None) => *only,
+            (_, Some(slug)) => match named.iter().find(|p| p.slug == slug) {
+                Some(p) => *p,
+                // Another organisation's tenant at this issuer: not this user's.
+                None if providers.iter().any(|p| p.slug == slug) => {
+                    return Err(ApiError::forbidden(format!("this token does not sign anyone in to tenant `{slug}`")));
+                }
+                None => return Err(invalid(format!("tenant `{slug}` takes no tokens of this issuer"))),
+            },
+            (_, None) => {
+                let choices: Vec<&str> = named.iter().map(|p| p.slug.as_str()).collect();
+                return Err(ApiError::bad_request(
+                    "tenant_required",
+                    format!("this token names several tenants: send `X-Tenant` with one of {}", choices.join(", ")),
+                ));
+            }
+        };
+        let email = verified.get("email").and_then(Value::as_str).map(str::to_string);
+        let domains = &provider.config.email_domains;
+        if !domains.is_empty() {
+            let domain = email.as_deref().and_then(|e| e.rsplit_once('@')).map(|(_, d)| d.to_ascii_lowercase());
+            if !domain.is_some_and(|d| domains.contains(&d)) {
+                return Err(ApiError::forbidden("this tenant signs in only users of its email domains"));
+            }
+        }
+        let role = provider
+            .config
+            .role_claim
+            .as_ref()
+            .map(|c| {
+                let held: Vec<&str> = match verified.get(c) {
+                    Some(Value::String(s)) => vec![s.as_str()],
+                    Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+                    _ => vec![],
+                };
+                held.iter().filter_map(|h| provider.config.role_map.get(*h)).copied().max().unwrap_or(Role::Viewer)
+            })
+            .unwrap_or(Role::Viewer);
+        Ok(Person {
+            tenant_id: provider.tenant_id,
+            issuer: issuer.to_string(),
+            subject: verified.get("sub").and_then(Value::as_str).unwrap_or_default().to_string(),
+            email,
+            name: verified.get("name").and_then(Value::as_str).map(str::to_string),
+            role,
+        })
+    }
+}
