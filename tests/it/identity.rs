@@ -301,7 +301,18 @@ async fn tenant_users_sign_in_with_their_providers_tokens_and_hold_the_roles_the
     );
     let again = own.mint(claims("tenantry", json!({"roles": ["office"]})), None).await;
     assert_eq!(call(again, Method::GET, "/v1/me", None, None).await.0, StatusCode::OK, "others sign in");
-    // API keys keep working, as admins.
+    // API keys keep working, as admins; a key issued with a role holds only it.
     let (s, me) = app.get(&acme.key, "/v1/me").await;
     assert_eq!((s, me["role"].as_str(), me["subject"].as_str()), (StatusCode::OK, Some("admin"), Some("api-key")));
+    let keys = format!("/v1/tenants/{}/api-keys", acme.id);
+    let (s, issued) =
+        app.admin_call(Method::POST, &keys, Some(json!({"name": "wall display", "role": "viewer"}))).await;
+    assert_eq!((s, issued["role"].as_str()), (StatusCode::CREATED, Some("viewer")), "{issued}");
+    let display = issued["key"].as_str().unwrap();
+    assert_eq!(app.get(display, "/v1/me").await.1["role"], "viewer");
+    assert_eq!(app.get(display, &pump_path).await.0, StatusCode::OK);
+    let (s, e) = app.post(display, "/v1/assets", json!({"name": "Y", "tag": "Y-1"})).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")), "{e}");
+    let (s, _) = app.admin_call(Method::POST, &keys, Some(json!({"role": "owner"}))).await;
+    assert!(s.is_client_error(), "an unknown role is refused: {s}");
 }

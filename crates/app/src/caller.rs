@@ -72,7 +72,8 @@ impl FromRequest for Tenant {
                 (owner, caller)
             } else {
                 let owner = resolver.authenticate(&key).await?;
-                (owner, Caller { subject: "api-key".into(), issuer: None, email: None, name: None, role: Role::Admin })
+                let role = owner.key_role;
+                (owner, Caller { subject: "api-key".into(), issuer: None, email: None, name: None, role })
             };
             match owner.status {
                 TenantStatus::Active => {}

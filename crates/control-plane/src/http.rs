@@ -55,6 +55,9 @@ pub struct CreateKey {
     /// A label for people; not secret.
     #[serde(default)]
     pub name: String,
+    /// What its holder may do on the app API; default `admin`.
+    #[serde(default)]
+    pub role: Option<tenantry_core::identity::Role>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -112,11 +115,18 @@ async fn create_key(
     cp: Cp,
     admin: Admin,
     tenant: web::Path<String>,
-    body: Option<web::Json<CreateKey>>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = cp.tenant(&tenant).await?;
-    let name = body.map(|b| b.into_inner().name).unwrap_or_default();
-    Ok(HttpResponse::Created().json(cp.create_api_key(&admin.actor, tenant.id, &name).await?))
+    // The body is optional, but one that is there must parse: a mistyped role
+    // must not issue an admin key.
+    let body: CreateKey = if body.iter().all(u8::is_ascii_whitespace) {
+        CreateKey::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::unprocessable("invalid_body", format!("the body: {e}")))?
+    };
+    let role = body.role.unwrap_or(tenantry_core::identity::Role::Admin);
+    Ok(HttpResponse::Created().json(cp.create_api_key_for(&admin.actor, tenant.id, &body.name, role).await?))
 }
 
 /// Revoke an API key; it stops working on every app process at once.

@@ -66,6 +66,11 @@ pub const REGISTRY: &[Migration] = &[
         name: "identity_providers",
         sql: include_str!("../../../migrations/registry/0013_identity_providers.sql"),
     },
+    Migration {
+        version: 14,
+        name: "api_key_roles",
+        sql: include_str!("../../../migrations/registry/0014_api_key_roles.sql"),
+    },
 ];
 
 /// The tenant-data schema's migrations, in order.

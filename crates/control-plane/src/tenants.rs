@@ -94,6 +94,8 @@ pub struct KeyView {
     pub id: Uuid,
     pub prefix: String,
     pub name: String,
+    /// What its holder may do on the app API.
+    pub role: String,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
 }
@@ -104,6 +106,7 @@ pub struct IssuedKey {
     pub id: Uuid,
     pub key: String,
     pub prefix: String,
+    pub role: tenantry_core::identity::Role,
 }
 
 /// A created tenant, and the operation provisioning it (dedicated tier).
@@ -260,6 +263,17 @@ impl ControlPlane {
 
     /// Issues an API key for an existing tenant.
     pub async fn create_api_key(&self, actor: &str, tenant_id: Uuid, name: &str) -> Result<IssuedKey, Error> {
+        self.create_api_key_for(actor, tenant_id, name, tenantry_core::identity::Role::Admin).await
+    }
+
+    /// Issues an API key holding `role` on the app API.
+    pub async fn create_api_key_for(
+        &self,
+        actor: &str,
+        tenant_id: Uuid,
+        name: &str,
+        role: tenantry_core::identity::Role,
+    ) -> Result<IssuedKey, Error> {
         if name.chars().count() > 100 {
             return Err(Error::invalid("invalid_name", "key name must be at most 100 characters"));
         }
@@ -268,31 +282,38 @@ impl ControlPlane {
         let txn = self.registry().begin().await?;
         let res = txn
             .execute_raw(stmt(
-                "INSERT INTO api_keys (id, tenant_id, key_hash, prefix, name) \
-                 SELECT $1, t.id, $3, $4, $5 FROM tenants t WHERE t.id = $2 AND t.status NOT IN ('erasing', 'erased')",
+                "INSERT INTO api_keys (id, tenant_id, key_hash, prefix, name, role) \
+                 SELECT $1, t.id, $3, $4, $5, $6 FROM tenants t WHERE t.id = $2 AND t.status NOT IN ('erasing', 'erased')",
                 vec![
                     id.into(),
                     tenant_id.into(),
                     key.hash.clone().into(),
                     key.display_prefix.clone().into(),
                     name.into(),
+                    role.as_str().into(),
                 ],
             ))
             .await?;
         if res.rows_affected() == 0 {
             return Err(Error::NotFound("tenant"));
         }
-        audit(&txn, actor, "api_key.create", Some(tenant_id), json!({"key_id": id, "prefix": key.display_prefix}))
-            .await?;
+        audit(
+            &txn,
+            actor,
+            "api_key.create",
+            Some(tenant_id),
+            json!({"key_id": id, "prefix": key.display_prefix, "role": role}),
+        )
+        .await?;
         txn.commit().await?;
-        Ok(IssuedKey { id, key: key.secret, prefix: key.display_prefix })
+        Ok(IssuedKey { id, key: key.secret, prefix: key.display_prefix, role })
     }
 
     /// Revokes a key; every app process drops it from its cache at once.
     /// A tenant's API keys, newest first.
     pub async fn api_keys(&self, tenant_id: Uuid) -> Result<Vec<KeyView>, Error> {
         Ok(KeyView::find_by_statement(stmt(
-            "SELECT id, prefix, name, created_at, revoked_at FROM api_keys WHERE tenant_id = $1 ORDER BY created_at DESC",
+            "SELECT id, prefix, name, role, created_at, revoked_at FROM api_keys WHERE tenant_id = $1 ORDER BY created_at DESC",
             vec![tenant_id.into()],
         ))
         .all(self.registry())

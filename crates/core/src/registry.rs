@@ -18,6 +18,8 @@ pub struct KeyOwner {
     pub limits: crate::settings::Limits,
     /// Effective settings, flags included.
     pub settings: serde_json::Value,
+    /// The API key's role (`admin` for a tenant read without a key).
+    pub key_role: crate::identity::Role,
 }
 
 /// A tenant's placement together with its backend's address.
@@ -47,6 +49,7 @@ pub struct BackendAddress {
 
 #[derive(FromQueryResult)]
 struct KeyOwnerRow {
+    key_role: String,
     tenant_id: Uuid,
     slug: String,
     tier: String,
@@ -120,7 +123,8 @@ struct RouteRow {
     pooler_port: Option<i32>,
 }
 
-const OWNER_SELECT: &str = "SELECT t.id AS tenant_id, t.slug, t.tier, t.status, t.settings, \
+/// Without a key the role is `admin`; `key_owner` reads the key's.
+const OWNER_SELECT: &str = "SELECT 'admin'::text AS key_role, t.id AS tenant_id, t.slug, t.tier, t.status, t.settings, \
     coalesce(ts.settings, '{}'::jsonb) AS tier_settings";
 
 impl TryFrom<KeyOwnerRow> for KeyOwner {
@@ -135,6 +139,7 @@ impl TryFrom<KeyOwnerRow> for KeyOwner {
             status: r.status.parse().map_err(corrupt)?,
             limits: crate::settings::limits_of(&settings),
             settings,
+            key_role: crate::identity::Role::parse(&r.key_role).ok_or_else(|| corrupt(&r.key_role))?,
         })
     }
 }
@@ -157,9 +162,10 @@ impl RegistryReader {
     /// The tenant owning an unrevoked key with this hash.
     pub async fn key_owner(&self, key_hash: &[u8]) -> Result<Option<KeyOwner>, DbErr> {
         let sql = format!(
-            "{OWNER_SELECT} FROM api_keys k JOIN tenants t ON t.id = k.tenant_id \
+            "{} FROM api_keys k JOIN tenants t ON t.id = k.tenant_id \
              LEFT JOIN tier_settings ts ON ts.tier = t.tier \
-             WHERE k.key_hash = $1 AND (k.revoked_at IS NULL OR t.status IN ('erasing', 'erased'))"
+             WHERE k.key_hash = $1 AND (k.revoked_at IS NULL OR t.status IN ('erasing', 'erased'))",
+            OWNER_SELECT.replace("'admin'::text AS key_role", "k.role AS key_role")
         );
         let row = KeyOwnerRow::find_by_statement(Statement::from_sql_and_values(
             DbBackend::Postgres,
