@@ -14,7 +14,7 @@ issuer: `python oidc_provider.py [port]` prints `listening <port>` and serves, a
 - `/control/rotate` (POST `{kty}`): a new key of that type published, the
   keys of that type before it withdrawn;
 - `/control/down` (POST `{down}`): while down, every endpoint answers 503;
-- `/control/stats`: how many times the key set was fetched.
+- `/control/stats`: how many times the key set and the discovery document were fetched.
 
 Keys and signatures come from joserfc; nothing here does cryptography itself
 except the forgery a test needs to be refused.
@@ -54,6 +54,7 @@ class Provider:
         self.keys = [new_key(kty) for kty in ("RSA", "EC", "OKP")]
         self.down = False
         self.jwks_fetches = 0
+        self.discovery_fetches = 0
         self.issuer = None
 
     def public(self):
@@ -109,10 +110,12 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         p = PROVIDER
         if self.path == "/control/stats":
-            return self.reply(200, {"jwks_fetches": p.jwks_fetches})
+            return self.reply(200, {"jwks_fetches": p.jwks_fetches, "discovery_fetches": p.discovery_fetches})
         if p.down:
             return self.reply(503, {"error": "down"})
         if self.path == "/.well-known/openid-configuration":
+            with p.lock:
+                p.discovery_fetches += 1
             return self.reply(200, {
                 "issuer": p.issuer,
                 "jwks_uri": f"{p.issuer}/jwks",

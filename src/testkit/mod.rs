@@ -384,7 +384,16 @@ impl OidcProvider {
 
     /// How many times its key set was fetched.
     pub async fn jwks_fetches(&self) -> u64 {
+        self.stat("jwks_fetches").await
+    }
+
+    /// How many times its discovery document was fetched.
+    pub async fn discovery_fetches(&self) -> u64 {
+        self.stat("discovery_fetches").await
+    }
+
+    async fn stat(&self, name: &str) -> u64 {
         let res = self.http.get(format!("{}/control/stats", self.issuer)).send().await.expect("provider");
-        res.json::<serde_json::Value>().await.expect("stats")["jwks_fetches"].as_u64().unwrap()
+        res.json::<serde_json::Value>().await.expect("stats")[name].as_u64().unwrap()
     }
 }

@@ -199,11 +199,13 @@ async fn tenant_users_sign_in_with_their_providers_tokens_and_hold_the_roles_the
         assert_eq!((me["tenant"].as_str(), me["role"].as_str()), (Some("tok-acme"), Some("manager")), "{alg}");
         assert_eq!((me["subject"].as_str(), me["email"].as_str()), (Some("u-1"), Some("ann@acme.example")));
     }
+    let discovered = own.discovery_fetches().await;
     let manager = own.mint(claims("tenantry", json!({"roles": ["office"]})), None).await;
     let (s, _, pump) =
         call(manager.clone(), Method::POST, "/v1/assets", Some(json!({"name": "Pump", "tag": "P-1"})), None).await;
     assert_eq!(s, StatusCode::CREATED, "{pump}");
     let pump_path = format!("/v1/assets/{}", pump["id"].as_str().unwrap());
+    assert_eq!(own.discovery_fetches().await, discovered, "the key set's address is discovered once, not per request");
 
     // Refused: 401 invalid_token, with WWW-Authenticate.
     let now = chrono::Utc::now().timestamp();

@@ -57,6 +57,8 @@ pub struct Tokens {
     http: reqwest::Client,
     providers: Cache<String, Arc<Vec<TenantProvider>>>,
     keys: Cache<String, Arc<KeySet>>,
+    /// Issuer -> its key set's address, from its discovery document.
+    discovered: Cache<String, String>,
     /// Per key-set address: when it was last fetched, and a lock so that one
     /// fetch at a time goes to a provider.
     fetches: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Instant>>>>>,
@@ -101,6 +103,7 @@ impl Tokens {
             http: tenantry_core::identity::http_client(),
             providers: Cache::builder().max_capacity(10_000).time_to_live(PROVIDERS_TTL).build(),
             keys: Cache::builder().max_capacity(10_000).time_to_live(KEYS_TTL).build(),
+            discovered: Cache::builder().max_capacity(10_000).time_to_live(KEYS_TTL).build(),
             fetches: Mutex::new(HashMap::new()),
         }
     }
@@ -130,9 +133,14 @@ impl Tokens {
                 5,
             )
         };
-        let uri = match &provider.config.jwks_uri {
-            Some(u) => u.clone(),
-            None => keys_uri(&self.http, &provider.config).await.map_err(down)?,
+        // Discovered once per issuer, not per request.
+        let uri = match (provider.config.jwks_uri.clone(), self.discovered.get(&provider.config.issuer)) {
+            (Some(u), _) | (None, Some(u)) => u,
+            (None, None) => {
+                let u = keys_uri(&self.http, &provider.config).await.map_err(down)?;
+                self.discovered.insert(provider.config.issuer.clone(), u.clone());
+                u
+            }
         };
         let find = |set: &KeySet| set.keys.iter().find(|(k, ..)| k == kid).map(|(_, a, d)| (*a, d.clone()));
         if let Some(found) = self.keys.get(&uri).as_deref().and_then(find) {
