@@ -47,7 +47,7 @@ pub struct Person {
 }
 
 struct KeySet {
-    keys: Vec<(String, Algorithm, DecodingKey)>,
+    keys: Vec<(String, Algorithm, Arc<DecodingKey>)>,
 }
 
 /// The token checker: providers and key sets cached per issuer, tenants by id.
@@ -124,7 +124,7 @@ impl Tokens {
 
     /// The key set at `uri`, fetched again when `kid` is not in it (at most
     /// once every 30 s per set).
-    async fn key(&self, provider: &TenantProvider, kid: &str) -> Result<(Algorithm, DecodingKey), ApiError> {
+    async fn key(&self, provider: &TenantProvider, kid: &str) -> Result<(Algorithm, Arc<DecodingKey>), ApiError> {
         let down = |e: String| {
             tracing::warn!(issuer = %provider.config.issuer, error = %e, "identity provider keys unavailable");
             ApiError::unavailable(
@@ -165,7 +165,7 @@ impl Tokens {
             .iter()
             .filter_map(|k| {
                 let alg = signing_algorithm(k)?;
-                Some((k.common.key_id.clone()?, alg, DecodingKey::from_jwk(k).ok()?))
+                Some((k.common.key_id.clone()?, alg, Arc::new(DecodingKey::from_jwk(k).ok()?)))
             })
             .collect();
         let set = Arc::new(KeySet { keys });
