@@ -7,7 +7,10 @@
 //! reaches through a real PgBouncer 1.18 in transaction mode (unnamed
 //! statements, the read inside a transaction). A fifth is the routed request
 //! for a tenant on a pool put back to tenant schema 5's gates, the forgeable
-//! context the vouched gate replaced: before against after, same run.
+//! context the vouched gate replaced: before against after, same run. A
+//! sixth is the first path's request signed in by a tenant user's bearer
+//! token from a real OIDC provider on loopback (`tests/oidc_provider.py`),
+//! cached after its first check, against the API key of the second path.
 //!
 //! cargo bench --bench routing            (BENCH_SECS, BENCH_ROUNDS, BENCH_CONCURRENCY, BENCH_ONLY)
 
@@ -213,12 +216,21 @@ async fn main() -> anyhow::Result<()> {
         ids.iter().map(|id| format!("{app}/bench/isolated/assets/{id}?tenant={}&epoch={epoch}", tenant.id)).collect(),
     );
     let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency as usize).build()?;
-    let paths: [(&str, Arc<Vec<String>>, Option<&str>); 5] = [
+    // A tenant user's token from the tenant's own identity provider.
+    let idp = tenantry::testkit::oidc_provider();
+    let provider: tenantry_core::identity::ProviderConfig =
+        serde_json::from_value(serde_json::json!({"issuer": idp.issuer, "audience": "tenantry"}))?;
+    cp.put_identity_provider("bench", tenant.id, "main", provider).await?;
+    let now = chrono::Utc::now().timestamp();
+    let token = idp.mint(serde_json::json!({"sub": "bench-user", "aud": "tenantry", "exp": now + 86_400}), None).await;
+    type Path<'a> = (&'a str, Arc<Vec<String>>, Option<&'a str>);
+    let paths: [Path; 6] = [
         ("baseline (static pool, no RLS, no txn)", baseline, None),
-        ("routed (full request path), direct", routed, Some(&key)),
+        ("routed (full request path), direct", routed.clone(), Some(&key)),
         ("routed, through PgBouncer (transaction mode)", through, Some(&pooled_key)),
         ("isolated baseline (static pool, the routed statement: gate + RLS)", isolated, None),
         ("routed, direct, tenant schema 5's forgeable gate (before)", schema_5, Some(&before_key)),
+        ("routed, direct, a tenant user's bearer token (cached) instead of an API key", routed, Some(&token)),
     ];
 
     // Warm up caches and pools on every path.
@@ -227,7 +239,7 @@ async fn main() -> anyhow::Result<()> {
     }
     // BENCH_ONLY=<n> loads one path for BENCH_SECS, for a profiler to attach
     // to (0 baseline, 1 routed, 2 through PgBouncer, 3 isolated baseline, 4
-    // routed at schema 5); see
+    // routed at schema 5, 5 routed by token); see
     // docs/benchmarks.md.
     if let Ok(only) = std::env::var("BENCH_ONLY") {
         let (name, urls, key) = &paths[only.parse::<usize>()?.min(paths.len() - 1)];
@@ -282,6 +294,11 @@ async fn main() -> anyhow::Result<()> {
         rps[3] / rps[0],
         us(rps[1]) - us(rps[3]),
         rps[1] / rps[3],
+    );
+    println!(
+        "a cached tenant user's token against an API key: token/key throughput = {:.3}, p50 {:+.0} us",
+        rps[5] / rps[1],
+        (pct(&totals[5].0, 0.5) - pct(&totals[1].0, 0.5)) * 1000.0,
     );
     Ok(())
 }

@@ -171,7 +171,9 @@ async fn main() -> anyhow::Result<()> {
 
     // 1. One app process against two.
     read_load(&two, &key, &ids, concurrency, 1).await;
-    let mut results: [(f64, Vec<(f64, f64)>, u64); 2] = [(0.0, Vec::new(), 0), (0.0, Vec::new(), 0)];
+    // Per side (one app process, two): mean req/s, (p50, p99) per round, errors.
+    type Side = (f64, Vec<(f64, f64)>, u64);
+    let mut results: [Side; 2] = [(0.0, Vec::new(), 0), (0.0, Vec::new(), 0)];
     for round in 0..rounds {
         for k in 0..2 {
             let i = (k + round as usize) % 2;

@@ -690,7 +690,7 @@ async fn adopt_all_adopts_every_source_at_bounded_concurrency_and_reports_the_br
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    assert!(most <= 3 && most >= 2, "at most 3 adoptions at once, and more than one: {most}");
+    assert!((2..=3).contains(&most), "at most 3 adoptions at once, and more than one: {most}");
     let (_, sources) = app.admin_call(Method::GET, &format!("/v1/estates/{estate}/sources"), None).await;
     let states: Vec<(String, String)> = sources["sources"]
         .as_array()

@@ -43,7 +43,7 @@ async fn a_crash_at_any_instant_of_the_cutover_holds_writes_no_longer_than_the_f
         let (cfg, fp) = (config.clone(), point.clone());
         let out = tokio::task::spawn_blocking(move || crate::helpers::run_child(&cfg, &fp)).await.unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && stderr.contains(&format!("failpoint {point}")), "{stderr}");
+        assert!(!out.status.success() && stderr.contains(&format!("failpoint {point}")), "{point}: {stderr}");
 
         // Nobody runs the move now. The client writes on regardless.
         let crashed_at = writer.ok.load(Ordering::Relaxed);

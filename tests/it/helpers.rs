@@ -87,7 +87,7 @@ pub fn connect(database: &str, as_app: bool) -> DatabaseConnection {
 /// Runs `tenantry serve` with `TENANTRY_FAILPOINTS=failpoint` until it exits
 /// (aborted by the failpoint) or 60 s pass (then killed).
 pub fn run_child(config: &std::path::Path, failpoint: &str) -> std::process::Output {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tenantry"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_tenantry"))
         .args(["serve", "--config"])
         .arg(config)
         .env("TENANTRY_FAILPOINTS", failpoint)
@@ -96,17 +96,19 @@ pub fn run_child(config: &std::path::Path, failpoint: &str) -> std::process::Out
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start tenantry serve");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        if let Ok(Some(_)) = child.try_wait() {
-            return child.wait_with_output().expect("child output");
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            return child.wait_with_output().expect("child output");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    // Its output is read as it comes (a full pipe would stall the child);
+    // a child that never reaches its failpoint is killed after two minutes.
+    let pid = child.id();
+    let (done, waited) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let out = child.wait_with_output().expect("child output");
+        let _ = done.send(());
+        out
+    });
+    if waited.recv_timeout(std::time::Duration::from_secs(120)).is_err() {
+        let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
     }
+    reader.join().expect("the child's reader")
 }
 
 /// A scalar from a query (the first column of the first row, as i64).

@@ -318,3 +318,175 @@ async fn tenant_users_sign_in_with_their_providers_tokens_and_hold_the_roles_the
     let (s, _) = app.admin_call(Method::POST, &keys, Some(json!({"role": "owner"}))).await;
     assert!(s.is_client_error(), "an unknown role is refused: {s}");
 }
+
+/// The people who sign in: a consultant whose `tenants` claim names two
+/// tenants picks one per request; each sign-in is appended by the app and
+/// folded by the control plane into the tenant's users (`GET /v1/users`,
+/// admins only, each tenant its own); one person erased on the admin API
+/// (the audit naming only their id) and not brought back by a sign-in seen
+/// before the erasure; a tenant's erasure erasing its users.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_ins_become_the_tenants_users_and_a_person_is_erased() {
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.app.usage_flush_ms = 100;
+        s.control_plane.usage.rollup_interval_ms = 100;
+    })
+    .await;
+    let acme = app.create_tenant("ppl-acme", "shared").await;
+    let globex = app.create_tenant("ppl-globex", "shared").await;
+    let initech = app.create_tenant("ppl-initech", "shared").await;
+    let idp = tenantry::testkit::oidc_provider();
+    let put = |t: &str, body: serde_json::Value| {
+        let p = format!("/v1/tenants/{t}/identity-providers/main");
+        let app = &app;
+        async move { app.admin_call(Method::PUT, &p, Some(body)).await }
+    };
+    let by_tenants = json!({"issuer": idp.issuer, "audience": "tenantry", "tenants_claim": "tenants",
+        "role_claim": "roles", "role_map": {"boss": "admin"}});
+    for t in [&acme.id, &globex.id] {
+        let (s, e) = put(t, by_tenants.clone()).await;
+        assert_eq!(s, StatusCode::CREATED, "{e}");
+    }
+    let (s, e) = put(&initech.id, json!({"issuer": idp.issuer, "audience": "tenantry"})).await;
+    assert_eq!(s, StatusCode::CONFLICT, "an issuer shared by `tenants` takes no tenant without one: {e}");
+    let (s, e) = put(
+        &initech.id,
+        json!({"issuer": idp.issuer, "audience": "tenantry", "tenants_claim": "tenants", "org_claim": "o",
+        "org_value": "x"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    let (s, e) = put(
+        &initech.id,
+        json!({"issuer": idp.issuer, "audience": "tenantry", "org_claim": "org_id",
+        "org_value": "i1"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "an organisation beside them: {e}");
+    let call = |token: &str, path: &str, tenant: Option<&str>| {
+        let mut req = app.http.get(format!("{}{path}", app.app)).bearer_auth(token);
+        if let Some(t) = tenant {
+            req = req.header("X-Tenant", t);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status(), r.json::<serde_json::Value>().await.unwrap_or_default())
+        }
+    };
+
+    // A consultant of acme and globex.
+    let consultant = idp
+        .mint(
+            claims(
+                "tenantry",
+                json!({"sub": "consultant", "email": "cy@consult.example", "name": "Cy",
+                "tenants": ["ppl-acme", "ppl-globex"]}),
+            ),
+            None,
+        )
+        .await;
+    let (s, e) = call(&consultant, "/v1/me", None).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("tenant_required")), "{e}");
+    for t in ["ppl-acme", "ppl-globex"] {
+        let (s, me) = call(&consultant, "/v1/me", Some(t)).await;
+        assert_eq!((s, me["tenant"].as_str(), me["role"].as_str()), (StatusCode::OK, Some(t), Some("viewer")));
+    }
+    let (s, _) = call(&consultant, "/v1/me", Some("ppl-initech")).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "a tenant the claim does not name");
+    let boss = idp
+        .mint(claims("tenantry", json!({"sub": "boss", "name": "Ann", "tenants": ["ppl-acme"], "roles": "boss"})), None)
+        .await;
+    let (s, me) = call(&boss, "/v1/me", None).await;
+    assert_eq!((s, me["tenant"].as_str(), me["role"].as_str()), (StatusCode::OK, Some("ppl-acme"), Some("admin")));
+    let (s, e) = call(&consultant, "/v1/users", Some("ppl-acme")).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")), "a viewer: {e}");
+
+    // Their sign-ins become acme's users, seen by its admin.
+    let users_of = |token: String, tenant: &'static str| {
+        let call = &call;
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            loop {
+                let (s, list) = call(&token, "/v1/users", Some(tenant)).await;
+                assert_eq!(s, StatusCode::OK, "{list}");
+                let subjects: Vec<String> = list["users"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|u| u["subject"].as_str().unwrap().to_string())
+                    .collect();
+                if subjects.len() >= 2 || std::time::Instant::now() > deadline {
+                    return (subjects, list);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let (mut subjects, list) = users_of(boss.clone(), "ppl-acme").await;
+    subjects.sort();
+    assert_eq!(subjects, ["boss", "consultant"], "{list}");
+    let cy = list["users"].as_array().unwrap().iter().find(|u| u["subject"] == "consultant").unwrap().clone();
+    assert_eq!(
+        (cy["email"].as_str(), cy["name"].as_str(), cy["role"].as_str()),
+        (Some("cy@consult.example"), Some("Cy"), Some("viewer"))
+    );
+    assert!(cy["first_seen"].as_str() <= cy["last_seen"].as_str(), "{cy}");
+    // Globex's users are its own: the consultant, not acme's boss.
+    let globex_admin =
+        idp.mint(claims("tenantry", json!({"sub": "g-boss", "tenants": ["ppl-globex"], "roles": "boss"})), None).await;
+    let (mut subjects, list) = users_of(globex_admin, "ppl-globex").await;
+    subjects.sort();
+    assert_eq!(subjects, ["consultant", "g-boss"], "{list}");
+    let globex_cy = list["users"].as_array().unwrap().iter().find(|u| u["subject"] == "consultant").unwrap().clone();
+    assert_ne!(globex_cy["id"], cy["id"], "a person has an id per tenant");
+
+    // The admin API lists them and erases one; the audit names only the id.
+    let (s, listed) = app.admin_call(Method::GET, &format!("/v1/tenants/{}/users?limit=1", acme.id), None).await;
+    assert_eq!((s, listed["users"].as_array().unwrap().len()), (StatusCode::OK, 1), "{listed}");
+    assert!(listed["next"].is_string(), "a full page says where the next starts: {listed}");
+    let (s, e) = app.admin_call(Method::GET, &format!("/v1/tenants/{}/users?limit=x", acme.id), None).await;
+    assert!(s.is_client_error(), "{e}");
+    let cy_path = |t: &str, id: &serde_json::Value| format!("/v1/tenants/{t}/users/{}", id.as_str().unwrap());
+    let (s, _) = app.admin_call(Method::DELETE, &cy_path(&acme.id, &globex_cy["id"]), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "globex's person is not erased through acme");
+    let (s, _) = app.admin_call(Method::DELETE, &cy_path(&acme.id, &cy["id"]), None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = app.admin_call(Method::DELETE, &cy_path(&acme.id, &cy["id"]), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (_, audit) = app.admin_call(Method::GET, &format!("/v1/audit?tenant={}", acme.id), None).await;
+    let erased = audit["entries"].as_array().unwrap().iter().find(|e| e["action"] == "user.erase").unwrap();
+    assert_eq!(erased["details"]["user"], cy["id"], "{erased}");
+    assert!(!audit.to_string().contains("cy@consult.example") && !audit.to_string().contains("\"consultant\""));
+    // A sign-in seen before the erasure and folded after it does not bring
+    // them back; a later one does.
+    let registry = crate::helpers::connect(&app.cp.config().registry_database, false);
+    use sea_orm::ConnectionTrait as _;
+    registry
+        .execute_unprepared(&format!(
+            "INSERT INTO sign_in_samples (tenant_id, issuer, subject, email, role, first_at, last_at) \
+             VALUES ('{}', '{}', 'consultant', 'cy@consult.example', 'viewer', now() - interval '1 minute', \
+             now() - interval '1 second')",
+            acme.id, idp.issuer
+        ))
+        .await
+        .unwrap();
+    app.cp.fold_sign_ins().await.unwrap();
+    let (_, list) = call(&boss, "/v1/users", None).await;
+    assert_eq!(list["users"].as_array().unwrap().len(), 1, "only the boss: {list}");
+    let app_role = crate::helpers::connect(&app.cp.config().registry_database, true);
+    for forbidden in ["SELECT count(*) FROM sign_in_samples", "DELETE FROM tenant_users", "SELECT * FROM user_erasures"]
+    {
+        assert!(app_role.execute_unprepared(forbidden).await.is_err(), "the app role may not: {forbidden}");
+    }
+
+    // A tenant's erasure erases its users.
+    let (s, op) = app.admin_call(Method::DELETE, &format!("/v1/tenants/{}", globex.id), None).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    assert_eq!(app.wait_operation(op["id"].as_str().unwrap()).await["state"], "succeeded");
+    let left = crate::helpers::scalar(
+        &registry,
+        &format!("SELECT count(*) FROM tenant_users WHERE tenant_id = '{}'", globex.id),
+    )
+    .await;
+    assert_eq!(left, 0, "the erased tenant's users are gone");
+}

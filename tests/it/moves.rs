@@ -581,7 +581,7 @@ async fn a_move_killed_at_any_step_resumes_with_nothing_lost_or_duplicated() {
         let (cfg, fp) = (config.clone(), point.clone());
         let out = tokio::task::spawn_blocking(move || crate::helpers::run_child(&cfg, &fp)).await.unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && stderr.contains(&format!("failpoint {point}")), "{stderr}");
+        assert!(!out.status.success() && stderr.contains(&format!("failpoint {point}")), "{point}: {stderr}");
 
         let worker = tokio::spawn(app.cp.clone().run_worker(tokio_util::sync::CancellationToken::new()));
         let done = app.wait_operation(&op).await;

@@ -21,6 +21,7 @@ use tenantry_core::db::{FOREIGN_KEY_VIOLATION, UNIQUE_VIOLATION, sqlstate};
 use tenantry_core::entities::{asset_issues, assets, maintenance_schedules};
 use tenantry_core::identity::Role;
 use tenantry_core::metrics::HttpMetrics;
+use tenantry_core::registry::{UserList, UserPage};
 use tenantry_core::web::{ApiError, ErrorBody, configure_extractors, healthz, no_route};
 
 use crate::Resolver;
@@ -225,6 +226,20 @@ async fn me(t: Tenant) -> HttpResponse {
         name: c.name.clone(),
         role: c.role,
     })
+}
+
+/// The people who signed in to this tenant through its identity providers
+/// (first and last seen, the role their last sign-in held), in id order, a
+/// page at a time. Sign-ins show within seconds (the control plane folds them).
+///
+/// Role: `admin`.
+#[utoipa::path(get, path = "/v1/users", params(UserPage),
+    responses((status = 200, body = UserList), (status = 403, body = ErrorBody)))]
+async fn users(r: R, t: Tenant, q: web::Query<UserPage>) -> Result<HttpResponse, ApiError> {
+    t.needs(Role::Admin)?;
+    let limit = q.limit();
+    let users = r.tenant_users(t.0.tenant_id, q.after, limit).await?;
+    Ok(HttpResponse::Ok().json(UserList::page(users, limit)))
 }
 
 /// Role: `manager`.
@@ -524,6 +539,7 @@ const APP_ERRORS: tenantry_core::web::ErrorStatuses =
     paths(
         whoami,
         me,
+        users,
         create_asset,
         list_assets,
         get_asset,
@@ -574,6 +590,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::scope("/v1")
                 .route("/tenant", web::get().to(whoami))
                 .route("/me", web::get().to(me))
+                .route("/users", web::get().to(users))
                 .route("/assets", web::post().to(create_asset))
                 .route("/assets", web::get().to(list_assets))
                 .route("/assets/by-tag/{tag}", web::get().to(asset_by_tag))

@@ -12,6 +12,7 @@ pub mod jobs;
 pub mod limits;
 pub mod resolver;
 pub mod scope;
+pub mod signins;
 pub mod tokens;
 pub mod usage;
 pub mod wire;

@@ -87,6 +87,8 @@ struct Inner {
     registry: RegistryReader,
     /// Tenant users' bearer tokens.
     tokens: crate::tokens::Tokens,
+    /// Their sign-ins, appended to the registry with the usage counts.
+    signins: Arc<crate::signins::SignInMeter>,
     cfg: AppConfig,
     keys: Cache<[u8; 32], Arc<KeyOwner>>,
     /// Key hashes the registry did not know, briefly (see [`UNKNOWN_KEY_TTL`]).
@@ -157,16 +159,18 @@ impl Resolver {
         let ttl = Duration::from_secs(cfg.cache_ttl_secs);
         let cap = Arc::new(OpenCap::new(cfg.max_connections_total as usize));
         let closing = cap.clone();
+        let lookups = Arc::new(Semaphore::new(KEY_LOOKUPS));
         let inner = Arc::new(Inner {
             registry: RegistryReader::new(registry.clone()),
             tokens: crate::tokens::Tokens::new(
                 RegistryReader::new(registry.clone()),
                 ttl,
                 Duration::from_secs(cfg.token_key_refetch_secs),
+                lookups.clone(),
             ),
             keys: Cache::builder().max_capacity(MAX_CACHED_KEYS).time_to_live(ttl).build(),
             unknown_keys: Cache::builder().max_capacity(MAX_UNKNOWN_KEYS).time_to_live(UNKNOWN_KEY_TTL).build(),
-            key_lookups: Arc::new(Semaphore::new(KEY_LOOKUPS)),
+            key_lookups: lookups,
             routes: Cache::builder().max_capacity(MAX_CACHED_ROUTES).time_to_live(ttl).build(),
             pools: Cache::builder()
                 .max_capacity(MAX_POOLS)
@@ -195,6 +199,7 @@ impl Resolver {
             )),
             gates: Default::default(),
             usage: Default::default(),
+            signins: Default::default(),
             jobs: Default::default(),
             key_hits: AtomicU64::new(0),
             key_misses: AtomicU64::new(0),
@@ -207,6 +212,7 @@ impl Resolver {
         });
         let mut tasks = vec![tokio::spawn(crate::usage::run_flusher(
             inner.usage.clone(),
+            inner.signins.clone(),
             registry.clone(),
             Duration::from_millis(inner.cfg.usage_flush_ms.max(100)),
         ))];
@@ -262,7 +268,11 @@ impl Resolver {
         token: &str,
         wanted: Option<&str>,
     ) -> Result<(Arc<KeyOwner>, crate::tokens::Person), ApiError> {
-        self.inner.tokens.sign_in(token, wanted).await
+        let (owner, person, fresh) = self.inner.tokens.sign_in(token, wanted).await?;
+        if fresh {
+            self.inner.signins.record(&person);
+        }
+        Ok((owner, person))
     }
 
     async fn route(&self, tenant_id: Uuid) -> Result<Arc<Route>, ApiError> {
@@ -630,6 +640,21 @@ impl Resolver {
             }
         }
         Err(ApiError::unavailable("tenant_moving", "the tenant is being moved; retry shortly", RETRY_AFTER_SECS))
+    }
+
+    /// This process's pending sign-ins (flushed with the usage counts).
+    pub fn signins(&self) -> &Arc<crate::signins::SignInMeter> {
+        &self.inner.signins
+    }
+
+    /// The people who signed in to `tenant` (as folded by the control plane).
+    pub async fn tenant_users(
+        &self,
+        tenant: Uuid,
+        after: Option<Uuid>,
+        limit: u64,
+    ) -> Result<Vec<tenantry_core::registry::TenantUser>, ApiError> {
+        Ok(self.inner.registry.tenant_users(tenant, after, limit).await?)
     }
 
     /// This process's usage counts (flushed to the registry periodically).

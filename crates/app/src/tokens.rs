@@ -14,6 +14,15 @@
 //! `X-Tenant` picks one (400 naming the choices without it, 403 for a tenant
 //! the token does not name). A provider whose keys cannot be fetched answers
 //! 503 for its own tokens only.
+//!
+//! A token that holds is kept, by its sha-256 (and the `X-Tenant` asked
+//! for), for [`VERIFIED_TTL`] and never past its `exp`: a client's next
+//! requests cost a hash and a look-up, not a signature check, and a provider
+//! removed stops its tokens within that time. Each check that is not a cache
+//! hit is a sign-in (the resolver records it, `signins.rs`). An issuer the registry does not
+//! know is remembered as unknown for [`PROVIDERS_TTL`], and its look-up takes
+//! a turn shared with unknown API keys: a flood of made-up issuers costs
+//! bounded registry work and memory.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -34,6 +43,10 @@ const LEEWAY_SECS: u64 = 60;
 const PROVIDERS_TTL: Duration = Duration::from_secs(10);
 /// A key set is read again after this long even when every `kid` is known.
 const KEYS_TTL: Duration = Duration::from_secs(3600);
+/// How long a token that held is taken again without its signature checked.
+pub const VERIFIED_TTL: Duration = PROVIDERS_TTL;
+/// How long a request waits for a turn to look an unknown issuer up.
+const LOOKUP_WAIT: Duration = Duration::from_secs(2);
 
 /// Who a token signed in, for one tenant.
 #[derive(Debug, Clone)]
@@ -48,6 +61,16 @@ pub struct Person {
 
 struct KeySet {
     keys: Vec<(String, Algorithm, Arc<DecodingKey>)>,
+    /// Cleared when a fetch replaces it: tokens verified with it are checked
+    /// again (their key may be withdrawn).
+    current: std::sync::atomic::AtomicBool,
+}
+
+/// A token that held: who it signed in, until when, with which key set.
+struct Verified {
+    person: Person,
+    until: u64,
+    keys: Arc<KeySet>,
 }
 
 /// The token checker: providers and key sets cached per issuer, tenants by id.
@@ -64,6 +87,10 @@ pub struct Tokens {
     fetches: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Instant>>>>>,
     /// A key set is fetched again for an unknown `kid` at most this often.
     refetch_every: Duration,
+    /// sha-256 of (token, wanted tenant) -> who it signed in, until `exp`.
+    verified: Cache<[u8; 32], Arc<Verified>>,
+    /// Turns of registry look-ups of uncached issuers (shared with API keys).
+    lookups: Arc<tokio::sync::Semaphore>,
 }
 
 fn invalid(why: impl Into<String>) -> ApiError {
@@ -95,9 +122,17 @@ fn claim_names(claims: &serde_json::Map<String, Value>, name: &str, value: &str)
 impl Tokens {
     /// `ttl`: how long a tenant's status and settings are kept (the app's
     /// cache time, as for API keys).
-    pub fn new(registry: RegistryReader, ttl: Duration, refetch_every: Duration) -> Self {
+    /// `lookups`: the turns of registry look-ups of unknown credentials.
+    pub fn new(
+        registry: RegistryReader,
+        ttl: Duration,
+        refetch_every: Duration,
+        lookups: Arc<tokio::sync::Semaphore>,
+    ) -> Self {
         Tokens {
             refetch_every,
+            verified: Cache::builder().max_capacity(100_000).time_to_live(VERIFIED_TTL).build(),
+            lookups,
             registry,
             owners: Cache::builder().max_capacity(100_000).time_to_live(ttl).build(),
             http: tenantry_core::identity::http_client(),
@@ -117,6 +152,16 @@ impl Tokens {
         if let Some(p) = self.providers.get(issuer) {
             return Ok(p);
         }
+        let Ok(Ok(_turn)) = tokio::time::timeout(LOOKUP_WAIT, self.lookups.clone().acquire_owned()).await else {
+            return Err(ApiError::unavailable(
+                "busy",
+                "too many unknown credentials are being checked; retry shortly",
+                1,
+            ));
+        };
+        if let Some(p) = self.providers.get(issuer) {
+            return Ok(p);
+        }
         let found = Arc::new(self.registry.providers_for_issuer(issuer).await.map_err(|e| ApiError::internal(&e))?);
         self.providers.insert(issuer.to_string(), found.clone());
         Ok(found)
@@ -124,7 +169,11 @@ impl Tokens {
 
     /// The key set at `uri`, fetched again when `kid` is not in it (at most
     /// once every 30 s per set).
-    async fn key(&self, provider: &TenantProvider, kid: &str) -> Result<(Algorithm, Arc<DecodingKey>), ApiError> {
+    async fn key(
+        &self,
+        provider: &TenantProvider,
+        kid: &str,
+    ) -> Result<(Algorithm, Arc<DecodingKey>, Arc<KeySet>), ApiError> {
         let down = |e: String| {
             tracing::warn!(issuer = %provider.config.issuer, error = %e, "identity provider keys unavailable");
             ApiError::unavailable(
@@ -142,8 +191,9 @@ impl Tokens {
                 u
             }
         };
-        let find = |set: &KeySet| set.keys.iter().find(|(k, ..)| k == kid).map(|(_, a, d)| (*a, d.clone()));
-        if let Some(found) = self.keys.get(&uri).as_deref().and_then(find) {
+        let find =
+            |set: &Arc<KeySet>| set.keys.iter().find(|(k, ..)| k == kid).map(|(_, a, d)| (*a, d.clone(), set.clone()));
+        if let Some(found) = self.keys.get(&uri).as_ref().and_then(find) {
             return Ok(found);
         }
         let gate = {
@@ -152,7 +202,7 @@ impl Tokens {
         };
         let mut last = gate.lock().await;
         // Fetched by another request meanwhile?
-        if let Some(found) = self.keys.get(&uri).as_deref().and_then(find) {
+        if let Some(found) = self.keys.get(&uri).as_ref().and_then(find) {
             return Ok(found);
         }
         if last.is_some_and(|t| t.elapsed() < self.refetch_every) && self.keys.contains_key(&uri) {
@@ -168,16 +218,21 @@ impl Tokens {
                 Some((k.common.key_id.clone()?, alg, Arc::new(DecodingKey::from_jwk(k).ok()?)))
             })
             .collect();
-        let set = Arc::new(KeySet { keys });
+        let set = Arc::new(KeySet { keys, current: true.into() });
+        if let Some(old) = self.keys.get(&uri) {
+            old.current.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
         self.keys.insert(uri, set.clone());
         find(&set).ok_or_else(|| invalid("no key of the provider has this token's `kid`"))
     }
 
     /// The person `token` signs in and their tenant (its status and settings).
-    pub async fn sign_in(&self, token: &str, wanted: Option<&str>) -> Result<(Arc<KeyOwner>, Person), ApiError> {
-        let person = self.verify(token, wanted).await?;
+    /// `true` with a sign-in: the token was checked now, not taken from the
+    /// cache.
+    pub async fn sign_in(&self, token: &str, wanted: Option<&str>) -> Result<(Arc<KeyOwner>, Person, bool), ApiError> {
+        let (person, fresh) = self.checked(token, wanted).await?;
         if let Some(owner) = self.owners.get(&person.tenant_id) {
-            return Ok((owner, person));
+            return Ok((owner, person, fresh));
         }
         let owner = self
             .registry
@@ -187,12 +242,39 @@ impl Tokens {
             .ok_or_else(|| ApiError::not_found("tenant"))?;
         let owner = Arc::new(owner);
         self.owners.insert(person.tenant_id, owner.clone());
-        Ok((owner, person))
+        Ok((owner, person, fresh))
+    }
+
+    /// [`Tokens::verify`] (and `true`), or what it said of this token a
+    /// moment ago.
+    async fn checked(&self, token: &str, wanted: Option<&str>) -> Result<(Person, bool), ApiError> {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(token.as_bytes());
+        h.update([0]);
+        h.update(wanted.unwrap_or_default().as_bytes());
+        let hash: [u8; 32] = h.finalize().into();
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(hit) = self.verified.get(&hash)
+            && now <= hit.until
+            && hit.keys.current.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Ok((hit.person.clone(), false));
+        }
+        let (person, exp, keys) = self.verify_with(token, wanted).await?;
+        let until = exp.saturating_add(LEEWAY_SECS);
+        self.verified.insert(hash, Arc::new(Verified { person: person.clone(), until, keys }));
+        Ok((person, true))
     }
 
     /// The person `token` signs in, for the tenant `wanted` names (a slug,
     /// from `X-Tenant`) when the token names several.
     pub async fn verify(&self, token: &str, wanted: Option<&str>) -> Result<Person, ApiError> {
+        Ok(self.verify_with(token, wanted).await?.0)
+    }
+
+    /// [`Tokens::verify`], with the token's `exp` and the key set it held by.
+    async fn verify_with(&self, token: &str, wanted: Option<&str>) -> Result<(Person, u64, Arc<KeySet>), ApiError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("not a JWT"))?;
         if !ALGORITHMS.contains(&header.alg) {
             return Err(invalid(format!("tokens signed with {:?} are refused: RS256, ES256 or EdDSA", header.alg)));
@@ -204,8 +286,9 @@ impl Tokens {
         // The providers (tenants) this token's organisation claims name.
         let named: Vec<&TenantProvider> = providers
             .iter()
-            .filter(|p| match (&p.config.org_claim, &p.config.org_value) {
-                (Some(c), Some(v)) => claim_names(&claims, c, v),
+            .filter(|p| match (&p.config.org_claim, &p.config.org_value, &p.config.tenants_claim) {
+                (Some(c), Some(v), _) => claim_names(&claims, c, v),
+                (_, _, Some(c)) => claim_names(&claims, c, &p.slug),
                 _ => true,
             })
             .collect();
@@ -213,7 +296,7 @@ impl Tokens {
             return Err(invalid("no tenant's identity provider takes tokens of this issuer (and organisation)"));
         };
         // One issuer, one key set: the first provider's settings find it.
-        let (alg, key) = self.key(first, &kid).await?;
+        let (alg, key, keys) = self.key(first, &kid).await?;
         if alg != header.alg {
             return Err(invalid("the token's algorithm is not its key's"));
         }
@@ -269,13 +352,15 @@ impl Tokens {
                 held.iter().filter_map(|h| provider.config.role_map.get(*h)).copied().max().unwrap_or(Role::Viewer)
             })
             .unwrap_or(Role::Viewer);
-        Ok(Person {
+        let exp = verified.get("exp").and_then(Value::as_u64).unwrap_or(0);
+        let person = Person {
             tenant_id: provider.tenant_id,
             issuer: issuer.to_string(),
             subject: verified.get("sub").and_then(Value::as_str).unwrap_or_default().to_string(),
             email,
             name: verified.get("name").and_then(Value::as_str).map(str::to_string),
             role,
-        })
+        };
+        Ok((person, exp, keys))
     }
 }

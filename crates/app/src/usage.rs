@@ -106,14 +106,15 @@ impl UsageMeter {
     /// tenants (one parameter per tenant and column would pass PostgreSQL's
     /// 65,535 parameter limit at 13,108 tenants).
     async fn append(registry: &DatabaseConnection, slice: &[(Uuid, Counts)]) -> Result<(), DbErr> {
-        let mut cols: (Vec<Uuid>, Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>) = Default::default();
-        for (tenant, c) in slice {
-            cols.0.push(*tenant);
-            cols.1.push(c.requests);
-            cols.2.push(c.client_errors);
-            cols.3.push(c.server_errors);
-            cols.4.push(c.db_time_us);
-        }
+        let tenants: Vec<Uuid> = slice.iter().map(|(t, _)| *t).collect();
+        let column = |f: fn(&Counts) -> i64| slice.iter().map(|(_, c)| f(c)).collect::<Vec<i64>>();
+        let cols = (
+            tenants,
+            column(|c| c.requests),
+            column(|c| c.client_errors),
+            column(|c| c.server_errors),
+            column(|c| c.db_time_us),
+        );
         sea_orm::sqlx::query(
             "INSERT INTO usage_samples (tenant_id, at, requests, client_errors, server_errors, db_time_us) \
              SELECT t, now(), r, c, s, d FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) \
@@ -131,14 +132,23 @@ impl UsageMeter {
     }
 }
 
-/// Flushes `meter` every `every` until aborted.
-pub async fn run_flusher(meter: Arc<UsageMeter>, registry: DatabaseConnection, every: Duration) {
+/// Flushes `meter` every `every` until aborted
+/// (and the sign-ins of `signins`).
+pub async fn run_flusher(
+    meter: Arc<UsageMeter>,
+    signins: Arc<crate::signins::SignInMeter>,
+    registry: DatabaseConnection,
+    every: Duration,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         if let Err(e) = meter.flush(&registry).await {
             tracing::warn!(error = %e, "usage flush failed; kept for the next one");
+        }
+        if let Err(e) = signins.flush(&registry).await {
+            tracing::warn!(error = %e, "sign-in flush failed; kept for the next one");
         }
     }
 }

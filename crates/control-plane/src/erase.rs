@@ -163,7 +163,9 @@ async fn tombstone(run: &Run<'_, EraseParams>) -> Result<(), Error> {
         vec![tenant.into()],
     ))
     .await?;
-    txn.execute_raw(stmt("DELETE FROM identity_providers WHERE tenant_id = $1", vec![tenant.into()])).await?;
+    for table in ["identity_providers", "tenant_users", "sign_in_samples"] {
+        txn.execute_raw(stmt(&format!("DELETE FROM {table} WHERE tenant_id = $1"), vec![tenant.into()])).await?;
+    }
     txn.execute_raw(stmt(
         "UPDATE tenants SET status = 'erased', name = '(erased)', settings = '{}'::jsonb, updated_at = now() \
          WHERE id = $1",

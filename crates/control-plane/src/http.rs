@@ -610,6 +610,8 @@ async fn readyz(cp: Cp) -> HttpResponse {
         crate::http_identity::list_providers,
         crate::http_identity::remove_provider,
         crate::http_identity::test_provider,
+        crate::http_identity::list_users,
+        crate::http_identity::erase_user,
         promote,
         move_tenant,
         demote,

@@ -1,5 +1,5 @@
-//! The admin API's identity-provider routes: a tenant's OIDC providers put,
-//! listed, removed and tested. Part of [`AdminApiDoc`](crate::http::AdminApiDoc).
+//! The admin API's people routes: a tenant's OIDC providers put, listed,
+//! removed and tested; its users listed and one erased. Part of [`AdminApiDoc`](crate::http::AdminApiDoc).
 
 use actix_web::{HttpResponse, web};
 use serde::Serialize;
@@ -10,6 +10,7 @@ use tenantry_core::web::{ApiError, ErrorBody};
 use crate::auth::Admin;
 use crate::identity::{IdentityProvider, ProviderTest};
 use crate::plane::ControlPlane;
+use tenantry_core::registry::{UserList, UserPage};
 
 type Cp = web::Data<ControlPlane>;
 
@@ -83,9 +84,47 @@ pub(crate) async fn test_provider(
     Ok(HttpResponse::Ok().json(cp.test_identity_provider(&provider.config).await))
 }
 
+/// The people who signed in to the tenant (through its identity providers),
+/// in id order, a page at a time.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/users",
+    params(("tenant" = String, Path, description = "id or slug"), UserPage),
+    responses((status = 200, body = UserList), (status = 404, body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
+pub(crate) async fn list_users(
+    cp: Cp,
+    _admin: Admin,
+    tenant: web::Path<String>,
+    page: web::Query<UserPage>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = cp.tenant(&tenant).await?;
+    let limit = page.limit();
+    let users = cp.tenant_users(tenant.id, page.after, limit).await?;
+    Ok(HttpResponse::Ok().json(UserList::page(users, limit)))
+}
+
+/// Erase one person of the tenant: their user record and pending sign-ins
+/// (the audit keeps their id only). They can sign in again while the
+/// tenant's provider lets them.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}/users/{id}",
+    params(("tenant" = String, Path, description = "id or slug"), ("id" = uuid::Uuid, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(user = %path.1))]
+pub(crate) async fn erase_user(
+    cp: Cp,
+    admin: Admin,
+    path: web::Path<(String, uuid::Uuid)>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, user) = path.into_inner();
+    let tenant = cp.tenant(&tenant).await?;
+    cp.erase_user(&admin.actor, tenant.id, user).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
 pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/tenants/{tenant}/identity-providers", web::get().to(list_providers))
         .route("/tenants/{tenant}/identity-providers/{name}", web::put().to(put_provider))
         .route("/tenants/{tenant}/identity-providers/{name}", web::delete().to(remove_provider))
-        .route("/tenants/{tenant}/identity-providers/{name}/test", web::post().to(test_provider));
+        .route("/tenants/{tenant}/identity-providers/{name}/test", web::post().to(test_provider))
+        .route("/tenants/{tenant}/users", web::get().to(list_users))
+        .route("/tenants/{tenant}/users/{id}", web::delete().to(erase_user));
 }

@@ -111,9 +111,14 @@ impl ControlPlane {
         .collect::<Result<Vec<_>, _>>()?;
         // One provider per tenant and issuer; across tenants, an issuer is
         // shared only with an organisation on both sides, a different one.
+        // (A `tenants_claim` is an organisation of its own: the tenant's slug.)
+        let organised = |c: &ProviderConfig| c.org_value.is_some() || c.tenants_claim.is_some();
         let clash = others.iter().find(|o| {
             let theirs = &o.config.org_value;
-            o.tenant_id == tenant || theirs.is_none() || config.org_value.is_none() || *theirs == config.org_value
+            o.tenant_id == tenant
+                || !organised(&o.config)
+                || !organised(&config)
+                || (theirs.is_some() && *theirs == config.org_value)
         });
         if let Some(clash) = clash {
             return Err(Error::Conflict {
@@ -127,7 +132,7 @@ impl ControlPlane {
                 } else {
                     format!(
                         "issuer `{}` already signs another tenant in: one issuer serves several tenants only by \
-                         organisation (`org_claim` and `org_value` on each)",
+                         organisation (`org_claim` and `org_value`, or `tenants_claim`, on each)",
                         config.issuer
                     )
                 },
@@ -137,9 +142,10 @@ impl ControlPlane {
         let written = ProviderRow::find_by_statement(stmt(
             &format!(
                 "INSERT INTO identity_providers AS p (tenant_id, name, {PROVIDER_COLUMNS}) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
                  ON CONFLICT (tenant_id, name) DO UPDATE SET issuer = EXCLUDED.issuer, audience = EXCLUDED.audience, \
                      jwks_uri = EXCLUDED.jwks_uri, org_claim = EXCLUDED.org_claim, org_value = EXCLUDED.org_value, \
+                     tenants_claim = EXCLUDED.tenants_claim, \
                      role_claim = EXCLUDED.role_claim, role_map = EXCLUDED.role_map, \
                      email_domains = EXCLUDED.email_domains, updated_at = now() \
                  RETURNING tenant_id, name, {PROVIDER_COLUMNS}, created_at, updated_at"
@@ -152,6 +158,7 @@ impl ControlPlane {
                 config.jwks_uri.clone().into(),
                 config.org_claim.clone().into(),
                 config.org_value.clone().into(),
+                config.tenants_claim.clone().into(),
                 config.role_claim.clone().into(),
                 role_map.into(),
                 config.email_domains.clone().into(),

@@ -41,6 +41,7 @@ pub mod server;
 pub mod start;
 pub mod tenants;
 pub mod usage;
+pub mod users;
 
 pub use config::{ClusterConfig, ControlPlaneConfig};
 pub use error::Error;

@@ -71,6 +71,11 @@ pub const REGISTRY: &[Migration] = &[
         name: "api_key_roles",
         sql: include_str!("../../../migrations/registry/0014_api_key_roles.sql"),
     },
+    Migration {
+        version: 15,
+        name: "tenant_users",
+        sql: include_str!("../../../migrations/registry/0015_tenant_users.sql"),
+    },
 ];
 
 /// The tenant-data schema's migrations, in order.
@@ -162,21 +167,6 @@ pub async fn current_version(db: &impl ConnectionTrait) -> Result<i32, DbErr> {
     row.map_or(Ok(0), |r| r.try_get::<i32>("", "v"))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn migration_sets_are_ordered_and_the_shared_crate_knows_the_latest() {
-        for set in [REGISTRY, TENANT] {
-            for (i, m) in set.iter().enumerate() {
-                assert_eq!(m.version, i as i32 + 1, "{} is out of order", m.name);
-            }
-        }
-        assert_eq!(latest(TENANT), tenantry_core::TENANT_SCHEMA_LATEST);
-    }
-}
-
 /// Makes a backend's gate keys exactly `keys` (their HMAC pads; the app role
 /// cannot read them), in one transaction.
 pub async fn install_gate_keys(db: &DatabaseConnection, keys: &tenantry_core::gate::GateKeys) -> Result<(), DbErr> {
@@ -201,4 +191,19 @@ pub async fn install_gate_keys(db: &DatabaseConnection, keys: &tenantry_core::ga
         .await?;
     }
     txn.commit().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migration_sets_are_ordered_and_the_shared_crate_knows_the_latest() {
+        for set in [REGISTRY, TENANT] {
+            for (i, m) in set.iter().enumerate() {
+                assert_eq!(m.version, i as i32 + 1, "{} is out of order", m.name);
+            }
+        }
+        assert_eq!(latest(TENANT), tenantry_core::TENANT_SCHEMA_LATEST);
+    }
 }

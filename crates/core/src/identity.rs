@@ -57,6 +57,12 @@ pub struct ProviderConfig {
     pub org_claim: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub org_value: Option<String>,
+    /// For users of several tenants (consultants): the list claim naming,
+    /// by slug, the tenants a token signs its holder in to (`tenants`). Each
+    /// tenant at the issuer is then its own organisation; not with
+    /// `org_claim`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenants_claim: Option<String>,
     /// The claim holding the user's role(s) in the provider's words
     /// (a string or a list of strings), mapped through `role_map`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -85,6 +91,7 @@ impl ProviderConfig {
             ("audience", Some(&self.audience)),
             ("org_claim", self.org_claim.as_ref()),
             ("org_value", self.org_value.as_ref()),
+            ("tenants_claim", self.tenants_claim.as_ref()),
             ("role_claim", self.role_claim.as_ref()),
         ];
         for (field, value) in texts {
@@ -98,6 +105,9 @@ impl ProviderConfig {
             return Err("`org_claim` and `org_value` go together: the claim naming the organisation, and this \
                         tenant's value of it"
                 .into());
+        }
+        if self.tenants_claim.is_some() && self.org_claim.is_some() {
+            return Err("`tenants_claim` and `org_claim` are two ways to share an issuer: give one".into());
         }
         if !self.role_map.is_empty() && self.role_claim.is_none() {
             return Err("`role_map` needs `role_claim`, the claim it maps".into());
@@ -255,6 +265,7 @@ mod tests {
             jwks_uri: None,
             org_claim: None,
             org_value: None,
+            tenants_claim: None,
             role_claim: None,
             role_map: BTreeMap::new(),
             email_domains: vec![],

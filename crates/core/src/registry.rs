@@ -76,6 +76,7 @@ pub struct ProviderColumns {
     jwks_uri: Option<String>,
     org_claim: Option<String>,
     org_value: Option<String>,
+    tenants_claim: Option<String>,
     role_claim: Option<String>,
     role_map: serde_json::Value,
     email_domains: Vec<String>,
@@ -83,7 +84,7 @@ pub struct ProviderColumns {
 
 /// The columns [`ProviderColumns`] reads, for a select list.
 pub const PROVIDER_COLUMNS: &str =
-    "issuer, audience, jwks_uri, org_claim, org_value, role_claim, role_map, email_domains";
+    "issuer, audience, jwks_uri, org_claim, org_value, tenants_claim, role_claim, role_map, email_domains";
 
 impl ProviderColumns {
     pub fn config(self) -> Result<crate::identity::ProviderConfig, DbErr> {
@@ -93,6 +94,7 @@ impl ProviderColumns {
             jwks_uri: self.jwks_uri,
             org_claim: self.org_claim,
             org_value: self.org_value,
+            tenants_claim: self.tenants_claim,
             role_claim: self.role_claim,
             role_map: serde_json::from_value(self.role_map).map_err(corrupt)?,
             email_domains: self.email_domains,
@@ -146,6 +148,57 @@ impl TryFrom<KeyOwnerRow> for KeyOwner {
 
 fn corrupt(what: impl std::fmt::Display) -> DbErr {
     DbErr::Custom(format!("registry holds an invalid value: {what}"))
+}
+
+/// A person who signed in to a tenant (`GET /v1/users`), as the control plane
+/// folded their sign-ins.
+#[derive(Debug, Clone, PartialEq, FromQueryResult, serde::Serialize, utoipa::ToSchema)]
+pub struct TenantUser {
+    /// Tenantry's id of the person in this tenant (what erasing them names).
+    pub id: Uuid,
+    pub issuer: String,
+    /// The provider's `sub`.
+    pub subject: String,
+    pub email: Option<String>,
+    pub name: Option<String>,
+    /// The role their last sign-in held.
+    pub role: String,
+    pub first_seen: chrono::DateTime<chrono::Utc>,
+    pub last_seen: chrono::DateTime<chrono::Utc>,
+}
+
+/// Most users one page lists.
+pub const USERS_PAGE_MAX: u64 = 1000;
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct UserList {
+    pub users: Vec<TenantUser>,
+    /// Pass as `after` for the next page; absent on the last.
+    pub next: Option<Uuid>,
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct UserPage {
+    /// The last id of the previous page.
+    pub after: Option<Uuid>,
+    /// At most this many (1 to 1000; default 100).
+    pub limit: Option<u64>,
+}
+
+impl UserPage {
+    /// The page size asked for, within bounds.
+    pub fn limit(&self) -> u64 {
+        self.limit.unwrap_or(100).clamp(1, USERS_PAGE_MAX)
+    }
+}
+
+impl UserList {
+    /// One page of `limit`: `next` set when it is full.
+    pub fn page(users: Vec<TenantUser>, limit: u64) -> Self {
+        let next = (users.len() as u64 == limit).then(|| users.last().map(|u| u.id)).flatten();
+        UserList { users, next }
+    }
 }
 
 /// Reads the registry over one connection pool.
@@ -202,6 +255,20 @@ impl RegistryReader {
                 Ok(TenantProvider { tenant_id: r.tenant_id, slug: r.slug, name: r.name, config: r.columns.config()? })
             })
             .collect()
+    }
+
+    /// `tenant`'s users in id order after `after`, at most `limit` (capped at
+    /// [`USERS_PAGE_MAX`]).
+    pub async fn tenant_users(&self, tenant: Uuid, after: Option<Uuid>, limit: u64) -> Result<Vec<TenantUser>, DbErr> {
+        let sql = "SELECT id, issuer, subject, email, name, role, first_seen, last_seen FROM tenant_users \
+                   WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3";
+        TenantUser::find_by_statement(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            sql,
+            [tenant.into(), after.unwrap_or(Uuid::nil()).into(), (limit.clamp(1, USERS_PAGE_MAX) as i64).into()],
+        ))
+        .all(&self.db)
+        .await
     }
 
     /// Active tenants with their effective settings, in id order after `after`

@@ -134,7 +134,7 @@ impl ControlPlane {
     ) -> Result<OperationView, Error> {
         let slug = TenantSlug::parse(&req.slug).map_err(|e| Error::invalid("invalid_slug", e.0))?;
         let estate = self.estate(estate_id).await?;
-        if !source_names(&estate).await?.iter().any(|n| *n == req.source) {
+        if !source_names(&estate).await?.contains(&req.source) {
             return Err(Error::NotFound("source"));
         }
         let plan = self.adoption_plan(estate_id, &req.source, req.tier, req.target_backend_id).await?;

@@ -47,6 +47,10 @@ async fn recorded<P>(run: &Run<'_, P>) -> Result<Option<Vec<Deferred>>, Error> {
 
 /// Records, then drops, the secondary indexes of `tables` on the target.
 /// Repeatable: a second run finds the record and drops what is left.
+/// A secondary index: table, name, definition, and its unique constraint
+/// with that constraint's definition.
+type IndexRow = (String, String, String, Option<String>, Option<String>);
+
 pub(crate) async fn drop_secondary_indexes<P>(
     run: &Run<'_, P>,
     tables: &[String],
@@ -55,7 +59,7 @@ pub(crate) async fn drop_secondary_indexes<P>(
     let deferred = match recorded(run).await? {
         Some(d) => d,
         None => {
-            let rows: Vec<(String, String, String, Option<String>, Option<String>)> = sqlx::query_as(
+            let rows: Vec<IndexRow> = sqlx::query_as(
                 "SELECT t.relname::text AS table, c.relname::text AS index, pg_get_indexdef(i.indexrelid) AS definition, \
                         con.conname::text AS constraint, pg_get_constraintdef(con.oid) AS constraint_definition \
                  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid \

@@ -487,6 +487,9 @@ impl ControlPlane {
                     if let Err(e) = self.rollup_usage().await {
                         tracing::warn!(error = %e, "usage rollup failed");
                     }
+                    if let Err(e) = self.fold_sign_ins().await {
+                        tracing::warn!(error = %e, "sign-in fold failed");
+                    }
                 }
                 _ = storage.tick() => {
                     match self.measure_storage().await {
