@@ -164,6 +164,8 @@ pub fn settings_for(
         control_plane: ControlPlaneConfig {
             listen: admin_listen,
             admin_token: secrets.admin_token.clone().into(),
+            admin_token_enabled: true,
+            staff: None,
             // Served over plain HTTP on loopback.
             console_secure_cookie: false,
             console_idle_minutes: 30,

@@ -23,6 +23,7 @@ mod operations;
 mod rds;
 mod reports;
 mod routing;
+mod staff;
 mod tls;
 mod topology;
 mod usage;

@@ -24,25 +24,20 @@
 //! a turn shared with unknown API keys: a flood of made-up issuers costs
 //! bounded registry work and memory.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use moka::sync::Cache;
 use serde_json::Value;
 use uuid::Uuid;
 
-use tenantry_core::identity::{ALGORITHMS, Role, fetch_keys, keys_uri, signing_algorithm};
+use tenantry_core::identity::{ALGORITHMS, Role};
+use tenantry_core::keysets::{FoundKey, KeyError, KeySet, KeySets, LEEWAY_SECS, claim_values, validation};
 use tenantry_core::registry::{KeyOwner, RegistryReader, TenantProvider};
 use tenantry_core::web::ApiError;
 
-/// Skew allowed on `exp` and `nbf`.
-const LEEWAY_SECS: u64 = 60;
 /// How long the providers of an issuer are kept before being read again.
 const PROVIDERS_TTL: Duration = Duration::from_secs(10);
-/// A key set is read again after this long even when every `kid` is known.
-const KEYS_TTL: Duration = Duration::from_secs(3600);
 /// How long a token that held is taken again without its signature checked.
 pub const VERIFIED_TTL: Duration = PROVIDERS_TTL;
 /// How long a request waits for a turn to look an unknown issuer up.
@@ -59,13 +54,6 @@ pub struct Person {
     pub role: Role,
 }
 
-struct KeySet {
-    keys: Vec<(String, Algorithm, Arc<DecodingKey>)>,
-    /// Cleared when a fetch replaces it: tokens verified with it are checked
-    /// again (their key may be withdrawn).
-    current: std::sync::atomic::AtomicBool,
-}
-
 /// A token that held: who it signed in, until when, with which key set.
 struct Verified {
     person: Person,
@@ -77,16 +65,8 @@ struct Verified {
 pub struct Tokens {
     registry: RegistryReader,
     owners: Cache<Uuid, Arc<KeyOwner>>,
-    http: reqwest::Client,
     providers: Cache<String, Arc<Vec<TenantProvider>>>,
-    keys: Cache<String, Arc<KeySet>>,
-    /// Issuer -> its key set's address, from its discovery document.
-    discovered: Cache<String, String>,
-    /// Per key-set address: when it was last fetched, and a lock so that one
-    /// fetch at a time goes to a provider.
-    fetches: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Instant>>>>>,
-    /// A key set is fetched again for an unknown `kid` at most this often.
-    refetch_every: Duration,
+    keys: KeySets,
     /// sha-256 of (token, wanted tenant) -> who it signed in, until `exp`.
     verified: Cache<[u8; 32], Arc<Verified>>,
     /// Turns of registry look-ups of uncached issuers (shared with API keys).
@@ -112,11 +92,7 @@ fn unverified_claims(token: &str) -> Result<serde_json::Map<String, Value>, ApiE
 
 /// Whether the claim `name` is `value` or a list holding it.
 fn claim_names(claims: &serde_json::Map<String, Value>, name: &str, value: &str) -> bool {
-    match claims.get(name) {
-        Some(Value::String(s)) => s == value,
-        Some(Value::Array(a)) => a.iter().any(|v| v.as_str() == Some(value)),
-        _ => false,
-    }
+    claim_values(claims, name).contains(&value)
 }
 
 impl Tokens {
@@ -130,16 +106,12 @@ impl Tokens {
         lookups: Arc<tokio::sync::Semaphore>,
     ) -> Self {
         Tokens {
-            refetch_every,
             verified: Cache::builder().max_capacity(100_000).time_to_live(VERIFIED_TTL).build(),
             lookups,
             registry,
             owners: Cache::builder().max_capacity(100_000).time_to_live(ttl).build(),
-            http: tenantry_core::identity::http_client(),
             providers: Cache::builder().max_capacity(10_000).time_to_live(PROVIDERS_TTL).build(),
-            keys: Cache::builder().max_capacity(10_000).time_to_live(KEYS_TTL).build(),
-            discovered: Cache::builder().max_capacity(10_000).time_to_live(KEYS_TTL).build(),
-            fetches: Mutex::new(HashMap::new()),
+            keys: KeySets::new(refetch_every),
         }
     }
 
@@ -167,63 +139,19 @@ impl Tokens {
         Ok(found)
     }
 
-    /// The key set at `uri`, fetched again when `kid` is not in it (at most
-    /// once every 30 s per set).
-    async fn key(
-        &self,
-        provider: &TenantProvider,
-        kid: &str,
-    ) -> Result<(Algorithm, Arc<DecodingKey>, Arc<KeySet>), ApiError> {
-        let down = |e: String| {
-            tracing::warn!(issuer = %provider.config.issuer, error = %e, "identity provider keys unavailable");
-            ApiError::unavailable(
-                "identity_provider_unavailable",
-                format!("the identity provider `{}` of this tenant does not answer; retry shortly", provider.name),
-                5,
-            )
-        };
-        // Discovered once per issuer, not per request.
-        let uri = match (provider.config.jwks_uri.clone(), self.discovered.get(&provider.config.issuer)) {
-            (Some(u), _) | (None, Some(u)) => u,
-            (None, None) => {
-                let u = keys_uri(&self.http, &provider.config).await.map_err(down)?;
-                self.discovered.insert(provider.config.issuer.clone(), u.clone());
-                u
+    /// The provider's key `kid`, in words when there is none.
+    async fn key(&self, provider: &TenantProvider, kid: &str) -> Result<FoundKey, ApiError> {
+        self.keys.key(&provider.config, kid).await.map_err(|e| match e {
+            KeyError::UnknownKid => invalid("no key of the provider has this token's `kid`"),
+            KeyError::Unavailable(e) => {
+                tracing::warn!(issuer = %provider.config.issuer, error = %e, "identity provider keys unavailable");
+                ApiError::unavailable(
+                    "identity_provider_unavailable",
+                    format!("the identity provider `{}` of this tenant does not answer; retry shortly", provider.name),
+                    5,
+                )
             }
-        };
-        let find =
-            |set: &Arc<KeySet>| set.keys.iter().find(|(k, ..)| k == kid).map(|(_, a, d)| (*a, d.clone(), set.clone()));
-        if let Some(found) = self.keys.get(&uri).as_ref().and_then(find) {
-            return Ok(found);
-        }
-        let gate = {
-            let mut all = self.fetches.lock().expect("fetch map");
-            all.entry(uri.clone()).or_default().clone()
-        };
-        let mut last = gate.lock().await;
-        // Fetched by another request meanwhile?
-        if let Some(found) = self.keys.get(&uri).as_ref().and_then(find) {
-            return Ok(found);
-        }
-        if last.is_some_and(|t| t.elapsed() < self.refetch_every) && self.keys.contains_key(&uri) {
-            return Err(invalid("no key of the provider has this token's `kid`"));
-        }
-        *last = Some(Instant::now());
-        let set = fetch_keys(&self.http, &uri).await.map_err(down)?;
-        let keys = set
-            .keys
-            .iter()
-            .filter_map(|k| {
-                let alg = signing_algorithm(k)?;
-                Some((k.common.key_id.clone()?, alg, Arc::new(DecodingKey::from_jwk(k).ok()?)))
-            })
-            .collect();
-        let set = Arc::new(KeySet { keys, current: true.into() });
-        if let Some(old) = self.keys.get(&uri) {
-            old.current.store(false, std::sync::atomic::Ordering::Relaxed);
-        }
-        self.keys.insert(uri, set.clone());
-        find(&set).ok_or_else(|| invalid("no key of the provider has this token's `kid`"))
+        })
     }
 
     /// The person `token` signs in and their tenant (its status and settings).
@@ -257,7 +185,7 @@ impl Tokens {
         let now = jsonwebtoken::get_current_timestamp();
         if let Some(hit) = self.verified.get(&hash)
             && now <= hit.until
-            && hit.keys.current.load(std::sync::atomic::Ordering::Relaxed)
+            && hit.keys.is_current()
         {
             return Ok((hit.person.clone(), false));
         }
@@ -296,17 +224,12 @@ impl Tokens {
             return Err(invalid("no tenant's identity provider takes tokens of this issuer (and organisation)"));
         };
         // One issuer, one key set: the first provider's settings find it.
-        let (alg, key, keys) = self.key(first, &kid).await?;
-        if alg != header.alg {
+        let FoundKey { algorithm, key, set: keys } = self.key(first, &kid).await?;
+        if algorithm != header.alg {
             return Err(invalid("the token's algorithm is not its key's"));
         }
-        let mut validation = Validation::new(alg);
-        validation.leeway = LEEWAY_SECS;
-        validation.validate_nbf = true;
-        validation.set_issuer(&[issuer]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         let audiences: Vec<&str> = named.iter().map(|p| p.config.audience.as_str()).collect();
-        validation.set_audience(&audiences);
+        let validation = validation(algorithm, issuer, &audiences);
         let verified = jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &key, &validation)
             .map_err(|e| invalid(format!("the token does not hold: {e}")))?
             .claims;
@@ -344,11 +267,7 @@ impl Tokens {
             .role_claim
             .as_ref()
             .map(|c| {
-                let held: Vec<&str> = match verified.get(c) {
-                    Some(Value::String(s)) => vec![s.as_str()],
-                    Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
-                    _ => vec![],
-                };
+                let held = claim_values(&verified, c);
                 held.iter().filter_map(|h| provider.config.role_map.get(*h)).copied().max().unwrap_or(Role::Viewer)
             })
             .unwrap_or(Role::Viewer);

@@ -1,37 +1,93 @@
-//! Who may use the admin listener: the admin API's bearer token
-//! ([`Admin`]) and the comparison the console's sign-in and CSRF checks share.
-
-use std::future::{Ready, ready};
+//! Who may use the admin listener ([`Admin`]): a member of staff signed in
+//! by the operator's identity provider (a bearer JWT, `staff.rs`), holding
+//! the role the route needs; or the shared admin token (automation and
+//! break-glass, the actor `admin-token`, every role) unless it is switched
+//! off. Also the comparison the console's sign-in and CSRF checks share.
 
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpRequest, web};
+use futures::future::LocalBoxFuture;
 use secrecy::ExposeSecret;
 
 use tenantry_core::web::{ApiError, bearer};
 
 use crate::plane::ControlPlane;
+use crate::staff::{StaffPerson, StaffRole, route_role};
 
-/// An authenticated administrator; `actor` is what the audit log records.
+/// An authenticated administrator holding the route's role; `actor` is what
+/// the audit log records.
 pub struct Admin {
     pub actor: String,
+    /// The member of staff, or none for the admin token.
+    pub person: Option<StaffPerson>,
+}
+
+impl Admin {
+    /// Whether the caller holds `role` (`admin` holds every role; any staff
+    /// role reads).
+    pub fn holds(&self, role: StaffRole) -> bool {
+        match &self.person {
+            None => true,
+            Some(p) => {
+                p.roles.contains(&StaffRole::Admin)
+                    || p.roles.contains(&role)
+                    || (role == StaffRole::Viewer && !p.roles.is_empty())
+            }
+        }
+    }
+
+    /// 403 `forbidden` naming the staff role needed, unless held.
+    pub fn needs(&self, role: StaffRole) -> Result<(), ApiError> {
+        if self.holds(role) {
+            return Ok(());
+        }
+        let held: Vec<&str> = self.person.iter().flat_map(|p| p.roles.iter().map(|r| r.as_str())).collect();
+        Err(ApiError::forbidden(format!(
+            "this needs the `{}` staff role; you hold {}",
+            role.as_str(),
+            if held.is_empty() { "none".to_string() } else { held.join(", ") }
+        )))
+    }
+}
+
+/// Whether `bearer` is shaped like a JWT (three base64url parts).
+fn is_jwt(bearer: &str) -> bool {
+    bearer.split('.').count() == 3
 }
 
 impl FromRequest for Admin {
     type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let expected = req
-            .app_data::<web::Data<ControlPlane>>()
-            .map(|cp| cp.config().admin_token.expose_secret().as_bytes().to_vec());
-        let ok = match (bearer(req), expected) {
-            (Some(given), Some(expected)) => constant_time_eq(given.as_bytes(), &expected),
-            _ => false,
+        let cp = req.app_data::<web::Data<ControlPlane>>().cloned();
+        let given = bearer(req).map(str::to_string);
+        let needed = route_role(req.method().as_str(), req.match_pattern().as_deref().unwrap_or(""));
+        let span = {
+            use actix_web::HttpMessage;
+            req.extensions().get::<tracing_actix_web::RootSpan>().map(|s| (*s).clone())
         };
-        ready(if ok {
-            Ok(Admin { actor: "admin-token".into() })
-        } else {
-            Err(ApiError::unauthorized("missing or invalid admin token"))
+        Box::pin(async move {
+            let cp = cp.ok_or_else(|| ApiError::internal(&"control plane missing from app data"))?;
+            let given = given
+                .ok_or_else(|| ApiError::unauthorized("send `Authorization: Bearer <staff token or admin token>`"))?;
+            let expected = cp.config().admin_token.expose_secret().as_bytes();
+            let admin = if constant_time_eq(given.as_bytes(), expected) {
+                if !cp.config().admin_token_enabled {
+                    return Err(ApiError::unauthorized("the admin token is switched off on this control plane"));
+                }
+                Admin { actor: "admin-token".into(), person: None }
+            } else if let (true, Some(staff)) = (is_jwt(&given), cp.staff.as_ref()) {
+                let person = staff.verify(&given).await?;
+                if let Some(span) = &span {
+                    span.record("user", person.subject.as_str());
+                }
+                Admin { actor: person.actor(), person: Some(person) }
+            } else {
+                return Err(ApiError::unauthorized("missing or invalid admin token"));
+            };
+            admin.needs(needed)?;
+            Ok(admin)
         })
     }
 }

@@ -50,6 +50,15 @@ pub struct ControlPlaneConfig {
     /// Bearer token for the admin API and the console's sign-in: at least 32
     /// characters. Changing it ends every console session.
     pub admin_token: SecretString,
+    /// Whether `admin_token` signs anyone in (the admin API's automation and
+    /// break-glass actor `admin-token`, and the console's token sign-in).
+    /// Default true; turn it off once staff sign in through `staff`.
+    #[serde(default = "default_true_cp")]
+    pub admin_token_enabled: bool,
+    /// The operator's identity provider, signing staff in to the admin API
+    /// by bearer token with the staff roles their groups map to. Default: none.
+    #[serde(default)]
+    pub staff: Option<crate::staff::StaffConfig>,
     /// A console session ends after this many minutes without a request.
     /// Default 30.
     #[serde(default = "default_console_idle")]
@@ -346,6 +355,9 @@ impl ControlPlaneConfig {
         named(self.admin_token.expose_secret(), "admin_token")?;
         if self.admin_token.expose_secret().chars().count() < MIN_ADMIN_TOKEN {
             return Err(format!("control_plane.admin_token must have at least {MIN_ADMIN_TOKEN} characters"));
+        }
+        if let Some(staff) = &self.staff {
+            staff.validate()?;
         }
         if self.console_idle_minutes == 0 {
             return Err("control_plane.console_idle_minutes must be at least 1".into());

@@ -633,7 +633,31 @@ async fn readyz(cp: Cp) -> HttpResponse {
 pub struct AdminApiDoc;
 
 async fn openapi() -> HttpResponse {
-    HttpResponse::Ok().json(AdminApiDoc::openapi())
+    HttpResponse::Ok().json(spec())
+}
+
+/// The admin API's OpenAPI document, each operation's description naming
+/// the staff role it needs (from `staff::ROUTE_ROLES`, what the listener
+/// enforces).
+pub fn spec() -> utoipa::openapi::OpenApi {
+    let mut doc = AdminApiDoc::openapi();
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let ops = [
+            ("GET", &mut item.get),
+            ("POST", &mut item.post),
+            ("PUT", &mut item.put),
+            ("PATCH", &mut item.patch),
+            ("DELETE", &mut item.delete),
+        ];
+        for (method, op) in ops {
+            if let Some(op) = op {
+                let role = crate::staff::route_role(method, path).as_str();
+                let text = op.description.get_or_insert_with(String::new);
+                text.push_str(&format!("\n\nStaff role: `{role}` (or the admin token)."));
+            }
+        }
+    }
+    doc
 }
 
 /// The admin routes, for embedding in an `App`.

@@ -174,7 +174,7 @@ pub(crate) async fn revert(
 }
 
 /// End the way back for an adopted source; with `drop`, the legacy schema
-/// (or database) is dropped.
+/// (or database) is dropped (staff role `admin`).
 #[utoipa::path(post, path = "/v1/estates/{id}/release", params(("id" = Uuid, Path)),
     request_body = crate::estates::request::ReleaseRequest,
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
@@ -185,6 +185,9 @@ pub(crate) async fn release(
     id: web::Path<Uuid>,
     body: web::Json<crate::estates::request::ReleaseRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    if body.drop {
+        admin.needs(crate::staff::StaffRole::Admin)?;
+    }
     cp.release_source(&admin.actor, *id, body.into_inner()).await?;
     Ok(HttpResponse::NoContent().finish())
 }

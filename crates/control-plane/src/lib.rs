@@ -38,6 +38,7 @@ pub mod reports;
 pub mod retire;
 pub mod runner;
 pub mod server;
+pub mod staff;
 pub mod start;
 pub mod tenants;
 pub mod usage;

@@ -50,6 +50,8 @@ pub struct ControlPlane {
     pub(crate) sign_in_attempts: Cache<std::net::IpAddr, Arc<std::sync::atomic::AtomicU32>>,
     /// Refused console sign-ins (a metric).
     pub(crate) sign_ins_refused: std::sync::atomic::AtomicU64,
+    /// Staff tokens' checker, when the operator's identity provider is configured.
+    pub(crate) staff: Option<crate::staff::Staff>,
 }
 
 impl ControlPlane {
@@ -79,6 +81,7 @@ impl ControlPlane {
         };
         let heavy = Cache::builder().max_capacity(1).time_to_live(crate::usage::model::HEAVY_TTL).build();
         Ok(Self {
+            staff: cfg.staff.clone().map(crate::staff::Staff::new),
             worker_wakeup: tokio::sync::Notify::new(),
             workers_running: Default::default(),
             rds,

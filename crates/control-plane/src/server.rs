@@ -27,7 +27,7 @@ pub fn server(
             .wrap(actix_web::middleware::from_fn(tenantry_core::web::refuse_nul))
             .wrap(actix_web::middleware::from_fn(tenantry_core::metrics::record))
             .wrap(actix_web::middleware::from_fn(tenantry_core::web::request_id_header))
-            .wrap(TracingLogger::default())
+            .wrap(TracingLogger::<StaffSpan>::new())
             .app_data(cp.clone())
             .app_data(http_metrics.clone())
             .configure(crate::console::routes)
@@ -38,4 +38,21 @@ pub fn server(
     .shutdown_timeout(drain_secs)
     .listen(listener)?
     .run())
+}
+
+/// Root span of every admin request, with the member of staff's subject
+/// (`user`) once the [`Admin`](crate::auth::Admin) extractor has checked it.
+pub struct StaffSpan;
+
+impl tracing_actix_web::RootSpanBuilder for StaffSpan {
+    fn on_request_start(request: &actix_web::dev::ServiceRequest) -> tracing::Span {
+        tracing_actix_web::root_span!(request, user = tracing::field::Empty)
+    }
+
+    fn on_request_end<B: actix_web::body::MessageBody>(
+        span: tracing::Span,
+        outcome: &Result<actix_web::dev::ServiceResponse<B>, actix_web::Error>,
+    ) {
+        tracing_actix_web::DefaultRootSpanBuilder::on_request_end(span, outcome);
+    }
 }

@@ -7,6 +7,7 @@ pub mod db;
 pub mod entities;
 pub mod gate;
 pub mod identity;
+pub mod keysets;
 pub mod metrics;
 pub mod registry;
 pub mod settings;

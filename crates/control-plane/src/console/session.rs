@@ -119,6 +119,12 @@ impl ControlPlane {
             return Err(Error::invalid("invalid_name", "your name: 1-64 letters, digits, `.`, `_`, `-` or `@`"));
         }
         let expected = self.config().admin_token.expose_secret().as_bytes().to_vec();
+        if !self.config().admin_token_enabled {
+            return Err(Error::Invalid {
+                code: "admin_token_off",
+                message: "the admin token is switched off on this control plane".into(),
+            });
+        }
         if !crate::auth::constant_time_eq(token.trim().as_bytes(), &expected) {
             self.sign_ins_refused.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(client = ?client, "console sign-in refused: not the admin token");

@@ -1,0 +1,243 @@
+//! Staff: the operator's own people, signed in to the admin API by a bearer
+//! token of the operator's identity provider (`control_plane.staff`), each
+//! holding the staff roles their claims map to. Every admin route needs one
+//! role ([`ROUTE_ROLES`]; a read needs `viewer`), and the audit names the
+//! verified person ([`StaffPerson::actor`]), never a typed name. The shared
+//! admin token stays for automation and break-glass as its own actor,
+//! `admin-token`, holding every role, and can be switched off
+//! (`control_plane.admin_token_enabled = false`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use moka::sync::Cache;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use tenantry_core::identity::{ALGORITHMS, ProviderConfig};
+use tenantry_core::keysets::{FoundKey, KeyError, KeySet, KeySets, LEEWAY_SECS, claim_values, validation};
+use tenantry_core::web::ApiError;
+
+/// What a member of staff may do on the admin API. `viewer` reads; the
+/// others each hold their own writes (and read); `admin` holds everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StaffRole {
+    /// Reads: tenants, operations, usage, the audit log.
+    Viewer,
+    /// Creates tenants, promotes them, issues and revokes their API keys.
+    SalesOps,
+    /// Moves and demotes tenants; migrations, backends, estates, limits.
+    Operator,
+    /// Everything: erasure, identity providers and users, release with drop.
+    Admin,
+}
+
+impl StaffRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StaffRole::Viewer => "viewer",
+            StaffRole::SalesOps => "sales_ops",
+            StaffRole::Operator => "operator",
+            StaffRole::Admin => "admin",
+        }
+    }
+}
+
+/// The role each admin route that is not a plain read needs, by method and
+/// route pattern. A `GET` not listed needs `viewer`; any other method not
+/// listed needs `admin` (a new route is closed until it is given a role).
+pub const ROUTE_ROLES: &[(&str, &str, StaffRole)] = &[
+    ("POST", "/v1/tenants", StaffRole::SalesOps),
+    ("POST", "/v1/tenants/{tenant}/promote", StaffRole::SalesOps),
+    ("POST", "/v1/tenants/{tenant}/api-keys", StaffRole::SalesOps),
+    ("DELETE", "/v1/tenants/{tenant}/api-keys/{key_id}", StaffRole::SalesOps),
+    ("POST", "/v1/tenants/{tenant}/move", StaffRole::Operator),
+    ("POST", "/v1/tenants/{tenant}/demote", StaffRole::Operator),
+    ("PATCH", "/v1/tenants/{tenant}/settings", StaffRole::Operator),
+    ("PATCH", "/v1/tiers/{tier}/settings", StaffRole::Operator),
+    ("POST", "/v1/backends/{id}/retire", StaffRole::Operator),
+    ("PUT", "/v1/backends/{id}/pooler", StaffRole::Operator),
+    ("DELETE", "/v1/backends/{id}/pooler", StaffRole::Operator),
+    ("POST", "/v1/migrations/apply", StaffRole::Operator),
+    ("POST", "/v1/operations/{id}/cancel", StaffRole::Operator),
+    ("POST", "/v1/estates", StaffRole::Operator),
+    ("DELETE", "/v1/estates/{id}", StaffRole::Operator),
+    ("POST", "/v1/estates/{id}/adopt", StaffRole::Operator),
+    ("POST", "/v1/estates/{id}/adopt-all", StaffRole::Operator),
+    ("POST", "/v1/estates/{id}/revert", StaffRole::Operator),
+    // With `drop`, `admin` (checked by the handler).
+    ("POST", "/v1/estates/{id}/release", StaffRole::Operator),
+    ("DELETE", "/v1/tenants/{tenant}", StaffRole::Admin),
+    // A tenant's data, whole.
+    ("GET", "/v1/tenants/{tenant}/export", StaffRole::Admin),
+    ("GET", "/v1/tenants/{tenant}/users", StaffRole::Admin),
+    ("DELETE", "/v1/tenants/{tenant}/users/{id}", StaffRole::Admin),
+    ("PUT", "/v1/tenants/{tenant}/identity-providers/{name}", StaffRole::Admin),
+    ("DELETE", "/v1/tenants/{tenant}/identity-providers/{name}", StaffRole::Admin),
+    ("POST", "/v1/tenants/{tenant}/identity-providers/{name}/test", StaffRole::Admin),
+];
+
+/// The role `method` on `pattern` needs (see [`ROUTE_ROLES`]).
+pub fn route_role(method: &str, pattern: &str) -> StaffRole {
+    match ROUTE_ROLES.iter().find(|(m, p, _)| *m == method && *p == pattern) {
+        Some((.., role)) => *role,
+        None if method == "GET" => StaffRole::Viewer,
+        None => StaffRole::Admin,
+    }
+}
+
+/// The operator's identity provider (`[control_plane.staff]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaffConfig {
+    /// The `iss` of staff tokens: https (http only on loopback).
+    pub issuer: String,
+    /// The `aud` a staff token must carry (the console's client id, or the
+    /// admin API's audience at the provider).
+    pub audience: String,
+    /// Default: the issuer's discovery document's `jwks_uri`.
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// The claim listing a person's groups or roles at the provider.
+    pub role_claim: String,
+    /// The provider's group or role -> staff role. A person holding none of
+    /// them is refused everything.
+    pub role_map: BTreeMap<String, StaffRole>,
+}
+
+impl StaffConfig {
+    fn provider(&self) -> ProviderConfig {
+        ProviderConfig {
+            issuer: self.issuer.trim_end_matches('/').to_string(),
+            audience: self.audience.clone(),
+            jwks_uri: self.jwks_uri.clone(),
+            org_claim: None,
+            org_value: None,
+            tenants_claim: None,
+            role_claim: Some(self.role_claim.clone()),
+            role_map: BTreeMap::new(),
+            email_domains: vec![],
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        self.provider().validate().map_err(|e| format!("control_plane.staff: {e}"))?;
+        if self.role_map.is_empty() {
+            return Err("control_plane.staff.role_map must map at least one group to a staff role".into());
+        }
+        Ok(())
+    }
+}
+
+/// A member of staff, as their token says.
+#[derive(Debug, Clone)]
+pub struct StaffPerson {
+    pub issuer: String,
+    pub subject: String,
+    pub email: Option<String>,
+    pub roles: Vec<StaffRole>,
+}
+
+impl StaffPerson {
+    /// What the audit log and the operations record: the verified person.
+    pub fn actor(&self) -> String {
+        match &self.email {
+            Some(e) => format!("{e} (sub {} at {})", self.subject, self.issuer),
+            None => format!("sub {} at {}", self.subject, self.issuer),
+        }
+    }
+}
+
+/// How long a staff token that held is taken again without its signature checked.
+const VERIFIED_TTL: Duration = Duration::from_secs(10);
+
+/// A staff token that held: who, until when (`exp` and skew), by which key set.
+type Verified = (StaffPerson, u64, Arc<KeySet>);
+
+/// The staff token checker.
+pub struct Staff {
+    config: StaffConfig,
+    provider: ProviderConfig,
+    keys: KeySets,
+    verified: Cache<[u8; 32], Arc<Verified>>,
+}
+
+fn invalid(why: impl Into<String>) -> ApiError {
+    ApiError::invalid_token(why)
+}
+
+impl Staff {
+    pub fn new(config: StaffConfig) -> Self {
+        Staff {
+            provider: config.provider(),
+            config,
+            keys: KeySets::new(Duration::from_secs(30)),
+            verified: Cache::builder().max_capacity(10_000).time_to_live(VERIFIED_TTL).build(),
+        }
+    }
+
+    /// The member of staff `token` signs in: RS256, ES256 or EdDSA by a key
+    /// of the operator's provider; `iss`, `aud`, `exp`, `nbf` (60 s skew),
+    /// `sub`; 401 `invalid_token` otherwise, 503 when the provider does not
+    /// answer.
+    pub async fn verify(&self, token: &str) -> Result<StaffPerson, ApiError> {
+        use sha2::Digest as _;
+        let hash: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(hit) = self.verified.get(&hash)
+            && now <= hit.1
+            && hit.2.is_current()
+        {
+            return Ok(hit.0.clone());
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("not a JWT"))?;
+        if !ALGORITHMS.contains(&header.alg) {
+            return Err(invalid(format!("tokens signed with {:?} are refused: RS256, ES256 or EdDSA", header.alg)));
+        }
+        let kid = header.kid.ok_or_else(|| invalid("the token's header has no `kid`"))?;
+        let FoundKey { algorithm, key, set } = self.keys.key(&self.provider, &kid).await.map_err(|e| match e {
+            KeyError::UnknownKid => invalid("no key of the staff identity provider has this token's `kid`"),
+            KeyError::Unavailable(e) => {
+                tracing::warn!(error = %e, "the staff identity provider's keys are unavailable");
+                ApiError::unavailable("identity_provider_unavailable", "the staff identity provider does not answer", 5)
+            }
+        })?;
+        if algorithm != header.alg {
+            return Err(invalid("the token's algorithm is not its key's"));
+        }
+        let v = validation(algorithm, &self.provider.issuer, &[self.config.audience.as_str()]);
+        let claims = jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &key, &v)
+            .map_err(|e| invalid(format!("the token does not hold: {e}")))?
+            .claims;
+        let mut roles: Vec<StaffRole> = claim_values(&claims, &self.config.role_claim)
+            .iter()
+            .filter_map(|g| self.config.role_map.get(*g).copied())
+            .collect();
+        roles.sort();
+        roles.dedup();
+        let person = StaffPerson {
+            issuer: self.provider.issuer.clone(),
+            subject: claims.get("sub").and_then(Value::as_str).unwrap_or_default().to_string(),
+            email: claims.get("email").and_then(Value::as_str).map(str::to_string),
+            roles,
+        };
+        let until = claims.get("exp").and_then(Value::as_u64).unwrap_or(0).saturating_add(LEEWAY_SECS);
+        self.verified.insert(hash, Arc::new((person.clone(), until, set)));
+        Ok(person)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_need_a_viewer_and_unlisted_writes_need_an_admin() {
+        assert_eq!(route_role("GET", "/v1/tenants"), StaffRole::Viewer);
+        assert_eq!(route_role("POST", "/v1/tenants"), StaffRole::SalesOps);
+        assert_eq!(route_role("GET", "/v1/tenants/{tenant}/export"), StaffRole::Admin);
+        assert_eq!(route_role("POST", "/v1/something-new"), StaffRole::Admin);
+    }
+}
