@@ -14,7 +14,14 @@ issuer: `python oidc_provider.py [port]` prints `listening <port>` and serves, a
 - `/control/rotate` (POST `{kty}`): a new key of that type published, the
   keys of that type before it withdrawn;
 - `/control/down` (POST `{down}`): while down, every endpoint answers 503;
-- `/control/stats`: how many times the key set and the discovery document were fetched.
+- `/control/stats`: how many times the key set and the discovery document were
+  fetched, and how many code exchanges were made and refused;
+- `/control/users` (POST `{username: claims}`): people who can sign in at its
+  login page;
+- `/authorize` (GET: its login page, a form; POST: the person signs in) and
+  `/token`: OpenID Connect's authorization code flow with PKCE (S256 only),
+  each code used once, for the redirect URI and client it was issued to; the
+  ID token carries the sign-in's `nonce` and the person's claims.
 
 Keys and signatures come from joserfc; nothing here does cryptography itself
 except the forgery a test needs to be refused.
@@ -23,10 +30,14 @@ except the forgery a test needs to be refused.
 import base64
 import hashlib
 import hmac
+import html
 import json
+import secrets
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from joserfc import jwk, jwt
 
@@ -55,6 +66,10 @@ class Provider:
         self.down = False
         self.jwks_fetches = 0
         self.discovery_fetches = 0
+        self.token_requests = 0
+        self.token_refusals = 0
+        self.users = {}
+        self.codes = {}
         self.issuer = None
 
     def public(self):
@@ -105,12 +120,64 @@ class Handler(BaseHTTPRequestHandler):
 
     def body(self):
         n = int(self.headers.get("Content-Length") or 0)
-        return json.loads(self.rfile.read(n) or b"{}")
+        raw = self.rfile.read(n)
+        if self.headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded"):
+            return {k: v[0] for k, v in parse_qs(raw.decode()).items()}
+        return json.loads(raw or b"{}")
+
+    def page(self, status, text):
+        data = f"<!doctype html><html><body>{text}</body></html>".encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def login_page(self, params):
+        if params.get("response_type") != "code" or params.get("code_challenge_method") != "S256" \
+                or not params.get("code_challenge") or not params.get("redirect_uri"):
+            return self.page(400, "<p id='error'>a code flow with PKCE (S256) is required</p>")
+        hidden = "".join(
+            f"<input type='hidden' name='{k}' value='{html.escape(v, quote=True)}'>"
+            for k, v in params.items() if k in
+            ("client_id", "redirect_uri", "state", "nonce", "code_challenge", "scope"))
+        return self.page(200, "<h1>Test provider</h1><form method='post' action='/authorize'>"
+                         f"{hidden}<input id='username' name='username'>"
+                         "<button id='sign-in' type='submit'>Sign in</button></form>")
+
+    def authorize(self, p, form):
+        claims = p.users.get(form.get("username", ""))
+        if claims is None:
+            return self.page(200, "<p id='error'>no such user</p>")
+        code = secrets.token_urlsafe(24)
+        p.codes[code] = {**form, "claims": claims}
+        target = form["redirect_uri"] + "?" + urlencode({"code": code, "state": form.get("state", "")})
+        self.send_response(302)
+        self.send_header("Location", target)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def token(self, p, form):
+        p.token_requests += 1
+        grant = p.codes.pop(form.get("code", ""), None)
+        verifier = form.get("code_verifier", "")
+        challenge = b64(hashlib.sha256(verifier.encode()).digest())
+        if grant is None or grant.get("redirect_uri") != form.get("redirect_uri") \
+                or grant.get("client_id") != form.get("client_id") or challenge != grant.get("code_challenge"):
+            p.token_refusals += 1
+            return self.reply(400, {"error": "invalid_grant"})
+        now = int(time.time())
+        claims = {"iss": p.issuer, "sub": grant.get("username", "user"),
+                  "aud": grant["client_id"], "iat": now, "exp": now + 300, "nonce": grant.get("nonce", ""),
+                  **grant["claims"]}
+        token = p.mint(claims)
+        return self.reply(200, {"id_token": token, "access_token": token, "token_type": "Bearer", "expires_in": 300})
 
     def do_GET(self):
         p = PROVIDER
         if self.path == "/control/stats":
-            return self.reply(200, {"jwks_fetches": p.jwks_fetches, "discovery_fetches": p.discovery_fetches})
+            return self.reply(200, {"jwks_fetches": p.jwks_fetches, "discovery_fetches": p.discovery_fetches,
+                                    "token_requests": p.token_requests, "token_refusals": p.token_refusals})
         if p.down:
             return self.reply(503, {"error": "down"})
         if self.path == "/.well-known/openid-configuration":
@@ -126,6 +193,9 @@ class Handler(BaseHTTPRequestHandler):
                 "id_token_signing_alg_values_supported": list(ALGS.values()),
                 "code_challenge_methods_supported": ["S256"],
             })
+        url = urlsplit(self.path)
+        if url.path == "/authorize":
+            return self.login_page({k: v[0] for k, v in parse_qs(url.query).items()})
         if self.path == "/jwks":
             with p.lock:
                 p.jwks_fetches += 1
@@ -144,6 +214,13 @@ class Handler(BaseHTTPRequestHandler):
             if self.path == "/control/down":
                 p.down = bool(body.get("down"))
                 return self.reply(200, {"down": p.down})
+            if self.path == "/control/users":
+                p.users.update(body)
+                return self.reply(200, {"users": sorted(p.users)})
+            if self.path == "/authorize":
+                return self.authorize(p, body)
+            if self.path == "/token":
+                return self.token(p, body)
             if self.path == "/control/keys":
                 return self.reply(200, {"keys": [{"kid": k.kid, "kty": k.key_type} for k in p.keys]})
         return self.reply(404, {"error": "not_found"})

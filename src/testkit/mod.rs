@@ -382,6 +382,17 @@ impl OidcProvider {
         self.control("down", serde_json::json!({"down": down})).await;
     }
 
+    /// People who can sign in at its login page (`/authorize`), each with
+    /// the claims their ID token carries.
+    pub async fn add_user(&self, username: &str, claims: serde_json::Value) {
+        self.control("users", serde_json::json!({ username: claims })).await;
+    }
+
+    /// Code exchanges at its token endpoint, and how many it refused.
+    pub async fn token_requests(&self) -> (u64, u64) {
+        (self.stat("token_requests").await, self.stat("token_refusals").await)
+    }
+
     /// How many times its key set was fetched.
     pub async fn jwks_fetches(&self) -> u64 {
         self.stat("jwks_fetches").await

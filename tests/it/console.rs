@@ -421,3 +421,77 @@ async fn sessions_are_cookies_of_the_registry_and_sign_out_ends_them() {
     assert!(actions.contains(&"console.sign_out") && !actions.contains(&"console.sign_in_refused"), "{actions:?}");
     assert!(app.metric(&app.admin, "tenantry_admin_console_sign_ins_refused_total").await >= 1.0);
 }
+
+/// Staff sign in to the console through the operator's identity provider
+/// (authorization code with PKCE, in Chromium through the provider's own
+/// login page): the session holds their staff roles (a sales-ops person may
+/// promote, not erase), the audit names the person; a sign-in's callback is
+/// taken once, only in the browser that started it.
+#[tokio::test]
+async fn staff_sign_in_to_the_console_through_the_operators_identity_provider() {
+    let idp = tenantry::testkit::oidc_provider();
+    let issuer = idp.issuer.clone();
+    let app = spawn_app_with(|s| {
+        s.control_plane.staff = Some(tenantry_control_plane::staff::StaffConfig {
+            issuer: issuer.clone(),
+            audience: "tenantry-admin".into(),
+            jwks_uri: None,
+            role_claim: "groups".into(),
+            role_map: [("sales".to_string(), tenantry_control_plane::staff::StaffRole::SalesOps)].into(),
+            client_id: Some("tenantry-console".into()),
+            client_secret: None,
+        })
+    })
+    .await;
+    app.create_tenant("sso-acme", "shared").await;
+    idp.add_user("sam", json!({"email": "sam@ops.example", "groups": ["sales"]})).await;
+    idp.add_user("eve", json!({"email": "eve@ops.example", "groups": ["marketing"]})).await;
+
+    let c = browser().await;
+    c.goto(&format!("{}/console/tenants/sso-acme", app.admin)).await.unwrap();
+    wait_path(&c, "/console/login").await;
+    click(&c, "#sso").await;
+    fill(&c, "#username", "sam").await;
+    click(&c, "#sign-in").await;
+    wait_path(&c, "/console/tenants/sso-acme").await;
+    c.goto(&format!("{}/console/tenants/sso-acme/promote", app.admin)).await.unwrap();
+    assert!(!c.source().await.unwrap().contains("staff role"), "sales-ops open the promotion");
+    c.goto(&format!("{}/console/tenants/sso-acme/erase", app.admin)).await.unwrap();
+    let page = c.source().await.unwrap();
+    assert!(page.contains("needs the `admin` staff role"), "{page}");
+    c.close().await.unwrap();
+    let (_, audit) = app.admin_call(Method::GET, "/v1/audit?action=console.sign_in", None).await;
+    assert_eq!(audit["entries"][0]["actor"], format!("sam@ops.example (sub sam at {})", idp.issuer), "{audit}");
+
+    // Without a browser: the provider's answer is taken once, in the browser
+    // that started the sign-in; a person of no staff group gets no session.
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let sign_in = |user: &'static str| {
+        let (http, app, idp) = (&http, &app, &idp);
+        async move {
+            let res = http.get(format!("{}/console/sso/login", app.admin)).send().await.unwrap();
+            assert_eq!(res.status(), StatusCode::SEE_OTHER);
+            let browser = res.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+            let to = reqwest::Url::parse(res.headers()["location"].to_str().unwrap()).unwrap();
+            assert!(to.as_str().starts_with(&format!("{}/authorize?", idp.issuer)), "{to}");
+            let mut form: Vec<(String, String)> = to.query_pairs().into_owned().collect();
+            form.push(("username".into(), user.into()));
+            let res = http.post(format!("{}/authorize", idp.issuer)).form(&form).send().await.unwrap();
+            let back = res.headers()["location"].to_str().unwrap().to_string();
+            assert!(back.starts_with(&format!("{}/console/sso/callback?", app.admin)), "{back}");
+            (browser, back)
+        }
+    };
+    let (cookie, back) = sign_in("sam").await;
+    let res = http.get(&back).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST, "another browser's callback is refused");
+    let res = http.get(&back).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.headers().get_all("set-cookie").iter().any(|c| c.to_str().unwrap().starts_with("tenantry_session=")));
+    let res = http.get(&back).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST, "a callback is taken once");
+    let (cookie, back) = sign_in("eve").await;
+    let res = http.get(&back).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN, "no staff group, no session");
+    assert!(res.headers().get("set-cookie").is_none_or(|c| !c.to_str().unwrap().starts_with("tenantry_session=")));
+}

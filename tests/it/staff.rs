@@ -23,6 +23,8 @@ fn staff_config(issuer: &str) -> StaffConfig {
         jwks_uri: None,
         role_claim: "groups".into(),
         role_map,
+        client_id: Some("tenantry-console".into()),
+        client_secret: None,
     }
 }
 

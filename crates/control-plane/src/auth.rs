@@ -23,30 +23,19 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// Whether the caller holds `role` (`admin` holds every role; any staff
-    /// role reads).
+    /// Whether the caller holds `role` (see [`crate::staff::holds`]).
     pub fn holds(&self, role: StaffRole) -> bool {
-        match &self.person {
-            None => true,
-            Some(p) => {
-                p.roles.contains(&StaffRole::Admin)
-                    || p.roles.contains(&role)
-                    || (role == StaffRole::Viewer && !p.roles.is_empty())
-            }
-        }
+        self.person.as_ref().is_none_or(|p| crate::staff::holds(&p.roles, role))
     }
 
     /// 403 `forbidden` naming the staff role needed, unless held.
     pub fn needs(&self, role: StaffRole) -> Result<(), ApiError> {
-        if self.holds(role) {
-            return Ok(());
+        match &self.person {
+            Some(p) if !crate::staff::holds(&p.roles, role) => {
+                Err(ApiError::forbidden(crate::staff::lacking(&p.roles, role)))
+            }
+            _ => Ok(()),
         }
-        let held: Vec<&str> = self.person.iter().flat_map(|p| p.roles.iter().map(|r| r.as_str())).collect();
-        Err(ApiError::forbidden(format!(
-            "this needs the `{}` staff role; you hold {}",
-            role.as_str(),
-            if held.is_empty() { "none".to_string() } else { held.join(", ") }
-        )))
     }
 }
 

@@ -76,6 +76,11 @@ pub const REGISTRY: &[Migration] = &[
         name: "tenant_users",
         sql: include_str!("../../../migrations/registry/0015_tenant_users.sql"),
     },
+    Migration {
+        version: 16,
+        name: "console_staff_sign_in",
+        sql: include_str!("../../../migrations/registry/0016_console_staff_sign_in.sql"),
+    },
 ];
 
 /// The tenant-data schema's migrations, in order.

@@ -35,6 +35,12 @@ pub enum StaffRole {
 }
 
 impl StaffRole {
+    pub const ALL: [StaffRole; 4] = [StaffRole::Viewer, StaffRole::SalesOps, StaffRole::Operator, StaffRole::Admin];
+
+    pub fn parse(s: &str) -> Option<StaffRole> {
+        StaffRole::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             StaffRole::Viewer => "viewer",
@@ -77,7 +83,45 @@ pub const ROUTE_ROLES: &[(&str, &str, StaffRole)] = &[
     ("PUT", "/v1/tenants/{tenant}/identity-providers/{name}", StaffRole::Admin),
     ("DELETE", "/v1/tenants/{tenant}/identity-providers/{name}", StaffRole::Admin),
     ("POST", "/v1/tenants/{tenant}/identity-providers/{name}/test", StaffRole::Admin),
+    // The console's pages and forms.
+    ("POST", "/console/logout", StaffRole::Viewer),
+    ("GET", "/console/tenants/new", StaffRole::SalesOps),
+    ("POST", "/console/tenants", StaffRole::SalesOps),
+    ("POST", "/console/tenants/{slug}/keys", StaffRole::SalesOps),
+    ("POST", "/console/tenants/{slug}/keys/{key}/revoke", StaffRole::SalesOps),
+    ("GET", "/console/tenants/{slug}/promote", StaffRole::SalesOps),
+    ("POST", "/console/tenants/{slug}/promote", StaffRole::SalesOps),
+    ("POST", "/console/tenants/{slug}/settings", StaffRole::Operator),
+    ("GET", "/console/tenants/{slug}/move", StaffRole::Operator),
+    ("POST", "/console/tenants/{slug}/move", StaffRole::Operator),
+    ("GET", "/console/tenants/{slug}/demote", StaffRole::Operator),
+    ("POST", "/console/tenants/{slug}/demote", StaffRole::Operator),
+    ("POST", "/console/operations/{id}/cancel", StaffRole::Operator),
+    ("POST", "/console/estates/{id}/adopt", StaffRole::Operator),
+    ("POST", "/console/estates/{id}/revert", StaffRole::Operator),
+    // With `drop`, `admin` (checked by the handler).
+    ("POST", "/console/estates/{id}/release", StaffRole::Operator),
+    ("POST", "/console/migrations/apply", StaffRole::Operator),
+    ("GET", "/console/tenants/{slug}/export", StaffRole::Admin),
+    ("GET", "/console/tenants/{slug}/erase", StaffRole::Admin),
+    ("POST", "/console/tenants/{slug}/erase", StaffRole::Admin),
 ];
+
+/// Whether a member of staff holding `roles` may act as `needed`: `admin`
+/// holds every role, any role reads.
+pub fn holds(roles: &[StaffRole], needed: StaffRole) -> bool {
+    roles.contains(&StaffRole::Admin) || roles.contains(&needed) || (needed == StaffRole::Viewer && !roles.is_empty())
+}
+
+/// 403's words: the role needed and the roles held.
+pub fn lacking(roles: &[StaffRole], needed: StaffRole) -> String {
+    let held: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+    format!(
+        "this needs the `{}` staff role; you hold {}",
+        needed.as_str(),
+        if held.is_empty() { "none".to_string() } else { held.join(", ") }
+    )
+}
 
 /// The role `method` on `pattern` needs (see [`ROUTE_ROLES`]).
 pub fn route_role(method: &str, pattern: &str) -> StaffRole {
@@ -105,6 +149,14 @@ pub struct StaffConfig {
     /// The provider's group or role -> staff role. A person holding none of
     /// them is refused everything.
     pub role_map: BTreeMap<String, StaffRole>,
+    /// The console's client at the provider, for its sign-in (authorization
+    /// code with PKCE; the ID token's `aud`). Default: none (no console
+    /// sign-in through the provider).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// That client's secret, if the provider treats it as confidential.
+    #[serde(default)]
+    pub client_secret: Option<secrecy::SecretString>,
 }
 
 impl StaffConfig {
@@ -183,12 +235,43 @@ impl Staff {
     /// `sub`; 401 `invalid_token` otherwise, 503 when the provider does not
     /// answer.
     pub async fn verify(&self, token: &str) -> Result<StaffPerson, ApiError> {
+        self.cached(token, &self.config.audience, None).await
+    }
+
+    /// The member of staff an ID token from the console's sign-in names: as
+    /// [`Staff::verify`], addressed to the console's client and carrying the
+    /// sign-in's `nonce`.
+    pub async fn verify_id_token(&self, token: &str, nonce: &str) -> Result<StaffPerson, ApiError> {
+        let client = self.config.client_id.as_deref().ok_or_else(|| invalid("no console client is configured"))?;
+        self.cached(token, client, Some(nonce)).await
+    }
+
+    /// The console client's settings and the provider's endpoints, for a
+    /// sign-in: (client id, authorization endpoint, token endpoint).
+    pub async fn console_client(&self) -> Result<(String, String, String), String> {
+        let client = self.config.client_id.clone().ok_or("no console client is configured")?;
+        let d = tenantry_core::identity::discover(&tenantry_core::identity::http_client(), &self.provider).await?;
+        let authorize = d.authorization_endpoint.ok_or("the provider names no authorization_endpoint")?;
+        let token = d.token_endpoint.ok_or("the provider names no token_endpoint")?;
+        tenantry_core::identity::provider_url("authorization_endpoint", &authorize)?;
+        tenantry_core::identity::provider_url("token_endpoint", &token)?;
+        Ok((client, authorize, token))
+    }
+
+    /// The console client's secret, if any.
+    pub fn client_secret(&self) -> Option<&secrecy::SecretString> {
+        self.config.client_secret.as_ref()
+    }
+
+    async fn cached(&self, token: &str, audience: &str, nonce: Option<&str>) -> Result<StaffPerson, ApiError> {
         use sha2::Digest as _;
-        let hash: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let hash: [u8; 32] =
+            sha2::Sha256::new().chain_update(audience).chain_update([0]).chain_update(token).finalize().into();
         let now = jsonwebtoken::get_current_timestamp();
         if let Some(hit) = self.verified.get(&hash)
             && now <= hit.1
             && hit.2.is_current()
+            && nonce.is_none()
         {
             return Ok(hit.0.clone());
         }
@@ -207,10 +290,15 @@ impl Staff {
         if algorithm != header.alg {
             return Err(invalid("the token's algorithm is not its key's"));
         }
-        let v = validation(algorithm, &self.provider.issuer, &[self.config.audience.as_str()]);
+        let v = validation(algorithm, &self.provider.issuer, &[audience]);
         let claims = jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &key, &v)
             .map_err(|e| invalid(format!("the token does not hold: {e}")))?
             .claims;
+        if let Some(nonce) = nonce
+            && claims.get("nonce").and_then(Value::as_str) != Some(nonce)
+        {
+            return Err(invalid("the ID token is not this sign-in's (its nonce differs)"));
+        }
         let mut roles: Vec<StaffRole> = claim_values(&claims, &self.config.role_claim)
             .iter()
             .filter_map(|g| self.config.role_map.get(*g).copied())

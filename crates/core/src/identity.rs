@@ -143,6 +143,12 @@ pub const ALGORITHMS: [jsonwebtoken::Algorithm; 3] =
 pub struct Discovery {
     pub issuer: String,
     pub jwks_uri: String,
+    /// Where a browser signs in (authorization code flow).
+    #[serde(default)]
+    pub authorization_endpoint: Option<String>,
+    /// Where a code is exchanged for tokens.
+    #[serde(default)]
+    pub token_endpoint: Option<String>,
 }
 
 /// How long a provider has to answer one request.

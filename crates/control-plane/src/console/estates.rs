@@ -109,6 +109,9 @@ pub async fn release(
 ) -> Result<HttpResponse, ConsoleError> {
     s.check(&form.csrf)?;
     let req = ReleaseRequest { source: form.source.clone(), drop: form.drop.as_deref() == Some("on") };
+    if req.drop {
+        s.needs(crate::staff::StaffRole::Admin)?;
+    }
     cp.release_source(&s.actor, *id, req).await?;
     Ok(see_other(&format!("/console/estates/{id}")))
 }

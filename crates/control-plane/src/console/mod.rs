@@ -8,6 +8,7 @@
 
 mod estates;
 pub mod session;
+mod sso;
 mod views;
 
 use std::collections::BTreeMap;
@@ -29,7 +30,7 @@ use crate::operation::OperationKind;
 use crate::error::Error;
 use crate::plane::ControlPlane;
 use crate::tenants::NewTenant;
-use session::{COOKIE, ConsoleError, SESSION_HOURS, Session};
+use session::{COOKIE, ConsoleError, Next, Session, safe_next, session_cookie};
 use views::html;
 
 type Cp = web::Data<ControlPlane>;
@@ -71,22 +72,8 @@ fn ok(markup: maud::Markup) -> Page {
 
 use views::see_other;
 
-/// Only paths inside the console (never another site) after sign-in.
-fn safe_next(next: &str) -> &str {
-    if next.starts_with("/console") && !next.starts_with("//") && !next.contains('\\') { next } else { "/console" }
-}
-
-fn is_tls(req: &HttpRequest) -> bool {
-    req.connection_info().scheme() == "https"
-}
-
-#[derive(Deserialize)]
-struct Next {
-    next: Option<String>,
-}
-
-async fn login_form(q: web::Query<Next>) -> Page {
-    ok(views::sign_in(safe_next(q.next.as_deref().unwrap_or("/console")), None, ""))
+async fn login_form(cp: Cp, q: web::Query<Next>) -> Page {
+    ok(views::sign_in(safe_next(q.next.as_deref().unwrap_or("/console")), None, "", sso::offered(&cp)))
 }
 
 #[derive(Deserialize)]
@@ -101,23 +88,19 @@ async fn login(cp: Cp, req: HttpRequest, form: web::Form<SignIn>) -> Page {
     let client = req.peer_addr().map(|a| a.ip());
     match cp.console_sign_in(&form.token, form.name.trim(), client).await {
         Ok((cookie, _)) => {
-            let cookie = Cookie::build(COOKIE, cookie)
-                .path("/console")
-                .http_only(true)
-                .same_site(SameSite::Strict)
-                .secure(cp.config().console_secure_cookie || is_tls(&req))
-                .max_age(actix_web::cookie::time::Duration::hours(SESSION_HOURS))
-                .finish();
+            let cookie = session_cookie(&cp, &req, cookie);
             let mut res = see_other(&next);
             res.add_cookie(&cookie).map_err(|e| ConsoleError::Internal(e.to_string()))?;
             Ok(res)
         }
-        Err(Error::Invalid { message, .. }) => {
-            Ok(html(StatusCode::UNAUTHORIZED, views::sign_in(&next, Some(&message), form.name.trim())))
-        }
-        Err(Error::Busy { message, .. }) => {
-            Ok(html(StatusCode::TOO_MANY_REQUESTS, views::sign_in(&next, Some(&message), form.name.trim())))
-        }
+        Err(Error::Invalid { message, .. }) => Ok(html(
+            StatusCode::UNAUTHORIZED,
+            views::sign_in(&next, Some(&message), form.name.trim(), sso::offered(&cp)),
+        )),
+        Err(Error::Busy { message, .. }) => Ok(html(
+            StatusCode::TOO_MANY_REQUESTS,
+            views::sign_in(&next, Some(&message), form.name.trim(), sso::offered(&cp)),
+        )),
         Err(e) => Err(e.into()),
     }
 }
@@ -682,6 +665,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/login", web::get().to(login_form))
             .route("/login", web::post().to(login))
             .route("/logout", web::post().to(logout))
+            .route("/sso/login", web::get().to(sso::start))
+            .route("/sso/callback", web::get().to(sso::callback))
             .route("/tenants", web::get().to(tenants))
             .route("/tenants", web::post().to(create_tenant))
             .route("/tenants/new", web::get().to(new_tenant))

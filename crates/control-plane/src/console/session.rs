@@ -1,4 +1,6 @@
-//! Console sign-in: the admin token plus a name exchanges for a session. The
+//! Console sign-in: a member of staff through the operator's identity provider
+//! (`sso.rs`; the session holds their staff roles and names them in the
+//! audit), or the admin token plus a name (every role). The
 //! browser keeps a random 256-bit id in an HttpOnly, SameSite=Strict cookie;
 //! the registry keeps its SHA-256, the actor (`console:<name>`, what the audit
 //! log records), a per-session CSRF token, and an expiry. Signing out revokes
@@ -7,11 +9,13 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use actix_web::cookie::{Cookie, SameSite};
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpRequest, web};
 use rand::RngCore;
 use sea_orm::{ConnectionTrait, FromQueryResult};
 use secrecy::ExposeSecret;
+use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -56,9 +60,26 @@ pub struct Session {
     pub actor: String,
     pub csrf: String,
     id_hash: Vec<u8>,
+    /// A member of staff's roles; none for the admin token (every role).
+    roles: Option<Vec<String>>,
 }
 
 impl Session {
+    /// The staff roles held, or none for an admin-token session.
+    pub fn roles(&self) -> Option<Vec<crate::staff::StaffRole>> {
+        self.roles.as_ref().map(|r| r.iter().filter_map(|r| crate::staff::StaffRole::parse(r)).collect())
+    }
+
+    /// 403 naming the staff role needed, unless held.
+    pub fn needs(&self, role: crate::staff::StaffRole) -> Result<(), ConsoleError> {
+        match self.roles() {
+            Some(roles) if !crate::staff::holds(&roles, role) => {
+                Err(ConsoleError::Status(StatusCode::FORBIDDEN, crate::staff::lacking(&roles, role)))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The CSRF token of a submitted form must be this session's.
     pub fn check(&self, presented: &str) -> Result<(), ConsoleError> {
         if crate::auth::constant_time_eq(presented.as_bytes(), self.csrf.as_bytes()) {
@@ -74,13 +95,13 @@ impl Session {
     }
 }
 
-fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     hex::encode(bytes)
 }
 
-fn hash(cookie: &str) -> Vec<u8> {
+pub(crate) fn hash(cookie: &str) -> Vec<u8> {
     Sha256::digest(cookie.as_bytes()).to_vec()
 }
 
@@ -134,7 +155,7 @@ impl ControlPlane {
         }
         let actor = format!("console:{name}");
         let cookie = random_token();
-        let session = Session { actor: actor.clone(), csrf: random_token(), id_hash: hash(&cookie) };
+        let session = Session { actor: actor.clone(), csrf: random_token(), id_hash: hash(&cookie), roles: None };
         self.registry()
             .execute_raw(stmt(
                 "INSERT INTO console_sessions (id_hash, actor, csrf, expires_at, token_fingerprint) \
@@ -156,6 +177,30 @@ impl ControlPlane {
         Ok((cookie, session))
     }
 
+    /// Opens a session for a member of staff the provider signed in (the
+    /// sign-in itself is `sso.rs`): the cookie value and the session.
+    pub async fn console_staff_session(&self, person: &crate::staff::StaffPerson) -> Result<(String, Session), Error> {
+        let cookie = random_token();
+        let roles: Vec<String> = person.roles.iter().map(|r| r.as_str().to_string()).collect();
+        let session =
+            Session { actor: person.actor(), csrf: random_token(), id_hash: hash(&cookie), roles: Some(roles.clone()) };
+        self.registry()
+            .execute_raw(stmt(
+                "INSERT INTO console_sessions (id_hash, actor, csrf, expires_at, roles) \
+                 VALUES ($1, $2, $3, now() + make_interval(hours => $4), $5)",
+                vec![
+                    session.id_hash.clone().into(),
+                    session.actor.clone().into(),
+                    session.csrf.clone().into(),
+                    (SESSION_HOURS as i32).into(),
+                    roles.into(),
+                ],
+            ))
+            .await?;
+        audit(self.registry(), &session.actor, "console.sign_in", None, json!({"by": "identity provider"})).await?;
+        Ok((cookie, session))
+    }
+
     /// Refused console sign-ins since this process started.
     pub fn console_sign_ins_refused(&self) -> u64 {
         self.sign_ins_refused.load(Ordering::Relaxed)
@@ -169,10 +214,16 @@ impl ControlPlane {
         Ok(Session::find_by_statement(stmt(
             "UPDATE console_sessions SET last_seen_at = CASE \
                  WHEN last_seen_at < now() - interval '1 minute' THEN now() ELSE last_seen_at END \
-             WHERE id_hash = $1 AND revoked_at IS NULL AND expires_at > now() AND token_fingerprint = $2 \
+             WHERE id_hash = $1 AND revoked_at IS NULL AND expires_at > now() \
+               AND (roles IS NOT NULL OR (token_fingerprint = $2 AND $4)) \
                AND last_seen_at > now() - make_interval(mins => $3) \
-             RETURNING actor, csrf, id_hash",
-            vec![hash(cookie).into(), token.into(), (self.config().console_idle_minutes as i32).into()],
+             RETURNING actor, csrf, id_hash, roles",
+            vec![
+                hash(cookie).into(),
+                token.into(),
+                (self.config().console_idle_minutes as i32).into(),
+                self.config().admin_token_enabled.into(),
+            ],
         ))
         .one(self.registry())
         .await?)
@@ -199,6 +250,7 @@ impl FromRequest for Session {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let cp = req.app_data::<web::Data<ControlPlane>>().cloned();
         let cookie = req.cookie(COOKIE).map(|c| c.value().to_string());
+        let needed = crate::staff::route_role(req.method().as_str(), req.match_pattern().as_deref().unwrap_or(""));
         let next = if req.method() == actix_web::http::Method::GET {
             req.uri().path_and_query().map_or_else(|| "/console".to_string(), |p| p.as_str().to_string())
         } else {
@@ -208,9 +260,38 @@ impl FromRequest for Session {
             let cp = cp.ok_or_else(|| ConsoleError::Internal("control plane missing".into()))?;
             let Some(cookie) = cookie else { return Err(ConsoleError::SignIn { next }) };
             match cp.console_session(&cookie).await? {
-                Some(s) => Ok(s),
+                Some(s) => {
+                    s.needs(needed)?;
+                    Ok(s)
+                }
                 None => Err(ConsoleError::SignIn { next }),
             }
         })
     }
+}
+
+/// Only paths inside the console (never another site) after sign-in.
+pub(crate) fn safe_next(next: &str) -> &str {
+    if next.starts_with("/console") && !next.starts_with("//") && !next.contains('\\') { next } else { "/console" }
+}
+
+pub(crate) fn is_tls(req: &HttpRequest) -> bool {
+    req.connection_info().scheme() == "https"
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Next {
+    pub(crate) next: Option<String>,
+}
+
+/// The session cookie: HttpOnly, SameSite=Strict, `Secure` unless turned
+/// off for plain HTTP.
+pub(crate) fn session_cookie(cp: &ControlPlane, req: &HttpRequest, value: String) -> Cookie<'static> {
+    Cookie::build(COOKIE, value)
+        .path("/console")
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .secure(cp.config().console_secure_cookie || is_tls(req))
+        .max_age(actix_web::cookie::time::Duration::hours(SESSION_HOURS))
+        .finish()
 }

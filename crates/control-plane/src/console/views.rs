@@ -110,7 +110,8 @@ fn badge(text: &str) -> Markup {
     html! { span class=(class) { (text) } }
 }
 
-pub fn sign_in(next: &str, error: Option<&str>, name: &str) -> Markup {
+/// `sso`: the operator's identity provider signs staff in (a link to it).
+pub fn sign_in(next: &str, error: Option<&str>, name: &str, sso: bool) -> Markup {
     page(
         "Sign in",
         None,
@@ -118,6 +119,11 @@ pub fn sign_in(next: &str, error: Option<&str>, name: &str) -> Markup {
         html! {
             section.narrow {
                 h1 { "Sign in" }
+                @if sso {
+                    p { a.button.primary #sso href=(format!("/console/sso/login?next={}", urlencode(next))) {
+                        "Sign in with your organisation's account" } }
+                    p.muted { "Or, for break-glass access:" }
+                }
                 p.muted { "Use the admin token this installation printed at start-up (or its configured "
                     code { "control_plane.admin_token" } "). Your name is what the audit log will record." }
                 @if let Some(e) = error { p.error role="alert" { (e) } }
