@@ -75,6 +75,61 @@ async fn a_flood_of_one_forged_key_costs_one_registry_lookup_and_real_keys_keep_
     assert!((5..=5 * 8).contains(&lookups), "{lookups} registry lookups for 400 requests with 5 forged keys");
 }
 
+/// A JWT-shaped bearer naming `issuer`, signed by nobody.
+fn made_up_token(issuer: &str) -> String {
+    use base64::Engine as _;
+    let b64 = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let header = b64(serde_json::json!({"alg": "RS256", "typ": "JWT", "kid": "k1"}));
+    let claims = b64(serde_json::json!({"iss": issuer, "sub": "mallory", "aud": "tenantry", "exp": 4_000_000_000u64}));
+    format!("{header}.{claims}.c2lnbmF0dXJl")
+}
+
+/// Tokens of made-up issuers: each issuer costs at most one registry look-up
+/// (then it is known unknown), every one answers 401 (or 503 `busy` while
+/// look-ups queue), never a 5xx of another kind, and a real tenant's
+/// requests keep working meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_tokens_from_made_up_issuers_costs_one_lookup_per_issuer() {
+    let app = spawn_app().await;
+    let t = app.create_tenant("acme", "shared").await;
+    let before = app.resolver.cache_stats().issuer_misses;
+    let issuers: Vec<String> = (0..20).map(|i| format!("https://evil-{i}.example")).collect();
+    let mut flood = Vec::new();
+    for worker in 0..8 {
+        let (http, url, issuers) = (app.http.clone(), format!("{}/v1/tenant", app.app), issuers.clone());
+        flood.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for i in 0..50 {
+                let token = made_up_token(&issuers[(worker + i) % issuers.len()]);
+                statuses.push(http.get(&url).bearer_auth(token).send().await.unwrap().status());
+            }
+            statuses
+        }));
+    }
+    for _ in 0..50 {
+        assert_eq!(app.get(&t.key, "/v1/tenant").await.0, StatusCode::OK);
+    }
+    for task in flood {
+        for status in task.await.unwrap() {
+            assert!(matches!(status, StatusCode::UNAUTHORIZED | StatusCode::SERVICE_UNAVAILABLE), "{status}");
+        }
+    }
+    let lookups = app.resolver.cache_stats().issuer_misses - before;
+    assert!((20..=20 * 8).contains(&lookups), "{lookups} registry look-ups for 400 tokens of 20 made-up issuers");
+    let again = app.resolver.cache_stats().issuer_misses;
+    assert_eq!(
+        app.http
+            .get(format!("{}/v1/tenant", app.app))
+            .bearer_auth(made_up_token(&issuers[0]))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(app.resolver.cache_stats().issuer_misses, again, "a known-unknown issuer costs no look-up");
+}
+
 async fn sign_in(http: &reqwest::Client, admin: &str, token: &str, name: &str) -> reqwest::Response {
     http.post(format!("{admin}/console/login"))
         .form(&[("name", name), ("token", token), ("next", "/console")])
@@ -99,7 +154,7 @@ async fn a_failed_sign_in_is_counted_not_audited_and_one_address_gets_ten_a_minu
     let res = sign_in(&http, &app.admin, &app.token, "alice").await;
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(res.text().await.unwrap().contains("too many sign-in attempts"));
-    let (_, audit) = app.admin_call(Method::GET, "/v1/audit?actor=console:alice", None).await;
+    let (_, audit) = app.admin_call(Method::GET, "/v1/audit?actor=admin-token%20(console)", None).await;
     assert_eq!(audit["entries"].as_array().map(Vec::len), Some(1), "the verified sign-in is: {audit}");
 }
 

@@ -120,7 +120,7 @@ async fn sales_ops_creates_a_tenant_and_promotes_it_after_the_dry_run() {
     }
     let c = browser().await;
     sign_in(&c, &app, "/console/tenants").await;
-    assert!(text(&c, "header").await.contains("alice"), "the signed-in actor is shown");
+    assert!(text(&c, "header").await.contains("admin-token (console)"), "the signed-in actor is shown");
 
     // Create a tenant with the form.
     click(&c, "a[href='/console/tenants/new']").await;
@@ -170,7 +170,7 @@ async fn sales_ops_creates_a_tenant_and_promotes_it_after_the_dry_run() {
     assert_eq!(text(&c, ".titlebar .badge.strong").await, "dedicated", "the tier changed");
     let t = app.cp.tenant("acme-console").await.unwrap();
     assert_eq!(t.tier, tenantry_core::Tier::Dedicated);
-    let (_, audit) = app.admin_call(Method::GET, "/v1/audit?actor=console:alice", None).await;
+    let (_, audit) = app.admin_call(Method::GET, "/v1/audit?actor=admin-token%20(console)", None).await;
     let actions: Vec<&str> =
         audit["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
     assert!(actions.contains(&"tenant.create") && actions.contains(&"operation.create"), "{actions:?}");
@@ -179,7 +179,7 @@ async fn sales_ops_creates_a_tenant_and_promotes_it_after_the_dry_run() {
     assert!(text(&c, "table").await.contains(&app.pool_name));
     screenshot(&c, "backends").await;
     c.goto(&format!("{}/console/audit", app.admin)).await.unwrap();
-    assert!(text(&c, "table").await.contains("console:alice"));
+    assert!(text(&c, "table").await.contains("admin-token (console)"));
     screenshot(&c, "audit").await;
     c.close().await.unwrap();
 }
@@ -200,7 +200,7 @@ async fn an_admin_edits_a_limit_revokes_a_key_and_erases_with_the_typed_slug() {
     assert_eq!(settings["limits"]["requests_per_second"], 7, "{settings}");
     assert_eq!(settings["settings"]["limits"]["burst"], Value::Null, "empty fields keep the tier default");
     let (_, audit) = app.admin_call(Method::GET, "/v1/audit?action=tenant.settings", None).await;
-    assert_eq!(audit["entries"][0]["actor"], "console:alice");
+    assert_eq!(audit["entries"][0]["actor"], "admin-token (console)");
 
     // A key: shown once, works, then revoked.
     fill(&c, "#key-name", "ci").await;

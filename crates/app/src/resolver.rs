@@ -66,6 +66,8 @@ pub struct CacheStats {
     pub route_misses: u64,
     pub notifications: u64,
     pub stale_routes: u64,
+    /// Token issuers looked up in the registry (not cached, not known unknown).
+    pub issuer_misses: u64,
 }
 
 struct Inner {
@@ -376,6 +378,7 @@ impl Resolver {
             route_misses: inner.route_misses.load(Ordering::Relaxed),
             notifications: inner.notifications.load(Ordering::Relaxed),
             stale_routes: inner.stale_routes.load(Ordering::Relaxed),
+            issuer_misses: inner.tokens.issuer_lookups(),
         }
     }
 
@@ -397,6 +400,19 @@ impl Resolver {
                 *per_backend.entry(key.backend).or_default() += pool.size();
             }
         }
+        let _ = writeln!(
+            out,
+            "# HELP tenantry_app_token_issuer_lookups_total Token issuers looked up in the registry (not cached)."
+        );
+        let _ = writeln!(out, "# TYPE tenantry_app_token_issuer_lookups_total counter");
+        let _ = writeln!(out, "tenantry_app_token_issuer_lookups_total {}", inner.tokens.issuer_lookups());
+        let _ =
+            writeln!(out, "# HELP tenantry_app_sign_ins_pending People with sign-ins not yet flushed to the registry.");
+        let _ = writeln!(out, "# TYPE tenantry_app_sign_ins_pending gauge");
+        let _ = writeln!(out, "tenantry_app_sign_ins_pending {}", inner.signins.pending());
+        let _ = writeln!(out, "# HELP tenantry_app_sign_ins_dropped_total Sign-ins not recorded (too many pending).");
+        let _ = writeln!(out, "# TYPE tenantry_app_sign_ins_dropped_total counter");
+        let _ = writeln!(out, "tenantry_app_sign_ins_dropped_total {}", inner.signins.dropped());
         let _ = writeln!(out, "# HELP tenantry_app_backend_pools Open backend connection pools.");
         let _ = writeln!(out, "# TYPE tenantry_app_backend_pools gauge");
         let _ = writeln!(out, "tenantry_app_backend_pools {}", inner.pools.entry_count());

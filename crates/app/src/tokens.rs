@@ -71,6 +71,8 @@ pub struct Tokens {
     verified: Cache<[u8; 32], Arc<Verified>>,
     /// Turns of registry look-ups of uncached issuers (shared with API keys).
     lookups: Arc<tokio::sync::Semaphore>,
+    /// Issuers looked up in the registry (not cached, not known unknown).
+    issuer_lookups: std::sync::atomic::AtomicU64,
 }
 
 fn invalid(why: impl Into<String>) -> ApiError {
@@ -108,11 +110,17 @@ impl Tokens {
         Tokens {
             verified: Cache::builder().max_capacity(100_000).time_to_live(VERIFIED_TTL).build(),
             lookups,
+            issuer_lookups: Default::default(),
             registry,
             owners: Cache::builder().max_capacity(100_000).time_to_live(ttl).build(),
             providers: Cache::builder().max_capacity(10_000).time_to_live(PROVIDERS_TTL).build(),
             keys: KeySets::new(refetch_every),
         }
+    }
+
+    /// Issuers looked up in the registry since start.
+    pub fn issuer_lookups(&self) -> u64 {
+        self.issuer_lookups.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether `bearer` is shaped like a JWT (three base64url parts).
@@ -134,6 +142,7 @@ impl Tokens {
         if let Some(p) = self.providers.get(issuer) {
             return Ok(p);
         }
+        self.issuer_lookups.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let found = Arc::new(self.registry.providers_for_issuer(issuer).await.map_err(|e| ApiError::internal(&e))?);
         self.providers.insert(issuer.to_string(), found.clone());
         Ok(found)

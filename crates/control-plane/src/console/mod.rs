@@ -3,7 +3,7 @@
 //! offline). Sign-in with the admin token opens a registry-backed session
 //! (cookie HttpOnly, SameSite=Strict, Secure over TLS); every change is a POST
 //! carrying the session's CSRF token and is audited under the signed-in actor
-//! (`console:<name>`). Actions call the same control-plane methods as the API;
+//! (the person, or `admin-token (console)`). Actions call the same control-plane methods as the API;
 //! each move or erasure first shows its dry run and asks for confirmation.
 
 mod estates;

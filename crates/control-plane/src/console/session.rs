@@ -2,8 +2,8 @@
 //! (`sso.rs`; the session holds their staff roles and names them in the
 //! audit), or the admin token plus a name (every role). The
 //! browser keeps a random 256-bit id in an HttpOnly, SameSite=Strict cookie;
-//! the registry keeps its SHA-256, the actor (`console:<name>`, what the audit
-//! log records), a per-session CSRF token, and an expiry. Signing out revokes
+//! the registry keeps its SHA-256, the actor (the person, or `admin-token
+//! (console)`: what the audit log records), a per-session CSRF token, and an expiry. Signing out revokes
 //! the row, so a copied cookie stops working at once.
 
 use std::future::Future;
@@ -51,6 +51,8 @@ impl From<Error> for ConsoleError {
 }
 
 pub const COOKIE: &str = "tenantry_session";
+/// The actor of a console session opened with the admin token.
+pub const TOKEN_ACTOR: &str = "admin-token (console)";
 /// A session lasts this long from sign-in.
 pub const SESSION_HOURS: i64 = 12;
 
@@ -153,7 +155,9 @@ impl ControlPlane {
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;
             return Err(Error::Invalid { code: "wrong_token", message: "that is not the admin token".into() });
         }
-        let actor = format!("console:{name}");
+        // The admin token's session is the token's actor, never the name
+        // typed beside it (which the sign-in's audit entry keeps, as given).
+        let actor = TOKEN_ACTOR.to_string();
         let cookie = random_token();
         let session = Session { actor: actor.clone(), csrf: random_token(), id_hash: hash(&cookie), roles: None };
         self.registry()
@@ -173,7 +177,7 @@ impl ControlPlane {
         self.registry()
             .execute_raw(stmt("DELETE FROM console_sessions WHERE expires_at < now() - interval '1 day'", vec![]))
             .await?;
-        audit(self.registry(), &actor, "console.sign_in", None, json!({})).await?;
+        audit(self.registry(), &actor, "console.sign_in", None, json!({"name_given": name})).await?;
         Ok((cookie, session))
     }
 

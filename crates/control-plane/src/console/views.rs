@@ -125,7 +125,7 @@ pub fn sign_in(next: &str, error: Option<&str>, name: &str, sso: bool) -> Markup
                     p.muted { "Or, for break-glass access:" }
                 }
                 p.muted { "Use the admin token this installation printed at start-up (or its configured "
-                    code { "control_plane.admin_token" } "). Your name is what the audit log will record." }
+                    code { "control_plane.admin_token" } "). Your actions are recorded as the admin token's; the name you give is kept with the sign-in." }
                 @if let Some(e) = error { p.error role="alert" { (e) } }
                 form method="post" action="/console/login" {
                     input type="hidden" name="next" value=(next);
