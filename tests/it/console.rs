@@ -495,3 +495,58 @@ async fn staff_sign_in_to_the_console_through_the_operators_identity_provider() 
     assert_eq!(res.status(), StatusCode::FORBIDDEN, "no staff group, no session");
     assert!(res.headers().get("set-cookie").is_none_or(|c| !c.to_str().unwrap().starts_with("tenantry_session=")));
 }
+
+/// A tenant's people in the console: its identity providers and the people
+/// who signed in, one erased with a button (audited by id); another
+/// tenant's person is not reachable through this tenant's page.
+#[tokio::test]
+async fn a_tenants_people_are_listed_and_one_is_erased_in_the_console() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("people-acme", "shared").await;
+    let globex = app.create_tenant("people-globex", "shared").await;
+    let idp = tenantry::testkit::oidc_provider();
+    let (s, e) = app
+        .admin_call(
+            Method::PUT,
+            &format!("/v1/tenants/{}/identity-providers/main", acme.id),
+            Some(json!({"issuer": idp.issuer, "audience": "tenantry", "role_claim": "roles",
+                "role_map": {"office": "manager"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{e}");
+    let registry = connect(&app.cp.config().registry_database, false);
+    use sea_orm::ConnectionTrait as _;
+    for (tenant, email) in
+        [(&acme.id, "ann@acme.example"), (&acme.id, "bob@acme.example"), (&globex.id, "gil@globex.example")]
+    {
+        registry
+            .execute_unprepared(&format!(
+                "INSERT INTO tenant_users (tenant_id, issuer, subject, email, role, first_seen, last_seen) \
+                 VALUES ('{tenant}', '{}', '{email}', '{email}', 'viewer', now(), now())",
+                idp.issuer
+            ))
+            .await
+            .unwrap();
+    }
+    let c = browser().await;
+    sign_in(&c, &app, "/console/tenants/people-acme").await;
+    click(&c, "#people-link").await;
+    wait_path(&c, "/console/tenants/people-acme/people").await;
+    assert!(text(&c, "#providers").await.contains(&idp.issuer));
+    assert!(text(&c, "#providers").await.contains("office → manager"));
+    let people = text(&c, "#people").await;
+    assert!(people.contains("ann@acme.example") && people.contains("bob@acme.example"), "{people}");
+    assert!(!people.contains("gil@globex.example"), "globex's person is not acme's: {people}");
+    let row = c.find(Locator::XPath("//tr[td[normalize-space()='bob@acme.example']]")).await.unwrap();
+    row.find(Locator::Css("button")).await.unwrap().click().await.unwrap();
+    assert!(text(&c, ".notice").await.contains("Erased"));
+    assert!(!text(&c, "#people").await.contains("bob@acme.example"));
+    c.close().await.unwrap();
+    let (_, audit) = app.admin_call(Method::GET, "/v1/audit?action=user.erase", None).await;
+    assert_eq!(audit["entries"].as_array().unwrap().len(), 1, "{audit}");
+    assert!(!audit.to_string().contains("bob@acme.example"), "the audit keeps the id only: {audit}");
+    // Globex's person is untouched (erasing through a tenant names only its own: the admin API test).
+    let gil =
+        crate::helpers::scalar(&registry, "SELECT count(*) FROM tenant_users WHERE email = 'gil@globex.example'").await;
+    assert_eq!(gil, 1);
+}

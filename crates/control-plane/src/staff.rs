@@ -103,6 +103,8 @@ pub const ROUTE_ROLES: &[(&str, &str, StaffRole)] = &[
     ("POST", "/console/estates/{id}/release", StaffRole::Operator),
     ("POST", "/console/migrations/apply", StaffRole::Operator),
     ("GET", "/console/tenants/{slug}/export", StaffRole::Admin),
+    ("GET", "/console/tenants/{slug}/people", StaffRole::Admin),
+    ("POST", "/console/tenants/{slug}/people/{id}/erase", StaffRole::Admin),
     ("GET", "/console/tenants/{slug}/erase", StaffRole::Admin),
     ("POST", "/console/tenants/{slug}/erase", StaffRole::Admin),
 ];

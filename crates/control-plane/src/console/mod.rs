@@ -7,6 +7,7 @@
 //! each move or erasure first shows its dry run and asks for confirmation.
 
 mod estates;
+mod people;
 pub mod session;
 mod sso;
 mod views;
@@ -681,6 +682,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/tenants/{slug}/demote", web::get().to(demote_confirm))
             .route("/tenants/{slug}/demote", web::post().to(demote))
             .route("/tenants/{slug}/export", web::get().to(export))
+            .route("/tenants/{slug}/people", web::get().to(people::list))
+            .route("/tenants/{slug}/people/{id}/erase", web::post().to(people::erase))
             .route("/tenants/{slug}/erase", web::get().to(erase_confirm))
             .route("/tenants/{slug}/erase", web::post().to(erase))
             .route("/operations/{id}", web::get().to(operation))

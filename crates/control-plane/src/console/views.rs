@@ -370,6 +370,7 @@ pub fn tenant(s: &Session, p: &TenantPage) -> Markup {
                         }
                         a.button href={ (base) "/move" } { "Move…" }
                         a.button href={ (base) "/export" } download { "Export (NDJSON)" }
+                        a.button #people-link href={ (base) "/people" } { "People…" }
                         a.button.danger href={ (base) "/erase" } { "Erase…" }
                     }
                 }
