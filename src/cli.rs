@@ -126,6 +126,20 @@ pub enum TenantCommand {
         #[command(subcommand)]
         action: IdpCommand,
     },
+    /// The people who signed in to the tenant through its identity providers.
+    Users {
+        tenant: String,
+        #[command(subcommand)]
+        action: UserCommand,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum UserCommand {
+    /// List them (every page).
+    List,
+    /// Erase one person (their record and pending sign-ins).
+    Erase { id: String },
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -450,6 +464,7 @@ pub async fn tenants(args: &AdminArgs, command: TenantCommand) -> anyhow::Result
             start_move(&admin, &tenant, "demote", serde_json::json!({"target_pool_id": pool}), no_wait).await
         }
         TenantCommand::Idp { tenant, action } => idp(&admin, &tenant, action).await,
+        TenantCommand::Users { tenant, action } => users(&admin, &tenant, action).await,
         TenantCommand::Plan { tenant, target } => {
             let path = format!("/v1/tenants/{tenant}/move-plan?target={}", urlencode(&target));
             let plan = admin.call(reqwest::Method::GET, &path, None).await?;
@@ -520,6 +535,40 @@ async fn idp(admin: &Admin, tenant: &str, action: IdpCommand) -> anyhow::Result<
                 println!("  problem: {}", p.as_str().unwrap_or(""));
             }
             println!("{}", if test["ok"] == true { "ok" } else { "NOT ok" });
+        }
+    }
+    Ok(())
+}
+
+async fn users(admin: &Admin, tenant: &str, action: UserCommand) -> anyhow::Result<()> {
+    let base = format!("/v1/tenants/{}/users", urlencode(tenant));
+    match action {
+        UserCommand::List => {
+            let mut after: Option<String> = None;
+            loop {
+                let path = match &after {
+                    Some(a) => format!("{base}?limit=1000&after={a}"),
+                    None => format!("{base}?limit=1000"),
+                };
+                let page = admin.call(reqwest::Method::GET, &path, None).await?;
+                for u in page["users"].as_array().into_iter().flatten() {
+                    println!(
+                        "{}  {:<32} {:<10} last seen {}",
+                        u["id"].as_str().unwrap_or(""),
+                        u["email"].as_str().or(u["subject"].as_str()).unwrap_or(""),
+                        u["role"].as_str().unwrap_or(""),
+                        u["last_seen"].as_str().unwrap_or("")
+                    );
+                }
+                match page["next"].as_str() {
+                    Some(n) => after = Some(n.to_string()),
+                    None => break,
+                }
+            }
+        }
+        UserCommand::Erase { id } => {
+            admin.call(reqwest::Method::DELETE, &format!("{base}/{}", urlencode(&id)), None).await?;
+            println!("erased user {id}");
         }
     }
     Ok(())

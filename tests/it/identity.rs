@@ -446,6 +446,19 @@ async fn sign_ins_become_the_tenants_users_and_a_person_is_erased() {
     assert!(listed["next"].is_string(), "a full page says where the next starts: {listed}");
     let (s, e) = app.admin_call(Method::GET, &format!("/v1/tenants/{}/users?limit=x", acme.id), None).await;
     assert!(s.is_client_error(), "{e}");
+    let (admin, token) = (app.admin.clone(), app.token.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tenantry"))
+            .args(["tenants", "users", "ppl-acme", "list"])
+            .env("TENANTRY_ADMIN_URL", admin)
+            .env("TENANTRY_ADMIN_TOKEN", token)
+            .output()
+            .expect("run the CLI")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("cy@consult.example") && stdout.lines().count() == 2, "{stdout}");
     let cy_path = |t: &str, id: &serde_json::Value| format!("/v1/tenants/{t}/users/{}", id.as_str().unwrap());
     let (s, _) = app.admin_call(Method::DELETE, &cy_path(&acme.id, &globex_cy["id"]), None).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "globex's person is not erased through acme");
