@@ -713,6 +713,7 @@ mod tests {
         assert_eq!(safe_next("https://evil.example/"), "/console");
         assert_eq!(safe_next("//evil.example/console"), "/console");
         assert_eq!(safe_next("/console\\@evil"), "/console");
+        assert_eq!(safe_next("/console\r\nSet-Cookie: x=y"), "/console", "no header splitting");
     }
 
     #[test]

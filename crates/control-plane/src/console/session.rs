@@ -276,7 +276,8 @@ impl FromRequest for Session {
 
 /// Only paths inside the console (never another site) after sign-in.
 pub(crate) fn safe_next(next: &str) -> &str {
-    if next.starts_with("/console") && !next.starts_with("//") && !next.contains('\\') { next } else { "/console" }
+    let inside = next.starts_with("/console") && !next.starts_with("//") && !next.contains('\\');
+    if inside && !next.chars().any(char::is_control) { next } else { "/console" }
 }
 
 pub(crate) fn is_tls(req: &HttpRequest) -> bool {
