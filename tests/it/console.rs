@@ -541,9 +541,24 @@ async fn a_tenants_people_are_listed_and_one_is_erased_in_the_console() {
     row.find(Locator::Css("button")).await.unwrap().click().await.unwrap();
     assert!(text(&c, ".notice").await.contains("Erased"));
     assert!(!text(&c, "#people").await.contains("bob@acme.example"));
+    // A provider put from its JSON (refused in words when bad), then removed.
+    fill(&c, "#provider-name", "second").await;
+    fill(&c, "#provider-config", "{\"issuer\": \"ftp://x\", \"audience\": \"a\"}").await;
+    click(&c, "#provider-form button[type=submit]").await;
+    assert!(text(&c, ".error").await.contains("https"), "refused in words");
+    fill(&c, "#provider-config", "{\"issuer\": \"http://127.0.0.1:9/second\", \"audience\": \"a\"}").await;
+    click(&c, "#provider-form button[type=submit]").await;
+    assert!(text(&c, ".notice").await.contains("saved"));
+    assert!(text(&c, "#providers").await.contains("http://127.0.0.1:9/second"));
+    let row = c.find(Locator::XPath("//table[@id='providers']//tr[td[normalize-space()='second']]")).await.unwrap();
+    row.find(Locator::Css("button")).await.unwrap().click().await.unwrap();
+    assert!(text(&c, ".notice").await.contains("removed"));
+    assert!(!text(&c, "#providers").await.contains("/second"));
     c.close().await.unwrap();
     let (_, audit) = app.admin_call(Method::GET, "/v1/audit?action=user.erase", None).await;
     assert_eq!(audit["entries"].as_array().unwrap().len(), 1, "{audit}");
+    let (_, list) = app.admin_call(Method::GET, &format!("/v1/tenants/{}/identity-providers", acme.id), None).await;
+    assert_eq!(list["identity_providers"].as_array().unwrap().len(), 1, "only `main` is left: {list}");
     assert!(!audit.to_string().contains("bob@acme.example"), "the audit keeps the id only: {audit}");
     // Globex's person is untouched (erasing through a tenant names only its own: the admin API test).
     let gil =

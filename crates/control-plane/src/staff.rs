@@ -105,6 +105,8 @@ pub const ROUTE_ROLES: &[(&str, &str, StaffRole)] = &[
     ("GET", "/console/tenants/{slug}/export", StaffRole::Admin),
     ("GET", "/console/tenants/{slug}/people", StaffRole::Admin),
     ("POST", "/console/tenants/{slug}/people/{id}/erase", StaffRole::Admin),
+    ("POST", "/console/tenants/{slug}/people/providers", StaffRole::Admin),
+    ("POST", "/console/tenants/{slug}/people/providers/{name}/remove", StaffRole::Admin),
     ("GET", "/console/tenants/{slug}/erase", StaffRole::Admin),
     ("POST", "/console/tenants/{slug}/erase", StaffRole::Admin),
 ];

@@ -684,6 +684,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/tenants/{slug}/export", web::get().to(export))
             .route("/tenants/{slug}/people", web::get().to(people::list))
             .route("/tenants/{slug}/people/{id}/erase", web::post().to(people::erase))
+            .route("/tenants/{slug}/people/providers", web::post().to(people::put_provider))
+            .route("/tenants/{slug}/people/providers/{name}/remove", web::post().to(people::remove_provider))
             .route("/tenants/{slug}/erase", web::get().to(erase_confirm))
             .route("/tenants/{slug}/erase", web::post().to(erase))
             .route("/operations/{id}", web::get().to(operation))
