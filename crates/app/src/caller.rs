@@ -26,15 +26,19 @@ pub struct Tenant(
     pub Caller,
 );
 
-/// Who is asking, with which role.
+/// Who is asking, with which role: an API key's holder, or the person a
+/// token signed in (shared with the token cache, not copied per request).
 #[derive(Debug, Clone)]
 pub struct Caller {
-    /// `api-key`, or the token's `sub`.
-    pub subject: String,
-    pub issuer: Option<String>,
-    pub email: Option<String>,
-    pub name: Option<String>,
+    pub person: Option<std::sync::Arc<crate::tokens::Person>>,
     pub role: Role,
+}
+
+impl Caller {
+    /// `api-key`, or the token's `sub`.
+    pub fn subject(&self) -> &str {
+        self.person.as_ref().map_or("api-key", |p| p.subject.as_str())
+    }
 }
 
 impl Tenant {
@@ -67,13 +71,11 @@ impl FromRequest for Tenant {
             })?;
             let (owner, caller) = if crate::tokens::Tokens::is_token(&key) {
                 let (owner, p) = resolver.sign_in(&key, wanted.as_deref()).await?;
-                let caller =
-                    Caller { subject: p.subject, issuer: Some(p.issuer), email: p.email, name: p.name, role: p.role };
-                (owner, caller)
+                (owner, Caller { role: p.role, person: Some(p) })
             } else {
                 let owner = resolver.authenticate(&key).await?;
                 let role = owner.key_role;
-                (owner, Caller { subject: "api-key".into(), issuer: None, email: None, name: None, role })
+                (owner, Caller { person: None, role })
             };
             match owner.status {
                 TenantStatus::Active => {}
@@ -105,7 +107,7 @@ impl FromRequest for Tenant {
             }
             let span = tracing::Span::current();
             span.record("tenant_id", tracing::field::display(owner.tenant_id));
-            span.record("user", caller.subject.as_str());
+            span.record("user", caller.subject());
             span.record("tier", owner.tier.as_str());
             {
                 use actix_web::HttpMessage;

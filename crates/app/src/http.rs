@@ -220,10 +220,10 @@ async fn me(t: Tenant) -> HttpResponse {
     HttpResponse::Ok().json(Me {
         tenant_id: t.0.tenant_id,
         tenant: t.0.slug.clone(),
-        subject: c.subject.clone(),
-        issuer: c.issuer.clone(),
-        email: c.email.clone(),
-        name: c.name.clone(),
+        subject: c.subject().to_string(),
+        issuer: c.person.as_ref().map(|p| p.issuer.clone()),
+        email: c.person.as_ref().and_then(|p| p.email.clone()),
+        name: c.person.as_ref().and_then(|p| p.name.clone()),
         role: c.role,
     })
 }

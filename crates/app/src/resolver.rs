@@ -269,7 +269,7 @@ impl Resolver {
         &self,
         token: &str,
         wanted: Option<&str>,
-    ) -> Result<(Arc<KeyOwner>, crate::tokens::Person), ApiError> {
+    ) -> Result<(Arc<KeyOwner>, Arc<crate::tokens::Person>), ApiError> {
         let (owner, person, fresh) = self.inner.tokens.sign_in(token, wanted).await?;
         if fresh {
             self.inner.signins.record(&person);

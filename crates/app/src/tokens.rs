@@ -31,8 +31,8 @@ use moka::sync::Cache;
 use serde_json::Value;
 use uuid::Uuid;
 
-use tenantry_core::identity::{ALGORITHMS, Role};
-use tenantry_core::keysets::{FoundKey, KeyError, KeySet, KeySets, LEEWAY_SECS, claim_values, validation};
+use tenantry_core::identity::Role;
+use tenantry_core::keysets::{self, FoundKey, KeyError, KeySet, KeySets, LEEWAY_SECS, claim_values};
 use tenantry_core::registry::{KeyOwner, RegistryReader, TenantProvider};
 use tenantry_core::web::ApiError;
 
@@ -56,7 +56,7 @@ pub struct Person {
 
 /// A token that held: who it signed in, until when, with which key set.
 struct Verified {
-    person: Person,
+    person: Arc<Person>,
     until: u64,
     keys: Arc<KeySet>,
 }
@@ -166,7 +166,11 @@ impl Tokens {
     /// The person `token` signs in and their tenant (its status and settings).
     /// `true` with a sign-in: the token was checked now, not taken from the
     /// cache.
-    pub async fn sign_in(&self, token: &str, wanted: Option<&str>) -> Result<(Arc<KeyOwner>, Person, bool), ApiError> {
+    pub async fn sign_in(
+        &self,
+        token: &str,
+        wanted: Option<&str>,
+    ) -> Result<(Arc<KeyOwner>, Arc<Person>, bool), ApiError> {
         let (person, fresh) = self.checked(token, wanted).await?;
         if let Some(owner) = self.owners.get(&person.tenant_id) {
             return Ok((owner, person, fresh));
@@ -184,7 +188,7 @@ impl Tokens {
 
     /// [`Tokens::verify`] (and `true`), or what it said of this token a
     /// moment ago.
-    async fn checked(&self, token: &str, wanted: Option<&str>) -> Result<(Person, bool), ApiError> {
+    async fn checked(&self, token: &str, wanted: Option<&str>) -> Result<(Arc<Person>, bool), ApiError> {
         use sha2::Digest as _;
         let mut h = sha2::Sha256::new();
         h.update(token.as_bytes());
@@ -199,6 +203,7 @@ impl Tokens {
             return Ok((hit.person.clone(), false));
         }
         let (person, exp, keys) = self.verify_with(token, wanted).await?;
+        let person = Arc::new(person);
         let until = exp.saturating_add(LEEWAY_SECS);
         self.verified.insert(hash, Arc::new(Verified { person: person.clone(), until, keys }));
         Ok((person, true))
@@ -212,11 +217,7 @@ impl Tokens {
 
     /// [`Tokens::verify`], with the token's `exp` and the key set it held by.
     async fn verify_with(&self, token: &str, wanted: Option<&str>) -> Result<(Person, u64, Arc<KeySet>), ApiError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("not a JWT"))?;
-        if !ALGORITHMS.contains(&header.alg) {
-            return Err(invalid(format!("tokens signed with {:?} are refused: RS256, ES256 or EdDSA", header.alg)));
-        }
-        let kid = header.kid.clone().ok_or_else(|| invalid("the token's header has no `kid`"))?;
+        let (alg, kid) = keysets::header(token).map_err(invalid)?;
         let claims = unverified_claims(token)?;
         let issuer = claims.get("iss").and_then(Value::as_str).ok_or_else(|| invalid("the token has no `iss`"))?;
         let providers = self.providers(issuer).await?;
@@ -233,15 +234,10 @@ impl Tokens {
             return Err(invalid("no tenant's identity provider takes tokens of this issuer (and organisation)"));
         };
         // One issuer, one key set: the first provider's settings find it.
-        let FoundKey { algorithm, key, set: keys } = self.key(first, &kid).await?;
-        if algorithm != header.alg {
-            return Err(invalid("the token's algorithm is not its key's"));
-        }
+        let found = self.key(first, &kid).await?;
         let audiences: Vec<&str> = named.iter().map(|p| p.config.audience.as_str()).collect();
-        let validation = validation(algorithm, issuer, &audiences);
-        let verified = jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &key, &validation)
-            .map_err(|e| invalid(format!("the token does not hold: {e}")))?
-            .claims;
+        let verified = keysets::claims(token, alg, &found, issuer, &audiences).map_err(invalid)?;
+        let keys = found.set;
         // Its audience picks among the named providers.
         let named: Vec<&TenantProvider> =
             named.into_iter().filter(|p| claim_names(&verified, "aud", &p.config.audience)).collect();

@@ -15,8 +15,8 @@ use moka::sync::Cache;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use tenantry_core::identity::{ALGORITHMS, ProviderConfig};
-use tenantry_core::keysets::{FoundKey, KeyError, KeySet, KeySets, LEEWAY_SECS, claim_values, validation};
+use tenantry_core::identity::ProviderConfig;
+use tenantry_core::keysets::{self, KeyError, KeySet, KeySets, LEEWAY_SECS, claim_values};
 use tenantry_core::web::ApiError;
 
 /// What a member of staff may do on the admin API. `viewer` reads; the
@@ -279,25 +279,15 @@ impl Staff {
         {
             return Ok(hit.0.clone());
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("not a JWT"))?;
-        if !ALGORITHMS.contains(&header.alg) {
-            return Err(invalid(format!("tokens signed with {:?} are refused: RS256, ES256 or EdDSA", header.alg)));
-        }
-        let kid = header.kid.ok_or_else(|| invalid("the token's header has no `kid`"))?;
-        let FoundKey { algorithm, key, set } = self.keys.key(&self.provider, &kid).await.map_err(|e| match e {
+        let (alg, kid) = keysets::header(token).map_err(invalid)?;
+        let found = self.keys.key(&self.provider, &kid).await.map_err(|e| match e {
             KeyError::UnknownKid => invalid("no key of the staff identity provider has this token's `kid`"),
             KeyError::Unavailable(e) => {
                 tracing::warn!(error = %e, "the staff identity provider's keys are unavailable");
                 ApiError::unavailable("identity_provider_unavailable", "the staff identity provider does not answer", 5)
             }
         })?;
-        if algorithm != header.alg {
-            return Err(invalid("the token's algorithm is not its key's"));
-        }
-        let v = validation(algorithm, &self.provider.issuer, &[audience]);
-        let claims = jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &key, &v)
-            .map_err(|e| invalid(format!("the token does not hold: {e}")))?
-            .claims;
+        let claims = keysets::claims(token, alg, &found, &self.provider.issuer, &[audience]).map_err(invalid)?;
         if let Some(nonce) = nonce
             && claims.get("nonce").and_then(Value::as_str) != Some(nonce)
         {
@@ -316,7 +306,7 @@ impl Staff {
             roles,
         };
         let until = claims.get("exp").and_then(Value::as_u64).unwrap_or(0).saturating_add(LEEWAY_SECS);
-        self.verified.insert(hash, Arc::new((person.clone(), until, set)));
+        self.verified.insert(hash, Arc::new((person.clone(), until, found.set)));
         Ok(person)
     }
 }

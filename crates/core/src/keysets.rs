@@ -123,9 +123,39 @@ impl KeySets {
     }
 }
 
-/// What a token must hold beside its signature: the algorithm of its key,
-/// `iss`, one of `audiences`, `exp`, `nbf` (60 s of skew) and a `sub`.
-pub fn validation(algorithm: Algorithm, issuer: &str, audiences: &[&str]) -> Validation {
+/// A token's header, read before its key is found: an accepted algorithm
+/// (RS256, ES256, EdDSA: never `none`, never an HMAC) and the `kid`. The
+/// refusal in words.
+pub fn header(token: &str) -> Result<(Algorithm, String), String> {
+    let header = jsonwebtoken::decode_header(token).map_err(|_| "not a JWT".to_string())?;
+    if !crate::identity::ALGORITHMS.contains(&header.alg) {
+        return Err(format!("tokens signed with {:?} are refused: RS256, ES256 or EdDSA", header.alg));
+    }
+    let kid = header.kid.ok_or("the token's header has no `kid`")?;
+    Ok((header.alg, kid))
+}
+
+/// The claims of `token`, whose header named `algorithm`, checked with the
+/// key found for it: the key's own type is that algorithm, the signature,
+/// `iss`, one of `audiences`, `exp`, `nbf` (60 s of skew) and a `sub`. The
+/// refusal in words.
+pub fn claims(
+    token: &str,
+    algorithm: Algorithm,
+    found: &FoundKey,
+    issuer: &str,
+    audiences: &[&str],
+) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    if found.algorithm != algorithm {
+        return Err("the token's algorithm is not its key's".into());
+    }
+    let v = validation(algorithm, issuer, audiences);
+    jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &found.key, &v)
+        .map(|d| d.claims)
+        .map_err(|e| format!("the token does not hold: {e}"))
+}
+
+fn validation(algorithm: Algorithm, issuer: &str, audiences: &[&str]) -> Validation {
     let mut v = Validation::new(algorithm);
     v.leeway = LEEWAY_SECS;
     v.validate_nbf = true;
